@@ -1,0 +1,1 @@
+"""The instrumentation API: training contexts, spans, rewards, and framework adapters."""

@@ -1,0 +1,258 @@
+"""The LightningStore contract every backend implements.
+
+A store holds rollouts (tasks) and their attempts, the spans agents emit,
+versioned resources, and per-group subscriptions to finished rollouts. The
+contract is asynchronous; :class:`~agent_lightning.store.sync.SyncStore`
+wraps any store for synchronous scripts.
+
+Rules every backend follows (the conformance suite in
+:mod:`agent_lightning.testing` checks each one):
+
+* Ids that do not exist raise :class:`~agent_lightning.errors.NotFound`.
+* Invalid input raises ``ValueError`` (or a subclass) naming the field, and
+  stores nothing: ``add_spans`` and ``enqueue_rollouts`` are all-or-nothing.
+* Status changes follow :mod:`agent_lightning.types.rollouts`' state machine.
+* A rollout is claimed by at most one worker at a time; leases that expire are
+  reaped (attempt ``lost``/``timeout``), and the rollout is retried until it
+  has had ``config.max_attempts`` attempts, then marked ``failed``.
+* ``add_spans`` is idempotent on ``(rollout_id, attempt_id, span_id)``: sending
+  a span again (a retry) replaces it instead of duplicating it.
+* Spans come back ordered by ``sequence_id``; rollouts by creation time.
+* A finished rollout (``succeeded`` or ``failed``) is delivered to each
+  subscription group once; a delivery that is not acknowledged within its
+  visibility timeout is delivered again (at-least-once under crashes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from agent_lightning.types import (
+    Attempt,
+    AttemptedRollout,
+    Resource,
+    ResourcesSnapshot,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutRequest,
+    RolloutStatus,
+    Span,
+    SpanKind,
+)
+
+LATEST: Literal["latest"] = "latest"
+"""Pass as ``attempt_id`` to ``query_spans`` to read only the newest attempt's spans."""
+
+DELIVERED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
+"""Rollout statuses that subscriptions deliver."""
+
+
+class LightningStore(ABC):
+    """Abstract base class of all stores. Subclasses implement the abstract methods."""
+
+    url: str = ""
+    """The URL the store was opened from (for messages and ``agl plugins``)."""
+
+    # ------------------------------------------------------------------ rollouts
+    @abstractmethod
+    async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        """Queue many rollouts atomically; returns them in request order."""
+
+    async def enqueue_rollout(
+        self,
+        input: Any = None,
+        *,
+        task_type: str = "default",
+        mode: RolloutMode = "train",
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        rollout_id: str | None = None,
+    ) -> Rollout:
+        """Queue one rollout for a worker to claim."""
+        request = RolloutRequest(
+            input=input,
+            task_type=task_type,
+            mode=mode,
+            resources_id=resources_id,
+            config=config or RolloutConfig(),
+            metadata=dict(metadata or {}),
+            rollout_id=rollout_id,
+        )
+        (rollout,) = await self.enqueue_rollouts([request])
+        return rollout
+
+    @abstractmethod
+    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+        """Create a rollout that is already running, with its first attempt (no queue).
+
+        Used when an agent runs outside a runner, e.g. a script opening
+        ``agl.TrainingContext`` on its own.
+        """
+
+    @abstractmethod
+    async def claim_rollout(
+        self,
+        worker_id: str,
+        *,
+        task_types: Sequence[str] | None = None,
+        modes: Sequence[RolloutMode] | None = None,
+    ) -> AttemptedRollout | None:
+        """Claim the oldest claimable rollout (optionally of given task types/modes).
+
+        Starts a new attempt owned by ``worker_id`` with a lease of
+        ``config.lease_seconds``; returns ``None`` when nothing is claimable.
+        Expired leases are reaped first.
+        """
+
+    @abstractmethod
+    async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
+        """Extend the attempt's lease. Raises :class:`~agent_lightning.errors.LeaseLost` if it is over."""
+
+    @abstractmethod
+    async def complete_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: Literal["succeeded", "failed"],
+        error: str | None = None,
+    ) -> Rollout:
+        """Finish an attempt; a failed one requeues the rollout while attempts remain."""
+
+    @abstractmethod
+    async def cancel_rollout(self, rollout_id: str) -> Rollout:
+        """Cancel a rollout that has not finished; its running attempt becomes ``failed``."""
+
+    @abstractmethod
+    async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        """Mark attempts whose lease or timeout has passed as ``lost``/``timeout``; returns them."""
+
+    @abstractmethod
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        """One rollout by id."""
+
+    @abstractmethod
+    async def query_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+        rollout_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Rollout]:
+        """Rollouts matching every given filter, oldest first, paginated by ``limit``/``offset``."""
+
+    @abstractmethod
+    async def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        """The attempts of a rollout, first first."""
+
+    async def wait_for_rollouts(
+        self, rollout_ids: Sequence[str], timeout: float | None = None, poll_interval: float = 0.05
+    ) -> list[Rollout]:
+        """Wait until the rollouts are terminal or ``timeout`` passes; returns the terminal ones.
+
+        Backends with a notification mechanism override this polling version.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(dict.fromkeys(rollout_ids))
+        done: dict[str, Rollout] = {}
+        while True:
+            for rollout_id in list(pending):
+                rollout = await self.get_rollout(rollout_id)
+                if rollout.is_terminal:
+                    done[rollout_id] = rollout
+                    pending.remove(rollout_id)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                return [done[r] for r in rollout_ids if r in done]
+            await asyncio.sleep(poll_interval)
+
+    # ------------------------------------------------------------------ spans
+    @abstractmethod
+    async def add_spans(self, spans: Sequence[Span]) -> int:
+        """Store spans atomically (all or none); returns how many were written."""
+
+    async def add_span(self, span: Span) -> Span:
+        """Store one span."""
+        await self.add_spans([span])
+        return span
+
+    @abstractmethod
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        kinds: Sequence[SpanKind] | None = None,
+        names: Sequence[str] | None = None,
+        after_sequence_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Span]:
+        """Spans of a rollout ordered by ``(attempt, sequence_id)``.
+
+        ``attempt_id=None`` reads every attempt; :data:`LATEST` only the newest.
+        """
+
+    # ------------------------------------------------------------------ resources
+    @abstractmethod
+    async def add_resources(
+        self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
+    ) -> ResourcesSnapshot:
+        """Store a new immutable snapshot; it becomes the latest."""
+
+    @abstractmethod
+    async def get_resources(self, resources_id: str) -> ResourcesSnapshot:
+        """One snapshot by id."""
+
+    @abstractmethod
+    async def get_latest_resources(self) -> ResourcesSnapshot | None:
+        """The newest snapshot, or ``None`` when there is none."""
+
+    # ------------------------------------------------------------------ publish–subscribe
+    @abstractmethod
+    async def subscribe(
+        self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
+    ) -> None:
+        """Create (idempotently) a subscription group to finished rollouts of ``task_types``.
+
+        A new group receives rollouts that finish from now on, or every finished
+        rollout when ``from_beginning``. Subscribing again with other task types
+        is an error.
+        """
+
+    @abstractmethod
+    async def pull_completed(
+        self,
+        group: str,
+        *,
+        consumer: str = "default",
+        max_count: int = 100,
+        timeout: float = 0.0,
+        visibility_timeout: float = 300.0,
+    ) -> list[Rollout]:
+        """Take up to ``max_count`` undelivered finished rollouts for ``group``.
+
+        Waits up to ``timeout`` seconds for at least one. Each rollout goes to
+        one consumer of the group; call :meth:`ack_completed` once it is
+        processed, or it is delivered again after ``visibility_timeout``.
+        """
+
+    @abstractmethod
+    async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
+        """Acknowledge deliveries; returns how many were pending."""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Release connections. The default does nothing."""
+
+    async def __aenter__(self) -> LightningStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,405 @@
+"""The in-memory store: the default for single-process experiments and tests."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+
+from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound
+from agent_lightning.store import transitions as tr
+from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore
+from agent_lightning.store.notify import ChangeNotifier
+from agent_lightning.types import (
+    Attempt,
+    AttemptedRollout,
+    Resource,
+    ResourcesSnapshot,
+    Rollout,
+    RolloutMode,
+    RolloutRequest,
+    RolloutStatus,
+    Span,
+    SpanKind,
+)
+from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
+
+_RESOURCES = TypeAdapter(dict[str, Resource])
+
+
+@dataclass
+class _Group:
+    task_types: frozenset[str] | None
+    pending: deque[str] = field(default_factory=deque)
+    inflight: dict[str, float] = field(default_factory=dict)  # rollout id -> redelivery deadline
+
+    def wants(self, rollout: Rollout) -> bool:
+        return self.task_types is None or rollout.task_type in self.task_types
+
+
+class InMemoryLightningStore(LightningStore):
+    """A thread-safe store kept in this process's memory (``memory://``).
+
+    Every method holds one lock while it reads and writes, so calls from
+    several threads or event loops are atomic.
+    """
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._changed = ChangeNotifier()
+        self._rollouts: dict[str, Rollout] = {}
+        self._queue: deque[str] = deque()  # claimable rollout ids, oldest first
+        self._attempts: dict[str, list[Attempt]] = {}
+        self._spans: dict[str, dict[tuple[str, str], Span]] = {}  # rollout -> (attempt, span id) -> span
+        self._resources: dict[str, ResourcesSnapshot] = {}
+        self._latest_resources: str | None = None
+        self._groups: dict[str, _Group] = {}
+        self._order = itertools.count()
+        self._created_order: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _rollout(self, rollout_id: str) -> Rollout:
+        try:
+            return self._rollouts[rollout_id]
+        except KeyError:
+            raise NotFound(f"no rollout with id {rollout_id!r}") from None
+
+    def _attempt(self, rollout_id: str, attempt_id: str) -> tuple[int, Attempt]:
+        for index, attempt in enumerate(self._attempts.get(self._rollout(rollout_id).rollout_id, [])):
+            if attempt.attempt_id == attempt_id:
+                return index, attempt
+        raise NotFound(f"rollout {rollout_id!r} has no attempt {attempt_id!r}")
+
+    def _save(self, rollout: Rollout, attempt: Attempt | None = None) -> None:
+        previous = self._rollouts.get(rollout.rollout_id)
+        self._rollouts[rollout.rollout_id] = rollout
+        if attempt is not None:
+            attempts = self._attempts.setdefault(rollout.rollout_id, [])
+            for index, existing in enumerate(attempts):
+                if existing.attempt_id == attempt.attempt_id:
+                    attempts[index] = attempt
+                    break
+            else:
+                attempts.append(attempt)
+        if rollout.status == "requeuing" and (previous is None or previous.status != "requeuing"):
+            self._queue.append(rollout.rollout_id)
+        if rollout.status in DELIVERED_STATUSES and (previous is None or previous.status != rollout.status):
+            for group in self._groups.values():
+                if group.wants(rollout):
+                    group.pending.append(rollout.rollout_id)
+
+    def _reap(self, now: float) -> list[Attempt]:
+        reaped: list[Attempt] = []
+        for rollout_id, attempts in self._attempts.items():
+            if not attempts or attempts[-1].status != "running":
+                continue
+            rollout = self._rollouts[rollout_id]
+            status = tr.expiry_status(rollout, attempts[-1], now)
+            if status is not None:
+                updated, ended = tr.finish_attempt(rollout, attempts[-1], status, tr.expiry_error(status, rollout), now)
+                self._save(updated, ended)
+                reaped.append(ended)
+        return reaped
+
+    # ------------------------------------------------------------------ rollouts
+    async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        now = time.time()
+        with self._lock:
+            rollouts = [tr.new_rollout(RolloutRequest.model_validate(r), now) for r in requests]
+            ids = [r.rollout_id for r in rollouts]
+            duplicates = {i for i in ids if i in self._rollouts} | {i for i in ids if ids.count(i) > 1}
+            if duplicates:
+                raise DuplicateId(f"rollout ids already used: {sorted(duplicates)}")
+            for rollout in rollouts:
+                self._created_order[rollout.rollout_id] = next(self._order)
+                self._rollouts[rollout.rollout_id] = rollout
+                self._queue.append(rollout.rollout_id)
+        self._changed.notify_all()
+        return rollouts
+
+    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+        now = time.time()
+        with self._lock:
+            rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
+            if rollout.rollout_id in self._rollouts:
+                raise DuplicateId(f"rollout id already used: {rollout.rollout_id!r}")
+            running, attempt = tr.start_attempt(rollout, worker_id, now)
+            self._created_order[rollout.rollout_id] = next(self._order)
+            self._save(running, attempt)
+        self._changed.notify_all()
+        return AttemptedRollout(rollout=running, attempt=attempt)
+
+    async def claim_rollout(
+        self,
+        worker_id: str,
+        *,
+        task_types: Sequence[str] | None = None,
+        modes: Sequence[RolloutMode] | None = None,
+    ) -> AttemptedRollout | None:
+        if not worker_id:
+            raise ValueError("worker_id must be a non-empty string")
+        now = time.time()
+        claimed: AttemptedRollout | None = None
+        with self._lock:
+            self._reap(now)
+            for rollout_id in list(self._queue):
+                rollout = self._rollouts[rollout_id]
+                if rollout.status not in CLAIMABLE_ROLLOUT_STATUSES:
+                    self._queue.remove(rollout_id)  # cancelled while queued
+                    continue
+                if task_types is not None and rollout.task_type not in task_types:
+                    continue
+                if modes is not None and rollout.mode not in modes:
+                    continue
+                self._queue.remove(rollout_id)
+                running, attempt = tr.start_attempt(rollout, worker_id, now)
+                self._save(running, attempt)
+                claimed = AttemptedRollout(rollout=running, attempt=attempt)
+                break
+        if claimed is not None:
+            self._changed.notify_all()
+        return claimed
+
+    async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
+        now = time.time()
+        with self._lock:
+            self._reap(now)
+            _, attempt = self._attempt(rollout_id, attempt_id)
+            updated = tr.heartbeat(self._rollout(rollout_id), attempt, now)
+            self._save(self._rollout(rollout_id), updated)
+        return updated
+
+    async def complete_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: Literal["succeeded", "failed"],
+        error: str | None = None,
+    ) -> Rollout:
+        if status not in ("succeeded", "failed"):
+            raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
+        now = time.time()
+        with self._lock:
+            self._reap(now)
+            _, attempt = self._attempt(rollout_id, attempt_id)
+            rollout, ended = tr.finish_attempt(self._rollout(rollout_id), attempt, status, error, now)
+            self._save(rollout, ended)
+        self._changed.notify_all()
+        return rollout
+
+    async def cancel_rollout(self, rollout_id: str) -> Rollout:
+        now = time.time()
+        with self._lock:
+            rollout = self._rollout(rollout_id)
+            attempts = self._attempts.get(rollout_id, [])
+            cancelled, ended = tr.cancel(rollout, attempts[-1] if attempts else None, now)
+            self._save(cancelled, ended)
+        self._changed.notify_all()
+        return cancelled
+
+    async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        with self._lock:
+            reaped = self._reap(time.time() if now is None else now)
+        if reaped:
+            self._changed.notify_all()
+        return reaped
+
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        with self._lock:
+            return self._rollout(rollout_id)
+
+    async def query_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+        rollout_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Rollout]:
+        tr.check_pagination(limit, offset)
+        with self._lock:
+            candidates = (
+                [self._rollouts[r] for r in dict.fromkeys(rollout_ids) if r in self._rollouts]
+                if rollout_ids is not None
+                else list(self._rollouts.values())
+            )
+            matches = [
+                r
+                for r in candidates
+                if (status is None or r.status in status)
+                and (task_types is None or r.task_type in task_types)
+                and (mode is None or r.mode == mode)
+            ]
+            matches.sort(key=lambda r: self._created_order[r.rollout_id])
+            return matches[offset : offset + limit]
+
+    async def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        with self._lock:
+            self._rollout(rollout_id)
+            return list(self._attempts.get(rollout_id, []))
+
+    async def wait_for_rollouts(
+        self, rollout_ids: Sequence[str], timeout: float | None = None, poll_interval: float = 0.05
+    ) -> list[Rollout]:
+        tr.check_timeout("timeout", timeout)
+        ids = list(dict.fromkeys(rollout_ids))
+        with self._lock:
+            for rollout_id in ids:
+                self._rollout(rollout_id)
+
+        def all_done() -> list[Rollout] | None:
+            with self._lock:
+                self._reap(time.time())
+                rollouts = [self._rollouts[r] for r in ids]
+            return rollouts if all(r.is_terminal for r in rollouts) else None
+
+        await self._changed.wait_for(all_done, timeout)
+        with self._lock:
+            return [self._rollouts[r] for r in ids if self._rollouts[r].is_terminal]
+
+    # ------------------------------------------------------------------ spans
+    async def add_spans(self, spans: Sequence[Span]) -> int:
+        tr.check_spans_batch(spans)
+        with self._lock:
+            for span in spans:
+                self._attempt(span.rollout_id, span.attempt_id)  # raises NotFound before anything is stored
+            for span in spans:
+                self._spans.setdefault(span.rollout_id, {})[(span.attempt_id, span.span_id)] = span
+        self._changed.notify_all()
+        return len(spans)
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        kinds: Sequence[SpanKind] | None = None,
+        names: Sequence[str] | None = None,
+        after_sequence_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Span]:
+        tr.check_pagination(limit)
+        with self._lock:
+            self._rollout(rollout_id)
+            attempts = self._attempts.get(rollout_id, [])
+            if attempt_id == LATEST:
+                if not attempts:
+                    return []
+                attempt_id = attempts[-1].attempt_id
+            elif attempt_id is not None:
+                self._attempt(rollout_id, attempt_id)
+            order = {a.attempt_id: a.sequence for a in attempts}
+            spans = [
+                s
+                for s in self._spans.get(rollout_id, {}).values()
+                if (attempt_id is None or s.attempt_id == attempt_id)
+                and (kinds is None or s.kind in kinds)
+                and (names is None or s.name in names)
+                and (after_sequence_id is None or s.sequence_id > after_sequence_id)
+            ]
+        spans.sort(key=lambda s: (order.get(s.attempt_id, 0), s.sequence_id, s.start_time))
+        return spans if limit is None else spans[:limit]
+
+    # ------------------------------------------------------------------ resources
+    async def add_resources(
+        self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
+    ) -> ResourcesSnapshot:
+        validated = _RESOURCES.validate_python(dict(resources))
+        with self._lock:
+            snapshot = ResourcesSnapshot(
+                resources_id=new_id("rs"),
+                version=len(self._resources) + 1,
+                resources=validated,
+                metadata=dict(metadata or {}),
+            )
+            self._resources[snapshot.resources_id] = snapshot
+            self._latest_resources = snapshot.resources_id
+        self._changed.notify_all()
+        return snapshot
+
+    async def get_resources(self, resources_id: str) -> ResourcesSnapshot:
+        with self._lock:
+            try:
+                return self._resources[resources_id]
+            except KeyError:
+                raise NotFound(f"no resources snapshot with id {resources_id!r}") from None
+
+    async def get_latest_resources(self) -> ResourcesSnapshot | None:
+        with self._lock:
+            return None if self._latest_resources is None else self._resources[self._latest_resources]
+
+    # ------------------------------------------------------------------ publish–subscribe
+    async def subscribe(
+        self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
+    ) -> None:
+        if not group:
+            raise ValueError("subscription group must be a non-empty string")
+        wanted = None if task_types is None else frozenset(task_types)
+        with self._lock:
+            existing = self._groups.get(group)
+            if existing is not None:
+                if existing.task_types != wanted:
+                    raise InvalidTransition(
+                        f"group {group!r} already subscribes to {sorted(existing.task_types or ['*'])}, "
+                        f"not {sorted(wanted or ['*'])}"
+                    )
+                return
+            created = _Group(task_types=wanted)
+            if from_beginning:
+                finished = [r for r in self._rollouts.values() if r.status in DELIVERED_STATUSES and created.wants(r)]
+                finished.sort(key=lambda r: (r.ended_at or 0.0, self._created_order[r.rollout_id]))
+                created.pending.extend(r.rollout_id for r in finished)
+            self._groups[group] = created
+
+    def _group(self, group: str) -> _Group:
+        try:
+            return self._groups[group]
+        except KeyError:
+            raise NotFound(f"no subscription group {group!r}; call subscribe() first") from None
+
+    async def pull_completed(
+        self,
+        group: str,
+        *,
+        consumer: str = "default",
+        max_count: int = 100,
+        timeout: float = 0.0,
+        visibility_timeout: float = 300.0,
+    ) -> list[Rollout]:
+        if max_count < 1:
+            raise ValueError(f"max_count must be at least 1, got {max_count}")
+        tr.check_timeout("timeout", timeout)
+        tr.check_timeout("visibility_timeout", visibility_timeout)
+        with self._lock:
+            self._group(group)
+
+        def take() -> list[Rollout] | None:
+            now = time.time()
+            with self._lock:
+                state = self._group(group)
+                for rollout_id, deadline in list(state.inflight.items()):
+                    if deadline <= now:  # never acknowledged: deliver again
+                        del state.inflight[rollout_id]
+                        state.pending.appendleft(rollout_id)
+                taken: list[Rollout] = []
+                while state.pending and len(taken) < max_count:
+                    rollout_id = state.pending.popleft()
+                    state.inflight[rollout_id] = now + visibility_timeout
+                    taken.append(self._rollouts[rollout_id])
+            return taken or None
+
+        return await self._changed.wait_for(take, timeout) or []
+
+    async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
+        with self._lock:
+            state = self._group(group)
+            return sum(state.inflight.pop(r, None) is not None for r in rollout_ids)

@@ -1,0 +1,155 @@
+"""State-machine steps shared by every backend, as pure functions on the data model.
+
+Backends load the records, call these, and write the results back inside one
+transaction, so the retry/lease rules live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from agent_lightning.errors import InvalidTransition, LeaseLost
+from agent_lightning.types import Attempt, Rollout, RolloutRequest, Span
+from agent_lightning.types.rollouts import (
+    CLAIMABLE_ROLLOUT_STATUSES,
+    check_attempt_transition,
+    check_rollout_transition,
+    new_id,
+)
+
+
+def new_rollout(request: RolloutRequest, now: float) -> Rollout:
+    """The queued rollout a request describes."""
+    return Rollout(
+        rollout_id=request.rollout_id or new_id("ro"),
+        task_type=request.task_type,
+        input=request.input,
+        mode=request.mode,
+        resources_id=request.resources_id,
+        config=request.config,
+        metadata=dict(request.metadata),
+        created_at=now,
+    )
+
+
+def start_attempt(rollout: Rollout, worker_id: str | None, now: float) -> tuple[Rollout, Attempt]:
+    """Move a claimable rollout to ``running`` with a new attempt leased to ``worker_id``."""
+    if rollout.status not in CLAIMABLE_ROLLOUT_STATUSES:
+        raise InvalidTransition(f"rollout {rollout.rollout_id!r} is {rollout.status}, not claimable")
+    check_rollout_transition(rollout.rollout_id, rollout.status, "running")
+    sequence = rollout.attempt_count + 1
+    attempt = Attempt(
+        rollout_id=rollout.rollout_id,
+        attempt_id=new_id("at"),
+        sequence=sequence,
+        worker_id=worker_id,
+        status="running",
+        started_at=now,
+        last_heartbeat_at=now,
+        lease_expires_at=now + rollout.config.lease_seconds,
+    )
+    updated = rollout.model_copy(
+        update={
+            "status": "running",
+            "attempt_count": sequence,
+            "started_at": rollout.started_at or now,
+        }
+    )
+    return updated, attempt
+
+
+def require_running(attempt: Attempt) -> None:
+    """Raise :class:`LeaseLost` unless the attempt is still running."""
+    if attempt.status != "running":
+        raise LeaseLost(
+            f"attempt {attempt.attempt_id!r} of rollout {attempt.rollout_id!r} is {attempt.status}; "
+            "its worker no longer owns it"
+        )
+
+
+def heartbeat(rollout: Rollout, attempt: Attempt, now: float) -> Attempt:
+    """The attempt with its lease extended."""
+    require_running(attempt)
+    return attempt.model_copy(
+        update={"last_heartbeat_at": now, "lease_expires_at": now + rollout.config.lease_seconds}
+    )
+
+
+def finish_attempt(
+    rollout: Rollout, attempt: Attempt, status: str, error: str | None, now: float
+) -> tuple[Rollout, Attempt]:
+    """End an attempt and move the rollout accordingly (succeed, requeue, or fail for good)."""
+    if status not in ("succeeded", "failed", "timeout", "lost"):
+        raise ValueError(f"an attempt cannot finish as {status!r}; use 'succeeded' or 'failed'")
+    require_running(attempt)
+    if rollout.status != "running":
+        raise InvalidTransition(f"rollout {rollout.rollout_id!r} is {rollout.status}; its attempt cannot finish")
+    check_attempt_transition(attempt.attempt_id, attempt.status, status)
+    ended = attempt.model_copy(update={"status": status, "ended_at": now, "error": error})
+    if status == "succeeded":
+        target, rollout_error = "succeeded", None
+    elif rollout.attempt_count < rollout.config.max_attempts:
+        target, rollout_error = "requeuing", None
+    else:
+        target = "failed"
+        rollout_error = f"attempt {attempt.sequence}/{rollout.config.max_attempts} {status}" + (
+            f": {error}" if error else ""
+        )
+    check_rollout_transition(rollout.rollout_id, rollout.status, target)
+    terminal = target in ("succeeded", "failed")
+    updated = rollout.model_copy(
+        update={"status": target, "ended_at": now if terminal else None, "error": rollout_error}
+    )
+    return updated, ended
+
+
+def expiry_status(rollout: Rollout, attempt: Attempt, now: float) -> str | None:
+    """``'timeout'`` or ``'lost'`` when a running attempt has overrun, else ``None``."""
+    if attempt.status != "running":
+        return None
+    timeout = rollout.config.timeout_seconds
+    if timeout is not None and now - attempt.started_at > timeout:
+        return "timeout"
+    if now > attempt.lease_expires_at:
+        return "lost"
+    return None
+
+
+def expiry_error(status: str, rollout: Rollout) -> str:
+    if status == "timeout":
+        return f"attempt exceeded timeout_seconds={rollout.config.timeout_seconds}"
+    return f"worker stopped heart-beating; lease of {rollout.config.lease_seconds}s expired"
+
+
+def cancel(rollout: Rollout, attempt: Attempt | None, now: float) -> tuple[Rollout, Attempt | None]:
+    """Cancel a rollout and fail its running attempt, if any."""
+    check_rollout_transition(rollout.rollout_id, rollout.status, "cancelled")
+    ended = None
+    if attempt is not None and attempt.status == "running":
+        ended = attempt.model_copy(update={"status": "failed", "ended_at": now, "error": "rollout cancelled"})
+    return rollout.model_copy(update={"status": "cancelled", "ended_at": now, "error": "cancelled"}), ended
+
+
+def check_spans_batch(spans: Sequence[Span]) -> None:
+    """Reject a batch that mixes up ids before any span of it is stored."""
+    seen: set[tuple[str, str, str]] = set()
+    for index, span in enumerate(spans):
+        if not isinstance(span, Span):
+            raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
+        key = (span.rollout_id, span.attempt_id, span.span_id)
+        if key in seen:
+            raise ValueError(f"span {span.span_id} appears twice in one batch")
+        seen.add(key)
+
+
+def check_pagination(limit: int | None, offset: int = 0) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+    if not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+
+
+def check_timeout(name: str, value: float | None) -> None:
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")

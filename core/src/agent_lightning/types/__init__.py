@@ -1,0 +1,43 @@
+"""The data model: rollouts, attempts, spans, rewards, resources and training samples."""
+
+from agent_lightning.types.resources import LLM, PromptTemplate, Resource, ResourcesSnapshot, ToolConfig
+from agent_lightning.types.rewards import Reward, RewardValue
+from agent_lightning.types.rollouts import (
+    Attempt,
+    AttemptedRollout,
+    AttemptStatus,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutRequest,
+    RolloutStatus,
+)
+from agent_lightning.types.spans import AttributeValue, Span, SpanKind, SpanStatus, new_span_id, new_trace_id
+from agent_lightning.types.training import Episode, Sample, Trajectory
+
+__all__ = [
+    "LLM",
+    "Attempt",
+    "AttemptStatus",
+    "AttemptedRollout",
+    "AttributeValue",
+    "Episode",
+    "PromptTemplate",
+    "Resource",
+    "ResourcesSnapshot",
+    "Reward",
+    "RewardValue",
+    "Rollout",
+    "RolloutConfig",
+    "RolloutMode",
+    "RolloutRequest",
+    "RolloutStatus",
+    "Sample",
+    "Span",
+    "SpanKind",
+    "SpanStatus",
+    "ToolConfig",
+    "Trajectory",
+    "new_span_id",
+    "new_trace_id",
+]
