@@ -7,6 +7,7 @@ import functools
 import inspect
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -31,6 +32,12 @@ from agent_lightning.types.rollouts import new_id
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+
+ROLLOUT_ENV = "AGL_ROLLOUT_ID"
+ATTEMPT_ENV = "AGL_ATTEMPT_ID"
+PARENT_SPAN_ENV = "AGL_PARENT_SPAN_ID"
+JOINED_SEQUENCE_BASE = 2_000_000
+"""Spans of a script that joined a runner's attempt count from here, apart from the runner's own."""
 
 _current: contextvars.ContextVar[TrainingContext | None] = contextvars.ContextVar("agl_context", default=None)
 _open_lock = threading.Lock()
@@ -120,6 +127,8 @@ class TrainingContext:
         self._span_token: contextvars.Token[ActiveSpan | None] | None = None
         self._detached_reason: str | None = None
         self._hook: Any = None
+        self._owns_attempt = True
+        self._parent_span_id: str | None = None
 
     # ------------------------------------------------------------------ identity
     @property
@@ -208,8 +217,12 @@ class TrainingContext:
             self.tracer = get_tracer(open_store(self._store_arg))
         else:
             self.tracer = get_tracer(self._store_arg)
+        if self._given is None and os.environ.get(ROLLOUT_ENV) and os.environ.get(ATTEMPT_ENV):
+            self._join_from_environment()
         if self._given is not None:
             self.attempted = self._given
+        elif self.attempted is not None:
+            pass  # joined the runner's attempt through the environment
         else:
             request = RolloutRequest(
                 input=self.input,
@@ -223,10 +236,11 @@ class TrainingContext:
             except Exception as exc:
                 self._detached_reason = f"could not start a rollout in {self.tracer.store.url}: {exc!r}"
                 logger.error("agent-lightning: %s; the agent runs but nothing is recorded", self._detached_reason)
-        if self.attempted is not None:
+        if self.attempted is not None and self._owns_attempt:
             rollout = self.attempted.rollout
             self.tracer.keep_alive(rollout.rollout_id, self.attempted.attempt_id, rollout.config.lease_seconds)
-            self.resources = self._load_resources(rollout.resources_id)
+        if self.attempted is not None:
+            self.resources = self._load_resources(self.attempted.rollout.resources_id)
         self.is_open = True
         with _open_lock:
             _open_roots.append(self)
@@ -242,11 +256,24 @@ class TrainingContext:
             attributes[semconv.RESOURCES_ID] = self.resources.resources_id
         if self.agent_name:
             attributes[semconv.AGENT_NAME] = self.agent_name
-        self._root = ActiveSpan(self, self.task_id, "agent", attributes, None)
+        self._root = ActiveSpan(self, self.task_id, "agent", attributes, self._parent_span_id)
         self.root_span_id = self._root.id
         self._span_token = _current_span.set(self._root)
         if self.attempted is not None:
             self._hook.agl_rollout_started(rollout=self.attempted.rollout, attempt=self.attempted.attempt)
+
+    def _join_from_environment(self) -> None:
+        """Join the attempt of the runner that started this process (see ``ScriptAgent``)."""
+        assert self.tracer is not None
+        rollout_id, attempt_id = os.environ[ROLLOUT_ENV], os.environ[ATTEMPT_ENV]
+        store = self.tracer.store
+        rollout = self.tracer.call(store.get_rollout(rollout_id), timeout=10)
+        attempt = next(a for a in self.tracer.call(store.get_attempts(rollout_id), timeout=10) if a.attempt_id == attempt_id)
+        self.attempted = AttemptedRollout(rollout=rollout, attempt=attempt)
+        self.input = rollout.input
+        self._owns_attempt = False  # the runner completes it from the script's exit status
+        self._parent_span_id = os.environ.get(PARENT_SPAN_ENV) or None
+        self._sequence = itertools.count(JOINED_SEQUENCE_BASE)
 
     def _load_resources(self, resources_id: str | None) -> ResourcesSnapshot | None:
         assert self.tracer is not None
@@ -293,7 +320,8 @@ class TrainingContext:
             adapters.auto_uninstrument()
         if self.tracer is None or self.attempted is None:
             return
-        self.tracer.release(self.attempted.attempt_id)
+        if self._owns_attempt:
+            self.tracer.release(self.attempted.attempt_id)
         if not self.tracer.emitter.flush(self._flush_timeout):
             logger.error(
                 "agent-lightning: spans of rollout %s were not all delivered within %.0fs; "
@@ -301,6 +329,8 @@ class TrainingContext:
                 self.rollout_id,
                 self._flush_timeout,
             )
+        if not self._owns_attempt:
+            return
         status: Literal["succeeded", "failed"] = "failed" if exc is not None else "succeeded"
         error = None if exc is None else f"{type(exc).__name__}: {exc}"
         try:

@@ -1,0 +1,191 @@
+"""The ``agl`` command line. Plugins add sub-commands through ``agl_register_commands``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from agent_lightning import plugins
+    from agent_lightning.algorithms import algorithm_entries
+    from agent_lightning.instrumentation.adapter import adapters
+    from agent_lightning.store import store_schemes
+
+    rows = [(p.name, p.package or "-", p.version or "-", "builtin" if p.builtin else "entry point", p.error)
+            for p in plugins.list_plugins()]
+    if args.json:
+        print(json.dumps({
+            "plugins": [{"name": r[0], "package": r[1], "version": r[2], "source": r[3], "error": r[4]} for r in rows],
+            "store_schemes": store_schemes(),
+            "adapters": sorted(adapters()),
+            "algorithms": sorted(algorithm_entries()),
+        }, indent=2))
+        return 0
+    width = max([len(r[0]) for r in rows] + [6])
+    print(f"{'plugin':<{width}}  {'package':<28} {'version':<10} source")
+    for name, package, version, source, error in rows:
+        line = f"{name:<{width}}  {package:<28} {version:<10} {source}"
+        print(line + (f"  FAILED: {error}" if error else ""))
+    print()
+    print("store schemes:", ", ".join(f"{s}://" for s in store_schemes()) or "none")
+    print("adapters:     ", ", ".join(sorted(adapters())) or "none")
+    print("algorithms:   ", ", ".join(sorted(algorithm_entries())) or "none")
+    return 0
+
+
+def _open(url: str) -> Any:
+    from agent_lightning.store import open_store
+
+    return open_store(url)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        store = _open(args.store)
+        try:
+            rollouts = await store.query_rollouts(
+                status=args.status or None, task_types=args.task_type or None, limit=args.limit, offset=args.offset
+            )
+            print(f"{'rollout':<36} {'task type':<16} {'mode':<5} {'status':<10} {'att':>3} {'spans':>5}  reward")
+            for rollout in rollouts:
+                spans = await store.query_spans(rollout.rollout_id, "latest")
+                rewards = [s.reward for s in spans if s.kind == "reward" and s.reward is not None]
+                reward = f"{sum(rewards):.3f}" if rewards else "-"
+                print(f"{rollout.rollout_id:<36} {rollout.task_type[:16]:<16} {rollout.mode:<5} "
+                      f"{rollout.status:<10} {rollout.attempt_count:>3} {len(spans):>5}  {reward}")
+            if not rollouts:
+                print("(no rollouts)")
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _spans(args: argparse.Namespace) -> int:
+    from agent_lightning import semconv
+
+    async def main() -> int:
+        store = _open(args.store)
+        try:
+            spans = await store.query_spans(args.rollout_id, None if args.all_attempts else "latest")
+        finally:
+            await store.close()
+        if args.json:
+            for span in spans:
+                print(span.model_dump_json())
+            return 0
+        children: dict[str | None, list[Any]] = {}
+        ids = {s.span_id for s in spans}
+        for span in spans:
+            parent = span.parent_id if span.parent_id in ids else None
+            children.setdefault(parent, []).append(span)
+
+        def show(span: Any, depth: int) -> None:
+            extra = []
+            if span.kind == "llm":
+                ids_ = span.attributes.get(semconv.COMPLETION_TOKEN_IDS)
+                extra.append(f"{len(ids_)} completion tokens" if isinstance(ids_, list) else "NO token ids")
+            if span.kind == "tool":
+                extra.append(f"args={json.dumps(span.attributes.get(semconv.GEN_AI_TOOL_CALL_ARGUMENTS))[:60]}")
+            if span.kind == "reward":
+                extra.append(f"reward={span.reward}")
+            agent = span.attributes.get(semconv.AGENT_NAME)
+            if agent:
+                extra.append(f"agent={agent}")
+            if span.status.code == "error":
+                extra.append(f"ERROR {span.status.message}")
+            duration = f"{(span.duration or 0) * 1000:.0f}ms"
+            print(f"{'  ' * depth}{span.kind:<7} {span.name} [{duration}] {'; '.join(extra)}")
+            for child in children.get(span.span_id, []):
+                show(child, depth + 1)
+
+        for root in children.get(None, []):
+            show(root, 0)
+        if not spans:
+            print(f"(no spans for rollout {args.rollout_id})")
+        return 0
+
+    return asyncio.run(main())
+
+
+def _runner(args: argparse.Namespace) -> int:
+    from agent_lightning.agent import load_agent
+    from agent_lightning.runner import Runner, default_worker_id
+
+    store = _open(args.store)
+    runner = Runner(load_agent(args.agent), store, worker_id=args.worker_id or default_worker_id(),
+                    task_types=args.task_type or None)
+    try:
+        done = runner.run(max_rollouts=args.max_rollouts, idle_timeout=args.idle_timeout)
+    except KeyboardInterrupt:
+        done = runner.completed + runner.failed
+    print(f"runner {runner.worker_id}: {done} rollouts ({runner.completed} succeeded, {runner.failed} failed)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent_lightning import __version__, plugins
+
+    parser = argparse.ArgumentParser(prog="agl", description="Agent Lightning: train existing agents from their traces.")
+    parser.add_argument("--version", action="version", version=f"agent-lightning {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed plugins, store backends, adapters and algorithms")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_plugins)
+
+    p = sub.add_parser("runs", help="list rollouts in a store")
+    p.add_argument("--store", required=True, help="store URL, e.g. sqlite:///runs/store.db")
+    p.add_argument("--status", action="append", help="filter by status (repeatable)")
+    p.add_argument("--task-type", action="append", help="filter by task type (repeatable)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.set_defaults(func=_runs)
+
+    p = sub.add_parser("spans", help="print a rollout's span tree")
+    p.add_argument("rollout_id")
+    p.add_argument("--store", required=True, help="store URL")
+    p.add_argument("--all-attempts", action="store_true", help="every attempt, not only the latest")
+    p.add_argument("--json", action="store_true", help="one JSON span per line")
+    p.set_defaults(func=_spans)
+
+    p = sub.add_parser("runner", help="claim rollouts from a shared store and run an agent on them")
+    p.add_argument("agent", help="module:function, module:LitAgentClass, or a script.py")
+    p.add_argument("--store", required=True, help="shared store URL (postgresql://…, redis://…, http://…)")
+    p.add_argument("--worker-id")
+    p.add_argument("--task-type", action="append")
+    p.add_argument("--max-rollouts", type=int)
+    p.add_argument("--idle-timeout", type=float, help="exit after this many seconds without work")
+    p.set_defaults(func=_runner)
+
+    plugins.hook().agl_register_commands(subparsers=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``agl``."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from agent_lightning.errors import AgentLightningError
+
+    try:
+        return int(args.func(args) or 0)
+    except (AgentLightningError, ValueError, FileNotFoundError) as exc:
+        print(f"agl: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Runners: workers that claim rollouts from a store and run an agent on each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+from agent_lightning.agent import AgentLike, agent_name, run_agent
+from agent_lightning.instrumentation.context import TrainingContext
+from agent_lightning.instrumentation.spans import emit_reward
+from agent_lightning.instrumentation.tracer import get_tracer
+from agent_lightning.store.base import LightningStore
+from agent_lightning.types import AttemptedRollout, Reward, RolloutMode
+
+logger = logging.getLogger(__name__)
+
+
+def default_worker_id(index: int = 0) -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{index}"
+
+
+class Runner:
+    """Claims rollouts and runs ``agent`` on each inside a :class:`TrainingContext`.
+
+    A failing agent fails its attempt (the store retries it up to
+    ``max_attempts``); the runner itself keeps going.
+    """
+
+    def __init__(
+        self,
+        agent: AgentLike,
+        store: LightningStore,
+        *,
+        worker_id: str | None = None,
+        task_types: Sequence[str] | None = None,
+        modes: Sequence[RolloutMode] | None = None,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.agent = agent
+        self.store = store
+        self.worker_id = worker_id or default_worker_id()
+        self.task_types = list(task_types) if task_types is not None else None
+        self.modes = list(modes) if modes is not None else None
+        self.poll_interval = poll_interval
+        self.completed = 0
+        self.failed = 0
+        self._tracer = get_tracer(store)
+
+    def claim(self) -> AttemptedRollout | None:
+        return self._tracer.call(
+            self.store.claim_rollout(self.worker_id, task_types=self.task_types, modes=self.modes)
+        )
+
+    def run_one(self, attempted: AttemptedRollout) -> bool:
+        """Run the agent on one claimed rollout; ``True`` if it succeeded."""
+        rollout = attempted.rollout
+        try:
+            with TrainingContext(
+                rollout.task_type, store=self.store, rollout=attempted, agent_name=agent_name(self.agent)
+            ) as ctx:
+                result = asyncio.run(run_agent(self.agent, rollout.input, ctx))
+                if result is not None and not ctx.rewards:
+                    if isinstance(result, bool) or not isinstance(result, (int, float, dict)):
+                        raise TypeError(
+                            f"the agent returned {type(result).__name__}; return a reward (float or dict) or None"
+                        )
+                    emit_reward(Reward(value=result).value)
+                elif result is None and not ctx.rewards:
+                    logger.warning(
+                        "rollout %s finished without a reward: return one from the agent or call agl.emit_reward",
+                        rollout.rollout_id,
+                    )
+        except Exception as exc:
+            self.failed += 1
+            logger.warning("rollout %s attempt %s failed: %r", rollout.rollout_id, attempted.attempt_id, exc)
+            return False
+        self.completed += 1
+        return True
+
+    def run(
+        self,
+        *,
+        max_rollouts: int | None = None,
+        stop: threading.Event | None = None,
+        idle_timeout: float | None = None,
+    ) -> int:
+        """Process rollouts until ``stop`` is set, ``max_rollouts`` ran, or nothing came for ``idle_timeout`` s."""
+        done = 0
+        idle_since = time.monotonic()
+        limit = math.inf if max_rollouts is None else max_rollouts
+        while done < limit and not (stop is not None and stop.is_set()):
+            try:
+                attempted = self.claim()
+            except Exception as exc:
+                logger.warning("runner %s could not claim from %s: %s", self.worker_id, self.store.url, exc)
+                attempted = None
+            if attempted is None:
+                if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
+                    break
+                if stop is not None:
+                    stop.wait(self.poll_interval)
+                else:
+                    time.sleep(self.poll_interval)
+                continue
+            self.run_one(attempted)
+            done += 1
+            idle_since = time.monotonic()
+        return done
+
+
+class RunnerPool:
+    """``n`` runner threads sharing one store, started and stopped together."""
+
+    def __init__(self, agent: AgentLike, store: LightningStore, n: int = 1, **options: object) -> None:
+        if n < 1:
+            raise ValueError(f"a runner pool needs at least one runner, got n={n}")
+        self.runners = [
+            Runner(agent, store, worker_id=default_worker_id(i), **options)  # type: ignore[arg-type]
+            for i in range(n)
+        ]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> RunnerPool:
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(target=r.run, kwargs={"stop": self._stop}, name=f"agl-runner-{i}", daemon=True)
+            for i, r in enumerate(self.runners)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Let running rollouts finish, then stop."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def __enter__(self) -> RunnerPool:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

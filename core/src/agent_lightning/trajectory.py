@@ -1,0 +1,330 @@
+"""Trajectory building: turn a rollout's span tree into an episode of training samples.
+
+Which spans matter
+    LLM-call spans (kind ``llm``) that carry the token ids the engine sampled
+    (``agl.llm.prompt_token_ids`` / ``agl.llm.completion_token_ids``, written by
+    the proxy). A client-side LLM span without ids whose child is the proxy's
+    record is represented by that record.
+
+Where rewards go
+    A reward span judges its target span (``agl.reward.span_id``). It credits
+    the LLM calls *inside* that target (descendants, or the call itself); a
+    reward with no target, or targeting the root/agent span, credits every
+    call of the attempt.
+
+How multi-step rewards propagate
+    Calls are ordered in time. A reward is "received" after the last call it
+    credits that started before the reward was emitted; each call's return is
+    the sum of the rewards it is credited with that arrive at or after it,
+    discounted by ``discount ** (turns in between)`` (reward-to-go). With the
+    default ``discount=1`` the final reward propagates unchanged to every call.
+
+Selective optimization
+    ``agents`` / ``resources`` keep only the calls made by those agents (the
+    nearest ``gen_ai.agent.name`` up the span tree) or using those resources
+    (``agl.resources.names`` up the tree).
+
+Aggregation
+    ``"transition"`` yields one sample per LLM call. ``"trajectory"`` merges
+    consecutive calls into one sequence when each prompt starts exactly with
+    the previous prompt + completion; the tokens in between (tool output,
+    environment text) get loss mask 0. ``max_turns`` bounds the calls merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agent_lightning import semconv
+from agent_lightning.errors import NoTrainingData
+from agent_lightning.types import Episode, Rollout, Sample, Span
+
+logger = logging.getLogger(__name__)
+
+Aggregation = Literal["transition", "trajectory"]
+
+NO_TOKEN_IDS_FIX = (
+    "LLM calls were recorded without token ids, so they cannot be trained on. Point the agent's OpenAI "
+    "base_url at the Agent Lightning proxy (use `ctx.llm().endpoint` or the URL the runner hands the agent), "
+    "and make sure the upstream returns token ids (the local policy server does; for vLLM pass "
+    "`return_token_ids`)."
+)
+NO_LLM_SPANS_FIX = (
+    "the rollout has no LLM-call spans at all. The agent's model calls did not go through the proxy, or the "
+    "framework adapter is not installed (pip install agent-lightning-langchain / -autogen / -openai)."
+)
+NO_REWARD_FIX = "the rollout emitted no reward; call agl.emit_reward(value) before the TrainingContext closes."
+
+
+@dataclass(frozen=True)
+class _Call:
+    span: Span
+    prompt: list[int]
+    completion: list[int]
+    logprobs: list[float] | None
+    agent: str | None
+    resources: list[str]
+
+
+def group_key(rollout: Rollout) -> str:
+    """Rollouts of the same task input share a group (GRPO's comparison group)."""
+    explicit = rollout.metadata.get("group_id")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    payload = json.dumps([rollout.task_type, rollout.input], sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def _int_list(value: Any) -> list[int] | None:
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    return None
+
+
+def _float_list(value: Any) -> list[float] | None:
+    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    return None
+
+
+def _ancestor_value(span: Span, by_id: dict[str, Span], key: str) -> Any:
+    current: Span | None = span
+    seen: set[str] = set()
+    while current is not None and current.span_id not in seen:
+        seen.add(current.span_id)
+        if key in current.attributes and current.attributes[key] not in (None, "", []):
+            return current.attributes[key]
+        current = by_id.get(current.parent_id) if current.parent_id else None
+    return None
+
+
+def _is_descendant(span: Span, ancestor_id: str, by_id: dict[str, Span]) -> bool:
+    current: Span | None = span
+    seen: set[str] = set()
+    while current is not None and current.span_id not in seen:
+        if current.span_id == ancestor_id:
+            return True
+        seen.add(current.span_id)
+        current = by_id.get(current.parent_id) if current.parent_id else None
+    return False
+
+
+def _latest_attempt(spans: Sequence[Span]) -> list[Span]:
+    if not spans:
+        return []
+    latest = spans[-1].attempt_id  # stores order spans by attempt, then sequence
+    return [s for s in spans if s.attempt_id == latest]
+
+
+def build_episode(
+    rollout: Rollout,
+    spans: Sequence[Span],
+    *,
+    aggregation: Aggregation = "transition",
+    discount: float = 1.0,
+    agents: Iterable[str] | None = None,
+    resources: Iterable[str] | None = None,
+    max_prompt_tokens: int | None = None,
+    max_turns: int | None = None,
+) -> Episode:
+    """Build the episode of one rollout attempt from its spans (the latest attempt if several)."""
+    if not 0.0 < discount <= 1.0:
+        raise ValueError(f"discount must be in (0, 1], got {discount}")
+    if max_turns is not None and max_turns < 1:
+        raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+    spans = _latest_attempt(list(spans))
+    attempt_id = spans[0].attempt_id if spans else ""
+    by_id = {s.span_id: s for s in spans}
+    warnings: list[str] = []
+
+    llm_spans = [s for s in spans if s.kind == "llm"]
+    with_ids = {s.span_id for s in llm_spans if _int_list(s.attributes.get(semconv.COMPLETION_TOKEN_IDS)) is not None}
+    parents_of_records = {by_id[s].parent_id for s in with_ids if by_id[s].parent_id}
+    calls: list[_Call] = []
+    missing_ids = empty = too_long = 0
+    for span in sorted(llm_spans, key=lambda s: (s.start_time, s.sequence_id)):
+        if span.span_id not in with_ids:
+            if span.span_id not in parents_of_records:  # a client span whose proxy record is its child is fine
+                missing_ids += 1
+            continue
+        prompt = _int_list(span.attributes.get(semconv.PROMPT_TOKEN_IDS)) or []
+        completion = _int_list(span.attributes.get(semconv.COMPLETION_TOKEN_IDS)) or []
+        if not completion:
+            empty += 1
+            continue
+        if max_prompt_tokens is not None and len(prompt) > max_prompt_tokens:
+            too_long += 1
+            continue
+        logprobs = _float_list(span.attributes.get(semconv.COMPLETION_LOGPROBS))
+        if logprobs is not None and len(logprobs) != len(completion):
+            logprobs = None
+        agent = _ancestor_value(span, by_id, semconv.AGENT_NAME)
+        names = _ancestor_value(span, by_id, semconv.RESOURCE_NAMES)
+        calls.append(
+            _Call(
+                span,
+                prompt,
+                completion,
+                logprobs,
+                agent if isinstance(agent, str) else None,
+                [n for n in names if isinstance(n, str)] if isinstance(names, list) else [],
+            )
+        )
+    if not llm_spans:
+        warnings.append(NO_LLM_SPANS_FIX)
+    if missing_ids:
+        warnings.append(f"{missing_ids} LLM span(s) without token ids were skipped: {NO_TOKEN_IDS_FIX}")
+    if empty:
+        warnings.append(f"{empty} LLM call(s) with an empty completion were skipped.")
+    if too_long:
+        warnings.append(f"{too_long} LLM call(s) with prompts over max_prompt_tokens={max_prompt_tokens} were skipped.")
+
+    # Rewards: credit, in time order, the calls inside each reward's target.
+    reward_spans = sorted((s for s in spans if s.kind == "reward" and s.reward is not None), key=lambda s: s.sequence_id)
+    returns = [0.0] * len(calls)
+    step_rewards: dict[str, float] = {}
+    total = 0.0
+    root_ids = {s.span_id for s in spans if s.parent_id is None}
+    call_ids = {c.span.span_id for c in calls}
+    for reward_span in reward_spans:
+        value = reward_span.reward
+        assert value is not None
+        total += value
+        target = reward_span.attributes.get(semconv.REWARD_TARGET_SPAN_ID)
+        target = target if isinstance(target, str) and target in by_id and target not in root_ids else None
+        if target in call_ids:
+            step_rewards[target] = step_rewards.get(target, 0.0) + value
+        credited = [
+            i
+            for i, call in enumerate(calls)
+            if (target is None or _is_descendant(call.span, target, by_id))
+            and call.span.start_time <= reward_span.start_time
+        ]
+        if not credited:
+            continue
+        arrival = credited[-1]
+        for i in credited:
+            returns[i] += value * discount ** (arrival - i)
+    reward = total if reward_spans else None
+    if reward is None:
+        warnings.append(NO_REWARD_FIX)
+
+    selected_agents = None if agents is None else set(agents)
+    selected_resources = None if resources is None else set(resources)
+    kept = [
+        (i, c)
+        for i, c in enumerate(calls)
+        if (selected_agents is None or c.agent in selected_agents)
+        and (selected_resources is None or selected_resources.intersection(c.resources))
+    ]
+    if calls and not kept:
+        warnings.append(
+            f"none of the {len(calls)} LLM call(s) belong to agents {sorted(selected_agents or [])} "
+            f"or resources {sorted(selected_resources or [])}; found agents "
+            f"{sorted({c.agent or '<unnamed>' for c in calls})}"
+        )
+
+    samples: list[Sample] = []
+    if reward is not None:
+        groups = _merge(kept, max_turns) if aggregation == "trajectory" else [[k] for k in kept]
+        gid = group_key(rollout)
+        for group in groups:
+            samples.append(_sample(rollout, attempt_id, group, returns, gid))
+    for warning in warnings:
+        logger.debug("rollout %s: %s", rollout.rollout_id, warning)
+    return Episode(
+        rollout_id=rollout.rollout_id,
+        attempt_id=attempt_id,
+        task_type=rollout.task_type,
+        input=rollout.input,
+        reward=reward,
+        samples=samples,
+        step_rewards=step_rewards,
+        warnings=warnings,
+    )
+
+
+def _merge(calls: list[tuple[int, _Call]], max_turns: int | None) -> list[list[tuple[int, _Call]]]:
+    groups: list[list[tuple[int, _Call]]] = []
+    sequence: list[int] = []  # the current group's tokens so far: first prompt + everything after it
+    for item in calls:
+        call = item[1]
+        if (
+            groups
+            and (max_turns is None or len(groups[-1]) < max_turns)
+            and call.agent == groups[-1][-1][1].agent
+            and call.prompt[: len(sequence)] == sequence
+        ):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+        sequence = call.prompt + call.completion
+    return groups
+
+
+def _sample(
+    rollout: Rollout, attempt_id: str, group: list[tuple[int, _Call]], returns: list[float], group_id: str
+) -> Sample:
+    first_index, first = group[0]
+    completion: list[int] = list(first.completion)
+    mask = [1] * len(first.completion)
+    logprobs: list[float] | None = list(first.logprobs) if first.logprobs is not None else None
+    for _, call in group[1:]:
+        so_far = len(first.prompt) + len(completion)
+        filler = call.prompt[so_far:]
+        completion += filler + call.completion
+        mask += [0] * len(filler) + [1] * len(call.completion)
+        if logprobs is not None and call.logprobs is not None:
+            logprobs += [0.0] * len(filler) + call.logprobs
+        else:
+            logprobs = None
+    resources_id = first.span.attributes.get(semconv.RESOURCES_ID)
+    return Sample(
+        rollout_id=rollout.rollout_id,
+        attempt_id=attempt_id,
+        span_ids=[c.span.span_id for _, c in group],
+        prompt_token_ids=first.prompt,
+        completion_token_ids=completion,
+        completion_logprobs=logprobs,
+        loss_mask=mask,
+        reward=returns[first_index],
+        task_type=rollout.task_type,
+        group_id=group_id,
+        turn_index=first_index,
+        agent_name=first.agent,
+        resource_names=first.resources,
+        resources_id=resources_id if isinstance(resources_id, str) else rollout.resources_id,
+    )
+
+
+async def build_episodes(store: Any, rollouts: Sequence[Rollout], **options: Any) -> list[Episode]:
+    """Query each rollout's spans from ``store`` and build its episode (options as :func:`build_episode`)."""
+    episodes = []
+    for rollout in rollouts:
+        spans = await store.query_spans(rollout.rollout_id)
+        episodes.append(build_episode(rollout, spans, **options))
+    return episodes
+
+
+def ensure_training_data(episodes: Sequence[Episode]) -> list[Sample]:
+    """All samples of ``episodes``; raises :class:`NoTrainingData` with the fix when there are none.
+
+    Also logs a warning when part of the data was unusable.
+    """
+    samples = [s for e in episodes for s in e.samples]
+    problems: dict[str, int] = {}
+    for episode in episodes:
+        for warning in episode.warnings:
+            problems[warning] = problems.get(warning, 0) + 1
+    if not samples:
+        detail = "; ".join(f"{n} rollout(s): {w}" for w, n in problems.items()) or "no rollouts were given"
+        raise NoTrainingData(f"{len(episodes)} rollout(s) produced no training samples. {detail}")
+    if problems:
+        for warning, count in problems.items():
+            logger.warning("%d of %d rollout(s): %s", count, len(episodes), warning)
+    return samples
