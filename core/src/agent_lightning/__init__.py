@@ -83,7 +83,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from agent_lightning.hookspecs import hookimpl
     from agent_lightning.instrumentation.context import TrainingContext, current_context, propagate
-    from agent_lightning.instrumentation.spans import current_span, emit_message, emit_reward, span, start_span, tool_call
+    from agent_lightning.instrumentation.spans import (
+        current_span,
+        emit_message,
+        emit_reward,
+        span,
+        start_span,
+        tool_call,
+    )
     from agent_lightning.instrumentation.tracer import configure, get_tracer
     from agent_lightning.store import open_store
     from agent_lightning.store.base import LightningStore

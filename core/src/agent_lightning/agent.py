@@ -76,7 +76,7 @@ class ScriptAgent(LitAgent):
         return None
 
 
-AgentLike = Union[LitAgent, Callable[..., Union[AgentResult, Awaitable[AgentResult]]]]
+AgentLike = Union[LitAgent, Callable[..., AgentResult | Awaitable[AgentResult]]]
 
 
 def agent_name(agent: AgentLike) -> str | None:
@@ -104,10 +104,10 @@ async def run_agent(agent: AgentLike, task: Any, ctx: TrainingContext) -> AgentR
     import contextvars
 
     context = contextvars.copy_context()
-    result = await asyncio.to_thread(context.run, agent, *args)
-    if inspect.isawaitable(result):
-        return await result  # type: ignore[no-any-return]
-    return result
+    outcome: Any = await asyncio.to_thread(lambda: context.run(agent, *args))
+    if inspect.isawaitable(outcome):
+        outcome = await outcome
+    return outcome  # type: ignore[no-any-return]
 
 
 def load_agent(reference: str) -> AgentLike:

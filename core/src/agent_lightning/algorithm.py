@@ -20,7 +20,15 @@ from agent_lightning.metrics import MetricsLogger
 from agent_lightning.store.base import LightningStore
 from agent_lightning.store.sync import SyncStore
 from agent_lightning.trajectory import build_episode
-from agent_lightning.types import Episode, Resource, ResourcesSnapshot, Rollout, RolloutConfig, RolloutMode, RolloutRequest
+from agent_lightning.types import (
+    Episode,
+    Resource,
+    ResourcesSnapshot,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutRequest,
+)
 
 
 @dataclass
@@ -63,7 +71,9 @@ class TrainSession:
         """Set on Ctrl-C: finish the current step, save, and return."""
         return self.stop_event.is_set()
 
-    def publish_resources(self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None) -> ResourcesSnapshot:
+    def publish_resources(
+        self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
+    ) -> ResourcesSnapshot:
         """Store a new resources version; rollouts enqueued afterwards use it."""
         return self.sync.add_resources(resources, metadata)  # type: ignore[no-any-return]
 

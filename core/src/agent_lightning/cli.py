@@ -16,15 +16,24 @@ def _plugins(args: argparse.Namespace) -> int:
     from agent_lightning.instrumentation.adapter import adapters
     from agent_lightning.store import store_schemes
 
-    rows = [(p.name, p.package or "-", p.version or "-", "builtin" if p.builtin else "entry point", p.error)
-            for p in plugins.list_plugins()]
+    rows = [
+        (p.name, p.package or "-", p.version or "-", "builtin" if p.builtin else "entry point", p.error)
+        for p in plugins.list_plugins()
+    ]
     if args.json:
-        print(json.dumps({
-            "plugins": [{"name": r[0], "package": r[1], "version": r[2], "source": r[3], "error": r[4]} for r in rows],
-            "store_schemes": store_schemes(),
-            "adapters": sorted(adapters()),
-            "algorithms": sorted(algorithm_entries()),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "plugins": [
+                        {"name": r[0], "package": r[1], "version": r[2], "source": r[3], "error": r[4]} for r in rows
+                    ],
+                    "store_schemes": store_schemes(),
+                    "adapters": sorted(adapters()),
+                    "algorithms": sorted(algorithm_entries()),
+                },
+                indent=2,
+            )
+        )
         return 0
     width = max([len(r[0]) for r in rows] + [6])
     print(f"{'plugin':<{width}}  {'package':<28} {'version':<10} source")
@@ -56,8 +65,10 @@ def _runs(args: argparse.Namespace) -> int:
                 spans = await store.query_spans(rollout.rollout_id, "latest")
                 rewards = [s.reward for s in spans if s.kind == "reward" and s.reward is not None]
                 reward = f"{sum(rewards):.3f}" if rewards else "-"
-                print(f"{rollout.rollout_id:<36} {rollout.task_type[:16]:<16} {rollout.mode:<5} "
-                      f"{rollout.status:<10} {rollout.attempt_count:>3} {len(spans):>5}  {reward}")
+                print(
+                    f"{rollout.rollout_id:<36} {rollout.task_type[:16]:<16} {rollout.mode:<5} "
+                    f"{rollout.status:<10} {rollout.attempt_count:>3} {len(spans):>5}  {reward}"
+                )
             if not rollouts:
                 print("(no rollouts)")
             return 0
@@ -119,8 +130,12 @@ def _runner(args: argparse.Namespace) -> int:
     from agent_lightning.runner import Runner, default_worker_id
 
     store = _open(args.store)
-    runner = Runner(load_agent(args.agent), store, worker_id=args.worker_id or default_worker_id(),
-                    task_types=args.task_type or None)
+    runner = Runner(
+        load_agent(args.agent),
+        store,
+        worker_id=args.worker_id or default_worker_id(),
+        task_types=args.task_type or None,
+    )
     try:
         done = runner.run(max_rollouts=args.max_rollouts, idle_timeout=args.idle_timeout)
     except KeyboardInterrupt:
@@ -132,7 +147,9 @@ def _runner(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from agent_lightning import __version__, plugins
 
-    parser = argparse.ArgumentParser(prog="agl", description="Agent Lightning: train existing agents from their traces.")
+    parser = argparse.ArgumentParser(
+        prog="agl", description="Agent Lightning: train existing agents from their traces."
+    )
     parser.add_argument("--version", action="version", version=f"agent-lightning {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

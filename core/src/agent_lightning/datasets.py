@@ -49,7 +49,7 @@ def load_dataset(source: str | Path | Iterable[Any], *, split: str = "train", li
 
 def _load_hf(name: str, split: str) -> list[Any]:
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         raise ImportError("hf: datasets need the `datasets` package: pip install datasets") from None
     return list(datasets.load_dataset(name, split=split))
@@ -57,7 +57,7 @@ def _load_hf(name: str, split: str) -> list[Any]:
 
 def _load_hf_disk(path: Path, split: str) -> list[Any]:
     try:
-        import datasets
+        import datasets  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         raise ImportError("dataset folders need the `datasets` package: pip install datasets") from None
     loaded = datasets.load_from_disk(str(path))

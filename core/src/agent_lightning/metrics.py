@@ -87,8 +87,14 @@ class MetricsLogger:
     MLflow when ``mlflow`` is installed and ``MLFLOW_TRACKING_URI`` is set.
     """
 
-    def __init__(self, run_dir: Path | str, *, run_name: str | None = None, config: dict[str, Any] | None = None,
-                 tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path | str,
+        *,
+        run_name: str | None = None,
+        config: dict[str, Any] | None = None,
+        tensorboard: bool = True,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         self.sinks: list[MetricsSink] = [JsonlSink(self.jsonl_path)]

@@ -53,9 +53,7 @@ class Runner:
         self._tracer = get_tracer(store)
 
     def claim(self) -> AttemptedRollout | None:
-        return self._tracer.call(
-            self.store.claim_rollout(self.worker_id, task_types=self.task_types, modes=self.modes)
-        )
+        return self._tracer.call(self.store.claim_rollout(self.worker_id, task_types=self.task_types, modes=self.modes))
 
     def run_one(self, attempted: AttemptedRollout) -> bool:
         """Run the agent on one claimed rollout; ``True`` if it succeeded."""

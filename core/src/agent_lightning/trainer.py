@@ -71,7 +71,7 @@ class Trainer:
 
         url = self._store_arg or f"sqlite:///{self.run_dir / 'store.db'}"
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         return open_store(url)
 
     def train(

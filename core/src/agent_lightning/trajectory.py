@@ -185,7 +185,9 @@ def build_episode(
         warnings.append(f"{too_long} LLM call(s) with prompts over max_prompt_tokens={max_prompt_tokens} were skipped.")
 
     # Rewards: credit, in time order, the calls inside each reward's target.
-    reward_spans = sorted((s for s in spans if s.kind == "reward" and s.reward is not None), key=lambda s: s.sequence_id)
+    reward_spans = sorted(
+        (s for s in spans if s.kind == "reward" and s.reward is not None), key=lambda s: s.sequence_id
+    )
     returns = [0.0] * len(calls)
     step_rewards: dict[str, float] = {}
     total = 0.0

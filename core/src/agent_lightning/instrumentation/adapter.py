@@ -102,8 +102,10 @@ def instrument(name: str) -> None:
     with _lock:
         adapter = _get(name)
         if not adapter.is_available():
-            raise PluginError(f"adapter {name!r} is installed but its framework is missing or unsupported "
-                              f"(needs {adapter.supported_versions})")
+            raise PluginError(
+                f"adapter {name!r} is installed but its framework is missing or unsupported "
+                f"(needs {adapter.supported_versions})"
+            )
         _disabled.discard(name)
         _explicit.add(name)
         if name not in _active:

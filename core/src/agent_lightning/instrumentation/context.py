@@ -268,7 +268,9 @@ class TrainingContext:
         rollout_id, attempt_id = os.environ[ROLLOUT_ENV], os.environ[ATTEMPT_ENV]
         store = self.tracer.store
         rollout = self.tracer.call(store.get_rollout(rollout_id), timeout=10)
-        attempt = next(a for a in self.tracer.call(store.get_attempts(rollout_id), timeout=10) if a.attempt_id == attempt_id)
+        attempt = next(
+            a for a in self.tracer.call(store.get_attempts(rollout_id), timeout=10) if a.attempt_id == attempt_id
+        )
         self.attempted = AttemptedRollout(rollout=rollout, attempt=attempt)
         self.input = rollout.input
         self._owns_attempt = False  # the runner completes it from the script's exit status

@@ -127,7 +127,8 @@ class SpanEmitter:
         stats = self.stats()
         if stats.undelivered:
             logger.error(
-                "agent-lightning could not deliver %d spans to %s (pending=%d, dropped=%d, rejected=%d; last error: %s)",
+                "agent-lightning could not deliver %d spans to %s "
+                "(pending=%d, dropped=%d, rejected=%d; last error: %s)",
                 stats.undelivered,
                 self._store.url or type(self._store).__name__,
                 stats.pending,

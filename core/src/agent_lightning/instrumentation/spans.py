@@ -177,10 +177,7 @@ def _context_and_parent(parent_id: str | None) -> tuple[TrainingContext | None, 
         return None, parent_id
     if parent_id is None:
         active = current_span()
-        if active is not None and active.context is context:
-            parent_id = active.id
-        else:
-            parent_id = context.root_span_id
+        parent_id = active.id if active is not None and active.context is context else context.root_span_id
     return context, parent_id
 
 

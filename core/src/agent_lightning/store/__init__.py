@@ -30,7 +30,7 @@ def open_store(url: str, **options: Any) -> LightningStore:
     from agent_lightning import plugins
     from agent_lightning.registry import install_hint
 
-    if not isinstance(url, str) or "://" not in url and not url.startswith("memory:"):
+    if not isinstance(url, str) or ("://" not in url and not url.startswith("memory:")):
         raise ValueError(f"store URL must look like 'scheme://…', got {url!r}")
     scheme = urlsplit(url).scheme.split("+", 1)[0].lower()
     opts: Mapping[str, Any] = options

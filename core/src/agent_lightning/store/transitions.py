@@ -71,9 +71,7 @@ def require_running(attempt: Attempt) -> None:
 def heartbeat(rollout: Rollout, attempt: Attempt, now: float) -> Attempt:
     """The attempt with its lease extended."""
     require_running(attempt)
-    return attempt.model_copy(
-        update={"last_heartbeat_at": now, "lease_expires_at": now + rollout.config.lease_seconds}
-    )
+    return attempt.model_copy(update={"last_heartbeat_at": now, "lease_expires_at": now + rollout.config.lease_seconds})
 
 
 def finish_attempt(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 import time
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -63,7 +63,7 @@ class ToolConfig(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
-Resource = Annotated[Union[PromptTemplate, LLM, ToolConfig], Field(discriminator="resource_type")]
+Resource = Annotated[PromptTemplate | LLM | ToolConfig, Field(discriminator="resource_type")]
 
 
 class ResourcesSnapshot(BaseModel):

