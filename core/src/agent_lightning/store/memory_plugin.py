@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import threading
+
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.store.base import LightningStore
+
+
+_lock = threading.Lock()
+_named: dict[str, LightningStore] = {}
 
 
 @hookimpl
@@ -22,4 +28,13 @@ def agl_open_store(url: str, options: Mapping[str, Any]) -> LightningStore | Non
 
     if options:
         raise ValueError(f"memory:// takes no options, got {sorted(options)}")
-    return InMemoryLightningStore(url)
+    name = url.split(":", 1)[1].lstrip("/")
+    if not name:
+        return InMemoryLightningStore(url)
+    # memory://NAME is one store per process and name, so several components (and `agl` run
+    # in-process) can share it.
+    with _lock:
+        store = _named.get(name)
+        if store is None:
+            store = _named[name] = InMemoryLightningStore(url)
+        return store

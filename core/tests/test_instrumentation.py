@@ -1,0 +1,281 @@
+"""The instrumentation API as the article uses it, against the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import pytest
+
+import agent_lightning as agl
+from agent_lightning import semconv
+from agent_lightning.errors import StoreUnavailable
+from agent_lightning.store.sync import SyncStore
+
+
+@pytest.fixture
+def store() -> agl.InMemoryLightningStore:
+    return agl.InMemoryLightningStore()
+
+
+def spans_of(store: agl.InMemoryLightningStore, rollout_id: str) -> list[agl.Span]:
+    return SyncStore(store).query_spans(rollout_id)
+
+
+def test_article_snippet_records_rollout_span_tree_and_reward(store: agl.InMemoryLightningStore) -> None:
+    def calculator(expression: str) -> str:
+        return str(eval(expression, {"__builtins__": {}}))
+
+    with agl.TrainingContext(task_id="math_solver", store=store) as ctx:
+        with agl.span("agent_step") as step:
+            with agl.tool_call("calculator", {"expression": "25 * 17"}) as call:
+                result = calculator("25 * 17")
+                call.set_attribute(semconv.GEN_AI_TOOL_CALL_RESULT, result)
+        reward = 1.0 if result == "425" else 0.0
+        agl.emit_reward(reward, span_id=step.id)
+
+    rollout = SyncStore(store).get_rollout(ctx.rollout_id)
+    assert rollout.status == "succeeded"
+    assert rollout.task_type == "math_solver"
+    spans = spans_of(store, ctx.rollout_id)
+    by_name = {s.name: s for s in spans}
+    root = by_name["math_solver"]
+    assert root.parent_id is None and root.kind == "agent"
+    assert by_name["agent_step"].parent_id == root.span_id
+    tool = by_name["execute_tool calculator"]
+    assert tool.parent_id == step.id and tool.kind == "tool"
+    assert tool.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] == {"expression": "25 * 17"}
+    assert tool.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] == "425"
+    reward_span = by_name["reward"]
+    assert reward_span.kind == "reward" and reward_span.reward == 1.0
+    assert reward_span.attributes[semconv.REWARD_TARGET_SPAN_ID] == step.id
+    assert [s.sequence_id for s in spans] == sorted(s.sequence_id for s in spans)
+    assert len({s.trace_id for s in spans}) == 1
+    assert all(s.end_time is not None and s.status.code == "ok" for s in spans)
+
+
+def test_exception_fails_attempt_and_is_recorded(store: agl.InMemoryLightningStore) -> None:
+    with pytest.raises(ZeroDivisionError):
+        with agl.TrainingContext(task_id="boom", store=store, config=agl.RolloutConfig(max_attempts=1)) as ctx:
+            with agl.span("step"):
+                1 / 0  # noqa: B018
+    rollout = SyncStore(store).get_rollout(ctx.rollout_id)
+    assert rollout.status == "failed"
+    assert "ZeroDivisionError" in (rollout.error or "")
+    step = next(s for s in spans_of(store, ctx.rollout_id) if s.name == "step")
+    assert step.status.code == "error"
+    assert step.attributes[semconv.ERROR_TYPE] == "ZeroDivisionError"
+
+
+def test_dict_reward_and_default_target_is_current_span(store: agl.InMemoryLightningStore) -> None:
+    with agl.TrainingContext(task_id="t", store=store) as ctx:
+        with agl.span("answer") as answer:
+            agl.emit_reward({"correct": 1.0, "format": 0.5})
+        agl.emit_reward(2.0)  # no span open: the whole attempt
+    rewards = [s for s in spans_of(store, ctx.rollout_id) if s.kind == "reward"]
+    assert rewards[0].attributes[semconv.REWARD_TARGET_SPAN_ID] == answer.id
+    assert rewards[0].reward == 1.5
+    assert rewards[0].attributes["agl.reward.format"] == 0.5
+    assert semconv.REWARD_TARGET_SPAN_ID not in rewards[1].attributes
+    assert ctx.final_reward == 2.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "1.0", {"a": math.nan}, {}, None])
+def test_bad_reward_raises_and_stores_nothing(store: agl.InMemoryLightningStore, bad: object) -> None:
+    with agl.TrainingContext(task_id="t", store=store) as ctx:
+        with pytest.raises(ValueError, match="reward"):
+            agl.emit_reward(bad)  # type: ignore[arg-type]
+    assert not [s for s in spans_of(store, ctx.rollout_id) if s.kind == "reward"]
+
+
+def test_reward_outside_context_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="outside agl.TrainingContext"):
+        agl.emit_reward(1.0)
+
+
+def test_non_json_attribute_rejected_with_its_name(store: agl.InMemoryLightningStore) -> None:
+    with agl.TrainingContext(task_id="t", store=store):
+        with agl.span("s") as s:
+            with pytest.raises(ValueError, match="'weird'"):
+                s.set_attribute("weird", object())
+            with pytest.raises(ValueError, match="'score'"):
+                s.set_attribute("score", math.nan)
+
+
+def test_decorator_opens_a_fresh_context_per_call(store: agl.InMemoryLightningStore) -> None:
+    seen: list[str] = []
+
+    @agl.TrainingContext(task_id="decorated", store=store)
+    def run(x: int) -> int:
+        ctx = agl.current_context()
+        assert ctx is not None
+        seen.append(ctx.rollout_id)
+        agl.emit_reward(float(x))
+        return x * 2
+
+    assert run(1) == 2 and run(2) == 4
+    assert len(set(seen)) == 2
+    assert all(SyncStore(store).get_rollout(r).status == "succeeded" for r in seen)
+
+
+def test_async_context_and_nested_spans_across_tasks(store: agl.InMemoryLightningStore) -> None:
+    async def worker(name: str) -> str:
+        with agl.span(name) as s:
+            await asyncio.sleep(0.01)
+            with agl.span(f"{name}.inner") as inner:
+                await asyncio.sleep(0.01)
+            return f"{s.id}:{inner.parent_id}"
+
+    async def main() -> tuple[str, list[str]]:
+        async with agl.TrainingContext(task_id="async", store=store) as ctx:
+            with agl.span("parent") as parent:
+                links = await asyncio.gather(worker("a"), worker("b"), worker("c"))
+            assert parent.id
+        return ctx.rollout_id, links
+
+    rollout_id, links = asyncio.run(main())
+    for link in links:
+        own, inner_parent = link.split(":")
+        assert own == inner_parent
+    spans = {s.name: s for s in spans_of(store, rollout_id)}
+    for name in "abc":
+        assert spans[name].parent_id == spans["parent"].span_id
+        assert spans[f"{name}.inner"].parent_id == spans[name].span_id
+
+
+def test_concurrent_async_contexts_stay_separate(store: agl.InMemoryLightningStore) -> None:
+    async def one(i: int) -> str:
+        async with agl.TrainingContext(task_id=f"task{i}", store=store) as ctx:
+            for step in range(3):
+                with agl.span(f"r{i}-s{step}"):
+                    await asyncio.sleep(0.001)
+            agl.emit_reward(float(i))
+        return ctx.rollout_id
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(one(i) for i in range(8)))
+
+    for i, rollout_id in enumerate(asyncio.run(main())):
+        spans = spans_of(store, rollout_id)
+        names = {s.name for s in spans if s.kind == "agent" and s.parent_id is not None}
+        assert names == {f"r{i}-s{step}" for step in range(3)}
+        assert next(s for s in spans if s.kind == "reward").reward == float(i)
+
+
+def test_threads_keep_parents_with_propagate_and_single_context_fallback(store: agl.InMemoryLightningStore) -> None:
+    results: dict[str, str | None] = {}
+
+    def with_propagation() -> None:
+        with agl.span("propagated") as s:
+            results["propagated"] = s.parent_id
+
+    def framework_thread() -> None:  # a thread that did not inherit the context
+        with agl.span("fallback") as s:
+            results["fallback"] = s.parent_id
+
+    with agl.TrainingContext(task_id="threads", store=store) as ctx:
+        with agl.span("outer") as outer:
+            t1 = threading.Thread(target=agl.propagate(with_propagation))
+            t2 = threading.Thread(target=framework_thread)
+            t1.start(), t2.start()
+            t1.join(), t2.join()
+    assert results["propagated"] == outer.id
+    assert results["fallback"] == ctx.root_span_id
+    names = {s.name for s in spans_of(store, ctx.rollout_id)}
+    assert {"propagated", "fallback"} <= names
+
+
+def test_nested_training_context_joins_outer_attempt(store: agl.InMemoryLightningStore) -> None:
+    with agl.TrainingContext(task_id="outer", store=store) as outer:
+        with agl.TrainingContext(task_id="router", agent_name="router") as inner:
+            agl.emit_reward(1.0)
+    assert inner.rollout_id == outer.rollout_id
+    spans = spans_of(store, outer.rollout_id)
+    router = next(s for s in spans if s.name == "router")
+    assert router.parent_id == outer.root_span_id
+    assert router.attributes[semconv.AGENT_NAME] == "router"
+    assert len(SyncStore(store).query_rollouts()) == 1
+
+
+class FlakyStore(agl.InMemoryLightningStore):
+    """The in-memory store with its span writes failing while ``down`` is set (a store outage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        self.failed_writes = 0
+
+    async def add_spans(self, spans):  # type: ignore[no-untyped-def]
+        if self.down.is_set():
+            self.failed_writes += 1
+            raise StoreUnavailable("store is down")
+        return await super().add_spans(spans)
+
+
+def test_store_outage_neither_crashes_nor_stalls_the_agent_and_spans_arrive_later() -> None:
+    store = FlakyStore()
+    store.down.set()
+    tracer = agl.get_tracer(store)
+    started = time.monotonic()
+    with agl.TrainingContext(task_id="outage", store=store, flush_timeout=0.5) as ctx:
+        for i in range(50):
+            with agl.span(f"step{i}"):
+                pass
+        agl.emit_reward(1.0)
+    assert time.monotonic() - started < 5, "the agent must not stall while the store is down"
+    assert store.failed_writes >= 1
+    assert tracer.emitter.stats().pending > 0
+    store.down.clear()
+    assert tracer.emitter.flush(timeout=20)
+    stats = tracer.emitter.stats()
+    assert stats.pending == 0 and stats.dropped == 0 and stats.retries >= 1
+    assert len(spans_of(store, ctx.rollout_id)) == 52  # root + 50 steps + reward
+
+
+def test_full_buffer_drops_are_counted_not_silent(caplog: pytest.LogCaptureFixture) -> None:
+    from agent_lightning.instrumentation.emitter import SpanEmitter
+    from agent_lightning.store.sync import EventLoopThread
+
+    store = FlakyStore()
+    store.down.set()
+    loop = EventLoopThread()
+    emitter = SpanEmitter(store, loop, max_buffer=5, flush_interval=0.01)
+    sync = SyncStore(store, loop_thread=loop)
+    attempted = sync.start_rollout(agl.RolloutRequest())
+    spans = [
+        agl.Span(
+            rollout_id=attempted.rollout_id,
+            attempt_id=attempted.attempt_id,
+            sequence_id=i,
+            trace_id="0" * 32,
+            span_id=f"{i:016x}",
+            name="s",
+        )
+        for i in range(1, 21)
+    ]
+    with caplog.at_level("WARNING"):
+        accepted = [emitter.emit(s) for s in spans]
+    assert accepted.count(True) == 5 and accepted.count(False) == 15
+    assert emitter.stats().dropped == 15
+    assert any("buffer is full" in r.message for r in caplog.records)
+    store.down.clear()
+    stats = emitter.close(timeout=20)
+    assert stats.delivered == 5 and stats.undelivered == 15
+    loop.stop()
+
+
+def test_span_outside_context_records_nothing_but_works() -> None:
+    with agl.span("loose") as s:
+        assert s.id and not s.is_recording
+
+
+def test_llm_resource_is_routed_to_the_attempt(store: agl.InMemoryLightningStore) -> None:
+    SyncStore(store).add_resources({"policy": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="m")})
+    with agl.TrainingContext(task_id="t", store=store) as ctx:
+        llm = ctx.llm()
+    assert llm.endpoint == f"http://127.0.0.1:9/rollout/{ctx.rollout_id}/attempt/{ctx.attempt_id}/v1"
+    with agl.TrainingContext(task_id="t", store=store) as ctx2:
+        with pytest.raises(LookupError, match="no LLM resource named 'other'"):
+            ctx2.llm("other")

@@ -1,0 +1,197 @@
+"""Trajectory building on synthetic span trees."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from agent_lightning import semconv
+from agent_lightning.errors import NoTrainingData
+from agent_lightning.trajectory import build_episode, ensure_training_data
+from agent_lightning.types import Rollout, Span
+
+TRACE = "ab" * 16
+_ids = itertools.count(1)
+
+
+def sid() -> str:
+    return f"{next(_ids):016x}"
+
+
+class Trace:
+    """Builds the spans of one attempt in time order."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.clock = 100.0
+        self.root = self.add("agent", "rollout", None)
+
+    def add(self, kind: str, name: str, parent: str | None, **attributes: object) -> str:
+        self.clock += 1
+        span = Span(
+            rollout_id="ro-1",
+            attempt_id="at-1",
+            sequence_id=len(self.spans) + 1,
+            trace_id=TRACE,
+            span_id=sid(),
+            parent_id=parent,
+            name=name,
+            kind=kind,  # type: ignore[arg-type]
+            attributes=dict(attributes),
+            start_time=self.clock,
+            end_time=self.clock + 0.5,
+        )
+        self.spans.append(span)
+        return span.span_id
+
+    def llm(self, parent: str | None, prompt: list[int], completion: list[int], **attributes: object) -> str:
+        return self.add(
+            "llm",
+            "chat policy",
+            parent or self.root,
+            **{
+                semconv.PROMPT_TOKEN_IDS: prompt,
+                semconv.COMPLETION_TOKEN_IDS: completion,
+                semconv.COMPLETION_LOGPROBS: [-0.5] * len(completion),
+                **attributes,
+            },
+        )
+
+    def reward(self, value: float, target: str | None = None) -> str:
+        attributes: dict[str, object] = {semconv.REWARD_VALUE: value}
+        if target is not None:
+            attributes[semconv.REWARD_TARGET_SPAN_ID] = target
+        return self.add("reward", "reward", target or self.root, **attributes)
+
+
+ROLLOUT = Rollout(rollout_id="ro-1", task_type="math", input={"q": "1+1"}, status="succeeded")
+
+
+def test_final_reward_propagates_to_every_call() -> None:
+    t = Trace()
+    t.llm(None, [1, 2], [3, 4])
+    t.add("tool", "calculator", t.root)
+    t.llm(None, [1, 2, 3, 4, 9, 9], [5])
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans)
+    assert episode.reward == 1.0
+    assert [s.reward for s in episode.samples] == [1.0, 1.0]
+    assert episode.samples[0].prompt_token_ids == [1, 2] and episode.samples[0].completion_token_ids == [3, 4]
+    assert episode.samples[0].loss_mask == [1, 1]
+    assert episode.samples[0].group_id == episode.samples[1].group_id
+    assert not episode.warnings
+
+
+def test_discount_gives_reward_to_go() -> None:
+    t = Trace()
+    for i in range(3):
+        t.llm(None, [i], [i + 10])
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans, discount=0.5)
+    assert [s.reward for s in episode.samples] == [0.25, 0.5, 1.0]
+
+
+def test_step_reward_credits_only_calls_inside_its_target() -> None:
+    t = Trace()
+    step1 = t.add("agent", "step1", t.root)
+    t.llm(step1, [1], [2])
+    t.reward(0.3, step1)
+    step2 = t.add("agent", "step2", t.root)
+    call = t.llm(step2, [3], [4])
+    t.reward(0.7, call)
+    episode = build_episode(ROLLOUT, t.spans)
+    assert [s.reward for s in episode.samples] == [0.3, 0.7]
+    assert episode.reward == pytest.approx(1.0)
+    assert episode.step_rewards == {call: 0.7}
+
+
+def test_trajectory_aggregation_merges_prefix_turns_and_masks_tool_tokens() -> None:
+    t = Trace()
+    t.llm(None, [1, 2], [3, 4])
+    t.llm(None, [1, 2, 3, 4, 50, 51], [5, 6])  # 50, 51: tool output spliced in
+    t.llm(None, [1, 2, 3, 4, 50, 51, 5, 6, 60], [7])
+    t.llm(None, [99], [8])  # not a prefix: a new sequence
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans, aggregation="trajectory")
+    merged, separate = episode.samples
+    assert merged.prompt_token_ids == [1, 2]
+    assert merged.completion_token_ids == [3, 4, 50, 51, 5, 6, 60, 7]
+    assert merged.loss_mask == [1, 1, 0, 0, 1, 1, 0, 1]
+    assert merged.completion_logprobs == [-0.5, -0.5, 0.0, 0.0, -0.5, -0.5, 0.0, -0.5]
+    assert len(merged.span_ids) == 3
+    assert separate.prompt_token_ids == [99] and separate.loss_mask == [1]
+
+
+def test_max_turns_bounds_aggregation() -> None:
+    t = Trace()
+    t.llm(None, [1], [2])
+    t.llm(None, [1, 2], [3])
+    t.llm(None, [1, 2, 3], [4])
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans, aggregation="trajectory", max_turns=2)
+    assert [len(s.span_ids) for s in episode.samples] == [2, 1]
+
+
+def test_agent_filter_keeps_only_selected_agents_calls() -> None:
+    t = Trace()
+    router = t.add("agent", "router", t.root, **{semconv.AGENT_NAME: "router"})
+    t.llm(router, [1], [2])
+    writer = t.add("agent", "writer", t.root, **{semconv.AGENT_NAME: "writer"})
+    t.llm(writer, [3], [4])
+    t.llm(writer, [5], [6], **{semconv.RESOURCE_NAMES: ["writer_prompt"]})
+    t.reward(1.0)
+    only_router = build_episode(ROLLOUT, t.spans, agents=["router"])
+    assert [s.agent_name for s in only_router.samples] == ["router"]
+    by_resource = build_episode(ROLLOUT, t.spans, resources=["writer_prompt"])
+    assert [s.completion_token_ids for s in by_resource.samples] == [[6]]
+    none = build_episode(ROLLOUT, t.spans, agents=["nobody"])
+    assert not none.samples and "found agents ['router', 'writer']" in none.warnings[0]
+
+
+def test_missing_token_ids_empty_completions_and_long_prompts_are_reported() -> None:
+    t = Trace()
+    t.add("llm", "chat gpt", t.root)  # no token ids, no proxy record below it
+    t.llm(None, [1], [])
+    t.llm(None, list(range(50)), [1])
+    t.llm(None, [1], [2])
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans, max_prompt_tokens=10)
+    assert len(episode.samples) == 1
+    text = " ".join(episode.warnings)
+    assert "without token ids" in text and "proxy" in text
+    assert "empty completion" in text and "max_prompt_tokens=10" in text
+
+
+def test_client_span_with_proxy_child_is_not_reported_missing() -> None:
+    t = Trace()
+    client = t.add("llm", "chat client", t.root)
+    t.llm(client, [1], [2])
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans)
+    assert len(episode.samples) == 1 and not episode.warnings
+
+
+def test_no_reward_and_no_llm_spans_raise_no_training_data_with_the_fix() -> None:
+    t = Trace()
+    t.llm(None, [1], [2])
+    no_reward = build_episode(ROLLOUT, t.spans)
+    assert no_reward.samples == [] and "emit_reward" in no_reward.warnings[0]
+    t2 = Trace()
+    t2.reward(1.0)
+    no_llm = build_episode(ROLLOUT, t2.spans)
+    with pytest.raises(NoTrainingData, match="no LLM-call spans") as info:
+        ensure_training_data([no_reward, no_llm])
+    assert "emit_reward" in str(info.value)
+
+
+def test_only_latest_attempt_is_used() -> None:
+    old = Trace()
+    old.llm(None, [1], [2])
+    old_spans = [s.model_copy(update={"attempt_id": "at-0"}) for s in old.spans]
+    new = Trace()
+    new.llm(None, [7], [8])
+    new.reward(1.0)
+    episode = build_episode(ROLLOUT, old_spans + new.spans)
+    assert episode.attempt_id == "at-1"
+    assert [s.prompt_token_ids for s in episode.samples] == [[7]]
