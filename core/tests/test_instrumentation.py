@@ -7,9 +7,8 @@ import math
 import threading
 import time
 
-import pytest
-
 import agent_lightning as agl
+import pytest
 from agent_lightning import semconv
 from agent_lightning.errors import StoreUnavailable
 from agent_lightning.store.sync import SyncStore

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from agent_lightning import semconv
 from agent_lightning.errors import NoTrainingData
 from agent_lightning.trajectory import build_episode, ensure_training_data

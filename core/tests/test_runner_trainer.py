@@ -1,0 +1,167 @@
+"""Runners execute agents on claimed rollouts; the Trainer hands an algorithm a working session."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import agent_lightning as agl
+import pytest
+from agent_lightning.algorithm import Algorithm, TrainResult, TrainSession
+from agent_lightning.runner import Runner, RunnerPool
+from agent_lightning.store.sync import SyncStore
+
+
+def calc_agent(task: dict[str, Any]) -> float:
+    """An ordinary function agent: returns its reward."""
+    with agl.tool_call("calculator", {"expression": task["question"]}) as call:
+        answer = eval(task["question"], {"__builtins__": {}})
+        call.set_attribute("gen_ai.tool.call.result", str(answer))
+    return 1.0 if answer == task["answer"] else 0.0
+
+
+def test_runner_runs_function_agent_and_records_reward() -> None:
+    store = agl.InMemoryLightningStore()
+    sync = SyncStore(store)
+    sync.enqueue_rollouts([agl.RolloutRequest(input={"question": "2+3", "answer": 5}) for _ in range(3)])
+    runner = Runner(calc_agent, store, worker_id="w1")
+    assert runner.run(max_rollouts=3) == 3
+    rollouts = sync.query_rollouts()
+    assert [r.status for r in rollouts] == ["succeeded"] * 3
+    spans = sync.query_spans(rollouts[0].rollout_id)
+    assert [s.kind for s in spans] == ["agent", "tool", "reward"]
+    assert spans[-1].reward == 1.0
+
+
+def test_failing_agent_is_retried_then_failed_with_reason() -> None:
+    store = agl.InMemoryLightningStore()
+    sync = SyncStore(store)
+    calls: list[str] = []
+
+    def flaky(task: Any, ctx: agl.TrainingContext) -> float:
+        calls.append(ctx.attempt_id)
+        raise RuntimeError("model server exploded")
+
+    sync.enqueue_rollout({"q": 1}, config=agl.RolloutConfig(max_attempts=2))
+    runner = Runner(flaky, store)
+    runner.run(max_rollouts=5, idle_timeout=0.3)
+    (rollout,) = sync.query_rollouts()
+    assert rollout.status == "failed" and rollout.attempt_count == 2
+    assert "model server exploded" in (rollout.error or "")
+    assert len(set(calls)) == 2
+
+
+class LitCalc(agl.LitAgent):
+    name = "calc"
+
+    async def arollout(self, task: Any, ctx: agl.TrainingContext) -> float:
+        return {"correct": 1.0, "format": 0.25}  # type: ignore[return-value]
+
+
+def test_runner_pool_with_lit_agent_processes_everything_once() -> None:
+    store = agl.InMemoryLightningStore()
+    sync = SyncStore(store)
+    rollouts = sync.enqueue_rollouts([agl.RolloutRequest(input=i) for i in range(20)])
+    with RunnerPool(LitCalc(), store, n=4):
+        done = sync.wait_for_rollouts([r.rollout_id for r in rollouts], timeout=30)
+    assert len(done) == 20 and {r.status for r in done} == {"succeeded"}
+    attempts = [a for r in rollouts for a in sync.get_attempts(r.rollout_id)]
+    assert len(attempts) == 20
+    assert len({a.worker_id for a in attempts}) > 1
+    root = sync.query_spans(rollouts[0].rollout_id)[0]
+    assert root.attributes["gen_ai.agent.name"] == "calc"
+    reward = sync.query_spans(rollouts[0].rollout_id)[-1]
+    assert reward.reward == 1.25
+
+
+class RecordingAlgorithm(Algorithm):
+    """A minimal algorithm: runs rollouts each iteration, logs their mean reward."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.sessions: list[TrainSession] = []
+
+    def run(self, session: TrainSession) -> TrainResult:
+        self.sessions.append(session)
+        if session.offline:
+            finished = session.sync.query_rollouts(status=["succeeded"])
+            session.log(0, {"offline/rollouts": len(finished)})
+            return TrainResult(iterations=0, metrics=session.metrics.history)
+        for iteration in range(session.num_iterations):
+            rollouts = session.run_rollouts(session.train_dataset, group_size=2, timeout=30)
+            rewards = [e.reward or 0.0 for e in session.episodes(rollouts)]
+            session.log(iteration, {"train/reward_mean": sum(rewards) / len(rewards), "train/n": len(rewards)})
+            if session.stopping:
+                break
+        return TrainResult(iterations=session.num_iterations, metrics=session.metrics.history)
+
+
+def test_trainer_runs_algorithm_with_runners_and_writes_metrics(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "2+2", "answer": 4}\n{"question": "3*3", "answer": 10}\n')
+    algorithm = RecordingAlgorithm()
+    trainer = agl.Trainer(
+        algorithm=algorithm,
+        store="memory://trainer-test",
+        agent=calc_agent,
+        train_dataset=data,
+        n_runners=2,
+        run_dir=tmp_path / "run",
+    )
+    result = trainer.train(num_iterations=2)
+    assert result.iterations == 2
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"train/reward_mean": 0.5' in lines[0] and '"train/n": 4.0' in lines[0]
+    store = algorithm.sessions[0].sync
+    assert len(store.query_rollouts(limit=1000)) == 8
+
+    # Offline: a trainer without an agent trains on what the store already holds.
+    offline = RecordingAlgorithm()
+    agl.Trainer(algorithm=offline, store="memory://trainer-test", run_dir=tmp_path / "run2").train(num_iterations=1)
+    assert offline.sessions[0].offline
+    assert offline.sessions[0].metrics.history[0]["offline/rollouts"] == 8
+
+
+def test_trainer_ctrl_c_stops_cleanly_and_keeps_finished_rollouts(tmp_path: Path) -> None:
+    class Interrupted(RecordingAlgorithm):
+        def run(self, session: TrainSession) -> TrainResult:
+            session.run_rollouts([{"question": "1+1", "answer": 2}], timeout=30)
+            raise KeyboardInterrupt
+
+    trainer = agl.Trainer(algorithm=Interrupted(), store="memory://ctrl-c", agent=calc_agent, run_dir=tmp_path)
+    result = trainer.train(num_iterations=3)
+    assert result.interrupted
+    kept = SyncStore(agl.open_store("memory://ctrl-c")).query_rollouts(status=["succeeded"])
+    assert len(kept) == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("agl-runner")]
+
+
+def test_trainer_validates_its_arguments(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="agent_lightning.Algorithm"):
+        agl.Trainer(algorithm=object())  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        agl.Trainer(algorithm=RecordingAlgorithm(), train_dataset=tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ok": 1}\n{not json}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        agl.Trainer(algorithm=RecordingAlgorithm(), train_dataset=bad)
+
+
+def test_cli_lists_runs_and_prints_span_tree(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent_lightning.cli import main
+
+    store = agl.open_store("memory://cli-test")
+    sync = SyncStore(store)
+    sync.enqueue_rollout({"question": "6*7", "answer": 42}, task_type="math")
+    Runner(calc_agent, store).run(max_rollouts=1)
+    rollout_id = sync.query_rollouts()[0].rollout_id
+    assert main(["runs", "--store", "memory://cli-test"]) == 0
+    out = capsys.readouterr().out
+    assert rollout_id in out and "succeeded" in out and "1.000" in out
+    assert main(["spans", rollout_id, "--store", "memory://cli-test"]) == 0
+    tree = capsys.readouterr().out.splitlines()
+    assert tree[0].startswith("agent") and tree[1].startswith("  tool") and "reward=1.0" in tree[2]
+    assert main(["spans", "ro-missing", "--store", "memory://cli-test"]) == 1
+    assert "no rollout with id 'ro-missing'" in capsys.readouterr().err
