@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
-import threading
-
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.store.base import LightningStore
-
 
 _lock = threading.Lock()
 _named: dict[str, LightningStore] = {}
