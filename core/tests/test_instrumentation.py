@@ -278,3 +278,12 @@ def test_llm_resource_is_routed_to_the_attempt(store: agl.InMemoryLightningStore
     with agl.TrainingContext(task_id="t", store=store) as ctx2:
         with pytest.raises(LookupError, match="no LLM resource named 'other'"):
             ctx2.llm("other")
+
+
+def test_long_run_keeps_its_lease_through_heartbeats(store: agl.InMemoryLightningStore) -> None:
+    config = agl.RolloutConfig(lease_seconds=0.3, max_attempts=1)
+    with agl.TrainingContext(task_id="slow", store=store, config=config) as ctx:
+        time.sleep(1.2)  # four leases long
+    assert SyncStore(store).get_rollout(ctx.rollout_id).status == "succeeded"
+    (attempt,) = SyncStore(store).get_attempts(ctx.rollout_id)
+    assert attempt.status == "succeeded" and attempt.last_heartbeat_at > attempt.started_at

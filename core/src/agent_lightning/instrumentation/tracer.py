@@ -32,6 +32,7 @@ class Tracer:
         self._attempts: dict[str, tuple[str, float]] = {}  # attempt id -> (rollout id, lease seconds)
         self._attempts_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="agl-heartbeat", daemon=True)
         self._heartbeats.start()
 
@@ -47,6 +48,7 @@ class Tracer:
         """Heart-beat the attempt until :meth:`release` (so long agent runs keep their lease)."""
         with self._attempts_lock:
             self._attempts[attempt_id] = (rollout_id, lease_seconds)
+        self._wake.set()  # re-plan: this lease may be shorter than the current wait
 
     def release(self, attempt_id: str) -> None:
         with self._attempts_lock:
@@ -66,12 +68,14 @@ class Tracer:
                     self.release(attempt_id)
                 except Exception as exc:
                     logger.warning("heartbeat for attempt %s failed: %s", attempt_id, exc)
-            self._stop.wait(interval)
+            self._wake.wait(interval)
+            self._wake.clear()
 
     def close(self, timeout: float = 30.0) -> None:
         """Deliver pending spans, stop heartbeats, and close the store."""
         self.emitter.close(timeout)
         self._stop.set()
+        self._wake.set()
         self._heartbeats.join(timeout=5)
         try:
             self.call(self.store.close(), timeout=10)
