@@ -1,0 +1,34 @@
+"""The calculator agent as an AutoGen AssistantAgent. Links to training: the base URL and the reward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+import agent_lightning as agl
+from tasks import SYSTEM_PROMPT, compute_reward
+from tasks import calculator as evaluate
+
+
+async def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression such as '12 * 7'."""
+    return evaluate(expression)
+
+
+async def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
+    llm = ctx.llm()
+    client = OpenAIChatCompletionClient(
+        model=llm.model,
+        base_url=llm.endpoint,
+        api_key=llm.api_key or "unused",
+        max_tokens=96,
+        model_info={"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
+                    "structured_output": False},
+    )
+    solver = AssistantAgent("calc", model_client=client, tools=[calculator], system_message=SYSTEM_PROMPT,
+                            reflect_on_tool_use=True, max_tool_iterations=2)
+    result = await solver.run(task=task["question"])
+    await client.close()
+    agl.emit_reward(compute_reward(str(result.messages[-1].content), task["answer"]))

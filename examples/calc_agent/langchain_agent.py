@@ -1,0 +1,28 @@
+"""The calculator agent as a LangChain tool-calling agent. Links to training: the base URL and the reward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+
+import agent_lightning as agl
+from tasks import SYSTEM_PROMPT, compute_reward
+from tasks import calculator as evaluate
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression such as '12 * 7'."""
+    return evaluate(expression)
+
+
+def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
+    llm = ctx.llm()
+    model = ChatOpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", model=llm.model, max_tokens=96,
+                       max_retries=0)
+    graph = create_agent(model, tools=[calculator], system_prompt=SYSTEM_PROMPT)
+    state = graph.invoke({"messages": [("user", task["question"])]}, {"recursion_limit": 8})
+    agl.emit_reward(compute_reward(str(state["messages"][-1].content), task["answer"]))

@@ -1,0 +1,58 @@
+"""The calculator agent with the plain OpenAI SDK. Its only links to training: the base URL and the reward."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from openai import OpenAI
+
+import agent_lightning as agl
+from tasks import SYSTEM_PROMPT, calculator, compute_reward
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate an arithmetic expression such as '12 * 7'.",
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string"}},
+                "required": ["expression"],
+            },
+        },
+    }
+]
+
+
+def solve(client: OpenAI, model: str, question: str, max_turns: int = 3) -> str:
+    """An ordinary tool-calling loop."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": question},
+    ]
+    reply = ""
+    for _ in range(max_turns):
+        response = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, max_tokens=96)
+        message = response.choices[0].message
+        reply = message.content or ""
+        if not message.tool_calls:
+            return reply
+        messages.append(message.model_dump(exclude_none=True))
+        for call in message.tool_calls:
+            try:
+                arguments = json.loads(call.function.arguments or "{}")
+            except json.JSONDecodeError:
+                arguments = {}
+            messages.append(
+                {"role": "tool", "tool_call_id": call.id, "content": calculator(str(arguments.get("expression", "")))}
+            )
+    return reply
+
+
+def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
+    llm = ctx.llm()
+    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
+    result = solve(client, llm.model, task["question"])
+    agl.emit_reward(compute_reward(result, task["answer"]))
