@@ -165,3 +165,30 @@ def test_cli_lists_runs_and_prints_span_tree(capsys: pytest.CaptureFixture[str])
     assert tree[0].startswith("agent") and tree[1].startswith("  tool") and "reward=1.0" in tree[2]
     assert main(["spans", "ro-missing", "--store", "memory://cli-test"]) == 1
     assert "no rollout with id 'ro-missing'" in capsys.readouterr().err
+
+
+def test_agl_train_runs_a_registered_algorithm_on_a_module_agent(tmp_path: Path) -> None:
+    from agent_lightning import plugins
+    from agent_lightning.cli import main
+    from agent_lightning.registry import AlgorithmEntry
+
+    class Registration:
+        @agl.hookimpl
+        def agl_register_algorithms(self, register):  # type: ignore[no-untyped-def]
+            register(AlgorithmEntry(name="recording", algorithm=f"{__name__}:RecordingAlgorithm"))
+
+    data = tmp_path / "train.csv"
+    data.write_text("question,answer\n2+2,4\n")
+    plugins.register(Registration(), name="recording-registration")
+    try:
+        code = main(
+            ["train", f"{__name__}:calc_agent", "--train", str(data), "--algorithm", "recording",
+             "--store", "memory://cli-train", "--iterations", "1", "--run-dir", str(tmp_path / "run")]
+        )  # fmt: skip
+    finally:
+        plugins.unregister("recording-registration")
+    assert code == 0
+    # CSV values are strings: "4" != 4, so the agent's reward is 0 and the metric says so.
+    line = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]
+    assert '"train/reward_mean": 0.0' in line and '"train/n": 2.0' in line
+    assert main(["train", "x:y", "--train", str(data), "--algorithm", "nope"]) == 1

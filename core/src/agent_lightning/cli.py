@@ -144,6 +144,46 @@ def _runner(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _train(args: argparse.Namespace) -> int:
+    from agent_lightning.algorithms import get_algorithm
+    from agent_lightning.trainer import Trainer
+
+    config: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        config[key.strip()] = _parse_value(value)
+    if args.model:
+        config["model"] = args.model
+    algorithm = get_algorithm(args.algorithm, **config)
+    trainer = Trainer(
+        algorithm,
+        store=args.store,
+        agent=args.agent,
+        train_dataset=args.train,
+        val_dataset=args.val,
+        n_runners=args.runners,
+        num_gpus=args.num_gpus,
+        run_dir=args.run_dir,
+        task_type=args.task_type,
+    )
+    result = trainer.train(
+        num_iterations=args.iterations, eval_interval=args.eval_interval, checkpoint_dir=args.checkpoint_dir
+    )
+    print(f"trained {result.iterations} iterations; run folder: {trainer.run_dir}")
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+    return 130 if result.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from agent_lightning import __version__, plugins
 
@@ -180,6 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rollouts", type=int)
     p.add_argument("--idle-timeout", type=float, help="exit after this many seconds without work")
     p.set_defaults(func=_runner)
+
+    p = sub.add_parser("train", help="train an agent with an installed algorithm")
+    p.add_argument("agent", help="module:function, module:LitAgentClass, or a script.py")
+    p.add_argument("--train", required=True, help="training tasks: .jsonl, .json, .csv, or hf:NAME")
+    p.add_argument("--val", help="validation tasks (same formats)")
+    p.add_argument("--algorithm", default="grpo", help="algorithm name (see `agl plugins`)")
+    p.add_argument("--model", help="policy model: a local path, a hub id, or a bundled name")
+    p.add_argument("--store", help="store URL (default: sqlite in the run folder)")
+    p.add_argument("--runners", type=int, default=2, help="runner workers executing the agent")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--eval-interval", type=int)
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--run-dir")
+    p.add_argument("--num-gpus", type=int, default=0)
+    p.add_argument("--task-type", default="default")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="algorithm config field (repeatable)")
+    p.set_defaults(func=_train)
 
     plugins.hook().agl_register_commands(subparsers=sub)
     return parser
