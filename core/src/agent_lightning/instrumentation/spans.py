@@ -163,6 +163,17 @@ def current_span() -> ActiveSpan | None:
     return span if span is not None and span.end_time is None else None
 
 
+def set_current_span(span: ActiveSpan | None) -> ActiveSpan | None:
+    """Make ``span`` the current span of this thread/task and return the previous one.
+
+    For callback-style adapters whose start and end events arrive as separate calls:
+    set the span on start, and on end put the previous span back if this one is still current.
+    """
+    previous = _current_span.get()
+    _current_span.set(span)
+    return previous
+
+
 def _context_and_parent(parent_id: str | None) -> tuple[TrainingContext | None, str | None]:
     from agent_lightning.instrumentation.context import current_context
 

@@ -1,0 +1,15 @@
+"""Entry-point plugin: registers the AutoGen adapter (imports no part of AutoGen)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agent_lightning.hookspecs import hookimpl
+
+
+@hookimpl
+def agl_register_adapters(register: Callable[[Any], None]) -> None:
+    from agent_lightning_autogen.adapter import AutoGenAdapter
+
+    register(AutoGenAdapter())

@@ -1,0 +1,374 @@
+"""One model call through the OpenAI SDK, recorded as an ``llm`` span.
+
+The span is opened before the request, linked to the proxy's token-id record through
+request/response headers, and closed when the response arrives — for a stream, when
+the stream is exhausted or closed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from agent_lightning import semconv
+from agent_lightning.instrumentation.context import TrainingContext, current_context
+from agent_lightning.instrumentation.spans import ActiveSpan, current_span, start_span
+
+from agent_lightning_openai.jsonable import jsonable, omitted
+from agent_lightning_openai.scoping import inherited_agent_name, message_texts, scope_attributes
+from agent_lightning_openai.streams import StreamState
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_NAME = "openai"
+PARENT_SPAN_HEADER = "x-agl-parent-span-id"
+"""Request header: the proxy makes its record a child of this span."""
+PROXY_SPAN_HEADER = "x-agl-span-id"
+"""Response header: the proxy's record(s), comma-separated when ``n > 1``."""
+ROLLOUT_HEADER = "x-agl-rollout-id"
+ATTEMPT_HEADER = "x-agl-attempt-id"
+RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+"""The SDK's own switch (what ``with_raw_response`` sets) to get the HTTP response with its headers."""
+
+Operation = str  # "chat" | "text_completion" | "responses"
+
+_SAMPLING = {
+    "temperature": semconv.GEN_AI_REQUEST_TEMPERATURE,
+    "top_p": semconv.GEN_AI_REQUEST_TOP_P,
+    "max_tokens": semconv.GEN_AI_REQUEST_MAX_TOKENS,
+    "max_completion_tokens": semconv.GEN_AI_REQUEST_MAX_TOKENS,
+    "max_output_tokens": semconv.GEN_AI_REQUEST_MAX_TOKENS,
+}
+
+
+def _given(kwargs: Mapping[str, Any], key: str) -> Any:
+    value = kwargs.get(key)
+    return None if omitted(value) else value
+
+
+def _base_url(resource: Any) -> str | None:
+    client = getattr(resource, "_client", None)
+    url = getattr(client, "base_url", None)
+    return str(url) if url is not None else None
+
+
+def _input_messages(operation: Operation, kwargs: Mapping[str, Any]) -> Any:
+    if operation == "chat":
+        return _given(kwargs, "messages")
+    if operation == "text_completion":
+        prompt = _given(kwargs, "prompt")
+        return None if prompt is None else [{"role": "user", "content": prompt}]
+    messages: list[Any] = []
+    instructions = _given(kwargs, "instructions")
+    if instructions is not None:
+        messages.append({"role": "system", "content": instructions})
+    given = _given(kwargs, "input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+    elif given is not None:
+        messages.extend(given)
+    return messages
+
+
+def request_attributes(operation: Operation, kwargs: Mapping[str, Any], base_url: str | None) -> dict[str, Any]:
+    """OTel GenAI request attributes from the SDK call's keyword arguments."""
+    model = _given(kwargs, "model")
+    attributes: dict[str, Any] = {
+        semconv.ADAPTER: ADAPTER_NAME,
+        semconv.GEN_AI_OPERATION_NAME: "chat" if operation == "responses" else operation,
+        semconv.GEN_AI_SYSTEM: "openai",
+        semconv.GEN_AI_PROVIDER_NAME: "openai",
+    }
+    if model is not None:
+        attributes[semconv.GEN_AI_REQUEST_MODEL] = str(model)
+    for key, name in _SAMPLING.items():
+        value = _given(kwargs, key)
+        if value is not None:
+            attributes[name] = jsonable(value)
+    stop = _given(kwargs, "stop")
+    if stop is not None:
+        attributes[semconv.GEN_AI_REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else jsonable(stop)
+    messages = _input_messages(operation, kwargs)
+    if messages is not None:
+        attributes[semconv.GEN_AI_INPUT_MESSAGES] = jsonable(messages)
+    tools = _given(kwargs, "tools")
+    if tools is not None:
+        attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = jsonable(tools)
+    if base_url:
+        attributes["server.address"] = base_url
+    return attributes
+
+
+def _extra(obj: Any, key: str) -> Any:
+    value = getattr(obj, key, None)
+    if value is None:
+        extra = getattr(obj, "model_extra", None) or {}
+        value = extra.get(key)
+    return value
+
+
+def _int_list(value: Any) -> list[int] | None:
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    return None
+
+
+def response_attributes(operation: Operation, response: Any, *, with_token_ids: bool) -> dict[str, Any]:
+    """OTel GenAI response attributes (and token ids when ``with_token_ids``) of a parsed response."""
+    attributes: dict[str, Any] = {}
+    for key, name in (("id", semconv.GEN_AI_RESPONSE_ID), ("model", semconv.GEN_AI_RESPONSE_MODEL)):
+        value = getattr(response, key, None)
+        if isinstance(value, str):
+            attributes[name] = value
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        prompt = getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", None)
+        completion = getattr(usage, "completion_tokens", None) or getattr(usage, "output_tokens", None)
+        if isinstance(prompt, int):
+            attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = prompt
+        if isinstance(completion, int):
+            attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = completion
+    if operation == "responses":
+        status = getattr(response, "status", None)
+        if isinstance(status, str):
+            attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [status]
+        output = getattr(response, "output", None)
+        if output is not None:
+            attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = jsonable(output)
+        return attributes
+    choices = list(getattr(response, "choices", None) or [])
+    attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [str(getattr(c, "finish_reason", None)) for c in choices]
+    if operation == "chat":
+        attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = [jsonable(getattr(c, "message", None)) for c in choices]
+    else:
+        attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = [
+            {"role": "assistant", "content": getattr(c, "text", None)} for c in choices
+        ]
+    if with_token_ids and choices:
+        first = choices[0]
+        prompt_ids = _int_list(_extra(response, "prompt_token_ids")) or _int_list(_extra(first, "prompt_token_ids"))
+        completion_ids = _int_list(_extra(first, "token_ids"))
+        if prompt_ids is not None and completion_ids is not None:
+            attributes[semconv.PROMPT_TOKEN_IDS] = prompt_ids
+            attributes[semconv.COMPLETION_TOKEN_IDS] = completion_ids
+            attributes[semconv.TOKEN_IDS_AVAILABLE] = True
+            logprobs = _logprobs(first)
+            if logprobs is not None and len(logprobs) == len(completion_ids):
+                attributes[semconv.COMPLETION_LOGPROBS] = logprobs
+        else:
+            attributes[semconv.TOKEN_IDS_AVAILABLE] = False
+    return attributes
+
+
+def _logprobs(choice: Any) -> list[float] | None:
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return None
+    content = getattr(logprobs, "content", None)
+    if content:
+        values = [getattr(item, "logprob", None) for item in content]
+    else:
+        values = getattr(logprobs, "token_logprobs", None) or []
+    if values and all(isinstance(v, (int, float)) for v in values):
+        return [float(v) for v in values]
+    return None
+
+
+def _is_raw_response(result: Any) -> bool:
+    return hasattr(result, "http_response") and callable(getattr(result, "parse", None))
+
+
+def _is_stream(result: Any) -> bool:
+    cls = type(result)
+    return any(c.__name__ in {"Stream", "AsyncStream"} for c in cls.__mro__)
+
+
+class LLMCall:
+    """The recording of one SDK call: its own ``llm`` span, or another adapter's ``llm`` span it enriches.
+
+    When a framework adapter (LangChain, AutoGen) already opened an ``llm`` span for this
+    model call, the call is linked to that span instead of nesting a duplicate.
+    """
+
+    def __init__(self, operation: Operation, resource: Any, kwargs: Mapping[str, Any]) -> None:
+        self.operation = operation
+        self.context: TrainingContext | None = current_context()
+        self.stream = bool(_given(kwargs, "stream"))
+        self.started = time.time()
+        self._caller_raw: str | None = None
+        self._added_raw = False
+        self.proxied = False
+        base_url = _base_url(resource)
+        outer = current_span()
+        if outer is not None and outer.kind == "llm" and outer.attributes.get(semconv.ADAPTER) != ADAPTER_NAME:
+            self.span: ActiveSpan = outer
+            self.owned = False
+            if base_url:
+                outer.set_attribute("server.address", base_url)
+            return
+        attributes = request_attributes(operation, kwargs, base_url)
+        model = attributes.get(semconv.GEN_AI_REQUEST_MODEL)
+        attributes.update(
+            scope_attributes(
+                self.context,
+                agent=inherited_agent_name(outer),
+                model=model,
+                base_url=base_url,
+                texts=message_texts(_input_messages(operation, kwargs)),
+            )
+        )
+        prefix = "text_completion" if operation == "text_completion" else "chat"
+        self.span = start_span(f"{prefix} {model or 'unknown'}", "llm", attributes)
+        self.owned = True
+
+    # ------------------------------------------------------------------ request
+    def prepare(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's keyword arguments with the linking headers (and the raw-response switch) added."""
+        given = kwargs.get("extra_headers")
+        headers: dict[str, Any] = dict(given) if isinstance(given, Mapping) else {}
+        lowered = {str(k).lower(): k for k in headers}
+        raw_key = lowered.get(RAW_RESPONSE_HEADER.lower())
+        if raw_key is not None:
+            self._caller_raw = str(headers[raw_key])
+        else:
+            headers[RAW_RESPONSE_HEADER] = "true"
+            self._added_raw = True
+        ours = {PARENT_SPAN_HEADER: self.span.id}
+        if self.context is not None:
+            ours[ROLLOUT_HEADER] = self.context.rollout_id
+            ours[ATTEMPT_HEADER] = self.context.attempt_id
+        for key, value in ours.items():
+            if key not in lowered:
+                headers[key] = value
+        return {**kwargs, "extra_headers": headers}
+
+    # ------------------------------------------------------------------ response
+    def read_headers(self, headers: Any) -> None:
+        try:
+            value = headers.get(PROXY_SPAN_HEADER) if headers is not None else None
+        except Exception:
+            value = None
+        if not value:
+            return
+        ids = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not ids:
+            return
+        self.proxied = True
+        self.span.set_attribute(semconv.PROXY_RECORD_ID, ids[0] if len(ids) == 1 else ids)
+
+    def record(self, response: Any) -> None:
+        """Set the response attributes (token ids only when no proxy recorded them)."""
+        try:
+            attributes = response_attributes(self.operation, response, with_token_ids=not self.proxied)
+        except Exception:
+            logger.exception("agent-lightning-openai: could not read the %s response", self.operation)
+            return
+        attributes[semconv.LATENCY_MS] = round((time.time() - self.started) * 1000, 3)
+        if not self.owned:
+            attributes = {k: v for k, v in attributes.items() if k not in self.span.attributes}
+        self.span.set_attributes(attributes)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.owned:
+            self.span.record_exception(exc)
+            self.span.end()
+
+    def finish(self, response: Any = None) -> None:
+        if response is not None:
+            self.record(response)
+        if self.owned:
+            self.span.end()
+
+    def complete(self, result: Any) -> Any:
+        """Record a synchronous result and return what the caller expects."""
+        try:
+            if self._added_raw and _is_raw_response(result):
+                self.read_headers(result.headers)
+                return self._parsed(result.parse())
+            if _is_raw_response(result) and self._caller_raw == "true":
+                self.read_headers(result.headers)
+                if self.stream:
+                    self._wrap_parse(result)
+                else:
+                    self.finish(result.parse())
+                return result
+            self.read_headers(getattr(result, "headers", None))
+            return self._parsed(result)
+        except Exception:
+            logger.exception("agent-lightning-openai: recording the %s call failed", self.operation)
+            self.finish()
+            return result
+
+    async def acomplete(self, result: Any) -> Any:
+        """Record an asynchronous client's result and return what the caller expects."""
+        try:
+            if self._added_raw and _is_raw_response(result):
+                self.read_headers(result.headers)
+                parsed = result.parse()
+                if inspect.isawaitable(parsed):
+                    parsed = await parsed
+                return self._parsed(parsed)
+            if _is_raw_response(result) and self._caller_raw == "true":
+                self.read_headers(result.headers)
+                if self.stream:
+                    self._wrap_parse(result)
+                else:
+                    parsed = result.parse()
+                    if inspect.isawaitable(parsed):
+                        parsed = await parsed
+                    self.finish(parsed)
+                return result
+            self.read_headers(getattr(result, "headers", None))
+            return self._parsed(result)
+        except Exception:
+            logger.exception("agent-lightning-openai: recording the %s call failed", self.operation)
+            self.finish()
+            return result
+
+    def _parsed(self, parsed: Any) -> Any:
+        if _is_stream(parsed):
+            self.read_headers(getattr(getattr(parsed, "response", None), "headers", None))
+            if not self.owned:
+                return parsed
+            from agent_lightning_openai.streams import wrap_stream
+
+            return wrap_stream(parsed, self)
+        if self.stream and not self.owned:
+            return parsed
+        self.finish(parsed)
+        return parsed
+
+    def _wrap_parse(self, raw: Any) -> None:
+        """The caller asked for the raw response of a stream: wrap the stream its ``parse()`` returns."""
+        original = raw.parse
+        call = self
+
+        def parse(*args: Any, **kwargs: Any) -> Any:
+            parsed = original(*args, **kwargs)
+            if inspect.isawaitable(parsed):
+
+                async def later() -> Any:
+                    return call._parsed(await parsed)
+
+                return later()
+            return call._parsed(parsed)
+
+        try:
+            raw.parse = parse
+        except Exception:
+            self.finish()
+
+    def on_stream_end(self, state: StreamState, exc: BaseException | None = None) -> None:
+        """Called once by the stream wrapper when the stream ends, is closed, or fails."""
+        if exc is not None:
+            self.span.record_exception(exc)
+        else:
+            try:
+                self.span.set_attributes(state.attributes(with_token_ids=not self.proxied))
+            except Exception:
+                logger.exception("agent-lightning-openai: could not read the streamed %s response", self.operation)
+        self.span.set_attribute(semconv.LATENCY_MS, round((time.time() - self.started) * 1000, 3))
+        self.span.end()
