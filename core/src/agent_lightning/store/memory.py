@@ -8,9 +8,9 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound
 from agent_lightning.store import transitions as tr
@@ -31,6 +31,12 @@ from agent_lightning.types import (
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
 
 _RESOURCES = TypeAdapter(dict[str, Resource])
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _copy(model: _M) -> _M:
+    """A deep copy: what callers get or give never aliases what the store holds."""
+    return model.model_copy(deep=True)
 
 
 @dataclass
@@ -47,7 +53,8 @@ class InMemoryLightningStore(LightningStore):
     """A thread-safe store kept in this process's memory (``memory://``).
 
     Every method holds one lock while it reads and writes, so calls from
-    several threads or event loops are atomic.
+    several threads or event loops are atomic. Objects go in and come out as
+    deep copies, so mutating them never changes the store.
     """
 
     def __init__(self, url: str = "memory://") -> None:
@@ -112,7 +119,7 @@ class InMemoryLightningStore(LightningStore):
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
         now = time.time()
         with self._lock:
-            rollouts = [tr.new_rollout(RolloutRequest.model_validate(r), now) for r in requests]
+            rollouts = [tr.new_rollout(_copy(RolloutRequest.model_validate(r)), now) for r in requests]
             ids = [r.rollout_id for r in rollouts]
             duplicates = {i for i in ids if i in self._rollouts} | {i for i in ids if ids.count(i) > 1}
             if duplicates:
@@ -122,19 +129,19 @@ class InMemoryLightningStore(LightningStore):
                 self._rollouts[rollout.rollout_id] = rollout
                 self._queue.append(rollout.rollout_id)
         self._changed.notify_all()
-        return rollouts
+        return [_copy(r) for r in rollouts]
 
     async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
         now = time.time()
         with self._lock:
-            rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
+            rollout = tr.new_rollout(_copy(RolloutRequest.model_validate(request)), now)
             if rollout.rollout_id in self._rollouts:
                 raise DuplicateId(f"rollout id already used: {rollout.rollout_id!r}")
             running, attempt = tr.start_attempt(rollout, worker_id, now)
             self._created_order[rollout.rollout_id] = next(self._order)
             self._save(running, attempt)
         self._changed.notify_all()
-        return AttemptedRollout(rollout=running, attempt=attempt)
+        return AttemptedRollout(rollout=_copy(running), attempt=_copy(attempt))
 
     async def claim_rollout(
         self,
@@ -161,7 +168,7 @@ class InMemoryLightningStore(LightningStore):
                 self._queue.remove(rollout_id)
                 running, attempt = tr.start_attempt(rollout, worker_id, now)
                 self._save(running, attempt)
-                claimed = AttemptedRollout(rollout=running, attempt=attempt)
+                claimed = AttemptedRollout(rollout=_copy(running), attempt=_copy(attempt))
                 break
         if claimed is not None:
             self._changed.notify_all()
@@ -174,7 +181,7 @@ class InMemoryLightningStore(LightningStore):
             _, attempt = self._attempt(rollout_id, attempt_id)
             updated = tr.heartbeat(self._rollout(rollout_id), attempt, now)
             self._save(self._rollout(rollout_id), updated)
-        return updated
+        return _copy(updated)
 
     async def complete_attempt(
         self,
@@ -192,7 +199,7 @@ class InMemoryLightningStore(LightningStore):
             rollout, ended = tr.finish_attempt(self._rollout(rollout_id), attempt, status, error, now)
             self._save(rollout, ended)
         self._changed.notify_all()
-        return rollout
+        return _copy(rollout)
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         now = time.time()
@@ -202,18 +209,18 @@ class InMemoryLightningStore(LightningStore):
             cancelled, ended = tr.cancel(rollout, attempts[-1] if attempts else None, now)
             self._save(cancelled, ended)
         self._changed.notify_all()
-        return cancelled
+        return _copy(cancelled)
 
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
         with self._lock:
             reaped = self._reap(time.time() if now is None else now)
         if reaped:
             self._changed.notify_all()
-        return reaped
+        return [_copy(a) for a in reaped]
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
         with self._lock:
-            return self._rollout(rollout_id)
+            return _copy(self._rollout(rollout_id))
 
     async def query_rollouts(
         self,
@@ -240,12 +247,12 @@ class InMemoryLightningStore(LightningStore):
                 and (mode is None or r.mode == mode)
             ]
             matches.sort(key=lambda r: self._created_order[r.rollout_id])
-            return matches[offset : offset + limit]
+            return [_copy(r) for r in matches[offset : offset + limit]]
 
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
         with self._lock:
             self._rollout(rollout_id)
-            return list(self._attempts.get(rollout_id, []))
+            return [_copy(a) for a in self._attempts.get(rollout_id, [])]
 
     async def wait_for_rollouts(
         self, rollout_ids: Sequence[str], timeout: float | None = None, poll_interval: float = 0.05
@@ -264,15 +271,16 @@ class InMemoryLightningStore(LightningStore):
 
         await self._changed.wait_for(all_done, timeout)
         with self._lock:
-            return [self._rollouts[r] for r in ids if self._rollouts[r].is_terminal]
+            return [_copy(self._rollouts[r]) for r in ids if self._rollouts[r].is_terminal]
 
     # ------------------------------------------------------------------ spans
     async def add_spans(self, spans: Sequence[Span]) -> int:
         tr.check_spans_batch(spans)
+        copies = [_copy(span) for span in spans]
         with self._lock:
-            for span in spans:
+            for span in copies:
                 self._attempt(span.rollout_id, span.attempt_id)  # raises NotFound before anything is stored
-            for span in spans:
+            for span in copies:
                 self._spans.setdefault(span.rollout_id, {})[(span.attempt_id, span.span_id)] = span
         self._changed.notify_all()
         return len(spans)
@@ -307,7 +315,7 @@ class InMemoryLightningStore(LightningStore):
                 and (after_sequence_id is None or s.sequence_id > after_sequence_id)
             ]
         spans.sort(key=lambda s: (order.get(s.attempt_id, 0), s.sequence_id, s.start_time))
-        return spans if limit is None else spans[:limit]
+        return [_copy(s) for s in (spans if limit is None else spans[:limit])]
 
     # ------------------------------------------------------------------ resources
     async def add_resources(
@@ -315,27 +323,29 @@ class InMemoryLightningStore(LightningStore):
     ) -> ResourcesSnapshot:
         validated = _RESOURCES.validate_python(dict(resources))
         with self._lock:
-            snapshot = ResourcesSnapshot(
-                resources_id=new_id("rs"),
-                version=len(self._resources) + 1,
-                resources=validated,
-                metadata=dict(metadata or {}),
+            snapshot = _copy(
+                ResourcesSnapshot(
+                    resources_id=new_id("rs"),
+                    version=len(self._resources) + 1,
+                    resources=validated,
+                    metadata=dict(metadata or {}),
+                )
             )
             self._resources[snapshot.resources_id] = snapshot
             self._latest_resources = snapshot.resources_id
         self._changed.notify_all()
-        return snapshot
+        return _copy(snapshot)
 
     async def get_resources(self, resources_id: str) -> ResourcesSnapshot:
         with self._lock:
             try:
-                return self._resources[resources_id]
+                return _copy(self._resources[resources_id])
             except KeyError:
                 raise NotFound(f"no resources snapshot with id {resources_id!r}") from None
 
     async def get_latest_resources(self) -> ResourcesSnapshot | None:
         with self._lock:
-            return None if self._latest_resources is None else self._resources[self._latest_resources]
+            return None if self._latest_resources is None else _copy(self._resources[self._latest_resources])
 
     # ------------------------------------------------------------------ publish–subscribe
     async def subscribe(
@@ -394,7 +404,7 @@ class InMemoryLightningStore(LightningStore):
                 while state.pending and len(taken) < max_count:
                     rollout_id = state.pending.popleft()
                     state.inflight[rollout_id] = now + visibility_timeout
-                    taken.append(self._rollouts[rollout_id])
+                    taken.append(_copy(self._rollouts[rollout_id]))
             return taken or None
 
         return await self._changed.wait_for(take, timeout) or []

@@ -130,11 +130,19 @@ def cancel(rollout: Rollout, attempt: Attempt | None, now: float) -> tuple[Rollo
 
 
 def check_spans_batch(spans: Sequence[Span]) -> None:
-    """Reject a batch that mixes up ids before any span of it is stored."""
+    """Reject a batch with an invalid span or one id twice, before any span of it is stored.
+
+    Each span is validated again, so one built with ``model_construct`` (or
+    changed after it was made) cannot slip a NaN or a malformed id into a store.
+    """
     seen: set[tuple[str, str, str]] = set()
     for index, span in enumerate(spans):
         if not isinstance(span, Span):
             raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
+        try:
+            Span.model_validate(dict(span))
+        except ValueError as exc:
+            raise ValueError(f"spans[{index}] (span {span.span_id!r}) is invalid: {exc}") from exc
         key = (span.rollout_id, span.attempt_id, span.span_id)
         if key in seen:
             raise ValueError(f"span {span.span_id} appears twice in one batch")

@@ -1,0 +1,22 @@
+"""Test helpers shipped with the core: the store conformance suite and service checks.
+
+``StoreConformanceSuite`` needs pytest; it is loaded on first use so that importing
+other helpers of this package does not.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent_lightning.testing.conformance import StoreConformanceSuite, snapshot, store_test
+
+__all__ = ["StoreConformanceSuite", "snapshot", "store_test"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from agent_lightning.testing import conformance
+
+        return getattr(conformance, name)
+    raise AttributeError(f"module 'agent_lightning.testing' has no attribute {name!r}")

@@ -1,0 +1,1160 @@
+"""The LightningStore conformance suite: one pytest class every store backend runs unchanged.
+
+A backend's test module subclasses :class:`StoreConformanceSuite` and says how
+to make a fresh, empty store::
+
+    from agent_lightning.testing import StoreConformanceSuite
+
+    class TestSqliteStore(StoreConformanceSuite):
+        async def create_store(self) -> LightningStore:
+            return SqliteLightningStore(f"sqlite:///{tmp_dir}/{uuid4().hex}.db")
+
+Each test runs in its own event loop (``asyncio.run``; no pytest-asyncio
+needed), creates a store inside that loop, and closes it at the end. Timing
+attributes (``short_lease``, ``short_timeout``, ``short_visibility``) can be
+raised for backends whose clocks are coarse; ``supports_threads`` and
+``supports_multiprocess`` say which concurrency tests apply.
+
+Every rule in :mod:`agent_lightning.store.base`'s docstring is checked here,
+and every rejected call is checked to leave the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import multiprocessing
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+import pytest  # type: ignore[import-not-found, unused-ignore]
+
+from agent_lightning import semconv
+from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound
+from agent_lightning.store.base import LATEST, LightningStore
+from agent_lightning.store.sync import EventLoopThread, SyncStore
+from agent_lightning.types import (
+    LLM,
+    Attempt,
+    AttemptedRollout,
+    PromptTemplate,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutRequest,
+    Span,
+    SpanKind,
+    ToolConfig,
+    new_span_id,
+    new_trace_id,
+)
+
+__all__ = ["StoreConformanceSuite", "snapshot", "store_test"]
+
+_Suite = TypeVar("_Suite", bound="StoreConformanceSuite")
+_T = TypeVar("_T")
+
+LONG = RolloutConfig(lease_seconds=3600.0)
+"""A config whose lease never runs out during a test, so state only changes when a test changes it."""
+
+
+def store_test(
+    test: Callable[[_Suite, LightningStore], Awaitable[None]],
+) -> Callable[[_Suite], None]:
+    """Turn ``async def test_x(self, store)`` into a plain pytest test that gets a fresh store.
+
+    The store is made by ``create_store`` inside a new event loop and closed
+    afterwards; the whole test is bounded by the class's ``test_timeout``.
+    """
+
+    def run(self: _Suite) -> None:
+        async def main() -> None:
+            store = await self.create_store()
+            try:
+                await asyncio.wait_for(test(self, store), self.test_timeout)
+            finally:
+                await store.close()
+
+        asyncio.run(main())
+
+    run.__name__ = test.__name__
+    run.__qualname__ = test.__qualname__
+    run.__doc__ = test.__doc__
+    run.__module__ = test.__module__
+    return run
+
+
+# ---------------------------------------------------------------------- helpers
+def make_span(
+    rollout_id: str,
+    attempt_id: str,
+    sequence_id: int,
+    *,
+    name: str | None = None,
+    kind: SpanKind = "custom",
+    attributes: dict[str, Any] | None = None,
+    span_id: str | None = None,
+) -> Span:
+    """A valid span with fresh ids and deterministic times."""
+    return Span(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=sequence_id,
+        trace_id=new_trace_id(),
+        span_id=span_id or new_span_id(),
+        name=name or f"step-{sequence_id}",
+        kind=kind,
+        attributes=attributes or {},
+        start_time=1_700_000_000.0 + sequence_id,
+        end_time=1_700_000_000.5 + sequence_id,
+    )
+
+
+async def snapshot(store: LightningStore) -> dict[str, Any]:
+    """Everything a store shows without changing it: rollouts, their attempts and spans, latest resources."""
+    rollouts: list[Rollout] = []
+    while True:
+        page = await store.query_rollouts(limit=100, offset=len(rollouts))
+        rollouts.extend(page)
+        if len(page) < 100:
+            break
+    state: dict[str, Any] = {}
+    for rollout in rollouts:
+        state[rollout.rollout_id] = {
+            "rollout": rollout.model_dump(mode="json"),
+            "attempts": [a.model_dump(mode="json") for a in await store.get_attempts(rollout.rollout_id)],
+            "spans": [s.model_dump(mode="json") for s in await store.query_spans(rollout.rollout_id)],
+        }
+    latest = await store.get_latest_resources()
+    return {"rollouts": state, "latest_resources": None if latest is None else latest.model_dump(mode="json")}
+
+
+async def assert_rejected(
+    store: LightningStore,
+    error: type[BaseException] | tuple[type[BaseException], ...],
+    call: Callable[[], Awaitable[object]],
+    match: str | None = None,
+) -> BaseException:
+    """Assert that ``call()`` raises ``error`` and leaves the store exactly as it was."""
+    before = await snapshot(store)
+    with pytest.raises(error, match=match) as info:
+        await call()
+    after = await snapshot(store)
+    assert after == before, f"a call rejected with {type(info.value).__name__} changed the store"
+    return info.value  # type: ignore[no-any-return, unused-ignore]
+
+
+async def _eventually(probe: Callable[[], Awaitable[_T | None]], within: float, every: float, what: str) -> _T:
+    """Poll ``probe`` until it returns something other than ``None`` (or an empty list)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+async def _run_to_end(
+    store: LightningStore, request: RolloutRequest, status: Literal["succeeded", "failed"] = "succeeded"
+) -> Rollout:
+    """Create a running rollout and finish its attempt with ``status``."""
+    started = await store.start_rollout(request, worker_id="finisher")
+    return await store.complete_attempt(started.rollout_id, started.attempt_id, status)
+
+
+def _claim_in_process(url: str, worker_id: str, barrier: Any, results: Any) -> None:
+    """Child-process body of the multi-process test: claim and finish rollouts until none are left."""
+    from agent_lightning.store import open_store
+
+    async def main() -> list[str]:
+        store = open_store(url)
+        claimed: list[str] = []
+        try:
+            barrier.wait()
+            while (item := await store.claim_rollout(worker_id)) is not None:
+                await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+                claimed.append(item.rollout_id)
+        finally:
+            await store.close()
+        return claimed
+
+    try:
+        results.put((worker_id, asyncio.run(main()), None))
+    except BaseException as exc:  # report, so the parent fails with the cause instead of a timeout
+        results.put((worker_id, [], f"{type(exc).__name__}: {exc}"))
+
+
+# ---------------------------------------------------------------------- the suite
+class StoreConformanceSuite:
+    """Contract tests for a :class:`~agent_lightning.store.base.LightningStore` backend.
+
+    Subclass it in a test module named ``Test…`` and implement :meth:`create_store`.
+    """
+
+    short_lease: float = 0.3
+    """``lease_seconds`` of rollouts whose lease a test lets expire."""
+    short_timeout: float = 0.3
+    """``timeout_seconds`` of rollouts a test lets time out."""
+    short_visibility: float = 0.3
+    """``visibility_timeout`` of deliveries a test leaves unacknowledged."""
+    patience: float = 10.0
+    """How long to wait for something that should happen promptly before failing."""
+    test_timeout: float = 60.0
+    """Upper bound of one test, so a hung backend fails instead of blocking the run."""
+    concurrent_rollouts: int = 200
+    concurrent_claimers: int = 16
+    thread_count: int = 4
+    process_count: int = 3
+    supports_threads: bool = True
+    """Whether one store object may be used from several threads, each with its own event loop."""
+    supports_multiprocess: bool = False
+    """Whether ``open_store(self.process_store_url(store))`` in another process opens the same data."""
+
+    async def create_store(self) -> LightningStore:
+        """A fresh, empty store. The suite closes it after each test."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `async def create_store(self)`")
+
+    def process_store_url(self, store: LightningStore) -> str:
+        """The URL another process opens to reach ``store`` (multi-process test only)."""
+        return store.url
+
+    # ------------------------------------------------------------------ enqueue
+    @store_test
+    async def test_enqueue_one_returns_the_queued_rollout(self, store: LightningStore) -> None:
+        config = RolloutConfig(max_attempts=2, lease_seconds=12.5, timeout_seconds=40.0)
+        rollout = await store.enqueue_rollout(
+            {"question": "2+2"},
+            task_type="math",
+            mode="val",
+            resources_id="rs-x",
+            config=config,
+            metadata={"split": "dev"},
+        )
+        assert rollout.rollout_id
+        assert rollout.status == "queuing" and rollout.attempt_count == 0
+        assert (rollout.input, rollout.task_type, rollout.mode) == ({"question": "2+2"}, "math", "val")
+        assert (rollout.resources_id, rollout.config, rollout.metadata) == ("rs-x", config, {"split": "dev"})
+        assert abs(rollout.created_at - time.time()) < 60, "created_at must be a UNIX time in seconds"
+        assert rollout.started_at is None and rollout.ended_at is None and rollout.error is None
+        assert await store.get_rollout(rollout.rollout_id) == rollout
+        assert await store.get_attempts(rollout.rollout_id) == []
+
+    @store_test
+    async def test_enqueue_batch_keeps_request_order_and_ids(self, store: LightningStore) -> None:
+        requests = [
+            RolloutRequest(input=i, rollout_id=f"chosen-{i}" if i % 2 else None, task_type=f"t{i % 3}")
+            for i in range(7)
+        ]
+        rollouts = await store.enqueue_rollouts(requests)
+        assert [r.input for r in rollouts] == list(range(7))
+        assert [r.task_type for r in rollouts] == [f"t{i % 3}" for i in range(7)]
+        assert all(r.rollout_id == f"chosen-{i}" for i, r in enumerate(rollouts) if i % 2)
+        assert len({r.rollout_id for r in rollouts}) == 7
+        assert await store.query_rollouts() == rollouts, "rollouts come back oldest first, a batch in request order"
+        assert await store.enqueue_rollouts([]) == []
+
+    @store_test
+    async def test_enqueue_duplicate_id_is_rejected_and_stores_nothing(self, store: LightningStore) -> None:
+        existing = await store.enqueue_rollout("first", rollout_id="dup")
+        await assert_rejected(
+            store,
+            DuplicateId,
+            lambda: store.enqueue_rollouts([RolloutRequest(rollout_id="new-1"), RolloutRequest(rollout_id="dup")]),
+        )
+        await assert_rejected(
+            store,
+            DuplicateId,
+            lambda: store.enqueue_rollouts([RolloutRequest(rollout_id="twice"), RolloutRequest(rollout_id="twice")]),
+        )
+        await assert_rejected(store, DuplicateId, lambda: store.enqueue_rollout("again", rollout_id="dup"))
+        await assert_rejected(store, DuplicateId, lambda: store.start_rollout(RolloutRequest(rollout_id="dup"), "w"))
+        for missing in ("new-1", "twice"):
+            with pytest.raises(NotFound):
+                await store.get_rollout(missing)
+        assert await store.query_rollouts() == [existing]
+        assert (await store.get_rollout("dup")).input == "first"
+
+    @store_test
+    async def test_inputs_and_metadata_round_trip_as_json(self, store: LightningStore) -> None:
+        payload = {
+            "text": "héllo ✓ \u4e2d\u6587",
+            "nested": {"list": [1, 2.5, True, None, "x"], "empty": {}},
+            "big": 2**53,
+            "negative": -0.125,
+            "flag": False,
+        }
+        rollout = await store.enqueue_rollout(payload, metadata={"tags": ["a", "b"], "n": 3})
+        fetched = await store.get_rollout(rollout.rollout_id)
+        assert fetched.input == payload and isinstance(fetched.input["nested"]["list"][2], bool)
+        assert fetched.metadata == {"tags": ["a", "b"], "n": 3}
+        scalar = await store.enqueue_rollout("just a string")
+        assert (await store.get_rollout(scalar.rollout_id)).input == "just a string"
+
+    # ------------------------------------------------------------------ start / claim
+    @store_test
+    async def test_start_rollout_runs_at_once_without_the_queue(self, store: LightningStore) -> None:
+        started = await store.start_rollout(RolloutRequest(input="direct", task_type="script"), worker_id="me")
+        assert started.rollout.status == "running" and started.rollout.attempt_count == 1
+        assert started.rollout.started_at is not None
+        assert started.attempt.status == "running" and started.attempt.sequence == 1
+        assert started.attempt.worker_id == "me" and started.attempt.rollout_id == started.rollout_id
+        assert await store.claim_rollout("other") is None, "a started rollout is not in the queue"
+        assert await store.get_attempts(started.rollout_id) == [started.attempt]
+        done = await store.complete_attempt(started.rollout_id, started.attempt_id, "succeeded")
+        assert done.status == "succeeded"
+
+    @store_test
+    async def test_claim_takes_the_oldest_first_and_none_when_empty(self, store: LightningStore) -> None:
+        assert await store.claim_rollout("w1") is None
+        rollouts = await store.enqueue_rollouts([RolloutRequest(input=i, config=LONG) for i in range(3)])
+        rollouts.append(await store.enqueue_rollout(3, config=LONG))
+        expected = [r.rollout_id for r in rollouts]
+        claimed: list[AttemptedRollout] = []
+        for i in range(4):
+            item = await store.claim_rollout(f"w{i}")
+            assert item is not None
+            claimed.append(item)
+        assert [c.rollout_id for c in claimed] == expected
+        assert await store.claim_rollout("w9") is None
+        first = claimed[0]
+        assert first.rollout.status == "running" and first.rollout.attempt_count == 1
+        assert first.rollout.started_at is not None
+        assert first.attempt.status == "running" and first.attempt.sequence == 1 and first.attempt.worker_id == "w0"
+        assert abs(first.attempt.lease_expires_at - (time.time() + LONG.lease_seconds)) < 60
+        assert await store.get_rollout(first.rollout_id) == first.rollout
+        assert await store.get_attempts(first.rollout_id) == [first.attempt]
+
+    @store_test
+    async def test_claim_filters_by_task_types_and_modes(self, store: LightningStore) -> None:
+        math_train = await store.enqueue_rollout("m", task_type="math", config=LONG)
+        code_train = await store.enqueue_rollout("c", task_type="code", config=LONG)
+        math_val = await store.enqueue_rollout("mv", task_type="math", mode="val", config=LONG)
+        assert await store.claim_rollout("w", task_types=["search"]) is None
+        assert await store.claim_rollout("w", modes=["test"]) is None
+        got = await store.claim_rollout("w", task_types=["code"])
+        assert got is not None and got.rollout_id == code_train.rollout_id
+        got = await store.claim_rollout("w", modes=["val"])
+        assert got is not None and got.rollout_id == math_val.rollout_id
+        assert await store.claim_rollout("w", task_types=["code"], modes=["train"]) is None
+        got = await store.claim_rollout("w", task_types=["code", "math"], modes=["train", "val"])
+        assert got is not None and got.rollout_id == math_train.rollout_id
+        assert await store.claim_rollout("w") is None
+
+    # ------------------------------------------------------------------ heartbeat / complete / retry
+    @store_test
+    async def test_heartbeat_extends_the_lease(self, store: LightningStore) -> None:
+        await store.enqueue_rollout("hb", config=RolloutConfig(lease_seconds=self.short_lease, max_attempts=2))
+        item = await store.claim_rollout("w1")
+        assert item is not None
+        lease = item.attempt.lease_expires_at
+        deadline = time.monotonic() + 3 * self.short_lease
+        while time.monotonic() < deadline:  # outlive the first lease several times over
+            await asyncio.sleep(self.short_lease / 4)
+            beat = await store.heartbeat(item.rollout_id, item.attempt_id)
+            assert beat.status == "running" and beat.lease_expires_at >= lease
+            lease = beat.lease_expires_at
+            assert await store.claim_rollout("w2") is None, "a heart-beaten rollout was handed to another worker"
+        assert lease > item.attempt.lease_expires_at + self.short_lease
+        assert (await store.get_attempts(item.rollout_id))[-1].last_heartbeat_at > item.attempt.last_heartbeat_at
+        done = await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        assert done.status == "succeeded" and done.attempt_count == 1
+        with pytest.raises(NotFound):
+            await store.heartbeat(item.rollout_id, "no-such-attempt")
+        with pytest.raises(NotFound):
+            await store.heartbeat("no-such-rollout", item.attempt_id)
+
+    @store_test
+    async def test_complete_succeeded_finishes_rollout_and_attempt(self, store: LightningStore) -> None:
+        await store.enqueue_rollout("ok", config=LONG)
+        item = await store.claim_rollout("w1")
+        assert item is not None
+        done = await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        assert done.status == "succeeded" and done.is_terminal and done.error is None
+        assert done.ended_at is not None and done.ended_at >= (done.started_at or 0)
+        assert await store.get_rollout(item.rollout_id) == done
+        (attempt,) = await store.get_attempts(item.rollout_id)
+        assert attempt.status == "succeeded" and attempt.ended_at is not None
+        await assert_rejected(
+            store, LeaseLost, lambda: store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        )
+        await assert_rejected(store, LeaseLost, lambda: store.heartbeat(item.rollout_id, item.attempt_id))
+        await assert_rejected(store, InvalidTransition, lambda: store.cancel_rollout(item.rollout_id))
+
+    @store_test
+    async def test_failed_attempts_retry_until_max_attempts_then_fail(self, store: LightningStore) -> None:
+        rollout = await store.enqueue_rollout("flaky", config=RolloutConfig(max_attempts=3, lease_seconds=3600))
+        attempt_ids: list[str] = []
+        for number in (1, 2, 3):
+            item = await store.claim_rollout(f"w{number}")
+            assert item is not None and item.rollout_id == rollout.rollout_id
+            assert item.attempt.sequence == number and item.rollout.attempt_count == number
+            attempt_ids.append(item.attempt_id)
+            after = await store.complete_attempt(item.rollout_id, item.attempt_id, "failed", error=f"boom {number}")
+            assert after.status == ("requeuing" if number < 3 else "failed")
+        assert len(set(attempt_ids)) == 3
+        final = await store.get_rollout(rollout.rollout_id)
+        assert final.status == "failed" and final.ended_at is not None and final.attempt_count == 3
+        assert final.error and "boom 3" in final.error, f"the rollout's error should say why: {final.error!r}"
+        attempts = await store.get_attempts(rollout.rollout_id)
+        assert [a.attempt_id for a in attempts] == attempt_ids
+        assert [a.sequence for a in attempts] == [1, 2, 3]
+        assert [a.status for a in attempts] == ["failed"] * 3
+        assert [a.worker_id for a in attempts] == ["w1", "w2", "w3"]
+        assert [a.error for a in attempts] == ["boom 1", "boom 2", "boom 3"]
+        assert await store.claim_rollout("w4") is None
+
+    @store_test
+    async def test_a_retry_can_succeed(self, store: LightningStore) -> None:
+        await store.enqueue_rollout("flaky", config=RolloutConfig(max_attempts=2, lease_seconds=3600))
+        first = await store.claim_rollout("w1")
+        assert first is not None
+        requeued = await store.complete_attempt(first.rollout_id, first.attempt_id, "failed", "transient")
+        assert requeued.status == "requeuing" and not requeued.is_terminal and requeued.error is None
+        second = await store.claim_rollout("w2")
+        assert second is not None and second.rollout_id == first.rollout_id and second.attempt.sequence == 2
+        done = await store.complete_attempt(second.rollout_id, second.attempt_id, "succeeded")
+        assert done.status == "succeeded" and done.attempt_count == 2 and done.error is None
+        assert [a.status for a in await store.get_attempts(first.rollout_id)] == ["failed", "succeeded"]
+        await assert_rejected(store, LeaseLost, lambda: store.heartbeat(first.rollout_id, first.attempt_id))
+
+    @store_test
+    async def test_complete_rejects_unknown_ids_and_bad_status(self, store: LightningStore) -> None:
+        await store.enqueue_rollout("x", config=LONG)
+        item = await store.claim_rollout("w1")
+        assert item is not None
+        await assert_rejected(store, NotFound, lambda: store.complete_attempt("nope", item.attempt_id, "succeeded"))
+        await assert_rejected(store, NotFound, lambda: store.complete_attempt(item.rollout_id, "nope", "succeeded"))
+        await assert_rejected(
+            store,
+            ValueError,
+            lambda: store.complete_attempt(item.rollout_id, item.attempt_id, "lost"),  # type: ignore[arg-type]
+        )
+        other = await store.start_rollout(RolloutRequest(config=LONG), "w2")
+        await assert_rejected(  # an attempt id of another rollout
+            store, NotFound, lambda: store.complete_attempt(item.rollout_id, other.attempt_id, "succeeded")
+        )
+
+    # ------------------------------------------------------------------ leases and timeouts
+    @store_test
+    async def test_expired_lease_is_lost_and_another_worker_retries(self, store: LightningStore) -> None:
+        config = RolloutConfig(lease_seconds=self.short_lease, max_attempts=2)
+        rollout = await store.enqueue_rollout("slow", config=config)
+        first = await store.claim_rollout("w1")
+        assert first is not None
+        assert await store.claim_rollout("w2") is None
+        second = await _eventually(
+            lambda: store.claim_rollout("w2"), self.patience, self.short_lease / 4, "the expired lease to be reaped"
+        )
+        assert second.rollout_id == rollout.rollout_id and second.attempt.sequence == 2
+        assert second.attempt.worker_id == "w2" and second.attempt_id != first.attempt_id
+        attempts = await store.get_attempts(rollout.rollout_id)
+        assert [a.status for a in attempts] == ["lost", "running"]
+        assert attempts[0].ended_at is not None and attempts[0].error
+        # The first worker comes back too late: nothing it says changes the store.
+        await assert_rejected(
+            store, LeaseLost, lambda: store.complete_attempt(rollout.rollout_id, first.attempt_id, "succeeded")
+        )
+        await assert_rejected(store, LeaseLost, lambda: store.heartbeat(rollout.rollout_id, first.attempt_id))
+        done = await store.complete_attempt(rollout.rollout_id, second.attempt_id, "succeeded")
+        assert done.status == "succeeded" and done.attempt_count == 2
+
+    @store_test
+    async def test_heartbeat_after_the_lease_ran_out_raises_lease_lost(self, store: LightningStore) -> None:
+        await store.enqueue_rollout("x", config=RolloutConfig(lease_seconds=self.short_lease, max_attempts=1))
+        item = await store.claim_rollout("w1")
+        assert item is not None
+        await asyncio.sleep(self.short_lease * 2)
+        with pytest.raises(LeaseLost):
+            await store.heartbeat(item.rollout_id, item.attempt_id)
+        (attempt,) = await store.get_attempts(item.rollout_id)
+        assert attempt.status == "lost"
+        final = await store.get_rollout(item.rollout_id)
+        assert final.status == "failed" and final.error, "the last attempt lost: the rollout fails with a reason"
+
+    @store_test
+    async def test_reap_expired_with_an_explicit_clock(self, store: LightningStore) -> None:
+        rollout = await store.enqueue_rollout("x", config=RolloutConfig(lease_seconds=60, max_attempts=2))
+        item = await store.claim_rollout("w1")
+        assert item is not None
+        assert await store.reap_expired(now=time.time()) == []
+        (reaped,) = await store.reap_expired(now=time.time() + 120)
+        assert (reaped.attempt_id, reaped.status) == (item.attempt_id, "lost")
+        assert (await store.get_rollout(rollout.rollout_id)).status == "requeuing"
+        assert await store.reap_expired(now=time.time() + 120) == []
+        again = await store.claim_rollout("w2")
+        assert again is not None and again.attempt.sequence == 2
+        (last,) = await store.reap_expired(now=time.time() + 120)
+        assert last.attempt_id == again.attempt_id
+        final = await store.get_rollout(rollout.rollout_id)
+        assert final.status == "failed" and final.error and final.ended_at is not None
+
+    @store_test
+    async def test_timeout_seconds_marks_the_attempt_timeout(self, store: LightningStore) -> None:
+        config = RolloutConfig(lease_seconds=3600, timeout_seconds=self.short_timeout, max_attempts=1)
+        rollout = await store.enqueue_rollout("long task", config=config)
+        item = await store.claim_rollout("w1")
+        assert item is not None
+
+        async def ended_attempts() -> list[Attempt]:
+            with contextlib.suppress(LeaseLost):  # heart-beating does not lift the wall-clock limit
+                await store.heartbeat(item.rollout_id, item.attempt_id)
+            await store.reap_expired()
+            return [a for a in await store.get_attempts(rollout.rollout_id) if a.status != "running"]
+
+        (ended,) = await _eventually(ended_attempts, self.patience, self.short_timeout / 4, "the attempt to time out")
+        assert ended.status == "timeout"
+        final = await store.get_rollout(rollout.rollout_id)
+        assert final.status == "failed" and final.error and "timeout" in final.error
+        await assert_rejected(store, LeaseLost, lambda: store.heartbeat(item.rollout_id, item.attempt_id))
+        await assert_rejected(
+            store, LeaseLost, lambda: store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        )
+
+    # ------------------------------------------------------------------ cancel
+    @store_test
+    async def test_cancel_queued_and_running_rollouts(self, store: LightningStore) -> None:
+        queued = await store.enqueue_rollout("q", config=LONG)
+        running_rollout = await store.enqueue_rollout("r", config=LONG)
+        cancelled = await store.cancel_rollout(queued.rollout_id)
+        assert cancelled.status == "cancelled" and cancelled.is_terminal and cancelled.ended_at is not None
+        item = await store.claim_rollout("w1")
+        assert item is not None and item.rollout_id == running_rollout.rollout_id, "a cancelled rollout is not claimed"
+        assert await store.claim_rollout("w2") is None
+        stopped = await store.cancel_rollout(item.rollout_id)
+        assert stopped.status == "cancelled"
+        (attempt,) = await store.get_attempts(item.rollout_id)
+        assert attempt.status == "failed" and attempt.ended_at is not None
+        await assert_rejected(
+            store, InvalidTransition, lambda: store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        )
+        await assert_rejected(store, InvalidTransition, lambda: store.cancel_rollout(queued.rollout_id))
+        await assert_rejected(store, NotFound, lambda: store.cancel_rollout("no-such-rollout"))
+        finished = await _run_to_end(store, RolloutRequest(config=LONG))
+        await assert_rejected(store, InvalidTransition, lambda: store.cancel_rollout(finished.rollout_id))
+
+    @store_test
+    async def test_cancel_a_requeuing_rollout(self, store: LightningStore) -> None:
+        await store.enqueue_rollout("x", config=RolloutConfig(max_attempts=2, lease_seconds=3600))
+        item = await store.claim_rollout("w1")
+        assert item is not None
+        await store.complete_attempt(item.rollout_id, item.attempt_id, "failed")
+        assert (await store.cancel_rollout(item.rollout_id)).status == "cancelled"
+        assert await store.claim_rollout("w2") is None
+
+    # ------------------------------------------------------------------ queries
+    @store_test
+    async def test_get_rollout_and_attempts_of_unknown_ids(self, store: LightningStore) -> None:
+        with pytest.raises(NotFound):
+            await store.get_rollout("no-such-rollout")
+        with pytest.raises(NotFound):
+            await store.get_attempts("no-such-rollout")
+        with pytest.raises(NotFound):
+            await store.get_resources("no-such-resources")
+
+    @store_test
+    async def test_query_rollouts_filters_and_paginates(self, store: LightningStore) -> None:
+        kinds: list[tuple[str, RolloutMode]] = [
+            ("math", "train"),
+            ("code", "train"),
+            ("math", "val"),
+            ("code", "test"),
+            ("math", "train"),
+        ]
+        made = await store.enqueue_rollouts(
+            [RolloutRequest(input=i, task_type=t, mode=m, config=LONG) for i, (t, m) in enumerate(kinds * 2)]
+        )
+        ids = [r.rollout_id for r in made]
+        first = await store.claim_rollout("w")  # ids[0] → running
+        assert first is not None and first.rollout_id == ids[0]
+        second = await store.claim_rollout("w")  # ids[1] → succeeded
+        assert second is not None
+        await store.complete_attempt(second.rollout_id, second.attempt_id, "succeeded")
+        await store.cancel_rollout(ids[2])
+
+        async def found(**filters: Any) -> list[str]:
+            return [r.rollout_id for r in await store.query_rollouts(**filters)]
+
+        assert await found() == ids
+        assert await found(status=["running"]) == [ids[0]]
+        assert await found(status=["succeeded", "cancelled"]) == [ids[1], ids[2]]
+        assert await found(status=["queuing"]) == ids[3:]
+        assert await found(task_types=["code"]) == [ids[i] for i in (1, 3, 6, 8)]
+        assert await found(mode="val") == [ids[2], ids[7]]
+        assert await found(task_types=["math"], mode="train", status=["queuing"]) == [ids[4], ids[5], ids[9]]
+        assert await found(rollout_ids=[ids[7], ids[2], "unknown"]) == [ids[2], ids[7]], "oldest first, unknown skipped"
+        assert await found(rollout_ids=[]) == []
+        assert await found(status=["failed"]) == []
+        pages = [await found(limit=3, offset=offset) for offset in range(0, 12, 3)]
+        assert pages == [ids[0:3], ids[3:6], ids[6:9], ids[9:]]
+        assert await found(limit=0) == []
+        assert await found(offset=10) == []
+        assert await found(task_types=["math"], limit=2, offset=1) == [ids[2], ids[4]]
+        await assert_rejected(store, ValueError, lambda: store.query_rollouts(limit=-1))
+        await assert_rejected(store, ValueError, lambda: store.query_rollouts(offset=-1))
+
+    # ------------------------------------------------------------------ waiting
+    @store_test
+    async def test_wait_for_rollouts_returns_when_they_finish(self, store: LightningStore) -> None:
+        rollouts = await store.enqueue_rollouts([RolloutRequest(input=i, config=LONG) for i in range(2)])
+        ids = [r.rollout_id for r in rollouts]
+
+        async def work() -> None:
+            await asyncio.sleep(0.1)
+            while (item := await store.claim_rollout("w")) is not None:
+                await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+
+        worker = asyncio.create_task(work())
+        began = time.monotonic()
+        done = await store.wait_for_rollouts(list(reversed(ids)), timeout=self.patience)
+        await worker
+        assert time.monotonic() - began < self.patience
+        assert [r.rollout_id for r in done] == list(reversed(ids)), "results follow the requested order"
+        assert all(r.status == "succeeded" for r in done)
+        assert await store.wait_for_rollouts(ids, timeout=0) == await store.query_rollouts()
+
+    @store_test
+    async def test_wait_for_rollouts_timeout_returns_the_finished_ones(self, store: LightningStore) -> None:
+        finished = await _run_to_end(store, RolloutRequest(config=LONG), "succeeded")
+        pending = await store.enqueue_rollout("never claimed", config=LONG)
+        began = time.monotonic()
+        done = await store.wait_for_rollouts([finished.rollout_id, pending.rollout_id], timeout=0.3)
+        assert 0.2 <= time.monotonic() - began < self.patience
+        assert done == [finished]
+        with pytest.raises(NotFound):
+            await store.wait_for_rollouts(["no-such-rollout"], timeout=0)
+
+    # ------------------------------------------------------------------ spans
+    @store_test
+    async def test_add_spans_and_query_them_in_sequence_order(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        spans = [make_span(item.rollout_id, item.attempt_id, seq) for seq in (3, 0, 4, 1, 2)]
+        assert await store.add_spans(spans) == 5
+        got = await store.query_spans(item.rollout_id)
+        assert [s.sequence_id for s in got] == [0, 1, 2, 3, 4]
+        assert sorted(got, key=lambda s: s.span_id) == sorted(spans, key=lambda s: s.span_id)
+        single = make_span(item.rollout_id, item.attempt_id, 5)
+        assert await store.add_span(single) == single
+        assert (await store.query_spans(item.rollout_id))[-1] == single
+        assert await store.add_spans([]) == 0
+        empty = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        assert await store.query_spans(empty.rollout_id) == []
+
+    @store_test
+    async def test_add_spans_is_idempotent(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        spans = [make_span(item.rollout_id, item.attempt_id, seq) for seq in range(4)]
+        await store.add_spans(spans)
+        await store.add_spans(spans)  # a retry of the whole batch
+        await store.add_spans(spans[1:3])
+        assert await store.query_spans(item.rollout_id) == spans
+        updated = spans[2].model_copy(update={"attributes": {"note": "resent"}, "end_time": spans[2].start_time + 9})
+        await store.add_spans([updated])
+        got = await store.query_spans(item.rollout_id)
+        assert len(got) == 4 and got[2] == updated, "a re-sent span replaces the stored one"
+        # The same span id in another attempt is another span.
+        await store.complete_attempt(item.rollout_id, item.attempt_id, "failed")
+        retry = await store.claim_rollout("w2")
+        assert retry is not None
+        copy = spans[0].model_copy(update={"attempt_id": retry.attempt_id})
+        await store.add_spans([copy])
+        assert len(await store.query_spans(item.rollout_id)) == 5
+        assert await store.query_spans(item.rollout_id, LATEST) == [copy]
+
+    @store_test
+    async def test_query_spans_filters(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        rid, aid = item.rollout_id, item.attempt_id
+        kinds: list[SpanKind] = ["agent", "llm", "tool", "llm", "reward", "llm"]
+        spans = [make_span(rid, aid, seq, kind=kind, name=f"{kind}-op") for seq, kind in enumerate(kinds, start=1)]
+        random.Random(7).shuffle(spans)
+        await store.add_spans(spans)
+
+        async def seqs(**filters: Any) -> list[int]:
+            return [s.sequence_id for s in await store.query_spans(rid, **filters)]
+
+        assert await seqs() == [1, 2, 3, 4, 5, 6]
+        assert await seqs(kinds=["llm"]) == [2, 4, 6]
+        assert await seqs(kinds=["llm", "reward"]) == [2, 4, 5, 6]
+        assert await seqs(names=["tool-op", "agent-op"]) == [1, 3]
+        assert await seqs(after_sequence_id=3) == [4, 5, 6]
+        assert await seqs(after_sequence_id=0) == [1, 2, 3, 4, 5, 6]
+        assert await seqs(after_sequence_id=6) == []
+        assert await seqs(limit=2) == [1, 2]
+        assert await seqs(limit=0) == []
+        assert await seqs(kinds=["llm"], after_sequence_id=2, limit=1) == [4]
+        assert await seqs(kinds=[]) == []
+        assert await seqs(names=["nothing"]) == []
+        await assert_rejected(store, ValueError, lambda: store.query_spans(rid, limit=-1))
+
+    @store_test
+    async def test_query_spans_by_attempt(self, store: LightningStore) -> None:
+        rollout = await store.enqueue_rollout("x", config=RolloutConfig(max_attempts=3, lease_seconds=3600))
+        assert await store.query_spans(rollout.rollout_id, LATEST) == [], "no attempt yet: no spans"
+        first = await store.claim_rollout("w1")
+        assert first is not None
+        first_spans = [make_span(rollout.rollout_id, first.attempt_id, seq) for seq in (1, 2, 3)]
+        await store.add_spans(first_spans)
+        await store.complete_attempt(rollout.rollout_id, first.attempt_id, "failed")
+        second = await store.claim_rollout("w2")
+        assert second is not None
+        assert await store.query_spans(rollout.rollout_id, LATEST) == [], "the newest attempt has no spans yet"
+        second_spans = [make_span(rollout.rollout_id, second.attempt_id, seq) for seq in (2, 1)]
+        await store.add_spans(second_spans)
+        everything = await store.query_spans(rollout.rollout_id)
+        assert everything == [*first_spans, second_spans[1], second_spans[0]], "ordered by (attempt, sequence_id)"
+        assert await store.query_spans(rollout.rollout_id, None) == everything
+        assert await store.query_spans(rollout.rollout_id, LATEST) == [second_spans[1], second_spans[0]]
+        assert await store.query_spans(rollout.rollout_id, first.attempt_id) == first_spans
+        assert await store.query_spans(rollout.rollout_id, first.attempt_id, after_sequence_id=1, limit=1) == [
+            first_spans[1]
+        ]
+        with pytest.raises(NotFound):
+            await store.query_spans(rollout.rollout_id, "no-such-attempt")
+        with pytest.raises(NotFound):
+            await store.query_spans("no-such-rollout")
+
+    @store_test
+    async def test_spans_of_unknown_rollouts_or_attempts_store_nothing(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        other = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        kept = make_span(item.rollout_id, item.attempt_id, 1)
+        await store.add_spans([kept])
+        good = make_span(item.rollout_id, item.attempt_id, 2)
+        for bad in (
+            make_span("no-such-rollout", item.attempt_id, 3),
+            make_span(item.rollout_id, "no-such-attempt", 3),
+            make_span(item.rollout_id, other.attempt_id, 3),  # an attempt of another rollout
+        ):
+            await assert_rejected(store, NotFound, functools.partial(store.add_spans, [good, bad]))
+            await assert_rejected(store, NotFound, functools.partial(store.add_spans, [bad, good]))
+        assert await store.query_spans(item.rollout_id) == [kept]
+        assert await store.query_spans(other.rollout_id) == []
+
+    @store_test
+    async def test_malformed_spans_are_rejected(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        fields: dict[str, Any] = {
+            "rollout_id": item.rollout_id,
+            "attempt_id": item.attempt_id,
+            "sequence_id": 1,
+            "trace_id": new_trace_id(),
+            "span_id": new_span_id(),
+            "name": "op",
+        }
+        bad_fields: list[dict[str, Any]] = [
+            {"trace_id": "xyz"},
+            {"trace_id": "A" * 32},
+            {"span_id": "123"},
+            {"span_id": "g" * 16},
+            {"parent_id": "not-hex-at-all!"},
+            {"attributes": {"score": math.nan}},
+            {"attributes": {semconv.REWARD_VALUE: math.nan}},
+            {"attributes": {"nested": {"deep": [1.0, math.inf]}}},
+            {"attributes": {"obj": object()}},
+            {"start_time": math.nan},
+            {"start_time": 10.0, "end_time": 5.0},
+            {"sequence_id": -1},
+            {"name": ""},
+            {"kind": "bogus"},
+        ]
+        for bad in bad_fields:
+            with pytest.raises(ValueError):
+                Span(**{**fields, **bad})
+        # A span that skipped validation (built with model_construct, or decoded carelessly) is still refused.
+        good = make_span(item.rollout_id, item.attempt_id, 2)
+        for bad in bad_fields[:8]:
+            sneaky = Span.model_construct(**{**make_span(item.rollout_id, item.attempt_id, 3).__dict__, **bad})
+            await assert_rejected(store, ValueError, functools.partial(store.add_spans, [good, sneaky]))
+        assert await store.query_spans(item.rollout_id) == []
+
+    @store_test
+    async def test_span_attributes_round_trip(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        attributes: dict[str, Any] = {
+            semconv.REWARD_VALUE: 0.75,
+            semconv.PROMPT_TOKEN_IDS: [1, 2, 3, 151643],
+            semconv.TOKEN_IDS_AVAILABLE: True,
+            "int": 7,
+            "big": 2**62,
+            "float": -1.5e-9,
+            "false": False,
+            "none": None,
+            "text": 'ünïcode ✓\n"quoted"',
+            "nested": {"a": [{"b": 1}, [], {}], "c": None},
+        }
+        parent = make_span(item.rollout_id, item.attempt_id, 1, kind="agent")
+        child = make_span(item.rollout_id, item.attempt_id, 2, kind="reward", attributes=attributes)
+        child = child.model_copy(update={"parent_id": parent.span_id, "trace_id": parent.trace_id})
+        open_span = make_span(item.rollout_id, item.attempt_id, 3).model_copy(update={"end_time": None})
+        await store.add_spans([parent, child, open_span])
+        got = await store.query_spans(item.rollout_id)
+        assert got == [parent, child, open_span]
+        stored = got[1].attributes
+        assert (
+            isinstance(stored["false"], bool) and isinstance(stored["int"], int) and not isinstance(stored["int"], bool)
+        )
+        assert got[1].reward == 0.75 and got[1].parent_id == parent.span_id and got[2].end_time is None
+
+    # ------------------------------------------------------------------ resources
+    @store_test
+    async def test_resources_are_versioned_snapshots(self, store: LightningStore) -> None:
+        assert await store.get_latest_resources() is None
+        made = []
+        for version in (1, 2, 3):
+            snapshot_ = await store.add_resources(
+                {
+                    "prompt": PromptTemplate(template=f"v{version}: solve {{question}}"),
+                    "policy": LLM(
+                        endpoint="http://127.0.0.1:9/v1", model=f"m{version}", sampling_parameters={"t": 0.5}
+                    ),
+                    "tool": ToolConfig(config={"depth": version}),
+                },
+                metadata={"step": version},
+            )
+            assert snapshot_.version == version and snapshot_.metadata == {"step": version}
+            made.append(snapshot_)
+            assert await store.get_latest_resources() == snapshot_
+        assert len({s.resources_id for s in made}) == 3
+        for snapshot_ in made:
+            assert await store.get_resources(snapshot_.resources_id) == snapshot_
+        prompt = made[1].get("prompt")
+        assert isinstance(prompt, PromptTemplate) and prompt.format(question="1+1") == "v2: solve 1+1"
+        from_dicts = await store.add_resources({"p": {"resource_type": "prompt_template", "template": "hi"}})  # type: ignore[dict-item]
+        assert from_dicts.version == 4 and from_dicts.get("p") == PromptTemplate(template="hi")
+        with pytest.raises(NotFound):
+            await store.get_resources("no-such-resources")
+
+    @store_test
+    async def test_invalid_resources_are_rejected(self, store: LightningStore) -> None:
+        first = await store.add_resources({"prompt": PromptTemplate(template="ok {x}")})
+        invalid: list[dict[str, Any]] = [
+            {"thing": {"resource_type": "spaceship"}},
+            {"prompt": {"resource_type": "prompt_template", "template": "unclosed {"}},
+            {"policy": {"resource_type": "llm", "endpoint": "http://x"}},  # no model
+            {"tool": {"resource_type": "tool", "config": {}, "extra": 1}},
+            {"raw": "just a string"},
+        ]
+        for resources in invalid:
+            await assert_rejected(store, ValueError, functools.partial(store.add_resources, resources))
+        assert await store.get_latest_resources() == first
+        second = await store.add_resources({"prompt": PromptTemplate(template="better {x}")})
+        assert second.version == 2, "rejected snapshots use up no version"
+
+    # ------------------------------------------------------------------ publish–subscribe
+    @store_test
+    async def test_each_group_receives_each_finished_rollout_once(self, store: LightningStore) -> None:
+        await store.subscribe("trainer")
+        await store.subscribe("evaluator")
+        ok = await _run_to_end(store, RolloutRequest(input="ok", config=LONG), "succeeded")
+        bad = await _run_to_end(store, RolloutRequest(input="bad", config=RolloutConfig(max_attempts=1)), "failed")
+        cancelled = await store.enqueue_rollout("cancelled", config=LONG)
+        await store.cancel_rollout(cancelled.rollout_id)
+        await store.enqueue_rollout("still queued", config=LONG)
+        for group in ("trainer", "evaluator"):
+            got = await store.pull_completed(group)
+            assert sorted(r.rollout_id for r in got) == sorted([ok.rollout_id, bad.rollout_id])
+            assert {r.rollout_id: r.status for r in got} == {ok.rollout_id: "succeeded", bad.rollout_id: "failed"}
+            assert await store.pull_completed(group) == [], "a delivery in flight is not handed out again"
+            assert await store.ack_completed(group, [r.rollout_id for r in got]) == 2
+            assert await store.ack_completed(group, [ok.rollout_id]) == 0
+            assert await store.pull_completed(group) == []
+
+    @store_test
+    async def test_retries_and_reaped_rollouts_are_delivered_when_final(self, store: LightningStore) -> None:
+        await store.subscribe("g")
+        rollout = await store.enqueue_rollout("x", config=RolloutConfig(max_attempts=2, lease_seconds=60))
+        item = await store.claim_rollout("w")
+        assert item is not None
+        await store.complete_attempt(item.rollout_id, item.attempt_id, "failed")
+        assert await store.pull_completed("g") == [], "a requeued rollout is not finished"
+        await store.claim_rollout("w")
+        await store.reap_expired(now=time.time() + 120)  # the last attempt is lost: the rollout fails
+        (got,) = await store.pull_completed("g")
+        assert got.rollout_id == rollout.rollout_id and got.status == "failed"
+
+    @store_test
+    async def test_subscriptions_by_task_type_split_trainer_pools(self, store: LightningStore) -> None:
+        await store.subscribe("math-trainers", task_types=["math"])
+        await store.subscribe("code-trainers", task_types=["code", "sql"])
+        finished: dict[str, list[str]] = {"math": [], "code": [], "sql": [], "chat": []}
+        for i in range(3):
+            for task_type in finished:
+                rollout = await _run_to_end(store, RolloutRequest(input=i, task_type=task_type, config=LONG))
+                finished[task_type].append(rollout.rollout_id)
+        math_got = await store.pull_completed("math-trainers", max_count=100)
+        code_got = await store.pull_completed("code-trainers", max_count=2)
+        code_got += await store.pull_completed("code-trainers", max_count=100)
+        assert sorted(r.rollout_id for r in math_got) == sorted(finished["math"])
+        assert sorted(r.rollout_id for r in code_got) == sorted(finished["code"] + finished["sql"])
+        assert {r.task_type for r in math_got} == {"math"} and {r.task_type for r in code_got} == {"code", "sql"}
+
+    @store_test
+    async def test_subscribe_from_beginning(self, store: LightningStore) -> None:
+        early = await _run_to_end(store, RolloutRequest(input="early", task_type="math", config=LONG))
+        early_code = await _run_to_end(store, RolloutRequest(input="early", task_type="code", config=LONG))
+        await store.subscribe("late")
+        await store.subscribe("replay", from_beginning=True)
+        await store.subscribe("replay-math", task_types=["math"], from_beginning=True)
+        later = await _run_to_end(store, RolloutRequest(input="later", task_type="math", config=LONG))
+        assert [r.rollout_id for r in await store.pull_completed("late")] == [later.rollout_id]
+        replayed = [r.rollout_id for r in await store.pull_completed("replay")]
+        assert sorted(replayed) == sorted([early.rollout_id, early_code.rollout_id, later.rollout_id])
+        math_replayed = [r.rollout_id for r in await store.pull_completed("replay-math")]
+        assert sorted(math_replayed) == sorted([early.rollout_id, later.rollout_id])
+
+    @store_test
+    async def test_subscribe_is_idempotent_and_checks_its_arguments(self, store: LightningStore) -> None:
+        await store.subscribe("g", task_types=["math", "code"])
+        await store.subscribe("g", task_types=["code", "math"])  # the same group again: a no-op
+        done = await _run_to_end(store, RolloutRequest(task_type="math", config=LONG))
+        await store.subscribe("g", task_types=["math", "code"], from_beginning=True)  # no duplicate delivery
+        assert [r.rollout_id for r in await store.pull_completed("g")] == [done.rollout_id]
+        assert await store.pull_completed("g") == []
+        with pytest.raises(ValueError):
+            await store.subscribe("g", task_types=["math"])
+        with pytest.raises(ValueError):
+            await store.subscribe("g")
+        with pytest.raises(ValueError):
+            await store.subscribe("")
+        await assert_rejected(store, ValueError, lambda: store.pull_completed("g", max_count=0))
+        await assert_rejected(store, NotFound, lambda: store.pull_completed("no-such-group"))
+        await assert_rejected(store, NotFound, lambda: store.ack_completed("no-such-group", [done.rollout_id]))
+        assert await store.ack_completed("g", ["never-delivered"]) == 0
+
+    @store_test
+    async def test_consumers_of_one_group_share_its_deliveries(self, store: LightningStore) -> None:
+        await store.subscribe("pool")
+        ids = [(await _run_to_end(store, RolloutRequest(input=i, config=LONG))).rollout_id for i in range(5)]
+        taken: list[str] = []
+        for consumer in ("a", "b", "c", "a", "b"):
+            (got,) = await store.pull_completed("pool", consumer=consumer, max_count=1)
+            taken.append(got.rollout_id)
+        assert sorted(taken) == sorted(ids), "each rollout goes to exactly one consumer"
+        assert await store.pull_completed("pool", consumer="c") == []
+
+    @store_test
+    async def test_unacknowledged_deliveries_come_back_after_the_visibility_timeout(
+        self, store: LightningStore
+    ) -> None:
+        await store.subscribe("g")
+        first = await _run_to_end(store, RolloutRequest(input=1, config=LONG))
+        second = await _run_to_end(store, RolloutRequest(input=2, config=LONG))
+        got = await store.pull_completed("g", consumer="crashy", visibility_timeout=self.short_visibility)
+        assert sorted(r.rollout_id for r in got) == sorted([first.rollout_id, second.rollout_id])
+        assert await store.ack_completed("g", [first.rollout_id]) == 1
+        assert await store.pull_completed("g", consumer="other") == []
+        again = await _eventually(
+            lambda: store.pull_completed("g", consumer="other", timeout=self.short_visibility),
+            self.patience,
+            0.0,
+            "the unacknowledged rollout to be delivered again",
+        )
+        assert [r.rollout_id for r in again] == [second.rollout_id], "only the unacknowledged one comes back"
+        assert await store.ack_completed("g", [second.rollout_id]) == 1
+        await asyncio.sleep(self.short_visibility * 1.5)
+        assert await store.pull_completed("g", timeout=0) == [], "acknowledged deliveries never come back"
+
+    @store_test
+    async def test_pull_with_timeout_wakes_when_a_rollout_finishes(self, store: LightningStore) -> None:
+        await store.subscribe("g")
+        began = time.monotonic()
+        assert await store.pull_completed("g", timeout=0.3) == []
+        assert time.monotonic() - began >= 0.2, "pull_completed must wait up to its timeout"
+        rollout = await store.enqueue_rollout("x", config=LONG)
+        waiting = asyncio.create_task(store.pull_completed("g", timeout=self.patience))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        item = await store.claim_rollout("w")
+        assert item is not None
+        finished_at = time.monotonic()
+        await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        got = await waiting
+        assert [r.rollout_id for r in got] == [rollout.rollout_id]
+        assert time.monotonic() - finished_at < self.patience / 2
+
+    # ------------------------------------------------------------------ concurrency
+    @store_test
+    async def test_concurrent_claimers_take_each_rollout_exactly_once(self, store: LightningStore) -> None:
+        rollouts = await store.enqueue_rollouts(
+            [RolloutRequest(input=i, config=LONG) for i in range(self.concurrent_rollouts)]
+        )
+
+        async def claimer(number: int) -> list[str]:
+            claimed: list[str] = []
+            while (item := await store.claim_rollout(f"claimer-{number}")) is not None:
+                await store.add_spans([make_span(item.rollout_id, item.attempt_id, 1)])
+                await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+                claimed.append(item.rollout_id)
+            return claimed
+
+        results = await asyncio.gather(*(claimer(n) for n in range(self.concurrent_claimers)))
+        _assert_each_claimed_once([r.rollout_id for r in rollouts], results)
+        final = await store.query_rollouts(limit=self.concurrent_rollouts + 1)
+        assert len(final) == self.concurrent_rollouts
+        assert all(r.status == "succeeded" and r.attempt_count == 1 for r in final)
+
+    @store_test
+    async def test_threads_with_their_own_event_loops_claim_each_rollout_once(self, store: LightningStore) -> None:
+        if not self.supports_threads:
+            pytest.skip(f"{type(self).__name__}.supports_threads is False")
+        rollouts = await store.enqueue_rollouts(
+            [RolloutRequest(input=i, config=LONG) for i in range(self.concurrent_rollouts)]
+        )
+        barrier = threading.Barrier(self.thread_count, timeout=self.patience)
+
+        def worker(number: int) -> list[str]:
+            loop = EventLoopThread(f"agl-conformance-{number}")
+            try:
+                sync = SyncStore(store, loop_thread=loop)
+                claimed: list[str] = []
+                barrier.wait()
+                while (item := sync.claim_rollout(f"thread-{number}")) is not None:
+                    sync.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+                    claimed.append(item.rollout_id)
+                return claimed
+            finally:
+                loop.stop()
+
+        results = await asyncio.gather(*(asyncio.to_thread(worker, n) for n in range(self.thread_count)))
+        _assert_each_claimed_once([r.rollout_id for r in rollouts], results)
+        final = await store.query_rollouts(status=["succeeded"], limit=self.concurrent_rollouts + 1)
+        assert len(final) == self.concurrent_rollouts
+
+    @store_test
+    async def test_processes_claim_each_rollout_once(self, store: LightningStore) -> None:
+        if not self.supports_multiprocess:
+            pytest.skip(f"{type(self).__name__}.supports_multiprocess is False")
+        rollouts = await store.enqueue_rollouts(
+            [RolloutRequest(input=i, config=LONG) for i in range(self.concurrent_rollouts)]
+        )
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(self.process_count, timeout=self.patience * 3)
+        results = context.Queue()
+        url = self.process_store_url(store)
+        processes = [
+            context.Process(target=_claim_in_process, args=(url, f"process-{n}", barrier, results), daemon=True)
+            for n in range(self.process_count)
+        ]
+        for process in processes:
+            process.start()
+        try:
+            outcomes = []
+            for _ in processes:
+                try:
+                    outcomes.append(await asyncio.to_thread(results.get, True, self.test_timeout / 2))
+                except queue.Empty:
+                    raise AssertionError("a worker process sent no result") from None
+        finally:
+            for process in processes:
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+        errors = [f"{worker}: {error}" for worker, _, error in outcomes if error]
+        assert not errors, f"worker processes failed: {errors}"
+        _assert_each_claimed_once([r.rollout_id for r in rollouts], [claimed for _, claimed, _ in outcomes])
+        final = await store.query_rollouts(status=["succeeded"], limit=self.concurrent_rollouts + 1)
+        assert len(final) == self.concurrent_rollouts
+
+    # ------------------------------------------------------------------ integrity
+    @store_test
+    async def test_rejected_calls_leave_the_store_unchanged(self, store: LightningStore) -> None:
+        queued = await store.enqueue_rollout("queued", config=LONG)
+        running = await store.start_rollout(RolloutRequest(input="running", config=LONG), "w")
+        await store.add_spans([make_span(running.rollout_id, running.attempt_id, 1)])
+        await store.subscribe("g", task_types=["default"])
+        done = await store.start_rollout(RolloutRequest(input="done", config=LONG), "w")
+        await store.complete_attempt(done.rollout_id, done.attempt_id, "succeeded")
+        await store.add_resources({"prompt": PromptTemplate(template="t")})
+        sneaky = Span.model_construct(
+            **{**make_span(running.rollout_id, running.attempt_id, 2).__dict__, "attributes": {"r": math.nan}}
+        )
+        rejected: list[tuple[Any, Callable[[], Awaitable[object]]]] = [
+            (
+                DuplicateId,
+                lambda: store.enqueue_rollouts([RolloutRequest(), RolloutRequest(rollout_id=queued.rollout_id)]),
+            ),
+            (DuplicateId, lambda: store.start_rollout(RolloutRequest(rollout_id=done.rollout_id), "w")),
+            (ValueError, lambda: store.claim_rollout("")),
+            (NotFound, lambda: store.heartbeat(queued.rollout_id, running.attempt_id)),
+            (ValueError, lambda: store.complete_attempt(running.rollout_id, running.attempt_id, "bogus")),  # type: ignore[arg-type]
+            (LeaseLost, lambda: store.complete_attempt(done.rollout_id, done.attempt_id, "failed")),
+            (NotFound, lambda: store.complete_attempt("nope", running.attempt_id, "succeeded")),
+            (InvalidTransition, lambda: store.cancel_rollout(done.rollout_id)),
+            (NotFound, lambda: store.cancel_rollout("nope")),
+            (
+                NotFound,
+                lambda: store.add_spans(
+                    [make_span(running.rollout_id, running.attempt_id, 3), make_span("nope", running.attempt_id, 4)]
+                ),
+            ),
+            (ValueError, lambda: store.add_spans([make_span(running.rollout_id, running.attempt_id, 3), sneaky])),
+            (ValueError, lambda: store.add_resources({"x": {"resource_type": "nope"}})),  # type: ignore[dict-item]
+            (ValueError, lambda: store.subscribe("g", task_types=["other"])),
+            (ValueError, lambda: store.query_rollouts(limit=-5)),
+            (NotFound, lambda: store.query_spans("nope")),
+            (NotFound, lambda: store.get_resources("nope")),
+            (NotFound, lambda: store.pull_completed("nope")),
+            (NotFound, lambda: store.wait_for_rollouts(["nope"], timeout=0)),
+        ]
+        for error, call in rejected:
+            await assert_rejected(store, error, call)
+        assert (await store.pull_completed("g"))[0].rollout_id == done.rollout_id
+
+    @store_test
+    async def test_returned_objects_are_copies(self, store: LightningStore) -> None:
+        payload: dict[str, Any] = {"items": [1, 2]}
+        rollout = await store.enqueue_rollout(payload, metadata={"k": "v"}, config=LONG)
+        payload["items"].append(3)  # the caller keeps using its own objects
+        rollout.input["items"].append(4)
+        rollout.metadata["k"] = "changed"
+        fetched = await store.get_rollout(rollout.rollout_id)
+        assert fetched.input == {"items": [1, 2]} and fetched.metadata == {"k": "v"}
+        fetched.status = "succeeded"
+        fetched.input["items"].clear()
+        listed = await store.query_rollouts()
+        listed[0].metadata.clear()
+        assert await store.get_rollout(rollout.rollout_id) == rollout.model_copy(
+            update={"input": {"items": [1, 2]}, "metadata": {"k": "v"}}
+        )
+        item = await store.claim_rollout("w")
+        assert item is not None
+        item.attempt.status = "lost"
+        attempts = await store.get_attempts(item.rollout_id)
+        attempts[0].lease_expires_at = 0.0
+        assert (await store.get_attempts(item.rollout_id))[0] == attempts[0].model_copy(
+            update={"lease_expires_at": item.attempt.lease_expires_at}
+        )
+        span = make_span(item.rollout_id, item.attempt_id, 1, attributes={"tokens": [1, 2]})
+        await store.add_spans([span])
+        span.attributes["tokens"].append(3)  # type: ignore[union-attr]
+        (stored,) = await store.query_spans(item.rollout_id)
+        assert stored.attributes == {"tokens": [1, 2]}
+        stored.attributes.clear()
+        assert (await store.query_spans(item.rollout_id))[0].attributes == {"tokens": [1, 2]}
+        parameters: dict[str, Any] = {"temperature": 0.5}
+        snapshot_ = await store.add_resources(
+            {"policy": LLM(endpoint="http://x/v1", model="m", sampling_parameters=parameters)}
+        )
+        parameters["temperature"] = 9.0
+        snapshot_.resources.clear()
+        again = await store.get_resources(snapshot_.resources_id)
+        policy = again.get("policy")
+        assert isinstance(policy, LLM) and policy.sampling_parameters == {"temperature": 0.5}
+
+
+def _assert_each_claimed_once(expected: Sequence[str], claimed_by_worker: Sequence[Sequence[str]]) -> None:
+    counts = Counter(rollout_id for claimed in claimed_by_worker for rollout_id in claimed)
+    twice = sorted(r for r, n in counts.items() if n > 1)
+    missing = sorted(set(expected) - set(counts))
+    assert not twice, f"{len(twice)} rollouts were claimed more than once, e.g. {twice[:3]}"
+    assert not missing, f"{len(missing)} rollouts were never claimed, e.g. {missing[:3]}"
+    assert set(counts) == set(expected)
