@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -64,6 +64,7 @@ class InMemoryLightningStore(LightningStore):
         self._rollouts: dict[str, Rollout] = {}
         self._queue: deque[str] = deque()  # claimable rollout ids, oldest first
         self._attempts: dict[str, list[Attempt]] = {}
+        self._running: dict[str, None] = {}  # rollouts whose newest attempt runs (an ordered set): what reaping checks
         self._spans: dict[str, dict[tuple[str, str], Span]] = {}  # rollout -> (attempt, span id) -> span
         self._resources: dict[str, ResourcesSnapshot] = {}
         self._latest_resources: str | None = None
@@ -95,6 +96,10 @@ class InMemoryLightningStore(LightningStore):
                     break
             else:
                 attempts.append(attempt)
+            if attempts[-1].status == "running":
+                self._running[rollout.rollout_id] = None
+            else:
+                self._running.pop(rollout.rollout_id, None)
         if rollout.status == "requeuing" and (previous is None or previous.status != "requeuing"):
             self._queue.append(rollout.rollout_id)
         if rollout.status in DELIVERED_STATUSES and (previous is None or previous.status != rollout.status):
@@ -104,8 +109,9 @@ class InMemoryLightningStore(LightningStore):
 
     def _reap(self, now: float) -> list[Attempt]:
         reaped: list[Attempt] = []
-        for rollout_id, attempts in self._attempts.items():
-            if not attempts or attempts[-1].status != "running":
+        for rollout_id in list(self._running):
+            attempts = self._attempts[rollout_id]
+            if attempts[-1].status != "running":
                 continue
             rollout = self._rollouts[rollout_id]
             status = tr.expiry_status(rollout, attempts[-1], now)
@@ -121,7 +127,7 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             rollouts = [tr.new_rollout(_copy(RolloutRequest.model_validate(r)), now) for r in requests]
             ids = [r.rollout_id for r in rollouts]
-            duplicates = {i for i in ids if i in self._rollouts} | {i for i in ids if ids.count(i) > 1}
+            duplicates = {i for i in ids if i in self._rollouts} | {i for i, n in Counter(ids).items() if n > 1}
             if duplicates:
                 raise DuplicateId(f"rollout ids already used: {sorted(duplicates)}")
             for rollout in rollouts:
@@ -396,10 +402,10 @@ class InMemoryLightningStore(LightningStore):
             now = time.time()
             with self._lock:
                 state = self._group(group)
-                for rollout_id, deadline in list(state.inflight.items()):
-                    if deadline <= now:  # never acknowledged: deliver again
-                        del state.inflight[rollout_id]
-                        state.pending.appendleft(rollout_id)
+                expired = [r for r, deadline in state.inflight.items() if deadline <= now]
+                for rollout_id in expired:  # never acknowledged: deliver again, first in line, in order
+                    del state.inflight[rollout_id]
+                state.pending.extendleft(reversed(expired))
                 taken: list[Rollout] = []
                 while state.pending and len(taken) < max_count:
                     rollout_id = state.pending.popleft()

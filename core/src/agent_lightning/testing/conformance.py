@@ -9,6 +9,13 @@ to make a fresh, empty store::
         async def create_store(self) -> LightningStore:
             return SqliteLightningStore(f"sqlite:///{tmp_dir}/{uuid4().hex}.db")
 
+``create_store`` may use what pytest fixtures give, through an autouse fixture
+of the subclass::
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, tmp_path: Path) -> None:
+        self.folder = tmp_path
+
 Each test runs in its own event loop (``asyncio.run``; no pytest-asyncio
 needed), creates a store inside that loop, and closes it at the end. Timing
 attributes (``short_lease``, ``short_timeout``, ``short_visibility``) can be
@@ -32,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import pytest  # type: ignore[import-not-found, unused-ignore]
@@ -190,6 +198,7 @@ def _claim_in_process(url: str, worker_id: str, barrier: Any, results: Any) -> N
     try:
         results.put((worker_id, asyncio.run(main()), None))
     except BaseException as exc:  # report, so the parent fails with the cause instead of a timeout
+        barrier.abort()  # and release the siblings waiting to start
         results.put((worker_id, [], f"{type(exc).__name__}: {exc}"))
 
 
@@ -1012,9 +1021,9 @@ class StoreConformanceSuite:
         barrier = threading.Barrier(self.thread_count, timeout=self.patience)
 
         def worker(number: int) -> list[str]:
-            loop = EventLoopThread(f"agl-conformance-{number}")
+            own_loop = EventLoopThread(f"agl-conformance-loop-{number}")
             try:
-                sync = SyncStore(store, loop_thread=loop)
+                sync = SyncStore(store, loop_thread=own_loop)
                 claimed: list[str] = []
                 barrier.wait()
                 while (item := sync.claim_rollout(f"thread-{number}")) is not None:
@@ -1022,9 +1031,11 @@ class StoreConformanceSuite:
                     claimed.append(item.rollout_id)
                 return claimed
             finally:
-                loop.stop()
+                own_loop.stop()
 
-        results = await asyncio.gather(*(asyncio.to_thread(worker, n) for n in range(self.thread_count)))
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(self.thread_count, thread_name_prefix="agl-conformance") as pool:
+            results = await asyncio.gather(*(loop.run_in_executor(pool, worker, n) for n in range(self.thread_count)))
         _assert_each_claimed_once([r.rollout_id for r in rollouts], results)
         final = await store.query_rollouts(status=["succeeded"], limit=self.concurrent_rollouts + 1)
         assert len(final) == self.concurrent_rollouts
