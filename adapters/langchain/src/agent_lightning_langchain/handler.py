@@ -214,14 +214,21 @@ class LightningCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = _run_name(serialized, kwargs, "chain")
-        attributes = {semconv.GEN_AI_OPERATION_NAME: "invoke_agent", "langchain.inputs": bounded(inputs)}
+        run_type = kwargs.get("run_type")
+        attributes: dict[str, Any] = {"langchain.inputs": bounded(inputs)}
+        kind: SpanKind = "agent"
+        if run_type in ("prompt", "parser"):  # prompt formatting and output parsing are steps, not agents
+            kind = "custom"
+            attributes["langchain.run_type"] = run_type
+        else:
+            attributes[semconv.GEN_AI_OPERATION_NAME] = "invoke_agent"
         self._safely(
             "a chain start",
             self._start,
             run_id,
             parent_run_id,
             name,
-            "agent",
+            kind,
             attributes,
             tags,
             metadata,

@@ -331,8 +331,6 @@ class LLMCall:
     def _parsed(self, parsed: Any) -> Any:
         if _is_stream(parsed):
             self.read_headers(getattr(getattr(parsed, "response", None), "headers", None))
-            if not self.owned:
-                return parsed
             from agent_lightning_openai.streams import wrap_stream
 
             return wrap_stream(parsed, self)
@@ -363,6 +361,14 @@ class LLMCall:
 
     def on_stream_end(self, state: StreamState, exc: BaseException | None = None) -> None:
         """Called once by the stream wrapper when the stream ends, is closed, or fails."""
+        if not self.owned:  # another adapter's span: add what it lacks, let that adapter end it
+            if exc is None and self.span.end_time is None:
+                try:
+                    attributes = state.attributes(with_token_ids=not self.proxied)
+                    self.span.set_attributes({k: v for k, v in attributes.items() if k not in self.span.attributes})
+                except Exception:
+                    logger.exception("agent-lightning-openai: could not read the streamed %s response", self.operation)
+            return
         if exc is not None:
             self.span.record_exception(exc)
         else:
