@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -181,3 +183,13 @@ def test_service_urls_without_a_known_port_are_refused() -> None:
         services.is_reachable("mysterydb://127.0.0.1/x")
     assert services.DEFAULT_POSTGRES_URL == "postgresql://127.0.0.1:5432/test"
     assert services.DEFAULT_REDIS_URL == "redis://127.0.0.1:6379/0"
+
+
+def test_the_testing_package_loads_pytest_only_for_the_suite() -> None:
+    code = (
+        "import sys, agent_lightning, agent_lightning.testing\n"
+        "assert 'pytest' not in sys.modules, 'importing agent_lightning.testing pulled in pytest'\n"
+        "from agent_lightning.testing import StoreConformanceSuite\n"
+        "assert 'pytest' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

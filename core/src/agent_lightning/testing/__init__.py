@@ -6,16 +6,21 @@ other helpers of this package does not.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent_lightning.testing.conformance import StoreConformanceSuite, snapshot, store_test
 
 __all__ = ["StoreConformanceSuite", "snapshot", "store_test"]
+_SUITE = "agent_lightning.testing.conformance"
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
+        pytest = sys.modules.get("pytest")
+        if pytest is not None and _SUITE not in sys.modules:
+            pytest.register_assert_rewrite(_SUITE)  # failed asserts then show their values
         from agent_lightning.testing import conformance
 
         return getattr(conformance, name)
