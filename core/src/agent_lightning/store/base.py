@@ -21,6 +21,13 @@ Rules every backend follows (the conformance suite in
 * A finished rollout (``succeeded`` or ``failed``) is delivered to each
   subscription group once; a delivery that is not acknowledged within its
   visibility timeout is delivered again (at-least-once under crashes).
+* Spans are validated again on ``add_spans`` (call
+  :func:`~agent_lightning.store.transitions.check_spans_batch` first), so a span
+  built with ``model_construct`` cannot store a NaN or a malformed id.
+* Filters: ``None`` means "any"; an empty list (``kinds=[]``, ``rollout_ids=[]``)
+  matches nothing. ``claim_rollout`` refuses an empty ``worker_id``.
+* Objects given to or returned by a store never alias what it holds: mutating
+  them afterwards changes nothing in the store.
 """
 
 from __future__ import annotations
