@@ -349,6 +349,7 @@ class StoreConformanceSuite:
         math_val = await store.enqueue_rollout("mv", task_type="math", mode="val", config=LONG)
         assert await store.claim_rollout("w", task_types=["search"]) is None
         assert await store.claim_rollout("w", modes=["test"]) is None
+        assert await store.claim_rollout("w", task_types=[]) is None, "an empty filter matches nothing"
         got = await store.claim_rollout("w", task_types=["code"])
         assert got is not None and got.rollout_id == code_train.rollout_id
         got = await store.claim_rollout("w", modes=["val"])
@@ -600,7 +601,7 @@ class StoreConformanceSuite:
         assert await found(mode="val") == [ids[2], ids[7]]
         assert await found(task_types=["math"], mode="train", status=["queuing"]) == [ids[4], ids[5], ids[9]]
         assert await found(rollout_ids=[ids[7], ids[2], "unknown"]) == [ids[2], ids[7]], "oldest first, unknown skipped"
-        assert await found(rollout_ids=[]) == []
+        assert await found(rollout_ids=[]) == [] and await found(status=[]) == [] and await found(task_types=[]) == []
         assert await found(status=["failed"]) == []
         pages = [await found(limit=3, offset=offset) for offset in range(0, 12, 3)]
         assert pages == [ids[0:3], ids[3:6], ids[6:9], ids[9:]]
