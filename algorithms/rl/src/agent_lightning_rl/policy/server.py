@@ -1,0 +1,137 @@
+"""``PolicyServer``: a Hugging Face causal LM behind the OpenAI API, in background threads of this process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from .engine import GenerationEngine
+from .sampling import LogprobsMode
+from .weights import WeightsSource
+
+
+class PolicyServer:
+    """Serve ``model`` (with ``tokenizer``) at ``{url}/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
+
+    One worker thread generates (batching concurrent requests, see :mod:`.engine`); uvicorn serves HTTP in another.
+    :meth:`update_weights` (or ``POST /agl/weights`` from loopback) hot-swaps the weights between batches; every
+    response names the version that generated it (``x-agl-model-version`` header and ``system_fingerprint``).
+
+    The server owns ``model`` while it runs: give it its own copy if a trainer updates another one in place.
+
+        with PolicyServer(model, tokenizer, model_name="smollm2-135m-instruct") as server:
+            client = openai.OpenAI(base_url=server.url, api_key="none")
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        model_name: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.005,
+        version: str = "v0",
+        default_max_tokens: int = 1024,
+        logprobs_mode: LogprobsMode = "raw",
+    ) -> None:
+        self.model_name = model_name
+        self.host = host
+        self.port = port
+        self.default_max_tokens = default_max_tokens
+        self.engine = GenerationEngine(
+            model,
+            tokenizer,
+            version=version,
+            max_batch_size=max_batch_size,
+            batch_wait_s=batch_wait_s,
+            logprobs_mode=logprobs_mode,
+        )
+        self._uvicorn: Any = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        """The OpenAI ``base_url`` (``http://host:port/v1``); the port is known once started."""
+        if self._socket is None:
+            raise RuntimeError("the policy server is not started; call start() first")
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def version(self) -> str:
+        """The weights version new requests get."""
+        return self.engine.version
+
+    def stats(self) -> dict[str, Any]:
+        """Batching and generation counters (see :meth:`GenerationEngine.stats`)."""
+        return self.engine.stats()
+
+    def update_weights(self, source: WeightsSource, version: str, timeout: float | None = None) -> None:
+        """Serve ``source`` (state dict, module, or checkpoint path) as ``version``; returns once it is in use.
+
+        Requests already generating finish on the old weights and report the old version; every request whose batch
+        starts after this returns gets the new weights and reports ``version``.
+        """
+        self.engine.update_weights(source, version, timeout=timeout)
+
+    def start(self, timeout: float = 30.0) -> PolicyServer:
+        """Start the generation worker and the HTTP server; returns when it accepts connections."""
+        if self._thread is not None:
+            return self
+        import uvicorn
+
+        from .app import create_app
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"policy server cannot listen on {self.host}:{self.port}: {exc}") from exc
+        self.port = sock.getsockname()[1]
+        self._socket = sock
+        self.engine.start()
+        app = create_app(self.engine, self.model_name, default_max_tokens=self.default_max_tokens)
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._uvicorn.run, kwargs={"sockets": [sock]}, name="agl-policy-http", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"policy server did not start on {self.host}:{self.port} within {timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop HTTP serving and the generation worker (waiting requests get an error)."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self.engine.stop()
+        if self._socket is not None:
+            self._socket.close()
+        self._uvicorn, self._thread, self._socket = None, None, None
+
+    def __enter__(self) -> PolicyServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
