@@ -106,7 +106,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy: strict on core."""
     _install(session, ROOT / "core", extras="")
-    session.install("mypy>=1.10")
+    session.install("mypy>=1.10", "pytest>=8")
     session.run("mypy", "--strict", "core/src/agent_lightning")
 
 

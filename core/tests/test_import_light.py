@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -23,8 +24,10 @@ HEAVY = (
 
 
 def _modules_after(code: str) -> set[str]:
+    # Only the core: installed adapter plugins import their framework on purpose when a context opens.
+    env = {**os.environ, "AGL_PLUGINS": ""}
     script = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
