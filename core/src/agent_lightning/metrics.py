@@ -37,11 +37,13 @@ class JsonlSink:
 
 class TensorBoardSink:
     def __init__(self, log_dir: Path) -> None:
+        import importlib
+
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            module = importlib.import_module("torch.utils.tensorboard")
         except ImportError:
-            from tensorboardX import SummaryWriter  # type: ignore[import-not-found,no-redef]
-        self._writer = SummaryWriter(log_dir=str(log_dir))
+            module = importlib.import_module("tensorboardX")
+        self._writer = module.SummaryWriter(log_dir=str(log_dir))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -54,7 +56,7 @@ class TensorBoardSink:
 
 class WandbSink:
     def __init__(self, run_name: str, config: dict[str, Any]) -> None:
-        import wandb  # type: ignore[import-not-found]
+        import wandb  # type: ignore[import-not-found,unused-ignore]
 
         self._run = wandb.init(project=os.environ.get("WANDB_PROJECT", "agent-lightning"), name=run_name, config=config)
 
@@ -67,7 +69,7 @@ class WandbSink:
 
 class MlflowSink:
     def __init__(self, run_name: str) -> None:
-        import mlflow  # type: ignore[import-not-found]
+        import mlflow  # type: ignore[import-not-found,unused-ignore]
 
         self._mlflow = mlflow
         mlflow.start_run(run_name=run_name)
