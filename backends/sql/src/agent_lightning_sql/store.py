@@ -1,0 +1,811 @@
+"""The dialect-neutral SQL store: every LightningStore method as one database transaction.
+
+Each call runs a synchronous SQLAlchemy transaction in a worker thread
+(``asyncio.to_thread``), so one store object can be used from any thread and
+any event loop. The retry and lease rules come from
+:mod:`agent_lightning.store.transitions`; this module only loads rows, applies
+those functions and writes the result back, atomically.
+
+Subclasses supply the dialect specifics: how to create the engine, how to start
+a write transaction, row locking, the queue counter and change notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Literal, TypeVar
+
+import sqlalchemy as sa
+from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
+from agent_lightning.store import transitions as tr
+from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore
+from agent_lightning.types import (
+    Attempt,
+    AttemptedRollout,
+    Resource,
+    ResourcesSnapshot,
+    Rollout,
+    RolloutMode,
+    RolloutRequest,
+    RolloutStatus,
+    Span,
+    SpanKind,
+)
+from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
+from pydantic import TypeAdapter
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
+
+from agent_lightning_sql import codec
+from agent_lightning_sql.schema import (
+    ATTEMPTS,
+    DELIVERIES,
+    MIGRATIONS,
+    RESOURCES,
+    ROLLOUTS,
+    SCHEMA_VERSION,
+    SPANS,
+    SUBSCRIPTIONS,
+    TABLES,
+    VERSION,
+)
+from agent_lightning_sql.waker import Waker
+
+T = TypeVar("T")
+_RESOURCES = TypeAdapter(dict[str, Resource])
+_CHUNK = 500  # ids per IN (...) list
+_SPAN_KEY = ("rollout_id", "attempt_id", "span_id")
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer release whose schema this code cannot read."""
+
+
+class SqlLightningStore(LightningStore):
+    """A :class:`~agent_lightning.store.base.LightningStore` on a SQL database.
+
+    The engine and the schema are set up on first use (or by :meth:`open`);
+    an unreachable database raises :class:`~agent_lightning.errors.StoreUnavailable`
+    naming the URL.
+    """
+
+    backend_name = "SQL"
+    """How error messages name the database (``SQLite``, ``PostgreSQL``)."""
+    max_wait: float = 1.0
+    """Longest sleep between two checks while waiting (for changes nobody signals, e.g. lease expiry)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine_lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._waker = Waker()
+        self._span_upsert: Any = None
+
+    # ------------------------------------------------------------------ dialect hooks
+    def _create_engine(self) -> Engine:
+        """A new SQLAlchemy engine for this store's database."""
+        raise NotImplementedError
+
+    def _begin(self, conn: Connection, write: bool) -> None:
+        """Called right after the transaction began (e.g. SQLite's ``BEGIN IMMEDIATE``)."""
+
+    def _guard(self, write: bool) -> AbstractContextManager[object]:
+        """Held around each transaction (e.g. an in-process lock for SQLite writers)."""
+        return nullcontext()
+
+    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
+        """``query`` locking the rows it reads until commit (``FOR UPDATE``) where the database can."""
+        return query
+
+    def _next_queue_seqs(self, conn: Connection, count: int) -> list[int]:
+        """``count`` increasing queue positions, each larger than every claimable rollout's."""
+        raise NotImplementedError
+
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT construct, with ``on_conflict_do_update``."""
+        raise NotImplementedError
+
+    def _notify(self, conn: Connection) -> None:
+        """Tell waiters in other processes that rollouts finished (inside the transaction)."""
+
+    def _prepare_schema(self, conn: Connection) -> None:
+        """First statements of the schema set-up transaction (locks, ``CREATE SCHEMA``)."""
+
+    def _create_extras(self, conn: Connection) -> None:
+        """Dialect objects beyond the tables (sequences)."""
+
+    def _lock_resources(self, conn: Connection) -> None:
+        """Serialize snapshot versioning with other writers."""
+
+    def _classify(self, exc: sa.exc.DBAPIError) -> Literal["unavailable", "retry"] | None:
+        """Whether a driver error means the database is unreachable, or the transaction may be retried."""
+        return "unavailable" if exc.connection_invalidated else None
+
+    def _unavailable_hint(self) -> str:
+        """How to fix an unreachable database (appended to the error)."""
+        return "check the URL and that the database is reachable"
+
+    def _redacted_url(self) -> str:
+        """The URL with any password hidden, for messages."""
+        return self.url
+
+    def _on_close(self) -> None:
+        """Release dialect resources (listener threads)."""
+
+    async def _wait_change(self, version: int, timeout: float | None) -> None:
+        """Sleep until a change is signalled after ``version`` or ``timeout`` passes."""
+        wait = self.max_wait if timeout is None else min(timeout, self.max_wait)
+        await self._waker.wait(version, wait)
+
+    # ------------------------------------------------------------------ engine and transactions
+    def open(self) -> SqlLightningStore:
+        """Connect and create or check the schema now; raises :class:`StoreUnavailable` if unreachable."""
+        self._get_engine()
+        return self
+
+    def _unavailable(self, reason: object) -> StoreUnavailable:
+        text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+        return StoreUnavailable(
+            f"cannot use the {self.backend_name} store at {self._redacted_url()}: {text}. {self._unavailable_hint()}"
+        )
+
+    def _get_engine(self) -> Engine:
+        if self._closed:
+            raise StoreError(f"the store at {self._redacted_url()} is closed")
+        engine = self._engine
+        if engine is not None and self._pid == os.getpid():
+            return engine
+        with self._engine_lock:
+            if self._engine is not None and self._pid != os.getpid():  # forked: never share the parent's sockets
+                self._engine.dispose(close=False)
+                self._engine = None
+            if self._engine is None:
+                self._pid = os.getpid()
+                try:
+                    created = self._create_engine()
+                except (OSError, sa.exc.ArgumentError) as exc:
+                    raise self._unavailable(exc) from exc
+                try:
+                    self._transact_on(created, self._set_up_schema, write=True)
+                except BaseException:
+                    created.dispose()
+                    raise
+                self._engine = created
+            return self._engine
+
+    def _set_up_schema(self, conn: Connection) -> None:
+        self._prepare_schema(conn)
+        VERSION.create(conn, checkfirst=True)
+        row = conn.execute(sa.select(VERSION.c.version).where(VERSION.c.id == 1)).first()
+        if row is None:
+            for table in TABLES:
+                table.create(conn, checkfirst=True)
+            self._create_extras(conn)
+            conn.execute(sa.insert(VERSION).values(id=1, version=SCHEMA_VERSION, updated_at=time.time()))
+            return
+        version = int(row.version)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the {self.backend_name} store at {self._redacted_url()} has schema version {version}, but this "
+                f"agent-lightning-sql understands versions up to {SCHEMA_VERSION}; upgrade the package "
+                "(pip install -U agent-lightning-sql) or use another database"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            MIGRATIONS[step](conn)
+        if version < SCHEMA_VERSION:
+            conn.execute(sa.update(VERSION).values(version=SCHEMA_VERSION, updated_at=time.time()))
+
+    def _transact_on(self, engine: Engine, work: Callable[[Connection], T], *, write: bool) -> T:
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with self._guard(write), engine.connect() as conn, conn.begin():
+                    self._begin(conn, write)
+                    return work(conn)
+            except sa.exc.IntegrityError:
+                raise
+            except sa.exc.DBAPIError as exc:
+                kind = self._classify(exc)
+                if kind == "retry" and tries < 5:
+                    time.sleep(0.01 * tries)
+                    continue
+                if kind == "unavailable":
+                    raise self._unavailable(exc.orig) from exc
+                if isinstance(exc, sa.exc.DataError):
+                    raise ValueError(f"the {self.backend_name} store rejected the data: {exc.orig}") from exc
+                raise StoreError(f"{self.backend_name} store at {self._redacted_url()}: {exc.orig}") from exc
+
+    def _transact(self, work: Callable[[Connection], T], *, write: bool) -> T:
+        result = self._transact_on(self._get_engine(), work, write=write)
+        if write:
+            self._waker.notify()
+        return result
+
+    async def _run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        return await asyncio.to_thread(self._transact, work, write=write)
+
+    async def _wait_until(self, check: Callable[[], Awaitable[T | None]], timeout: float | None) -> T | None:
+        """``check()``'s first result that is not ``None``, re-checked on every change; ``None`` at the timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            version = self._waker.version
+            result = await check()
+            if result is not None:
+                return result
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            await self._wait_change(version, remaining)
+
+    # ------------------------------------------------------------------ row helpers
+    def _rollout(self, conn: Connection, rollout_id: str, *, lock: bool = False) -> Rollout:
+        query = sa.select(ROLLOUTS).where(ROLLOUTS.c.rollout_id == rollout_id)
+        row = conn.execute(self._lock_rows(query) if lock else query).first()
+        if row is None:
+            raise NotFound(f"no rollout with id {rollout_id!r}")
+        return codec.rollout_from_row(row)
+
+    def _attempt(self, conn: Connection, rollout_id: str, attempt_id: str) -> Attempt:
+        row = conn.execute(
+            sa.select(ATTEMPTS).where(ATTEMPTS.c.attempt_id == attempt_id, ATTEMPTS.c.rollout_id == rollout_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"rollout {rollout_id!r} has no attempt {attempt_id!r}")
+        return codec.attempt_from_row(row)
+
+    def _rollout_exists(self, conn: Connection, rollout_id: str) -> bool:
+        return conn.execute(sa.select(ROLLOUTS.c.seq).where(ROLLOUTS.c.rollout_id == rollout_id)).first() is not None
+
+    def _insert_rollouts(self, conn: Connection, rollouts: Sequence[Rollout], rows: list[dict[str, Any]]) -> None:
+        ids = [r.rollout_id for r in rollouts]
+        taken: list[str] = []
+        for chunk in _chunks(ids):
+            taken += conn.execute(sa.select(ROLLOUTS.c.rollout_id).where(ROLLOUTS.c.rollout_id.in_(chunk))).scalars()
+        if taken:
+            raise DuplicateId(f"rollout ids already used: {sorted(taken)}")
+        queued = [row for row in rows if row["status"] in CLAIMABLE_ROLLOUT_STATUSES]
+        for row, position in zip(queued, self._next_queue_seqs(conn, len(queued))):
+            row["queue_seq"] = position
+        for row in rows:
+            row.setdefault("queue_seq", None)
+        conn.execute(sa.insert(ROLLOUTS), rows)
+
+    def _save(self, conn: Connection, before: Rollout, after: Rollout, attempt: Attempt | None = None) -> None:
+        """Write a transition of ``before`` to ``after`` (and ``attempt``, new or changed)."""
+        values: dict[str, Any] = {
+            "status": after.status,
+            "attempt_count": after.attempt_count,
+            "started_at": after.started_at,
+            "ended_at": after.ended_at,
+            "error": after.error,
+        }
+        if after.status in CLAIMABLE_ROLLOUT_STATUSES:
+            if before.status not in CLAIMABLE_ROLLOUT_STATUSES:
+                (values["queue_seq"],) = self._next_queue_seqs(conn, 1)  # requeued: to the back of the queue
+        else:
+            values["queue_seq"] = None
+        conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.rollout_id == after.rollout_id).values(values))
+        if attempt is not None:
+            self._save_attempt(conn, attempt, after.config.timeout_seconds)
+        if after.status != before.status and after.status in DELIVERED_STATUSES:
+            self._fan_out(conn, after)
+        if after.status != before.status and after.status != "running":
+            self._notify(conn)
+
+    def _save_attempt(self, conn: Connection, attempt: Attempt, timeout_seconds: float | None) -> None:
+        values = codec.attempt_values(attempt, timeout_seconds)
+        updated = conn.execute(
+            sa.update(ATTEMPTS).where(ATTEMPTS.c.attempt_id == attempt.attempt_id).values(values)
+        ).rowcount
+        if not updated:
+            conn.execute(sa.insert(ATTEMPTS).values(values))
+
+    def _fan_out(self, conn: Connection, rollout: Rollout) -> None:
+        """Owe a newly finished rollout to every subscription group that wants it."""
+        rows = [
+            {"group_name": group, "rollout_id": rollout.rollout_id, "visible_at": 0.0}
+            for group, task_types in conn.execute(
+                sa.select(SUBSCRIPTIONS.c.group_name, SUBSCRIPTIONS.c.task_types_json)
+            )
+            if codec.task_types_match(task_types, rollout)
+        ]
+        if rows:
+            conn.execute(sa.insert(DELIVERIES), rows)
+
+    def _expired_query(self, now: float, rollout_ids: Sequence[str] | None) -> Select[Any]:
+        query = sa.select(ATTEMPTS.c.rollout_id).where(
+            ATTEMPTS.c.status == "running",
+            sa.or_(ATTEMPTS.c.lease_expires_at < now, ATTEMPTS.c.deadline_at <= now),
+        )
+        if rollout_ids is not None:
+            query = query.where(ATTEMPTS.c.rollout_id.in_(rollout_ids))
+        return query
+
+    def _reap(self, conn: Connection, now: float, rollout_ids: Sequence[str] | None = None) -> list[Attempt]:
+        """Mark attempts whose lease or timeout passed as lost/timeout, retrying or failing their rollouts."""
+        candidates = list(dict.fromkeys(conn.execute(self._expired_query(now, rollout_ids)).scalars()))
+        reaped: list[Attempt] = []
+        for chunk in _chunks(candidates):
+            # Rows another transaction is changing right now are left to it (or to the next reaper).
+            locked = self._lock_rows(sa.select(ROLLOUTS).where(ROLLOUTS.c.rollout_id.in_(chunk)), skip_locked=True)
+            for row in conn.execute(locked).all():
+                rollout = codec.rollout_from_row(row)
+                current = conn.execute(
+                    sa.select(ATTEMPTS)
+                    .where(ATTEMPTS.c.rollout_id == rollout.rollout_id, ATTEMPTS.c.status == "running")
+                    .order_by(ATTEMPTS.c.sequence.desc())
+                    .limit(1)
+                ).first()
+                if current is None:
+                    continue
+                attempt = codec.attempt_from_row(current)
+                status = tr.expiry_status(rollout, attempt, now)
+                if status is None or rollout.status != "running":
+                    continue
+                updated, ended = tr.finish_attempt(rollout, attempt, status, tr.expiry_error(status, rollout), now)
+                self._save(conn, rollout, updated, ended)
+                reaped.append(ended)
+        return reaped
+
+    async def _reap_if_due(self, now: float, rollout_ids: Sequence[str] | None = None) -> list[Attempt]:
+        """Reap, taking a write transaction only when a cheap read finds something to reap."""
+        query = self._expired_query(now, rollout_ids).limit(1)
+        if await self._run(lambda conn: conn.execute(query).first()) is None:
+            return []
+        return await self._run(lambda conn: self._reap(conn, now, rollout_ids), write=True)
+
+    # ------------------------------------------------------------------ rollouts
+    async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        now = time.time()
+        rollouts = [tr.new_rollout(RolloutRequest.model_validate(r), now) for r in requests]
+        if not rollouts:
+            return []
+        twice = sorted(i for i, n in Counter(r.rollout_id for r in rollouts).items() if n > 1)
+        if twice:
+            raise DuplicateId(f"rollout ids appear more than once in the batch: {twice}")
+        rows = [codec.rollout_values(r) for r in rollouts]
+        await self._run_unique(lambda conn: self._insert_rollouts(conn, rollouts, rows), rollouts)
+        return rollouts
+
+    async def _run_unique(self, work: Callable[[Connection], T], rollouts: Sequence[Rollout]) -> T:
+        try:
+            return await self._run(work, write=True)
+        except sa.exc.IntegrityError:  # a concurrent writer took an id between our check and our insert
+            raise DuplicateId(f"rollout ids already used: {sorted(r.rollout_id for r in rollouts)}") from None
+
+    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+        now = time.time()
+        rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
+        running, attempt = tr.start_attempt(rollout, worker_id, now)
+        row = codec.rollout_values(running)
+
+        def work(conn: Connection) -> None:
+            self._insert_rollouts(conn, [running], [row])
+            self._save_attempt(conn, attempt, running.config.timeout_seconds)
+
+        await self._run_unique(work, [running])
+        return AttemptedRollout(rollout=running, attempt=attempt)
+
+    async def claim_rollout(
+        self,
+        worker_id: str,
+        *,
+        task_types: Sequence[str] | None = None,
+        modes: Sequence[RolloutMode] | None = None,
+    ) -> AttemptedRollout | None:
+        if not worker_id or not isinstance(worker_id, str):
+            raise ValueError("worker_id must be a non-empty string")
+        query = sa.select(ROLLOUTS).where(ROLLOUTS.c.queue_seq.is_not(None))
+        if task_types is not None:
+            query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
+        if modes is not None:
+            query = query.where(ROLLOUTS.c.mode.in_(list(modes)))
+        query = self._lock_rows(query.order_by(ROLLOUTS.c.queue_seq).limit(1), skip_locked=True)
+
+        def work(conn: Connection) -> AttemptedRollout | None:
+            now = time.time()
+            self._reap(conn, now)
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            rollout = codec.rollout_from_row(row)
+            running, attempt = tr.start_attempt(rollout, worker_id, now)
+            self._save(conn, rollout, running, attempt)
+            return AttemptedRollout(rollout=running, attempt=attempt)
+
+        return await self._run(work, write=True)
+
+    async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
+        def work(conn: Connection) -> tuple[Attempt, bool]:
+            now = time.time()
+            rollout = self._rollout(conn, rollout_id, lock=True)
+            attempt = self._attempt(conn, rollout_id, attempt_id)
+            expired = self._expire(conn, rollout, attempt, now)
+            if expired is not None:
+                return expired, True
+            beat = tr.heartbeat(rollout, attempt, now)
+            conn.execute(
+                sa.update(ATTEMPTS)
+                .where(ATTEMPTS.c.attempt_id == attempt_id)
+                .values(last_heartbeat_at=beat.last_heartbeat_at, lease_expires_at=beat.lease_expires_at)
+            )
+            return beat, False
+
+        result, lost = await self._run(work, write=True)
+        if lost:
+            tr.require_running(result)  # the lease ran out before this heartbeat: LeaseLost
+        return result
+
+    def _expire(self, conn: Connection, rollout: Rollout, attempt: Attempt, now: float) -> Attempt | None:
+        """Reap ``attempt`` if it overran; returns the ended attempt, or ``None`` if it is still fine."""
+        status = tr.expiry_status(rollout, attempt, now)
+        if status is None or rollout.status != "running":
+            return None
+        updated, ended = tr.finish_attempt(rollout, attempt, status, tr.expiry_error(status, rollout), now)
+        self._save(conn, rollout, updated, ended)
+        return ended
+
+    async def complete_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: Literal["succeeded", "failed"],
+        error: str | None = None,
+    ) -> Rollout:
+        if status not in ("succeeded", "failed"):
+            raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
+
+        def work(conn: Connection) -> tuple[Rollout | Attempt, bool]:
+            now = time.time()
+            rollout = self._rollout(conn, rollout_id, lock=True)
+            attempt = self._attempt(conn, rollout_id, attempt_id)
+            expired = self._expire(conn, rollout, attempt, now)
+            if expired is not None:
+                return expired, True
+            finished, ended = tr.finish_attempt(rollout, attempt, status, error, now)
+            self._save(conn, rollout, finished, ended)
+            return finished, False
+
+        result, lost = await self._run(work, write=True)
+        if lost:
+            assert isinstance(result, Attempt)
+            tr.require_running(result)
+        assert isinstance(result, Rollout)
+        return result
+
+    async def cancel_rollout(self, rollout_id: str) -> Rollout:
+        def work(conn: Connection) -> Rollout:
+            now = time.time()
+            rollout = self._rollout(conn, rollout_id, lock=True)
+            row = conn.execute(
+                sa.select(ATTEMPTS)
+                .where(ATTEMPTS.c.rollout_id == rollout_id)
+                .order_by(ATTEMPTS.c.sequence.desc())
+                .limit(1)
+            ).first()
+            cancelled, ended = tr.cancel(rollout, None if row is None else codec.attempt_from_row(row), now)
+            self._save(conn, rollout, cancelled, ended)
+            return cancelled
+
+        return await self._run(work, write=True)
+
+    async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        return await self._reap_if_due(time.time() if now is None else now)
+
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        return await self._run(lambda conn: self._rollout(conn, rollout_id))
+
+    async def query_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+        rollout_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Rollout]:
+        tr.check_pagination(limit, offset)
+        query = sa.select(ROLLOUTS)
+        if status is not None:
+            query = query.where(ROLLOUTS.c.status.in_(list(status)))
+        if task_types is not None:
+            query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
+        if mode is not None:
+            query = query.where(ROLLOUTS.c.mode == mode)
+        if rollout_ids is not None:
+            query = query.where(ROLLOUTS.c.rollout_id.in_(list(dict.fromkeys(rollout_ids))))
+        query = query.order_by(ROLLOUTS.c.seq).limit(limit).offset(offset)
+        return await self._run(lambda conn: [codec.rollout_from_row(row) for row in conn.execute(query)])
+
+    async def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        def work(conn: Connection) -> list[Attempt]:
+            rows = conn.execute(
+                sa.select(ATTEMPTS).where(ATTEMPTS.c.rollout_id == rollout_id).order_by(ATTEMPTS.c.sequence)
+            ).all()
+            if not rows and not self._rollout_exists(conn, rollout_id):
+                raise NotFound(f"no rollout with id {rollout_id!r}")
+            return [codec.attempt_from_row(row) for row in rows]
+
+        return await self._run(work)
+
+    async def wait_for_rollouts(
+        self, rollout_ids: Sequence[str], timeout: float | None = None, poll_interval: float = 0.05
+    ) -> list[Rollout]:
+        tr.check_timeout("timeout", timeout)
+        ids = list(dict.fromkeys(rollout_ids))
+
+        def read(conn: Connection) -> list[Rollout]:
+            found: dict[str, Rollout] = {}
+            for chunk in _chunks(ids):
+                for row in conn.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.rollout_id.in_(chunk))):
+                    found[row.rollout_id] = codec.rollout_from_row(row)
+            missing = [r for r in ids if r not in found]
+            if missing:
+                raise NotFound(f"no rollout with id {missing[0]!r}")
+            return [found[r] for r in ids]
+
+        async def all_done() -> list[Rollout] | None:
+            rollouts = await self._run(read)
+            if all(r.is_terminal for r in rollouts):
+                return rollouts
+            running = [r.rollout_id for r in rollouts if r.status == "running"]
+            if running and await self._reap_if_due(time.time(), running):
+                return await all_done()
+            return None
+
+        done = await self._wait_until(all_done, timeout)
+        if done is not None:
+            return done
+        return [r for r in await self._run(read) if r.is_terminal]
+
+    # ------------------------------------------------------------------ spans
+    async def add_spans(self, spans: Sequence[Span]) -> int:
+        tr.check_spans_batch(spans)
+        if not spans:
+            return 0
+        rows = [codec.span_values(span) for span in spans]
+        pairs = {(span.rollout_id, span.attempt_id) for span in spans}
+        attempt_ids = list({attempt_id for _, attempt_id in pairs})
+        if self._span_upsert is None:
+            insert = self._insert(SPANS)
+            self._span_upsert = insert.on_conflict_do_update(
+                index_elements=list(_SPAN_KEY),
+                set_={c.name: getattr(insert.excluded, c.name) for c in SPANS.columns if c.name not in _SPAN_KEY},
+            )
+        statement = self._span_upsert
+
+        def work(conn: Connection) -> int:
+            owners: dict[str, tuple[str, int]] = {}
+            for chunk in _chunks(attempt_ids):
+                query = sa.select(ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence)
+                for attempt_id, rollout_id, sequence in conn.execute(query.where(ATTEMPTS.c.attempt_id.in_(chunk))):
+                    owners[attempt_id] = (rollout_id, sequence)
+            for span in spans:
+                owner = owners.get(span.attempt_id)
+                if owner is None or owner[0] != span.rollout_id:
+                    if not self._rollout_exists(conn, span.rollout_id):
+                        raise NotFound(f"span {span.span_id}: no rollout with id {span.rollout_id!r}")
+                    raise NotFound(
+                        f"span {span.span_id}: rollout {span.rollout_id!r} has no attempt {span.attempt_id!r}"
+                    )
+            for row in rows:
+                row["attempt_seq"] = owners[row["attempt_id"]][1]
+            conn.execute(statement, rows)
+            return len(rows)
+
+        return await self._run(work, write=True)
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        kinds: Sequence[SpanKind] | None = None,
+        names: Sequence[str] | None = None,
+        after_sequence_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Span]:
+        tr.check_pagination(limit)
+
+        def work(conn: Connection) -> list[Span]:
+            if not self._rollout_exists(conn, rollout_id):
+                raise NotFound(f"no rollout with id {rollout_id!r}")
+            query = sa.select(SPANS).where(SPANS.c.rollout_id == rollout_id)
+            if attempt_id == LATEST:
+                sequence = conn.execute(
+                    sa.select(sa.func.max(ATTEMPTS.c.sequence)).where(ATTEMPTS.c.rollout_id == rollout_id)
+                ).scalar()
+                if sequence is None:
+                    return []
+                query = query.where(SPANS.c.attempt_seq == sequence)
+            elif attempt_id is not None:
+                query = query.where(SPANS.c.attempt_seq == self._attempt(conn, rollout_id, attempt_id).sequence)
+            if kinds is not None:
+                query = query.where(SPANS.c.kind.in_(list(kinds)))
+            if names is not None:
+                query = query.where(SPANS.c.name.in_(list(names)))
+            if after_sequence_id is not None:
+                query = query.where(SPANS.c.sequence_id > after_sequence_id)
+            query = query.order_by(SPANS.c.attempt_seq, SPANS.c.sequence_id, SPANS.c.start_time)
+            if limit is not None:
+                query = query.limit(limit)
+            return [codec.span_from_row(row) for row in conn.execute(query)]
+
+        return await self._run(work)
+
+    # ------------------------------------------------------------------ resources
+    async def add_resources(
+        self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
+    ) -> ResourcesSnapshot:
+        validated = _RESOURCES.validate_python(dict(resources))
+        extra = dict(metadata or {})
+        codec.dumps(extra, "resources metadata")
+
+        def work(conn: Connection) -> ResourcesSnapshot:
+            self._lock_resources(conn)
+            latest = conn.execute(sa.select(sa.func.max(RESOURCES.c.version))).scalar()
+            snapshot = ResourcesSnapshot(
+                resources_id=new_id("rs"), version=(latest or 0) + 1, resources=validated, metadata=extra
+            )
+            conn.execute(sa.insert(RESOURCES).values(codec.resources_values(snapshot)))
+            return snapshot
+
+        return await self._run(work, write=True)
+
+    async def get_resources(self, resources_id: str) -> ResourcesSnapshot:
+        def work(conn: Connection) -> ResourcesSnapshot:
+            row = conn.execute(sa.select(RESOURCES).where(RESOURCES.c.resources_id == resources_id)).first()
+            if row is None:
+                raise NotFound(f"no resources snapshot with id {resources_id!r}")
+            return codec.resources_from_row(row)
+
+        return await self._run(work)
+
+    async def get_latest_resources(self) -> ResourcesSnapshot | None:
+        query = sa.select(RESOURCES).order_by(RESOURCES.c.version.desc()).limit(1)
+
+        def work(conn: Connection) -> ResourcesSnapshot | None:
+            row = conn.execute(query).first()
+            return None if row is None else codec.resources_from_row(row)
+
+        return await self._run(work)
+
+    # ------------------------------------------------------------------ publish–subscribe
+    async def subscribe(
+        self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
+    ) -> None:
+        if not group or not isinstance(group, str):
+            raise ValueError("subscription group must be a non-empty string")
+        wanted = None if task_types is None else sorted(set(task_types))
+
+        def work(conn: Connection) -> None:
+            existing = conn.execute(
+                sa.select(SUBSCRIPTIONS.c.task_types_json).where(SUBSCRIPTIONS.c.group_name == group)
+            ).first()
+            if existing is not None:
+                have = existing.task_types_json
+                if have != wanted:
+                    raise InvalidTransition(
+                        f"group {group!r} already subscribes to {have or ['*']}, not {wanted or ['*']}"
+                    )
+                return
+            conn.execute(
+                sa.insert(SUBSCRIPTIONS).values(
+                    group_name=group,
+                    task_types_json=None if wanted is None else codec.dumps(wanted, "task_types"),
+                    created_at=time.time(),
+                )
+            )
+            if from_beginning:
+                query = sa.select(ROLLOUTS.c.rollout_id).where(ROLLOUTS.c.status.in_(sorted(DELIVERED_STATUSES)))
+                if wanted is not None:
+                    query = query.where(ROLLOUTS.c.task_type.in_(wanted))
+                finished = conn.execute(query.order_by(ROLLOUTS.c.ended_at, ROLLOUTS.c.seq)).scalars().all()
+                if finished:
+                    conn.execute(
+                        sa.insert(DELIVERIES),
+                        [{"group_name": group, "rollout_id": r, "visible_at": 0.0} for r in finished],
+                    )
+
+        try:
+            await self._run(work, write=True)
+        except sa.exc.IntegrityError:  # another process created the group at the same moment: check it again
+            await self._run(work, write=True)
+
+    def _require_group(self, conn: Connection, group: str) -> None:
+        if (
+            conn.execute(sa.select(SUBSCRIPTIONS.c.group_name).where(SUBSCRIPTIONS.c.group_name == group)).first()
+            is None
+        ):
+            raise NotFound(f"no subscription group {group!r}; call subscribe() first")
+
+    async def pull_completed(
+        self,
+        group: str,
+        *,
+        consumer: str = "default",
+        max_count: int = 100,
+        timeout: float = 0.0,
+        visibility_timeout: float = 300.0,
+    ) -> list[Rollout]:
+        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(f"max_count must be at least 1, got {max_count!r}")
+        tr.check_timeout("timeout", timeout)
+        tr.check_timeout("visibility_timeout", visibility_timeout)
+        await self._run(lambda conn: self._require_group(conn, group))
+
+        def visible(now: float) -> Select[Any]:
+            return sa.select(DELIVERIES.c.id, DELIVERIES.c.rollout_id).where(
+                DELIVERIES.c.group_name == group, DELIVERIES.c.visible_at <= now
+            )
+
+        def take(conn: Connection) -> list[Rollout]:
+            now = time.time()
+            query = self._lock_rows(visible(now).order_by(DELIVERIES.c.id).limit(max_count), skip_locked=True)
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            conn.execute(
+                sa.update(DELIVERIES)
+                .where(DELIVERIES.c.id.in_([row.id for row in rows]))
+                .values(delivered_at=now, visible_at=now + visibility_timeout, consumer=consumer)
+            )
+            ids = [row.rollout_id for row in rows]
+            found = {
+                row.rollout_id: codec.rollout_from_row(row)
+                for row in conn.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.rollout_id.in_(ids)))
+            }
+            return [found[r] for r in ids if r in found]
+
+        async def check() -> list[Rollout] | None:
+            probe = visible(time.time()).limit(1)
+            if await self._run(lambda conn: conn.execute(probe).first()) is None:
+                return None
+            return await self._run(take, write=True) or None
+
+        return await self._wait_until(check, timeout) or []
+
+    async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(rollout_ids))
+
+        def work(conn: Connection) -> int:
+            self._require_group(conn, group)
+            count = 0
+            for chunk in _chunks(ids):
+                count += conn.execute(
+                    sa.delete(DELIVERIES).where(
+                        DELIVERIES.c.group_name == group,
+                        DELIVERIES.c.rollout_id.in_(chunk),
+                        DELIVERIES.c.delivered_at.is_not(None),
+                    )
+                ).rowcount
+            return count
+
+        return await self._run(work, write=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def close(self) -> None:
+        """Stop background work and close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._on_close()
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.dispose)
