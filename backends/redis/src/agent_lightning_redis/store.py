@@ -1,0 +1,666 @@
+"""The Redis store: every state change is one atomic Lua script or a compare-and-set on the rollout."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
+from agent_lightning.store import transitions as tr
+from agent_lightning.store.base import LATEST, LightningStore
+from agent_lightning.types import (
+    Attempt,
+    AttemptedRollout,
+    Resource,
+    ResourcesSnapshot,
+    Rollout,
+    RolloutMode,
+    RolloutRequest,
+    RolloutStatus,
+    Span,
+    SpanKind,
+)
+from agent_lightning.types.rollouts import TERMINAL_ROLLOUT_STATUSES, new_id
+from pydantic import TypeAdapter
+
+from agent_lightning_redis import codec, scripts
+from agent_lightning_redis.url import START_COMMAND, parse_url
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_RESOURCES = TypeAdapter(dict[str, Resource])
+_MODES: tuple[RolloutMode, ...] = ("train", "val", "test")
+_CAS_RETRIES = 200
+_SCRIPTS = {
+    "create": scripts.CREATE,
+    "update": scripts.UPDATE,
+    "claim": scripts.CLAIM,
+    "add_spans": scripts.ADD_SPANS,
+    "add_resources": scripts.ADD_RESOURCES,
+    "subscribe": scripts.SUBSCRIBE,
+    "pull": scripts.PULL,
+    "ack": scripts.ACK,
+}
+
+
+def _translate_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn driver connection errors into :class:`StoreUnavailable` naming the store's URL."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            store = args[0]
+            assert isinstance(store, RedisLightningStore)
+            raise StoreUnavailable(
+                f"Redis store at {store.redacted_url} is unreachable ({type(exc).__name__}: {exc}); "
+                f"is the server running? Start one with: {START_COMMAND}"
+            ) from exc
+        except rexc.ResponseError as exc:
+            store = args[0]
+            assert isinstance(store, RedisLightningStore)
+            raise StoreError(f"Redis store at {store.redacted_url} refused a command: {exc}") from exc
+
+    return wrapper
+
+
+@dataclass
+class _Conn:
+    """A client and its registered scripts, for one event loop."""
+
+    client: aioredis.Redis
+    scripts: dict[str, Any]
+
+    async def run(self, name: str, args: Sequence[str | int | float]) -> Any:
+        return await self.scripts[name](keys=[], args=list(args))
+
+
+@dataclass
+class _State:
+    """A rollout as loaded for a compare-and-set."""
+
+    rollout: Rollout
+    attempts: list[Attempt]
+    version: str
+
+    def attempt(self, attempt_id: str) -> Attempt:
+        for attempt in self.attempts:
+            if attempt.attempt_id == attempt_id:
+                return attempt
+        raise NotFound(f"rollout {self.rollout.rollout_id!r} has no attempt {attempt_id!r}")
+
+
+class RedisLightningStore(LightningStore):
+    """A :class:`LightningStore` kept in Redis (``redis://host:port/db?prefix=agl:``).
+
+    Safe to share between threads, event loops and processes: each event loop gets
+    its own connection pool, and every change is atomic in Redis. Finished rollouts
+    are published on Redis Streams (one per task type, plus one for all) and each
+    subscription group is a Redis consumer group.
+
+    :param url: ``redis://`` or ``rediss://`` URL; ``?prefix=`` namespaces the keys.
+    :param prefix: key prefix (overrides the default ``agl:``; must agree with the URL's).
+    :param check: ping the server now and raise :class:`StoreUnavailable` if it does not answer.
+    :param connect_timeout: seconds to wait for a connection.
+    :param client_options: extra keyword arguments for ``redis.asyncio.Redis`` (``max_connections``, …).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        check: bool = True,
+        connect_timeout: float = 5.0,
+        **client_options: Any,
+    ) -> None:
+        parsed = parse_url(url, prefix)
+        if prefix is not None and "prefix=" not in urlsplit(url).query:
+            parts = urlsplit(url)
+            url = urlunsplit(parts._replace(query=urlencode([*parse_qsl(parts.query), ("prefix", prefix)])))
+        self.url = url
+        self.prefix = parsed.prefix
+        self.redacted_url = parsed.redacted
+        self._connect_url = parsed.connect_url
+        self._options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            **client_options,
+            "decode_responses": True,
+        }
+        self._lock = threading.Lock()
+        self._conns: dict[asyncio.AbstractEventLoop, _Conn] = {}
+        if check:
+            self.check()
+
+    # ------------------------------------------------------------------ connections
+    def check(self) -> None:
+        """Ping the server (synchronously); raise :class:`StoreUnavailable` naming the URL if it fails."""
+        client = redis.Redis.from_url(self._connect_url, **self._options)
+        try:
+            client.ping()
+        except rexc.AuthenticationError as exc:
+            raise StoreUnavailable(f"Redis at {self.redacted_url} refused the credentials: {exc}") from None
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"cannot reach Redis at {self.redacted_url} ({exc}); start it with: {START_COMMAND}"
+            ) from None
+        finally:
+            client.close()
+
+    def _conn(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        conn = self._conns.get(loop)
+        if conn is not None:
+            return conn
+        with self._lock:
+            for stale in [other for other in self._conns if other.is_closed()]:
+                del self._conns[stale]
+            conn = self._conns.get(loop)
+            if conn is None:
+                client = aioredis.Redis.from_url(self._connect_url, **self._options)
+                conn = _Conn(client, {name: client.register_script(src) for name, src in _SCRIPTS.items()})
+                self._conns[loop] = conn
+        return conn
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def close(self) -> None:
+        """Close the connection pools (this loop's now; other live loops' on their own loop)."""
+        with self._lock:
+            conns, self._conns = self._conns, {}
+        current = asyncio.get_running_loop()
+        for loop, conn in conns.items():
+            if loop is current:
+                await conn.client.aclose()
+            elif not loop.is_closed():
+                try:
+                    asyncio.run_coroutine_threadsafe(conn.client.aclose(), loop)
+                except RuntimeError:  # the loop closed meanwhile
+                    pass
+
+    @_translate_errors
+    async def purge(self) -> int:
+        """Delete every key under this store's prefix; returns how many were deleted."""
+        client = self._conn().client
+        deleted = 0
+        batch: list[str] = []
+        async for key in client.scan_iter(match=_glob_escape(self.prefix) + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await client.unlink(*batch)
+        return deleted
+
+    # ------------------------------------------------------------------ loading and writing
+    async def _load(self, rollout_id: str) -> _State:
+        pipe = self._conn().client.pipeline(transaction=False)
+        pipe.hgetall(self._key("ro", rollout_id))
+        pipe.hgetall(self._key("at", rollout_id))
+        fields, attempts = await pipe.execute()
+        if not fields:
+            raise NotFound(f"no rollout with id {rollout_id!r}")
+        rollout = codec.decode_rollout(fields)
+        return _State(rollout, codec.decode_attempts(attempts, float(fields["lease"])), fields["ver"])
+
+    async def _write(self, state: _State, rollout: Rollout, attempt: Attempt | None) -> bool:
+        """Compare-and-set: store the new rollout/attempt unless the rollout changed since it was loaded."""
+        if attempt is None:
+            lease = "keep"
+        elif attempt.status == "running":
+            lease = codec.lease_deadline(rollout, attempt)
+        else:
+            lease = "del"
+        result = await self._conn().run(
+            "update",
+            [
+                self.prefix,
+                rollout.rollout_id,
+                state.version,
+                rollout.status,
+                rollout.attempt_count,
+                codec.num(rollout.started_at),
+                codec.num(rollout.ended_at),
+                codec.encode_error(rollout.error),
+                "" if attempt is None else attempt.attempt_id,
+                "" if attempt is None else codec.encode_attempt(attempt),
+                lease,
+            ],
+        )
+        if result == -1:
+            raise NotFound(f"no rollout with id {rollout.rollout_id!r}")
+        return bool(result)
+
+    async def _expire(self, state: _State, now: float) -> Attempt | None:
+        """Reap the rollout's running attempt if it has overrun; returns the reaped attempt (or None)."""
+        if not state.attempts:
+            return None
+        last = state.attempts[-1]
+        status = tr.expiry_status(state.rollout, last, now)
+        if status is None:
+            return None
+        rollout, ended = tr.finish_attempt(state.rollout, last, status, tr.expiry_error(status, state.rollout), now)
+        return ended if await self._write(state, rollout, ended) else None
+
+    async def _mutate(
+        self,
+        rollout_id: str,
+        change: Callable[[_State, float], tuple[Rollout, Attempt | None, T]],
+        *,
+        reap_first: bool,
+    ) -> T:
+        """Load, apply ``change`` (which may raise), and compare-and-set; retry when another writer won."""
+        for _ in range(_CAS_RETRIES):
+            state = await self._load(rollout_id)
+            now = time.time()
+            if reap_first and state.attempts and tr.expiry_status(state.rollout, state.attempts[-1], now):
+                await self._expire(state, now)
+                continue  # reload: the attempt is over, so ``change`` sees it ended
+            rollout, attempt, result = change(state, now)
+            if await self._write(state, rollout, attempt):
+                return result
+        raise StoreError(f"rollout {rollout_id!r} kept changing under concurrent writers; gave up after retries")
+
+    # ------------------------------------------------------------------ rollouts
+    async def _create(self, items: Sequence[tuple[Rollout, Attempt | None]]) -> None:
+        args: list[str | int | float] = [self.prefix, len(items)]
+        for rollout, attempt in items:
+            args += [
+                rollout.rollout_id,
+                rollout.task_type,
+                rollout.mode,
+                rollout.status,
+                codec.rollout_body(rollout),
+                codec.num(rollout.config.lease_seconds),
+                codec.num(rollout.config.timeout_seconds),
+                codec.num(rollout.started_at),
+                "" if attempt is None else attempt.attempt_id,
+                "" if attempt is None else codec.encode_attempt(attempt),
+                "" if attempt is None else codec.lease_deadline(rollout, attempt),
+            ]
+        outcome, duplicates = await self._conn().run("create", args)
+        if outcome == "dup":
+            raise DuplicateId(f"rollout ids already used: {sorted(duplicates)}")
+
+    @_translate_errors
+    async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        now = time.time()
+        rollouts = [tr.new_rollout(RolloutRequest.model_validate(r), now) for r in requests]
+        ids = [r.rollout_id for r in rollouts]
+        twice = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
+        if twice:
+            raise DuplicateId(f"rollout ids appear more than once in the batch: {sorted(twice)}")
+        if rollouts:
+            await self._create([(r, None) for r in rollouts])
+        return rollouts
+
+    @_translate_errors
+    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+        now = time.time()
+        rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
+        running, attempt = tr.start_attempt(rollout, worker_id, now)
+        await self._create([(running, attempt)])
+        return AttemptedRollout(rollout=running, attempt=attempt)
+
+    @_translate_errors
+    async def claim_rollout(
+        self,
+        worker_id: str,
+        *,
+        task_types: Sequence[str] | None = None,
+        modes: Sequence[RolloutMode] | None = None,
+    ) -> AttemptedRollout | None:
+        if not worker_id or not isinstance(worker_id, str):
+            raise ValueError("worker_id must be a non-empty string")
+        if (task_types is not None and not task_types) or (modes is not None and not modes):
+            return None
+        filters: list[str | int] = [-1] if task_types is None else [len(task_types), *task_types]
+        filters += [-1] if modes is None else [len(modes), *modes]
+        conn = self._conn()
+        for reap_check in ("1", "0"):
+            now = time.time()
+            result = await conn.run(
+                "claim", [self.prefix, codec.num(now), new_id("at"), json.dumps(worker_id), reap_check, *filters]
+            )
+            if result[0] == "reap":
+                await self._reap(now)
+                continue
+            if result[0] == "none":
+                return None
+            flat: list[str] = result[1]
+            fields = dict(zip(flat[::2], flat[1::2]))
+            return AttemptedRollout(
+                rollout=codec.decode_rollout(fields),
+                attempt=codec.decode_attempt(result[2], float(fields["lease"])),
+            )
+        return None
+
+    @_translate_errors
+    async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
+        def change(state: _State, now: float) -> tuple[Rollout, Attempt, Attempt]:
+            updated = tr.heartbeat(state.rollout, state.attempt(attempt_id), now)
+            return state.rollout, updated, updated
+
+        return await self._mutate(rollout_id, change, reap_first=True)
+
+    @_translate_errors
+    async def complete_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: Literal["succeeded", "failed"],
+        error: str | None = None,
+    ) -> Rollout:
+        if status not in ("succeeded", "failed"):
+            raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
+
+        def change(state: _State, now: float) -> tuple[Rollout, Attempt, Rollout]:
+            rollout, ended = tr.finish_attempt(state.rollout, state.attempt(attempt_id), status, error, now)
+            return rollout, ended, rollout
+
+        return await self._mutate(rollout_id, change, reap_first=True)
+
+    @_translate_errors
+    async def cancel_rollout(self, rollout_id: str) -> Rollout:
+        def change(state: _State, now: float) -> tuple[Rollout, Attempt | None, Rollout]:
+            cancelled, ended = tr.cancel(state.rollout, state.attempts[-1] if state.attempts else None, now)
+            return cancelled, ended, cancelled
+
+        return await self._mutate(rollout_id, change, reap_first=False)
+
+    async def _reap(self, now: float) -> list[Attempt]:
+        client = self._conn().client
+        candidates: list[str] = await client.zrangebyscore(self._key("leases"), "-inf", f"({codec.num(now)}")
+        reaped: list[Attempt] = []
+        for rollout_id in candidates:
+            for _ in range(_CAS_RETRIES):
+                try:
+                    state = await self._load(rollout_id)
+                except NotFound:
+                    break
+                last = state.attempts[-1] if state.attempts else None
+                if last is None or last.status != "running":
+                    break
+                if tr.expiry_status(state.rollout, last, now) is None:
+                    # The index was a little early (it rounds); store the exact deadline so no one loops.
+                    await client.zadd(
+                        self._key("leases"), {rollout_id: float(codec.lease_deadline(state.rollout, last))}, xx=True
+                    )
+                    break
+                ended = await self._expire(state, now)
+                if ended is not None:
+                    reaped.append(ended)
+                    break
+        return reaped
+
+    @_translate_errors
+    async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        return await self._reap(time.time() if now is None else now)
+
+    @_translate_errors
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        fields = await self._conn().client.hgetall(self._key("ro", rollout_id))
+        if not fields:
+            raise NotFound(f"no rollout with id {rollout_id!r}")
+        return codec.decode_rollout(fields)
+
+    async def _rollouts(self, ids: Sequence[str]) -> list[Rollout | None]:
+        if not ids:
+            return []
+        pipe = self._conn().client.pipeline(transaction=False)
+        for rollout_id in ids:
+            pipe.hgetall(self._key("ro", rollout_id))
+        return [codec.decode_rollout(f) if f else None for f in await pipe.execute()]
+
+    @_translate_errors
+    async def query_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+        rollout_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Rollout]:
+        tr.check_pagination(limit, offset)
+        if limit == 0:
+            return []
+        client = self._conn().client
+        filtered = task_types is not None or mode is not None
+        if rollout_ids is not None:
+            unique = list(dict.fromkeys(rollout_ids))
+            scores = await client.zmscore(self._key("rollouts"), unique) if unique else []
+            ids = [r for _, r in sorted((s, r) for r, s in zip(unique, scores) if s is not None)]
+        elif status is not None:
+            pipe = client.pipeline(transaction=False)
+            for name in dict.fromkeys(status):
+                pipe.zrange(self._key("st", name), 0, -1, withscores=True)
+            merged = [pair for found in await pipe.execute() for pair in found]
+            ids = [r for r, _ in sorted(merged, key=lambda pair: pair[1])]
+        elif not filtered:
+            ids = await client.zrange(self._key("rollouts"), offset, offset + limit - 1)
+            return [r for r in await self._rollouts(ids) if r is not None]
+        else:
+            ids = await client.zrange(self._key("rollouts"), 0, -1)
+        wanted_types = None if task_types is None else set(task_types)
+        wanted_status = None if status is None else set(status)
+        found: list[Rollout] = []
+        skipped = 0
+        for start in range(0, len(ids), 500):
+            for rollout in await self._rollouts(ids[start : start + 500]):
+                if (
+                    rollout is None
+                    or (wanted_status is not None and rollout.status not in wanted_status)
+                    or (wanted_types is not None and rollout.task_type not in wanted_types)
+                    or (mode is not None and rollout.mode != mode)
+                ):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                found.append(rollout)
+                if len(found) >= limit:
+                    return found
+        return found
+
+    @_translate_errors
+    async def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        return (await self._load(rollout_id)).attempts
+
+    @_translate_errors
+    async def wait_for_rollouts(
+        self, rollout_ids: Sequence[str], timeout: float | None = None, poll_interval: float = 0.05
+    ) -> list[Rollout]:
+        tr.check_timeout("timeout", timeout)
+        ids = list(dict.fromkeys(rollout_ids))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        client = self._conn().client
+        while True:
+            await self._reap(time.time())
+            pipe = client.pipeline(transaction=False)
+            for rollout_id in ids:
+                pipe.hget(self._key("ro", rollout_id), "status")
+            statuses: list[str | None] = await pipe.execute()
+            missing = [r for r, s in zip(ids, statuses) if s is None]
+            if missing:
+                raise NotFound(f"no rollout with id {missing[0]!r}")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if all(s in TERMINAL_ROLLOUT_STATUSES for s in statuses) or (remaining is not None and remaining <= 0):
+                done = [r for r, s in zip(ids, statuses) if s in TERMINAL_ROLLOUT_STATUSES]
+                return [r for r in await self._rollouts(done) if r is not None]
+            await asyncio.sleep(poll_interval if remaining is None else max(0.0, min(poll_interval, remaining)))
+
+    # ------------------------------------------------------------------ spans
+    @_translate_errors
+    async def add_spans(self, spans: Sequence[Span]) -> int:
+        tr.check_spans_batch(spans)
+        if not spans:
+            return 0
+        pairs = list(dict.fromkeys((s.rollout_id, s.attempt_id) for s in spans))
+        args: list[str | int | float] = [self.prefix, len(pairs)]
+        for rollout_id, attempt_id in pairs:
+            args += [rollout_id, attempt_id]
+        for span in spans:
+            args += [span.rollout_id, f"{span.attempt_id}:{span.span_id}", span.model_dump_json()]
+        result = await self._conn().run("add_spans", args)
+        if result[0] == "missing":
+            _, rollout_id, attempt_id, exists = result
+            if not int(exists):
+                raise NotFound(f"a span names rollout {rollout_id!r}, which does not exist; no span was stored")
+            raise NotFound(f"rollout {rollout_id!r} has no attempt {attempt_id!r}; no span was stored")
+        return len(spans)
+
+    @_translate_errors
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        kinds: Sequence[SpanKind] | None = None,
+        names: Sequence[str] | None = None,
+        after_sequence_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Span]:
+        tr.check_pagination(limit)
+        pipe = self._conn().client.pipeline(transaction=False)
+        pipe.hget(self._key("ro", rollout_id), "lease")
+        pipe.hgetall(self._key("at", rollout_id))
+        pipe.hgetall(self._key("sp", rollout_id))
+        lease, raw_attempts, raw_spans = await pipe.execute()
+        if lease is None:
+            raise NotFound(f"no rollout with id {rollout_id!r}")
+        attempts = codec.decode_attempts(raw_attempts, float(lease))
+        if attempt_id == LATEST:
+            if not attempts:
+                return []
+            attempt_id = attempts[-1].attempt_id
+        elif attempt_id is not None and attempt_id not in raw_attempts:
+            raise NotFound(f"rollout {rollout_id!r} has no attempt {attempt_id!r}")
+        order = {a.attempt_id: a.sequence for a in attempts}
+        wanted = None if attempt_id is None else attempt_id + ":"
+        kind_set = None if kinds is None else set(kinds)
+        name_set = None if names is None else set(names)
+        spans = [
+            s
+            for s in (
+                Span.model_validate_json(v) for k, v in raw_spans.items() if wanted is None or k.startswith(wanted)
+            )
+            if (kind_set is None or s.kind in kind_set)
+            and (name_set is None or s.name in name_set)
+            and (after_sequence_id is None or s.sequence_id > after_sequence_id)
+        ]
+        spans.sort(key=lambda s: (order.get(s.attempt_id, 0), s.sequence_id, s.start_time))
+        return spans if limit is None else spans[:limit]
+
+    # ------------------------------------------------------------------ resources
+    @_translate_errors
+    async def add_resources(
+        self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
+    ) -> ResourcesSnapshot:
+        validated = _RESOURCES.validate_python(dict(resources))
+        meta = dict(metadata or {})
+        codec.check_json_value(meta, "metadata")
+        draft = ResourcesSnapshot(resources_id=new_id("rs"), version=1, resources=validated, metadata=meta)
+        body = codec.encode_resources(draft)
+        version = await self._conn().run("add_resources", [self.prefix, draft.resources_id, body])
+        return codec.decode_resources(body, str(version))
+
+    @_translate_errors
+    async def get_resources(self, resources_id: str) -> ResourcesSnapshot:
+        version, body = await self._conn().client.hmget(self._key("res", resources_id), ["v", "body"])
+        if body is None:
+            raise NotFound(f"no resources snapshot with id {resources_id!r}")
+        return codec.decode_resources(body, version)
+
+    @_translate_errors
+    async def get_latest_resources(self) -> ResourcesSnapshot | None:
+        latest = await self._conn().client.get(self._key("res", "latest"))
+        return None if latest is None else await self.get_resources(latest)
+
+    # ------------------------------------------------------------------ publish–subscribe
+    @_translate_errors
+    async def subscribe(
+        self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
+    ) -> None:
+        if not group or not isinstance(group, str):
+            raise ValueError("subscription group must be a non-empty string")
+        if task_types is None:
+            spec, streams = "*", [self._key("finished")]
+        else:
+            wanted = sorted(set(task_types))
+            spec, streams = json.dumps(wanted), [self._key("finished", t) for t in wanted]
+        result = await self._conn().run(
+            "subscribe", [self.prefix, group, spec, "0" if from_beginning else "$", *streams]
+        )
+        if result[0] == "mismatch":
+            existing = "every task type" if result[1] == "*" else json.loads(result[1])
+            asked = "every task type" if task_types is None else sorted(set(task_types))
+            raise InvalidTransition(f"group {group!r} already subscribes to {existing}, not {asked}")
+
+    @_translate_errors
+    async def pull_completed(
+        self,
+        group: str,
+        *,
+        consumer: str = "default",
+        max_count: int = 100,
+        timeout: float = 0.0,
+        visibility_timeout: float = 300.0,
+    ) -> list[Rollout]:
+        if not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(f"max_count must be at least 1, got {max_count}")
+        tr.check_timeout("timeout", timeout)
+        tr.check_timeout("visibility_timeout", visibility_timeout)
+        if not consumer:
+            raise ValueError("consumer must be a non-empty string")
+        conn = self._conn()
+        give_up = time.monotonic() + timeout
+        while True:
+            now = time.time()
+            result = await conn.run(
+                "pull",
+                [self.prefix, group, consumer, codec.num(now), codec.num(now + visibility_timeout), max_count],
+            )
+            if result[0] == "nogroup":
+                raise NotFound(f"no subscription group {group!r}; call subscribe() first")
+            _, rollout_ids, next_redelivery, streams, last_ids = result
+            if rollout_ids:
+                return [r for r in await self._rollouts(rollout_ids) if r is not None]
+            remaining = give_up - time.monotonic()
+            if remaining <= 0 or not streams:
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+                return []
+            wait = min(remaining, 1.0)
+            if next_redelivery:
+                wait = min(wait, max(0.0, float(next_redelivery) - time.time()))
+            if wait >= 0.001:
+                # Wake as soon as anything is appended to the group's streams.
+                await conn.client.xread(dict(zip(streams, last_ids)), count=1, block=max(1, int(wait * 1000)))
+
+    @_translate_errors
+    async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
+        count = int(await self._conn().run("ack", [self.prefix, group, *rollout_ids]))
+        if count < 0:
+            raise NotFound(f"no subscription group {group!r}; call subscribe() first")
+        return count
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with Redis glob metacharacters escaped (for SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
