@@ -278,7 +278,7 @@ class SqlLightningStore(LightningStore):
         if taken:
             raise DuplicateId(f"rollout ids already used: {sorted(taken)}")
         queued = [row for row in rows if row["status"] in CLAIMABLE_ROLLOUT_STATUSES]
-        for row, position in zip(queued, self._next_queue_seqs(conn, len(queued))):
+        for row, position in zip(queued, self._next_queue_seqs(conn, len(queued)), strict=True):
             row["queue_seq"] = position
         for row in rows:
             row.setdefault("queue_seq", None)
