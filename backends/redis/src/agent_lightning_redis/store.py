@@ -7,7 +7,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -54,7 +54,7 @@ _SCRIPTS = {
 }
 
 
-def _translate_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _translate_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn driver connection errors into :class:`StoreUnavailable` naming the store's URL."""
 
     @functools.wraps(method)
@@ -80,7 +80,7 @@ def _translate_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitabl
 class _Conn:
     """A client and its registered scripts, for one event loop."""
 
-    client: aioredis.Redis
+    client: Any  # an aioredis.Redis with decode_responses=True: replies are str, which its types cannot say
     scripts: dict[str, Any]
 
     async def run(self, name: str, args: Sequence[str | int | float]) -> Any:
@@ -342,7 +342,7 @@ class RedisLightningStore(LightningStore):
             if result[0] == "none":
                 return None
             flat: list[str] = result[1]
-            fields = dict(zip(flat[::2], flat[1::2]))
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             return AttemptedRollout(
                 rollout=codec.decode_rollout(fields),
                 attempt=codec.decode_attempt(result[2], float(fields["lease"])),
@@ -445,7 +445,7 @@ class RedisLightningStore(LightningStore):
         if rollout_ids is not None:
             unique = list(dict.fromkeys(rollout_ids))
             scores = await client.zmscore(self._key("rollouts"), unique) if unique else []
-            ids = [r for _, r in sorted((s, r) for r, s in zip(unique, scores) if s is not None)]
+            ids = [r for _, r in sorted((s, r) for r, s in zip(unique, scores, strict=True) if s is not None)]
         elif status is not None:
             pipe = client.pipeline(transaction=False)
             for name in dict.fromkeys(status):
@@ -496,12 +496,12 @@ class RedisLightningStore(LightningStore):
             for rollout_id in ids:
                 pipe.hget(self._key("ro", rollout_id), "status")
             statuses: list[str | None] = await pipe.execute()
-            missing = [r for r, s in zip(ids, statuses) if s is None]
+            missing = [r for r, s in zip(ids, statuses, strict=True) if s is None]
             if missing:
                 raise NotFound(f"no rollout with id {missing[0]!r}")
             remaining = None if deadline is None else deadline - time.monotonic()
             if all(s in TERMINAL_ROLLOUT_STATUSES for s in statuses) or (remaining is not None and remaining <= 0):
-                done = [r for r, s in zip(ids, statuses) if s in TERMINAL_ROLLOUT_STATUSES]
+                done = [r for r, s in zip(ids, statuses, strict=True) if s in TERMINAL_ROLLOUT_STATUSES]
                 return [r for r in await self._rollouts(done) if r is not None]
             await asyncio.sleep(poll_interval if remaining is None else max(0.0, min(poll_interval, remaining)))
 
@@ -651,7 +651,9 @@ class RedisLightningStore(LightningStore):
                 wait = min(wait, max(0.0, float(next_redelivery) - time.time()))
             if wait >= 0.001:
                 # Wake as soon as anything is appended to the group's streams.
-                await conn.client.xread(dict(zip(streams, last_ids)), count=1, block=max(1, int(wait * 1000)))
+                await conn.client.xread(
+                    dict(zip(streams, last_ids, strict=True)), count=1, block=max(1, int(wait * 1000))
+                )
 
     @_translate_errors
     async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
