@@ -1,0 +1,162 @@
+"""The PostgreSQL store: a shared database for runners and trainers on many machines.
+
+* Claims lock the oldest claimable row with ``SELECT … FOR UPDATE SKIP LOCKED``:
+  concurrent claimers never wait on each other and never take the same rollout.
+  Every other change of a rollout locks its row (``FOR UPDATE``) first.
+* Waiters (``wait_for_rollouts``, ``pull_completed``) sleep until a ``NOTIFY``
+  on the store's channel, sent in the same transaction that finished a rollout,
+  instead of polling; they re-check at least once a second for expired leases.
+* The tables are created on first use, in the URL's ``?schema=`` (default: the
+  user's ``search_path``), and versioned in ``agl_schema_version``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import sqlalchemy as sa
+from agent_lightning_sql.store import SqlLightningStore
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import URL, make_url
+from sqlalchemy.sql import Select
+
+from agent_lightning_postgres.listener import ChangeListener
+
+SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SETUP_LOCK = 0x61676C5F73716C  # pg_advisory_xact_lock key serializing schema set-up ("agl_sql")
+_QUEUE_SEQUENCE = "agl_queue_seq"
+
+
+def parse_postgres_url(url: str) -> tuple[URL, str | None]:
+    """The SQLAlchemy URL (``postgresql+psycopg``) of a store URL, and its ``?schema=`` if any."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"a PostgreSQL store URL looks like postgresql://user@host:5432/db, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError(f"a PostgreSQL store URL starts with one of {', '.join(SCHEMES)}://, got {url!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((value for key, value in query if key == "schema"), None)
+    if schema is not None and not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema must be a plain identifier (letters, digits, _), got {schema!r}")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    driver_url = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, rest, parts.fragment))
+    try:
+        return make_url(driver_url), schema
+    except sa.exc.ArgumentError as exc:
+        raise ValueError(f"cannot parse the PostgreSQL store URL: {exc}") from None
+
+
+class PostgresLightningStore(SqlLightningStore):
+    """A LightningStore in PostgreSQL (``postgresql://user:password@host:5432/db[?schema=name]``).
+
+    :param schema: schema holding the tables (overrides ``?schema=``); created if missing.
+    :param pool_size: connections kept open per process (plus ``max_overflow`` under bursts).
+    :param connect_timeout: seconds to wait for the server when connecting.
+    """
+
+    backend_name = "PostgreSQL"
+    max_wait = 1.0  # NOTIFY wakes waiters; this bounds how late an expired lease is noticed
+    poll_without_listener = 0.2
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(url)
+        self._sa_url, url_schema = parse_postgres_url(url)
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema must be a plain identifier (letters, digits, _), got {schema!r}")
+        self.schema = schema or url_schema
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
+        self.connect_timeout = connect_timeout
+        self.channel = f"agl_changes_{self.schema or 'default'}"[:63]
+        self._listener = ChangeListener(self._listen_connection, self.channel, self._waker.notify)
+
+    # ------------------------------------------------------------------ connections
+    def _redacted_url(self) -> str:
+        shown = self._sa_url.set(drivername=urlsplit(self.url).scheme).render_as_string(hide_password=True)
+        if self.schema:
+            shown += f"{'&' if '?' in shown else '?'}schema={self.schema}"
+        return shown
+
+    def _unavailable_hint(self) -> str:
+        return (
+            "Check that the server is running and accepts TCP connections there, and that the host, port, "
+            "database, user and password in the URL are right."
+        )
+
+    def _connect_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"connect_timeout": max(1, round(self.connect_timeout))}
+        if self.schema:
+            args["options"] = f"-c search_path={self.schema}"
+        return args
+
+    def _create_engine(self) -> Engine:
+        return sa.create_engine(
+            self._sa_url,
+            connect_args=self._connect_args(),
+            pool_size=self.pool_size,
+            max_overflow=self.max_overflow,
+            pool_pre_ping=True,
+        )
+
+    def _listen_connection(self) -> psycopg.Connection[Any]:
+        engine = self._get_engine()
+        args, kwargs = engine.dialect.create_connect_args(engine.url)
+        return psycopg.connect(*args, **{**kwargs, **self._connect_args(), "autocommit": True})
+
+    def _classify(self, exc: sa.exc.DBAPIError) -> Literal["unavailable", "retry"] | None:
+        orig = exc.orig
+        if isinstance(orig, (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)):
+            return "retry"
+        if exc.connection_invalidated or isinstance(orig, psycopg.OperationalError):
+            return "unavailable"
+        return None
+
+    # ------------------------------------------------------------------ dialect specifics
+    def _prepare_schema(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SETUP_LOCK})
+        if self.schema:
+            conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+
+    def _create_extras(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"CREATE SEQUENCE IF NOT EXISTS {_QUEUE_SEQUENCE}")
+
+    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
+        return query.with_for_update(skip_locked=skip_locked)
+
+    def _next_queue_seqs(self, conn: Connection, count: int) -> list[int]:
+        if count == 0:
+            return []
+        rows = conn.execute(
+            sa.text(f"SELECT nextval('{_QUEUE_SEQUENCE}') FROM generate_series(1, :n) AS i ORDER BY i"), {"n": count}
+        )
+        return [int(value) for value in rows.scalars()]
+
+    def _insert(self, table: sa.Table) -> Any:
+        return pg_insert(table)
+
+    def _notify(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+
+    def _lock_resources(self, conn: Connection) -> None:
+        conn.exec_driver_sql("LOCK TABLE agl_resources IN SHARE ROW EXCLUSIVE MODE")
+
+    async def _wait_change(self, version: int, timeout: float | None) -> None:
+        self._listener.ensure_started()
+        longest = self.max_wait if self._listener.healthy else self.poll_without_listener
+        await self._waker.wait(version, longest if timeout is None else min(timeout, longest))
+
+    def _on_close(self) -> None:
+        self._listener.stop()

@@ -1,0 +1,151 @@
+"""SQLite specifics: URL forms, discovery, WAL, faults (SIGKILL, unreachable file), schema versions, batches."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+from agent_lightning.errors import StoreError, StoreUnavailable
+from agent_lightning.store import open_store, store_schemes
+from agent_lightning.types import RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
+from agent_lightning_sql import SCHEMA_VERSION, SchemaTooNew
+from agent_lightning_sql.testing import sigkill_scenario
+from agent_lightning_sqlite import SqliteLightningStore, parse_sqlite_url
+
+
+def test_url_forms() -> None:
+    assert parse_sqlite_url("sqlite:///runs.db") == "runs.db"
+    assert parse_sqlite_url("sqlite:///runs/store.db") == "runs/store.db"
+    assert parse_sqlite_url("sqlite:////abs/path.db") == "/abs/path.db"
+    assert parse_sqlite_url("sqlite:///:memory:") == ":memory:"
+    assert parse_sqlite_url("sqlite://") == ":memory:"
+    with pytest.raises(ValueError, match="three or four"):
+        parse_sqlite_url("sqlite://host/runs.db")
+    with pytest.raises(ValueError, match="query string"):
+        parse_sqlite_url("sqlite:///runs.db?mode=ro")
+    with pytest.raises(ValueError, match="sqlite://"):
+        parse_sqlite_url("postgresql://x/y")
+
+
+def test_discovered_by_url_scheme_with_a_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "sqlite" in store_schemes()
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///nested/runs.db")
+    try:
+        assert isinstance(store, SqliteLightningStore)
+        assert (tmp_path / "nested" / "runs.db").is_file(), "the file is created (with its folder) on open"
+        rollout = asyncio.run(store.enqueue_rollout("x"))
+    finally:
+        asyncio.run(store.close())
+    again = open_store(f"sqlite:///{tmp_path}/nested/runs.db")  # absolute: sqlite:////tmp/...
+    try:
+        assert asyncio.run(again.get_rollout(rollout.rollout_id)) == rollout
+    finally:
+        asyncio.run(again.close())
+    with pytest.raises(ValueError, match="busy_timeout"):
+        open_store("sqlite:///x.db", pool=3)
+
+
+def test_database_is_in_wal_mode_with_the_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    store = SqliteLightningStore(f"sqlite:///{path}").open()
+    asyncio.run(store.close())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version FROM agl_schema_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"agl_rollouts", "agl_attempts", "agl_spans", "agl_resources", "agl_deliveries"} <= tables
+
+
+def test_a_database_from_a_newer_release_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    asyncio.run(SqliteLightningStore(f"sqlite:///{path}").open().close())
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE agl_schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match=rf"schema version {SCHEMA_VERSION + 1}.*upgrade") as info:
+        open_store(f"sqlite:///{path}")
+    assert str(path) in str(info.value) and isinstance(info.value, StoreError)
+
+
+def test_unusable_paths_raise_store_unavailable_naming_the_url(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    url = f"sqlite:///{blocker}/runs.db"
+    with pytest.raises(StoreUnavailable, match="cannot use the SQLite store at") as info:
+        open_store(url)
+    assert url in str(info.value) and "writable" in str(info.value)
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a sqlite database at all" * 100)
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        open_store(f"sqlite:///{garbage}")
+
+    lazy = SqliteLightningStore(url)  # not opened: the first call reports it
+    with pytest.raises(StoreUnavailable, match="a-file"):
+        asyncio.run(lazy.enqueue_rollout("x"))
+
+
+def test_malformed_payloads_are_rejected_and_nothing_is_stored(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteLightningStore(f"sqlite:///{tmp_path / 'bad.db'}")
+        try:
+            for bad in ({"x": math.nan}, {"x": object()}, [math.inf]):
+                with pytest.raises(ValueError, match="input cannot be stored"):
+                    await store.enqueue_rollouts([RolloutRequest(input="fine"), RolloutRequest(input=bad)])
+            with pytest.raises(ValueError, match="metadata cannot be stored"):
+                await store.start_rollout(RolloutRequest(metadata={"when": object()}), "w")
+            with pytest.raises(ValueError, match="metadata cannot be stored"):
+                await store.add_resources({}, metadata={"x": math.nan})
+            assert await store.query_rollouts() == []
+            assert await store.get_latest_resources() is None
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_large_span_batches_round_trip_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteLightningStore(f"sqlite:///{tmp_path / 'spans.db'}")
+        try:
+            item = await store.start_rollout(RolloutRequest(config=RolloutConfig(lease_seconds=3600)), "w")
+            trace = new_trace_id()
+            spans = [
+                Span(
+                    rollout_id=item.rollout_id,
+                    attempt_id=item.attempt_id,
+                    sequence_id=n,
+                    trace_id=trace,
+                    span_id=new_span_id(),
+                    name="llm.call",
+                    kind="llm",
+                    attributes={"n": n, "tokens": list(range(n % 7))},
+                    start_time=1000.0 + n,
+                )
+                for n in range(3000)
+            ]
+            assert await store.add_spans(spans[::-1]) == 3000
+            assert await store.query_spans(item.rollout_id) == spans
+            assert await store.add_spans(spans[:1500]) == 1500  # a retried half-batch replaces, never duplicates
+            assert len(await store.query_spans(item.rollout_id)) == 3000
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_sigkilled_runners_lose_their_lease_and_the_rollout_fails_after_max_attempts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sigkill.db'}"
+
+    async def main() -> None:
+        store = open_store(url)
+        try:
+            await sigkill_scenario(store, url, lease=1.0, max_attempts=2)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
