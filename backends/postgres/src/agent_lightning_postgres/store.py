@@ -38,7 +38,7 @@ def parse_postgres_url(url: str) -> tuple[URL, str | None]:
         raise ValueError(f"a PostgreSQL store URL looks like postgresql://user@host:5432/db, got {url!r}")
     parts = urlsplit(url)
     if parts.scheme.lower() not in SCHEMES:
-        raise ValueError(f"a PostgreSQL store URL starts with one of {', '.join(SCHEMES)}://, got {url!r}")
+        raise ValueError(f"a PostgreSQL store URL starts with {' or '.join(s + '://' for s in SCHEMES)}, got {url!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((value for key, value in query if key == "schema"), None)
     if schema is not None and not _SCHEMA_NAME.match(schema):
