@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any, get_args
 
 from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span, SpanKind, SpanStatus
@@ -152,6 +153,26 @@ def span_values(span: Span) -> dict[str, Any]:
         "status_code": status.code,
         "status_message": status.message,
     }
+
+
+def span_batch_values(spans: Sequence[Span]) -> list[dict[str, Any]]:
+    """Rows of a whole ``add_spans`` batch; rejects non-spans, invalid spans and one id twice.
+
+    Equivalent to :func:`agent_lightning.store.transitions.check_spans_batch` for what
+    reaches the database, at a fraction of the cost of validating every span again.
+    """
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for index, span in enumerate(spans):
+        if not isinstance(span, Span):
+            raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
+        row = span_values(span)
+        key = (span.rollout_id, span.attempt_id, span.span_id)
+        if key in seen:
+            raise ValueError(f"span {span.span_id} appears twice in one batch")
+        seen.add(key)
+        rows.append(row)
+    return rows
 
 
 def span_from_row(row: Any) -> Span:

@@ -575,10 +575,9 @@ class SqlLightningStore(LightningStore):
 
     # ------------------------------------------------------------------ spans
     async def add_spans(self, spans: Sequence[Span]) -> int:
-        tr.check_spans_batch(spans)
-        if not spans:
+        rows = codec.span_batch_values(spans)
+        if not rows:
             return 0
-        rows = [codec.span_values(span) for span in spans]
         pairs = {(span.rollout_id, span.attempt_id) for span in spans}
         attempt_ids = list({attempt_id for _, attempt_id in pairs})
         if self._span_upsert is None:
