@@ -97,3 +97,36 @@ def smollm2_tokenizer():  # type: ignore[no-untyped-def]
         return load_tokenizer()
     except ModelLoadError as exc:
         pytest.skip(str(exc))
+
+
+def teacher_forced_logprobs(model: torch.nn.Module, prompt_ids: list[int], ids: list[int]) -> list[float]:
+    """log p(ids[i] | prompt + ids[:i]) from one plain forward pass (temperature 1, no truncation)."""
+    full = torch.tensor([prompt_ids + ids])
+    with torch.no_grad():
+        logits = model(input_ids=full).logits[0].float()
+    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+    return logprobs[torch.arange(len(ids)), torch.tensor(ids)].tolist()
+
+
+def hf_greedy(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, eos_token_id: int) -> list[int]:
+    """Greedy continuation by transformers' own ``generate`` (an independent reference implementation)."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_token_id,
+            pad_token_id=eos_token_id,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+@pytest.fixture
+def forced_logprobs() -> Callable[..., list[float]]:
+    return teacher_forced_logprobs
+
+
+@pytest.fixture
+def greedy_reference() -> Callable[..., list[int]]:
+    return hf_greedy

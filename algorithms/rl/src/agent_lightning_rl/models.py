@@ -187,11 +187,35 @@ def local_checkpoint(name_or_path: str = DEFAULT_MODEL, *, cache_dir: str | Path
     return str(path) if path.is_dir() else name_or_path
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(repo_id, filename), str):
+                return True
+        except ValueError:  # not a valid repo id
+            return False
+    return False
+
+
 def _from_pretrained(loader: Any, location: str, **kwargs: Any) -> Any:
+    offline = _offline()
+    if offline and not Path(location).is_dir():
+        # checked here too: huggingface_hub reads HF_HUB_OFFLINE once, at import, and would otherwise retry the network
+        kwargs.setdefault("local_files_only", True)
+        if not _in_hub_cache(location):
+            raise ModelLoadError(
+                f"cannot load {location!r}: not a local checkpoint folder, a .gguf file, a bundled model "
+                f"({sorted(BUNDLED_MODELS)}), or a hub id in the local hub cache (HF_HUB_OFFLINE is set)"
+            )
     try:
         return loader.from_pretrained(location, **kwargs)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise ModelLoadError(
             f"cannot load {location!r}: not a local checkpoint folder, a .gguf file, a bundled model "
             f"({sorted(BUNDLED_MODELS)}), or a hub id available"
@@ -230,9 +254,10 @@ def load_policy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch_dtype = _torch_dtype(dtype)
     started = time.perf_counter()
     location = local_checkpoint(name_or_path, cache_dir=cache_dir)
-    model = _from_pretrained(AutoModelForCausalLM, location, dtype=_torch_dtype(dtype))
+    model = _from_pretrained(AutoModelForCausalLM, location, dtype=torch_dtype)
     tokenizer = _from_pretrained(AutoTokenizer, location)
     model.to(device)
     model.eval()
