@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -25,6 +26,16 @@ from sqlalchemy.pool import StaticPool
 
 SCHEMES = ("sqlite",)
 _MEMORY = ":memory:"
+_FILE_LOCKS: dict[str, threading.RLock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: str) -> threading.RLock:
+    """One lock per database file and process, shared by every store object opened on that file."""
+    if path == _MEMORY:
+        return threading.RLock()
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(path, threading.RLock())
 
 
 def parse_sqlite_url(url: str) -> str:
@@ -59,11 +70,13 @@ class SqliteLightningStore(SqlLightningStore):
 
     def __init__(self, url: str = "sqlite:///runs.db", *, busy_timeout: float = 30.0) -> None:
         super().__init__(url)
-        self.path = parse_sqlite_url(url)
+        path = parse_sqlite_url(url)
+        # Resolved once, so a later chdir cannot point the store at another file.
+        self.path = path if path == _MEMORY else os.path.realpath(os.path.expanduser(path))
         if not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
             raise ValueError(f"busy_timeout must be a non-negative number of seconds, got {busy_timeout!r}")
         self.busy_timeout = float(busy_timeout)
-        self._write_lock = threading.RLock()
+        self._write_lock = _writer_lock(self.path)
 
     @property
     def in_memory(self) -> bool:
@@ -77,7 +90,7 @@ class SqliteLightningStore(SqlLightningStore):
         if self.in_memory:
             engine = sa.create_engine("sqlite://", connect_args=connect_args, poolclass=StaticPool)
         else:
-            path = Path(self.path).expanduser()
+            path = Path(self.path)
             path.parent.mkdir(parents=True, exist_ok=True)
             engine = sa.create_engine(f"sqlite:///{path}", connect_args=connect_args, pool_size=8, max_overflow=8)
 
