@@ -557,9 +557,7 @@ class RedisLightningStore(LightningStore):
         name_set = None if names is None else set(names)
         spans = [
             s
-            for s in (
-                Span.model_validate_json(v) for k, v in raw_spans.items() if wanted is None or k.startswith(wanted)
-            )
+            for s in (codec.decode_span(v) for k, v in raw_spans.items() if wanted is None or k.startswith(wanted))
             if (kind_set is None or s.kind in kind_set)
             and (name_set is None or s.name in name_set)
             and (after_sequence_id is None or s.sequence_id > after_sequence_id)
