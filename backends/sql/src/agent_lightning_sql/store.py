@@ -300,19 +300,20 @@ class SqlLightningStore(LightningStore):
             values["queue_seq"] = None
         conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.rollout_id == after.rollout_id).values(values))
         if attempt is not None:
-            self._save_attempt(conn, attempt, after.config.timeout_seconds)
+            self._save_attempt(
+                conn, attempt, after.config.timeout_seconds, new=after.attempt_count > before.attempt_count
+            )
         if after.status != before.status and after.status in DELIVERED_STATUSES:
             self._fan_out(conn, after)
         if after.status != before.status and after.status != "running":
             self._notify(conn)
 
-    def _save_attempt(self, conn: Connection, attempt: Attempt, timeout_seconds: float | None) -> None:
+    def _save_attempt(self, conn: Connection, attempt: Attempt, timeout_seconds: float | None, *, new: bool) -> None:
         values = codec.attempt_values(attempt, timeout_seconds)
-        updated = conn.execute(
-            sa.update(ATTEMPTS).where(ATTEMPTS.c.attempt_id == attempt.attempt_id).values(values)
-        ).rowcount
-        if not updated:
+        if new:
             conn.execute(sa.insert(ATTEMPTS).values(values))
+        else:
+            conn.execute(sa.update(ATTEMPTS).where(ATTEMPTS.c.attempt_id == attempt.attempt_id).values(values))
 
     def _fan_out(self, conn: Connection, rollout: Rollout) -> None:
         """Owe a newly finished rollout to every subscription group that wants it."""
@@ -395,7 +396,7 @@ class SqlLightningStore(LightningStore):
 
         def work(conn: Connection) -> None:
             self._insert_rollouts(conn, [running], [row])
-            self._save_attempt(conn, attempt, running.config.timeout_seconds)
+            self._save_attempt(conn, attempt, running.config.timeout_seconds, new=True)
 
         await self._run_unique(work, [running])
         return AttemptedRollout(rollout=running, attempt=attempt)
