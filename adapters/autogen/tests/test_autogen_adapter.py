@@ -1,0 +1,235 @@
+"""The AutoGen adapter with real AgentChat agents and teams over real HTTP: client → proxy → scripted LLM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import agent_lightning as agl
+import pytest
+from agent_lightning import semconv
+from agent_lightning.instrumentation import adapter as adapters
+from agent_lightning.testing.scripted_llm import ScriptCall
+from agent_lightning_autogen import AutoGenAdapter
+from agent_lightning_openai.testing import MODEL, ProxyEnv, SpanTree, calculator_script, scripted_proxy
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.conditions import MaxMessageTermination
+from autogen_agentchat.teams import RoundRobinGroupChat, SelectorGroupChat
+from autogen_core.models import ModelInfo
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+MODEL_INFO = ModelInfo(
+    vision=False, function_calling=True, json_output=False, family="unknown", structured_output=False
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_adapters() -> Iterator[None]:
+    adapters.clear_cache()
+    yield
+    adapters.clear_cache()
+
+
+@pytest.fixture
+def env() -> Iterator[ProxyEnv]:
+    with scripted_proxy() as env:
+        yield env
+
+
+async def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression such as 25 * 17."""
+    if "/ 0" in expression:
+        raise ZeroDivisionError(f"cannot evaluate {expression}: division by zero")
+    return str(eval(expression))
+
+
+def model_client(ctx: agl.TrainingContext) -> OpenAIChatCompletionClient:
+    llm = ctx.llm()
+    return OpenAIChatCompletionClient(
+        model=llm.model, base_url=llm.endpoint, api_key="unused", model_info=MODEL_INFO, max_retries=0
+    )
+
+
+def solver(ctx: agl.TrainingContext, **kwargs: Any) -> AssistantAgent:
+    return AssistantAgent(
+        "solver", model_client=model_client(ctx), tools=[calculator], reflect_on_tool_use=True, **kwargs
+    )
+
+
+def checker(ctx: agl.TrainingContext) -> AssistantAgent:
+    return AssistantAgent("checker", model_client=model_client(ctx), system_message="Check the answer.")
+
+
+def assert_model_call(tree: SpanTree, span: Any, agent: str) -> None:
+    assert span.name == f"chat {MODEL}"
+    assert span.kind == "llm"
+    assert span.attributes[semconv.ADAPTER] == "autogen"
+    assert span.attributes[semconv.GEN_AI_REQUEST_MODEL] == MODEL
+    assert span.attributes[semconv.AGENT_NAME] == agent
+    assert span.attributes[semconv.RESOURCE_NAMES] == ["policy"]
+    assert span.status.code == "ok"
+    tree.proxy_record(span)
+
+
+def test_found_through_entry_point_and_available() -> None:
+    assert isinstance(adapters.adapters()["autogen"], AutoGenAdapter)
+    assert adapters.adapters()["autogen"].is_available()
+
+
+def test_assistant_agent_with_tool(env: ProxyEnv) -> None:
+    async def main() -> tuple[agl.TrainingContext, Any]:
+        async with agl.TrainingContext(task_id="math", store=env.store) as ctx:
+            result = await solver(ctx).run(task="What is 25 * 17?")
+        return ctx, result
+
+    ctx, result = asyncio.run(main())
+    assert result.messages[-1].content == "The answer is 425."
+    tree = env.tree(ctx.rollout_id)
+    turn = tree.child(tree.root, kind="agent")
+    assert turn.name == "invoke_agent solver"
+    assert turn.attributes[semconv.AGENT_NAME] == "solver"
+    assert turn.attributes[semconv.GEN_AI_INPUT_MESSAGES][0]["content"] == "What is 25 * 17?"
+    assert turn.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
+    first, run, second = tree.children(turn)
+    assert_model_call(tree, first, "solver")
+    assert first.attributes[semconv.GEN_AI_TOOL_DEFINITIONS][0]["function"]["name"] == "calculator"
+    call = first.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["tool_calls"][0]
+    assert call["function"]["name"] == "calculator"
+    assert first.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["function_calls"]
+    assert run.kind == "tool" and run.name == "execute_tool calculator"
+    assert run.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] == {"expression": "25 * 17"}
+    assert run.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] == "425"
+    assert run.attributes[semconv.GEN_AI_TOOL_CALL_ID] == call["id"]
+    assert run.attributes[semconv.AGENT_NAME] == "solver"
+    assert_model_call(tree, second, "solver")
+    assert second.attributes[semconv.GEN_AI_INPUT_MESSAGES][-1]["role"] == "tool"
+    assert second.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
+
+
+def test_round_robin_team_tags_each_agents_calls(env: ProxyEnv) -> None:
+    async def main() -> agl.TrainingContext:
+        async with agl.TrainingContext(task_id="team", store=env.store) as ctx:
+            team = RoundRobinGroupChat([solver(ctx), checker(ctx)], termination_condition=MaxMessageTermination(3))
+            result = await team.run(task="What is 25 * 17?")
+            agl.emit_reward(1.0 if "425" in str(result.messages[1].content) else 0.0)
+        return ctx
+
+    ctx = asyncio.run(main())
+    tree = env.tree(ctx.rollout_id)
+    team = tree.child(tree.root, kind="agent")
+    assert team.name == "invoke_agent RoundRobinGroupChat"
+    assert team.attributes["autogen.team.participants"] == ["solver", "checker"]
+    turns = tree.children(team, kind="agent")
+    assert [t.name for t in turns if not t.name.startswith("select_speaker")] == [
+        "invoke_agent solver",
+        "invoke_agent checker",
+    ]
+    solver_turn, checker_turn = (t for t in turns if t.name.startswith("invoke_agent"))
+    assert [s.kind for s in tree.children(solver_turn)] == ["llm", "tool", "llm"]
+    assert [s.kind for s in tree.children(checker_turn)] == ["llm"]
+    for span in tree.children(solver_turn, kind="llm"):
+        assert_model_call(tree, span, "solver")
+    assert_model_call(tree, tree.child(checker_turn, kind="llm"), "checker")
+
+    # selective optimization: filtering by agent name yields only that agent's model calls
+    by_agent: dict[str, list[str]] = {}
+    for span in tree.client_llm_spans("autogen"):
+        by_agent.setdefault(span.attributes[semconv.AGENT_NAME], []).append(span.parent_id)
+    assert {a: len(p) for a, p in by_agent.items()} == {"solver": 2, "checker": 1}
+    assert set(by_agent["checker"]) == {checker_turn.span_id}
+    rollout = asyncio.run(env.store.get_rollout(ctx.rollout_id))
+    episode = agl.build_episode(rollout, tree.spans, agents=["checker"])
+    assert [s.agent_name for s in episode.samples] == ["checker"]
+
+
+def selector_script(call: ScriptCall) -> Any:
+    text = " ".join(str(m.get("content")) for m in call.messages)
+    if "select the next role" in text:
+        return "checker" if "The answer is" in text else "solver"
+    return calculator_script(call)
+
+
+def test_selector_group_chat_selector_calls_are_the_managers() -> None:
+    with scripted_proxy(selector_script) as env:
+
+        async def main() -> agl.TrainingContext:
+            async with agl.TrainingContext(task_id="selector", store=env.store) as ctx:
+                team = SelectorGroupChat(
+                    [solver(ctx), checker(ctx)],
+                    model_client=model_client(ctx),
+                    termination_condition=MaxMessageTermination(3),
+                    allow_repeated_speaker=True,
+                )
+                await team.run(task="What is 25 * 17?")
+            return ctx
+
+        ctx = asyncio.run(main())
+        tree = env.tree(ctx.rollout_id)
+        team = tree.child(tree.root, kind="agent")
+        selections = [s for s in tree.children(team) if s.name.startswith("select_speaker")]
+        assert [s.attributes["autogen.selected_speakers"] for s in selections] == [["solver"], ["checker"]]
+        for selection in selections:
+            assert_model_call(tree, tree.child(selection, kind="llm"), "SelectorGroupChatManager")
+        names = [s.attributes[semconv.AGENT_NAME] for s in tree.client_llm_spans("autogen")]
+        assert names.count("SelectorGroupChatManager") == 2
+        assert names.count("solver") == 2 and names.count("checker") == 1
+
+
+def test_streaming_model_client(env: ProxyEnv) -> None:
+    async def main() -> agl.TrainingContext:
+        async with agl.TrainingContext(task_id="stream", store=env.store) as ctx:
+            result = await solver(ctx, model_client_stream=True).run(task="What is 6 * 7?")
+            assert result.messages[-1].content == "The answer is 42."
+        return ctx
+
+    ctx = asyncio.run(main())
+    tree = env.tree(ctx.rollout_id)
+    turn = tree.child(tree.root, kind="agent")
+    first, run, second = tree.children(turn)
+    for span in (first, second):
+        assert span.attributes["gen_ai.request.stream"] is True
+        assert_model_call(tree, span, "solver")
+    assert run.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] == "42"
+    assert second.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 42."
+
+
+def test_tool_exception_is_recorded_and_the_rollout_succeeds(env: ProxyEnv) -> None:
+    async def main() -> agl.TrainingContext:
+        async with agl.TrainingContext(task_id="divide", store=env.store) as ctx:
+            await solver(ctx).run(task="What is 1 / 0?")
+        return ctx
+
+    ctx = asyncio.run(main())
+    tree = env.tree(ctx.rollout_id)
+    run = tree.child(tree.child(tree.root, kind="agent"), kind="tool")
+    assert run.status.code == "error"
+    assert run.attributes[semconv.ERROR_TYPE] == "ZeroDivisionError"
+    assert "division by zero" in run.attributes["exception.message"]
+    assert run.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] == {"expression": "1 / 0"}
+    assert all(s.end_time is not None for s in tree.spans)
+    assert asyncio.run(env.store.get_attempts(ctx.rollout_id))[-1].status == "succeeded"
+
+
+def test_concurrent_rollouts_stay_separate(env: ProxyEnv) -> None:
+    questions = [f"What is {a} * {a + 2}?" for a in range(3, 7)]
+
+    async def one(question: str) -> tuple[str, str]:
+        async with agl.TrainingContext(task_id="many", store=env.store) as ctx:
+            team = RoundRobinGroupChat([solver(ctx), checker(ctx)], termination_condition=MaxMessageTermination(3))
+            await team.run(task=question)
+        return ctx.rollout_id, question
+
+    async def main() -> list[tuple[str, str]]:
+        return await asyncio.gather(*(one(q) for q in questions))
+
+    for rollout_id, question in asyncio.run(main()):
+        a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" * "))
+        tree = env.tree(rollout_id)
+        tools = tree.of_kind("tool")
+        assert [t.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] for t in tools] == [str(a * b)], tree.render()
+        llms = tree.client_llm_spans("autogen")
+        assert len(llms) == 3
+        for span in llms:
+            assert tree.proxy_record(span).rollout_id == rollout_id
+            assert span.attributes[semconv.GEN_AI_INPUT_MESSAGES][1]["content"] == question
