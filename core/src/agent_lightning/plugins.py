@@ -22,7 +22,10 @@ from agent_lightning import hookspecs
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "agent_lightning"
-DEFAULT_PLUGINS: tuple[str, ...] = ("agent_lightning.store.memory_plugin",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "agent_lightning.store.memory_plugin",
+    "agent_lightning.proxy.plugin",
+)
 
 
 @dataclass(frozen=True)
