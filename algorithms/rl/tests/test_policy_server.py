@@ -247,3 +247,22 @@ def test_processed_logprobs_mode_reports_the_sampling_distribution(model, tokeni
     assert reported != pytest.approx(raw, abs=1e-3)  # temperature 0.5 sharpens: not the raw distribution
     # a tiny nucleus keeps only the top token, which then has probability 1
     assert [e.logprob for e in nucleus.choices[0].logprobs.content] == pytest.approx([0.0] * 8, abs=1e-5)
+
+
+def test_a_client_that_goes_away_stops_its_generation(server):
+    client = client_for(server)
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=1000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    next(stream), next(stream)
+    stream.close()
+    after = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, temperature=0, max_tokens=3)
+    assert len(after.choices[0].token_ids) == 3  # the server still answers, after the abandoned batch ended
+    stats = server.stats()
+    assert stats["batches"] == 2
+    assert stats["tokens_generated"] - 3 < 900  # the abandoned request did not run to its 1000 tokens

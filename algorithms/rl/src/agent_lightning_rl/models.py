@@ -148,7 +148,7 @@ def _strip_gguf_quantizer(model: PreTrainedModel) -> None:
             raise ModelLoadError(
                 f"GGUF load left parameter {name} quantized ({param.dtype}); cannot use it as a policy"
             )
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 

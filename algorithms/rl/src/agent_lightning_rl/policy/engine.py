@@ -151,7 +151,8 @@ class GenerationEngine:
         self._logits_to_keep = "logits_to_keep" in forward_params
         # newer transformers renamed ``past_key_values`` to ``cache`` (input and output)
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
-        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        get_embeddings = getattr(model, "get_input_embeddings", None)
+        embeddings = get_embeddings() if callable(get_embeddings) else None
         self._vocab: int | None = getattr(embeddings, "num_embeddings", None)
         self._stats_lock = threading.Lock()
         self._batch_rows: Counter[int] = Counter()

@@ -63,7 +63,8 @@ class PolicyServer:
         """The OpenAI ``base_url`` (``http://host:port/v1``); the port is known once started."""
         if self._socket is None:
             raise RuntimeError("the policy server is not started; call start() first")
-        host = self.host if ":" not in self.host else f"[{self.host}]"
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)  # wildcard: reach it via loopback
+        host = host if ":" not in host else f"[{host}]"
         return f"http://{host}:{self.port}/v1"
 
     @property
