@@ -134,7 +134,7 @@ class ByteBPETokenizer:
         return self._pieces[token_id]
 
     def is_special(self, token_id: int) -> bool:
-        return token_id >= len(self._pieces) - len(self.SPECIAL_TOKENS)
+        return len(self._pieces) - len(self.SPECIAL_TOKENS) <= token_id < len(self._pieces)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         """The text of ``ids`` (invalid UTF-8 becomes U+FFFD)."""
