@@ -231,3 +231,19 @@ def test_pull_wakes_when_another_process_finishes_a_rollout(redis_url: str) -> N
         await store.close()
 
     asyncio.run(main())
+
+
+def test_scripts_are_loaded_again_when_the_server_forgets_them(redis_url: str) -> None:
+    """After a server restart (here: SCRIPT FLUSH) the store reloads its Lua scripts by itself."""
+
+    async def main() -> None:
+        store = open_store(redis_url)
+        await store.enqueue_rollout("before", config=LONG)
+        client = redis.asyncio.Redis.from_url(parse_url(redis_url).connect_url)
+        await client.script_flush()
+        await client.aclose()
+        item = await store.claim_rollout("w")
+        assert item is not None and item.rollout.input == "before"
+        await store.close()
+
+    asyncio.run(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import threading
 import time
@@ -52,6 +53,7 @@ _SCRIPTS = {
     "pull": scripts.PULL,
     "ack": scripts.ACK,
 }
+_SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}
 
 
 def _translate_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -78,13 +80,18 @@ def _translate_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P
 
 @dataclass
 class _Conn:
-    """A client and its registered scripts, for one event loop."""
+    """A client and the SHA1s of the scripts, for one event loop."""
 
     client: Any  # an aioredis.Redis with decode_responses=True: replies are str, which its types cannot say
-    scripts: dict[str, Any]
+    shas: dict[str, str]
 
     async def run(self, name: str, args: Sequence[str | int | float]) -> Any:
-        return await self.scripts[name](keys=[], args=list(args))
+        """Run a script by its SHA1 (loading it first if the server does not know it, e.g. after a restart)."""
+        try:
+            return await self.client.execute_command("EVALSHA", self.shas[name], 0, *args)
+        except rexc.NoScriptError:
+            await self.client.script_load(_SCRIPTS[name])
+            return await self.client.execute_command("EVALSHA", self.shas[name], 0, *args)
 
 
 @dataclass
@@ -170,7 +177,7 @@ class RedisLightningStore(LightningStore):
             conn = self._conns.get(loop)
             if conn is None:
                 client = aioredis.Redis.from_url(self._connect_url, **self._options)
-                conn = _Conn(client, {name: client.register_script(src) for name, src in _SCRIPTS.items()})
+                conn = _Conn(client, _SHAS)
                 self._conns[loop] = conn
         return conn
 
