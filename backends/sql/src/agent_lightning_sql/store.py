@@ -804,8 +804,12 @@ class SqlLightningStore(LightningStore):
         if self._closed:
             return
         self._closed = True
-        self._on_close()
         with self._engine_lock:
             engine, self._engine = self._engine, None
-        if engine is not None:
-            await asyncio.to_thread(engine.dispose)
+
+        def release() -> None:
+            self._on_close()
+            if engine is not None:
+                engine.dispose()
+
+        await asyncio.to_thread(release)
