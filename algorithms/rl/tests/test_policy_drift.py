@@ -65,9 +65,13 @@ def test_drift_with_the_real_smollm2_tokenizer(smollm2_tokenizer, forced_logprob
     model = build_model(smollm2_tokenizer, seed=5)  # random weights over SmolLM2's 49k vocabulary
     reference = build_model(smollm2_tokenizer, seed=5)
     with PolicyServer(model, smollm2_tokenizer, model_name=MODEL_NAME) as server:
+        clean = []
         for temperature in (0.0, 1.0):
             drifted = find_drift(server, smollm2_tokenizer, temperature)
             check_exact(reference, smollm2_tokenizer, drifted, temperature == 0.0, forced_logprobs, greedy_reference)
+            clean += [ids for _, ids, _ in drifted if "\ufffd" not in smollm2_tokenizer.decode(ids)]
+        # not only invalid UTF-8 byte pieces: whole words re-split, e.g. sampled " pinn"+"añ" re-encodes " pin"+"na"…
+        assert clean, "expected a drift on valid text (a word whose sampled split is not the canonical one)"
 
         # a prompt given as non-canonical ids (" hel" + "lo" style) is used and echoed as given, never re-encoded
         word = " reinforcement"
