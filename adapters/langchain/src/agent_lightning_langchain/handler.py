@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "langchain"
 HIDDEN_TAG = "langsmith:hidden"
+_MAX_RUNS = 10_000
+"""Open runs kept before those of closed contexts are forgotten."""
 _CONTROL_FLOW = {"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"}
 """LangGraph exceptions that steer the graph (interrupts, hand-offs) rather than report a failure."""
 
@@ -166,7 +168,19 @@ class LightningCallbackHandler(BaseCallbackHandler):
         previous = set_current_span(span)
         with self._lock:
             self._runs[run_id] = _Run(span, span, agent, previous)
+            if len(self._runs) > _MAX_RUNS:
+                self._forget_closed()
         return span
+
+    def _forget_closed(self) -> None:
+        """Drop runs that never ended and whose TrainingContext is closed (abandoned generators)."""
+        stale = [
+            run_id
+            for run_id, run in self._runs.items()
+            if run.visible is None or run.visible.context is None or not run.visible.context.is_open
+        ]
+        for run_id in stale:
+            del self._runs[run_id]
 
     def _end(
         self,

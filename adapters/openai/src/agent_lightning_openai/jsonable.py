@@ -31,7 +31,12 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         try:
-            return jsonable(dump(mode="json", exclude_none=True), _depth + 1)
+            return jsonable(dump(mode="json", exclude_none=True, warnings=False), _depth + 1)
+        except TypeError:  # a model_dump without pydantic 2's keywords
+            try:
+                return jsonable(dump(), _depth + 1)
+            except Exception:
+                pass
         except Exception:
             pass
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
