@@ -1,18 +1,18 @@
 """Sessions: one test session per package, plus lint, type checks, the slow tests and the demo.
 
-    nox                 # lint, typecheck and every package's tests (what CI runs)
-    nox -s tests        # every package's tests
-    nox -s "tests(package='core')"
-    nox -s demo         # the main job: train a real agent on CPU, offline
+nox                 # lint, typecheck and every package's tests (what CI runs)
+nox -s tests        # every package's tests
+nox -s "tests(package='core')"
+nox -s demo         # the main job: train a real agent on CPU, offline
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 import nox
+import tomllib
 
 ROOT = Path(__file__).parent
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -88,7 +88,14 @@ def tests(session: nox.Session, package: str) -> None:
     _install(session, folder)
     marker = ["-m", "not slow"] if os.environ.get("NOX_SKIP_SLOW") == "1" else []
     session.run(
-        "python", "-m", "pytest", str(folder / "tests"), "-p", "no:cacheprovider", "-q", *marker,
+        "python",
+        "-m",
+        "pytest",
+        str(folder / "tests"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        *marker,
         *session.posargs,
         env={"PYTHONFAULTHANDLER": "1"},
     )

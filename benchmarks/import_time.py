@@ -42,12 +42,13 @@ def main() -> None:
     rows = [("agent_lightning (this repo)", measure(sys.executable, "agent_lightning", args.repeat))]
     if args.reference_python:
         rows.append(("agentlightning 0.3.0", measure(args.reference_python, "agentlightning", args.repeat)))
-    print(f"| package | import time (s) | peak RSS (MB) | modules |\n|---|---:|---:|---:|")
+    print("| package | import time (s) | peak RSS (MB) | modules |\n|---|---:|---:|---:|")
     for name, r in rows:
         print(f"| {name} | {r['seconds']:.3f} | {r['rss_mb']:.0f} | {r['modules']:.0f} |")
     if len(rows) == 2:
         ours, ref = rows[0][1], rows[1][1]
-        print(f"\nreference / ours: {ref['seconds'] / ours['seconds']:.0f}x time, {ref['rss_mb'] / ours['rss_mb']:.1f}x memory")
+        time_ratio = ref["seconds"] / ours["seconds"]
+        print(f"\nreference / ours: {time_ratio:.0f}x time, {ref['rss_mb'] / ours['rss_mb']:.1f}x memory")
 
 
 if __name__ == "__main__":
