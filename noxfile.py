@@ -15,7 +15,7 @@ import nox
 import tomllib
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "langchain_classic"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -99,6 +99,25 @@ def tests(session: nox.Session, package: str) -> None:
         *session.posargs,
         env={"PYTHONFAULTHANDLER": "1"},
     )
+
+
+@nox.session
+def langchain_classic(session: nox.Session) -> None:
+    """The LangChain adapter against classic LangChain 0.3 (the article's AgentExecutor snippet, verbatim)."""
+    folder = PACKAGES["langchain"]
+    args: list[str] = []
+    for dep in _local_closure(folder):
+        args += ["-e", f"{dep}[server]" if dep == PACKAGES["core"] else str(dep)]
+    session.install(
+        *args,
+        "langchain>=0.3,<1",
+        "langchain-core>=0.3,<1",
+        "langchain-openai>=0.2,<0.4",
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "pytest-asyncio>=0.23",
+    )
+    session.run("python", "-m", "pytest", str(folder / "tests"), "-p", "no:cacheprovider", "-q", *session.posargs)
 
 
 @nox.session
