@@ -222,6 +222,8 @@ def test_models_status_and_errors_follow_the_openai_shapes(server):
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, top_p=0)
     assert "top_p" in bad.value.message
+    odd_seed = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, seed=-(2**70), max_tokens=2)
+    assert len(odd_seed.choices[0].token_ids) == 2  # any integer seed works (taken mod 2**64)
     with pytest.raises(openai.BadRequestError) as empty:
         client.chat.completions.create(model=MODEL_NAME, messages=[])
     assert "messages" in empty.value.message
@@ -231,7 +233,7 @@ def test_models_status_and_errors_follow_the_openai_shapes(server):
 
     status = httpx.get(server.url.removesuffix("/v1") + "/agl/status").json()
     assert status["version"] == "v0" and status["logprobs_mode"] == "raw"
-    assert status["stats"]["requests"] == 0  # rejected requests never reached the engine
+    assert status["stats"]["requests"] == 1  # only the valid one reached the engine
 
 
 def test_processed_logprobs_mode_reports_the_sampling_distribution(model, tokenizer, reference_model, forced_logprobs):

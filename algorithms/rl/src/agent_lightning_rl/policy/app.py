@@ -3,6 +3,9 @@
 Every generation response carries ``prompt_token_ids``, per-choice ``token_ids`` (exactly the sampled ids, EOS
 included when sampled) and per-token logprobs (see :data:`~agent_lightning_rl.policy.sampling.LogprobsMode`), plus
 the ``x-agl-model-version`` header and ``system_fingerprint`` naming the weights version that generated it.
+
+Streaming with ``tools``: ids and logprobs stream as they are sampled, but the text is held until the choice ends,
+then sent as one ``content`` delta or as ``tool_calls`` deltas (the parse needs the whole output).
 """
 
 from __future__ import annotations
@@ -241,7 +244,11 @@ def create_app(engine: GenerationEngine, model_name: str, *, default_max_tokens:
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         check_model(body.model)
         use_tools = bool(body.tools) and body.tool_choice != "none"
-        tool_names = {t["function"]["name"] for t in body.tools or [] if isinstance(t, dict) and "function" in t}
+        tool_names = {
+            str(t["function"].get("name"))
+            for t in body.tools or []
+            if isinstance(t, dict) and isinstance(t.get("function"), dict)
+        }
         try:
             prompt_text = render_chat(tokenizer, body.messages, body.tools if use_tools else None)
         except ChatFormatError as exc:

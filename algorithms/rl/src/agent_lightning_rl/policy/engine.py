@@ -332,20 +332,21 @@ class GenerationEngine:
             for p, prompt in enumerate(request.prompts):
                 for j in range(request.n):
                     choice = p * request.n + j
-                    seed = request.params.seed + choice if request.params.seed is not None else secrets.randbits(62)
+                    seed = request.params.seed
+                    seed = (seed + choice) % 2**64 if seed is not None else secrets.randbits(63)
                     generator = torch.Generator(device=self._device).manual_seed(seed)
                     text = CompletionText(self.tokenizer, request.params.stop)
                     rows.append(_Row(request, choice, prompt, generator, text))
         return rows
 
     def _run_batch(self, requests: list[GenerationRequest], version: str) -> None:
-        rows = self._new_rows(requests)
-        with self._stats_lock:
-            self._batch_rows[len(rows)] += 1
-            self._batch_requests[len(requests)] += 1
-        for request in requests:
-            request.on_event(RequestStarted(version))
         try:
+            rows = self._new_rows(requests)
+            with self._stats_lock:
+                self._batch_rows[len(rows)] += 1
+                self._batch_requests[len(requests)] += 1
+            for request in requests:
+                request.on_event(RequestStarted(version))
             with torch.inference_mode():
                 self._decode(rows)
         except Exception as exc:

@@ -34,7 +34,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     seed: int | None = None
-    """Choice ``i`` of the request samples with a generator seeded ``seed + i``."""
+    """Choice ``i`` of the request samples with a generator seeded ``(seed + i) mod 2**64``."""
     top_logprobs: int = 0
 
     def __post_init__(self) -> None:
