@@ -29,6 +29,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -290,8 +291,11 @@ def _purge(url: str) -> None:
     asyncio.run(main())
 
 
+HTTP_SERVE = "agl store serve --store memory:// --host 127.0.0.1 --port {port}"
+
+
 def _http_server() -> Iterator[tuple[str, bool]]:
-    """``agl store serve`` over an in-memory store, in a subprocess, if this checkout has it."""
+    """The HTTP store server (``HTTP_SERVE``, ``--http-serve``) in a subprocess, if this checkout has a client."""
     from agent_lightning.errors import PluginError
     from agent_lightning.store import open_store
 
@@ -303,9 +307,11 @@ def _http_server() -> Iterator[tuple[str, bool]]:
         raise Skip(f"no http:// store client installed ({str(exc).split(';')[0]})") from None
     except Exception:  # the client exists; nothing listens yet, which is expected here
         pass
-    agl = shutil.which("agl") or os.path.join(os.path.dirname(sys.executable), "agl")
+    command = shlex.split(HTTP_SERVE.format(port=port))
+    if command[0] == "agl":
+        command[0] = shutil.which("agl") or os.path.join(os.path.dirname(sys.executable), "agl")
     server = subprocess.Popen(
-        [agl, "store", "serve", "--store", "memory://", "--host", "127.0.0.1", "--port", str(port)],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -407,6 +413,7 @@ def reference(python: str | None, spans: int, batch: int, http_spans: int) -> di
 
 # ---------------------------------------------------------------------- main
 def main() -> None:
+    global HTTP_SERVE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="memory,sqlite,postgres,redis,http")
     parser.add_argument("--tasks", type=int, default=2000, help="rollouts enqueued and claimed")
@@ -417,7 +424,9 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time agentlightning 0.3.0")
     parser.add_argument("--reference-python", help="python of a venv with agentlightning==0.3.0")
     parser.add_argument("--reference-http-spans", type=int, default=2000)
+    parser.add_argument("--http-serve", default=HTTP_SERVE, help="command that serves memory:// over HTTP on {port}")
     args = parser.parse_args()
+    HTTP_SERVE = args.http_serve
     work = Workload(args.tasks, args.spans, args.spans_per_rollout, args.runners, args.batch_size)
 
     rows: list[tuple[str, dict[str, float] | None, str]] = []
@@ -463,7 +472,8 @@ def main() -> None:
                 f"| {ref['memory_batched']:,.0f} | | reference |"
             )
             if "http_single" in ref:
-                print(f"| agentlightning 0.3.0 HTTP server (1 client) | | | {ref['http_single']:,.0f} | | | reference |")
+                http = f"{ref['http_single']:,.0f}"
+                print(f"| agentlightning 0.3.0 HTTP server (1 client) | | | {http} | | | reference |")
             elif "http_error" in ref:
                 print(f"\nreference HTTP server: {ref['http_error']}")
             print("\nspans written/s (single), ours / reference in-memory:")
