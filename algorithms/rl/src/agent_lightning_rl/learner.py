@@ -1,0 +1,350 @@
+"""The update step shared by PPO and GRPO: forward passes on captured token ids, losses, optimizer, DDP.
+
+A :class:`PolicyLearner` owns the trainable policy (optionally LoRA-wrapped and with a value head), the frozen
+reference used for the KL term, and the optimizer. Samples arrive with one advantage per completion token;
+:meth:`PolicyLearner.update` runs ``ppo_epochs`` passes of mini-batches (gradient accumulation over
+micro-batches), each optimizer step normalizing the loss by the mini-batch's trainable-token count over all ranks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from agent_lightning.types import Sample
+from torch import nn
+
+from . import losses
+from .batching import TokenBatch, collate, pad_rows
+from .config import PPOConfig, RLConfig
+from .distributed import DistInfo
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model  # type: ignore[no-any-return]
+
+
+def is_peft(model: nn.Module) -> bool:
+    return callable(getattr(model, "disable_adapter", None)) and callable(getattr(model, "get_base_model", None))
+
+
+def apply_lora(model: nn.Module, config: RLConfig) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters from ``config.lora`` (needs ``pip install peft``)."""
+    assert config.lora is not None
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise ImportError("LoRA training needs peft: pip install 'agent-lightning-rl[lora]'") from exc
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def merged_weights(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """The full (LoRA-merged) state dict under the plain model's key names; valid inside the ``with`` block."""
+    if not is_peft(model):
+        yield dict(model.state_dict())
+        return
+    model.merge_adapter()  # type: ignore[operator]
+    try:
+        state = {
+            key.replace(".base_layer", ""): value
+            for key, value in _base_model(model).state_dict().items()
+            if "lora_" not in key
+        }
+        yield state
+    finally:
+        model.unmerge_adapter()  # type: ignore[operator]
+
+
+class PolicyModule(nn.Module):
+    """The causal LM plus (PPO) a scalar value head on its last hidden state; returns completion logits/values."""
+
+    def __init__(self, model: nn.Module, value_head: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        hidden = int(model.config.hidden_size)
+        self.value_head = nn.Linear(hidden, 1) if value_head else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+            device = next(model.parameters()).device
+            self.value_head.to(device)
+        self._keep = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        prompt_width: int,
+        want_values: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        width_c = input_ids.shape[1] - prompt_width
+        kwargs: dict[str, Any] = {"logits_to_keep": width_c + 1} if self._keep else {}
+        want_values = want_values and self.value_head is not None
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=want_values,
+            **kwargs,
+        )
+        logits = out.logits[:, -(width_c + 1) : -1] if self._keep else out.logits[:, prompt_width - 1 : -1]
+        values = None
+        if want_values:
+            assert self.value_head is not None
+            hidden = out.hidden_states[-1][:, prompt_width - 1 : -1]
+            values = self.value_head(hidden.float()).squeeze(-1)
+        return logits, values
+
+
+@dataclass
+class Scored:
+    """Per-sample tensors computed without gradients before an update."""
+
+    logprobs: list[torch.Tensor]
+    values: list[torch.Tensor] | None
+    ref_logprobs: list[torch.Tensor] | None
+
+
+class PolicyLearner:
+    """Trains ``model`` on samples with per-token advantages (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: RLConfig,
+        *,
+        pad_id: int,
+        reference: nn.Module | None = None,
+        device: torch.device | str = "cpu",
+        dist: DistInfo | None = None,
+    ) -> None:
+        self.config = config
+        self.pad_id = pad_id
+        self.device = torch.device(device)
+        self.dist = dist or DistInfo()
+        self.ppo = isinstance(config, PPOConfig)
+        if config.lora is not None and not is_peft(model):
+            model = apply_lora(model, config)
+        self.model = model
+        if config.gradient_checkpointing:
+            _base_model(model).gradient_checkpointing_enable()  # type: ignore[operator]
+            model.train()
+        else:
+            model.eval()  # no dropout: the ratio must compare like with like
+        self.module = PolicyModule(model, value_head=self.ppo).to(self.device)
+        self.reference = reference
+        if reference is not None:
+            reference.eval().requires_grad_(False)
+        self.wrapped: nn.Module = self.module
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.module, device_ids=ids)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.steps = 0
+
+    # ------------------------------------------------------------------ forward passes
+    @property
+    def _temperature(self) -> float:
+        return self.config.temperature if self.config.temperature > 0 else 1.0
+
+    def _micro_batches(self, samples: Sequence[Sample]) -> Iterator[tuple[int, int, TokenBatch]]:
+        size = self.config.micro_batch_size
+        for start in range(0, len(samples), size):
+            chunk = samples[start : start + size]
+            yield start, start + len(chunk), collate(chunk, self.pad_id, self.device)
+
+    def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        args = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width)
+        if self.reference is not None:
+            logits, _ = self._reference_view()(*args)
+        elif is_peft(self.model):
+            with self.model.disable_adapter():  # type: ignore[operator]
+                logits, _ = self.module(*args)
+        else:
+            raise RuntimeError("KL to a reference needs a reference model (or LoRA, whose base is the reference)")
+        return losses.selective_logprobs(logits / self._temperature, batch.completion_ids)
+
+    def _reference_view(self) -> PolicyModule:
+        if not hasattr(self, "_ref_module"):
+            assert self.reference is not None
+            self._ref_module = PolicyModule(self.reference)
+        return self._ref_module
+
+    @torch.no_grad()
+    def score(self, samples: Sequence[Sample], *, logprobs: bool = True, values: bool = False) -> Scored:
+        """Current log-probs (and values, and reference log-probs when ``kl_coef > 0``) of each sample's tokens."""
+        out_lp: list[torch.Tensor] = []
+        out_v: list[torch.Tensor] | None = [] if values else None
+        out_ref: list[torch.Tensor] | None = [] if self.config.kl_coef > 0 and logprobs else None
+        for start, _, batch in self._micro_batches(samples):
+            logits, vals = self.module(
+                batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, want_values=values
+            )
+            lp = losses.selective_logprobs(logits / self._temperature, batch.completion_ids)
+            ref = self._reference_logprobs(batch) if out_ref is not None else None
+            for i in range(lp.shape[0]):
+                n = len(samples[start + i].completion_token_ids)
+                out_lp.append(lp[i, :n].cpu())
+                if out_v is not None and vals is not None:
+                    out_v.append(vals[i, :n].float().cpu())
+                if out_ref is not None and ref is not None:
+                    out_ref.append(ref[i, :n].cpu())
+        return Scored(out_lp, out_v, out_ref)
+
+    # ------------------------------------------------------------------ the update
+    def _global_sum(self, value: float) -> float:
+        if not self.dist.enabled:
+            return value
+        import torch.distributed as tdist
+
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        tdist.all_reduce(tensor)
+        return float(tensor.item())
+
+    def update(
+        self,
+        samples: Sequence[Sample],
+        advantages: Sequence[torch.Tensor],
+        *,
+        old: Scored | None = None,
+        returns: Sequence[torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """Run ``ppo_epochs`` passes over ``samples`` in mini-batches; returns averaged metrics.
+
+        ``advantages[i]`` has one entry per completion token of ``samples[i]``. ``old`` holds the pre-update
+        log-probs (needed when there is more than one optimizer step) and, for PPO, the old values; ``returns``
+        the value targets.
+        """
+        if len(advantages) != len(samples):
+            raise ValueError(f"{len(advantages)} advantage rows for {len(samples)} samples")
+        cfg = self.config
+        mini = cfg.mini_batch_size or len(samples)
+        single_step = cfg.ppo_epochs == 1 and mini >= len(samples)
+        if old is None and not single_step and not cfg.use_rollout_logprobs:
+            raise ValueError("several optimizer steps per iteration need the pre-update log-probs (score() first)")
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        weight = 0.0
+        tokens = 0
+        for _ in range(cfg.ppo_epochs):
+            for m_start in range(0, len(samples), mini):
+                m_end = min(len(samples), m_start + mini)
+                local_tokens = float(sum(s.num_trainable_tokens for s in samples[m_start:m_end]))
+                normalizer = max(1.0, self._global_sum(local_tokens)) / self.dist.world_size
+                micro = list(self._micro_batches(samples[m_start:m_end]))
+                for k, (start, end, batch) in enumerate(micro):
+                    lo, hi = m_start + start, m_start + end
+                    sync = k == len(micro) - 1
+                    context = self.wrapped.no_sync() if (self.dist.enabled and not sync) else nullcontext()  # type: ignore[operator]
+                    with context:
+                        stats = self._loss_and_backward(batch, samples[lo:hi], advantages[lo:hi], old, returns, lo, normalizer)
+                    tokens += batch.num_tokens
+                    n = float(batch.loss_mask.sum())
+                    weight += n
+                    for key, value in stats.items():
+                        sums[key] = sums.get(key, 0.0) + value * n
+                grad_norm = self._step()
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+        elapsed = time.perf_counter() - started
+        steps = cfg.ppo_epochs * math.ceil(len(samples) / mini)
+        metrics = {f"train/{k}": v / max(weight, 1.0) for k, v in sums.items() if k != "grad_norm"}
+        metrics["train/grad_norm"] = sums.get("grad_norm", 0.0) / max(steps, 1)
+        metrics["train/optimizer_steps"] = float(steps)
+        metrics["perf/update_tokens"] = float(tokens)
+        metrics["perf/tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
+        metrics["time/update_s"] = elapsed
+        return metrics
+
+    def _loss_and_backward(
+        self,
+        batch: TokenBatch,
+        samples: Sequence[Sample],
+        advantages: Sequence[torch.Tensor],
+        old: Scored | None,
+        returns: Sequence[torch.Tensor] | None,
+        offset: int,
+        normalizer: float,
+    ) -> dict[str, float]:
+        cfg = self.config
+        width = batch.completion_width
+        mask = batch.loss_mask
+        logits, values = self.wrapped(
+            batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, want_values=self.ppo
+        )
+        logits = logits / self._temperature
+        logprobs = losses.selective_logprobs(logits, batch.completion_ids)
+        adv = pad_rows(advantages, width).to(self.device)
+        rows = range(offset, offset + len(samples))
+        if cfg.use_rollout_logprobs and all(s.completion_logprobs is not None for s in samples):
+            old_lp = pad_rows([torch.tensor(s.completion_logprobs) for s in samples], width).to(self.device)
+        elif old is not None:
+            old_lp = pad_rows([old.logprobs[i] for i in rows], width).to(self.device)
+        else:
+            old_lp = logprobs.detach()
+        pg_loss, clip_frac = losses.policy_loss(
+            logprobs, old_lp, adv, mask, cfg.clip_range, cfg.clip_range_high, normalizer=normalizer
+        )
+        loss = pg_loss
+        stats: dict[str, float] = {}
+        local_norm = float(mask.sum().clamp(min=1.0))
+        if cfg.kl_coef > 0:
+            if old is not None and old.ref_logprobs is not None:
+                ref = pad_rows([old.ref_logprobs[i] for i in rows], width).to(self.device)
+            else:
+                with torch.no_grad():
+                    ref = self._reference_logprobs(batch)
+            kl = losses.kl_penalty(logprobs, ref, cfg.kl_estimator)
+            kl_loss = losses.masked_mean(kl, mask, normalizer)
+            loss = loss + cfg.kl_coef * kl_loss
+            stats["kl"] = float(losses.masked_mean(kl.detach(), mask))
+        if cfg.entropy_coef != 0:
+            entropy = losses.entropy_from_logits(logits)
+            loss = loss - cfg.entropy_coef * losses.masked_mean(entropy, mask, normalizer)
+            stats["entropy"] = float(losses.masked_mean(entropy.detach(), mask))
+        else:
+            with torch.no_grad():
+                stats["entropy"] = float(losses.masked_mean(losses.entropy_from_logits(logits.detach()), mask))
+        if self.ppo and values is not None and returns is not None and isinstance(cfg, PPOConfig):
+            ret = pad_rows([returns[i] for i in rows], width).to(self.device)
+            old_v = pad_rows([old.values[i] for i in rows], width).to(self.device) if old and old.values else values.detach()
+            v_loss = losses.value_loss(values, old_v, ret, mask, cfg.value_clip, normalizer=normalizer)
+            loss = loss + cfg.value_coef * v_loss
+            stats["value_loss"] = float(v_loss.detach()) * normalizer / local_norm
+        loss.backward()
+        with torch.no_grad():
+            stats["policy_loss"] = float(pg_loss.detach()) * normalizer / local_norm
+            stats["clip_frac"] = float(clip_frac)
+            stats["ratio_mean"] = float(losses.masked_mean(torch.exp(logprobs.detach() - old_lp), mask))
+            stats["advantage_mean"] = float(losses.masked_mean(adv, mask))
+        return stats
+
+    def _step(self) -> float:
+        params = [p for p in self.module.parameters() if p.requires_grad and p.grad is not None]
+        if self.config.max_grad_norm is not None and params:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        else:
+            norm = float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params))) if params else 0.0  # type: ignore[union-attr]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        return norm

@@ -1,0 +1,89 @@
+"""Synthetic traces: rollouts with LLM-call spans carrying token ids, and reward spans, written to a real store."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from agent_lightning import semconv
+from agent_lightning.store.sync import SyncStore
+from agent_lightning.types import Rollout, RolloutRequest, Span, new_span_id, new_trace_id
+
+_clock = itertools.count(1)
+
+
+def llm_span(
+    rollout_id: str,
+    attempt_id: str,
+    trace_id: str,
+    parent_id: str | None,
+    prompt: Sequence[int],
+    completion: Sequence[int],
+    *,
+    seq: int,
+    agent: str | None = None,
+    logprobs: Sequence[float] | None = None,
+) -> Span:
+    attributes: dict[str, object] = {
+        semconv.PROMPT_TOKEN_IDS: list(prompt),
+        semconv.COMPLETION_TOKEN_IDS: list(completion),
+    }
+    if logprobs is not None:
+        attributes[semconv.COMPLETION_LOGPROBS] = list(logprobs)
+    if agent is not None:
+        attributes[semconv.AGENT_NAME] = agent
+    t = float(next(_clock))
+    return Span(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=seq,
+        trace_id=trace_id,
+        span_id=new_span_id(),
+        parent_id=parent_id,
+        name="chat policy",
+        kind="llm",
+        attributes=attributes,  # type: ignore[arg-type]
+        start_time=t,
+        end_time=t + 0.5,
+    )
+
+
+def reward_span(rollout_id: str, attempt_id: str, trace_id: str, parent_id: str | None, value: float, seq: int) -> Span:
+    t = float(next(_clock))
+    return Span(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=seq,
+        trace_id=trace_id,
+        span_id=new_span_id(),
+        parent_id=parent_id,
+        name="reward",
+        kind="reward",
+        attributes={semconv.REWARD_VALUE: value},
+        start_time=t,
+        end_time=t,
+    )
+
+
+def add_rollout(
+    sync: SyncStore,
+    task: object,
+    calls: Sequence[tuple[Sequence[int], Sequence[int]]],
+    reward: float,
+    *,
+    agents: Sequence[str | None] | None = None,
+) -> Rollout:
+    """A finished rollout whose agent made ``calls`` (prompt ids, completion ids) and got ``reward``."""
+    attempted = sync.start_rollout(RolloutRequest(input=task))
+    rid, aid = attempted.rollout_id, attempted.attempt_id
+    trace = new_trace_id()
+    root = Span(
+        rollout_id=rid, attempt_id=aid, sequence_id=1, trace_id=trace, span_id=new_span_id(), name="agent", kind="agent"
+    )
+    spans = [root]
+    for i, (prompt, completion) in enumerate(calls):
+        agent = agents[i] if agents is not None else None
+        spans.append(llm_span(rid, aid, trace, root.span_id, prompt, completion, seq=2 + i, agent=agent))
+    spans.append(reward_span(rid, aid, trace, root.span_id, reward, seq=2 + len(calls)))
+    sync.add_spans(spans)
+    return sync.complete_attempt(rid, aid, "succeeded")  # type: ignore[no-any-return]
