@@ -26,15 +26,15 @@ TOOLS = [
 ]
 
 
-def solve(client: OpenAI, model: str, question: str, max_turns: int = 3) -> str:
-    """An ordinary tool-calling loop."""
+def solve(client: OpenAI, model: str, question: str, max_turns: int = 3, **sampling: Any) -> str:
+    """An ordinary tool-calling loop; ``sampling`` (temperature, max_tokens, …) goes to every call."""
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": question},
     ]
     reply = ""
     for _ in range(max_turns):
-        response = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, max_tokens=96)
+        response = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, **sampling)
         message = response.choices[0].message
         reply = message.content or ""
         if not message.tool_calls:
@@ -54,5 +54,6 @@ def solve(client: OpenAI, model: str, question: str, max_turns: int = 3) -> str:
 def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
     llm = ctx.llm()
     client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
-    result = solve(client, llm.model, task["question"])
+    sampling = {"max_tokens": 96, **llm.sampling_parameters}  # the endpoint's settings: greedy when evaluating
+    result = solve(client, llm.model, task["question"], **sampling)
     agl.emit_reward(compute_reward(result, task["answer"]))
