@@ -70,6 +70,6 @@ def calculator(expression: str) -> str:
 
 
 SYSTEM_PROMPT = (
-    "You are a careful math assistant. Use the calculator tool for arithmetic. "
-    "Finish with the final answer on its own line as 'ANSWER: <number>'."
+    "Solve the math problem. Call the calculator tool with the arithmetic expression, "
+    "then reply with the result as 'ANSWER: <number>'."
 )

@@ -56,7 +56,8 @@ class DemoConfig:
     framework: str = "openai"
     iterations: int = 8
     runners: int = 8
-    store: str | None = None
+    store: str | LightningStore | None = None
+    """A URL (default: ``sqlite:///{run_dir}/store.db``) or an open store, which the demo then leaves open."""
     run_dir: Path = field(default_factory=lambda: Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     model: str = "smollm2-135m-instruct"
     train_size: int = 64
@@ -486,8 +487,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     train_tasks, val_tasks = split_tasks(tasks_module, config.train_size, config.val_size, config.seed)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    store_url = config.store or f"sqlite:///{(run_dir / 'store.db').resolve()}"
-    store = open_store(store_url)
+    if config.store is None or isinstance(config.store, str):
+        store = open_store(config.store or f"sqlite:///{(run_dir / 'store.db').resolve()}")
+        owned = True
+    else:
+        store, owned = config.store, False
+    store_url = store.url
     metrics_file = run_dir / "metrics.jsonl"
     _say(config, f"agl demo: {config.framework} agent, model {config.model}, store {store_url}, run folder {run_dir}")
     try:
@@ -521,9 +526,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
             store, agent, val_tasks, str(checkpoint), "trained", tasks_module, config, result.iterations, resource
         )
     finally:
-        from agent_lightning.instrumentation.tracer import get_tracer
+        if owned:
+            from agent_lightning.instrumentation.tracer import get_tracer
 
-        get_tracer(store).call(store.close())
+            get_tracer(store).call(store.close())
     figure = plot(metrics_file, run_dir / "plot.png")
     demo = DemoResult(
         before=before,

@@ -1,0 +1,113 @@
+"""``agl demo`` shortened: a tiny random policy, a few tasks, one GRPO iteration, through the demo's own code path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from agent_lightning import semconv
+from agent_lightning.cli import build_parser
+from agent_lightning.store.memory import InMemoryLightningStore
+from agent_lightning_rl.demo import add_arguments, config_from_args, find_examples_dir, load_example, run_demo
+from conftest import build_tokenizer
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "calc_agent"
+
+
+def save_tiny_policy(folder: Path) -> Path:
+    """A 2-layer random Llama with a long enough context for the tool-calling prompt, saved as a checkpoint."""
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_agl_demo_command_is_registered() -> None:
+    args = build_parser().parse_args(["demo", "--framework", "openai", "--iterations", "2", "--set", "group_size=2"])
+    config = config_from_args(args)
+    assert (config.framework, config.iterations, config.algorithm_config) == ("openai", 2, {"group_size": 2})
+
+
+def test_bad_flags_are_named() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ValueError, match="--set takes KEY=VALUE"):
+        config_from_args(parser.parse_args(["--set", "group_size"]))
+    with pytest.raises(ValueError, match="--iterations and --runners"):
+        config_from_args(parser.parse_args(["--iterations", "0"]))
+    with pytest.raises(FileNotFoundError, match="no tasks.py"):
+        find_examples_dir(Path(__file__).parent)
+    with pytest.raises(ValueError, match="unknown framework"):
+        load_example(EXAMPLES, "crewai")
+
+
+def test_shortened_demo_produces_rollouts_spans_checkpoint_metrics_and_plot(tmp_path: Path) -> None:
+    model = save_tiny_policy(tmp_path / "tiny")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--model", str(model), "--framework", "openai", "--iterations", "1", "--runners", "2",
+            "--train-size", "2", "--val-size", "2", "--run-dir", str(tmp_path / "run"), "--examples-dir", str(EXAMPLES),
+            "--max-tokens", "8", "--set", "group_size=2", "--set", "tasks_per_iteration=2",
+            "--set", "max_new_tokens=8", "--no-progress",
+        ]
+    )  # fmt: skip
+    config = config_from_args(args)
+    store = InMemoryLightningStore()
+    config.store = store  # keep the store open after the demo, to look inside
+
+    result = run_demo(config)
+
+    run = tmp_path / "run"
+    assert result.iterations == 1
+    assert (result.before.tasks, result.before.finished) == (2, 2)
+    assert (result.after.tasks, result.after.finished) == (2, 2)
+    assert "validation accuracy" in result.table and "tokens/s" in result.table
+
+    async def look() -> tuple[dict[str, int], list[int]]:
+        rollouts = await store.query_rollouts(status=["succeeded"])
+        modes: dict[str, int] = {}
+        completion_lengths = []
+        for rollout in rollouts:
+            modes[rollout.mode] = modes.get(rollout.mode, 0) + 1
+            for span in await store.query_spans(rollout.rollout_id, "latest"):
+                ids = span.attributes.get(semconv.COMPLETION_TOKEN_IDS)
+                if span.kind == "llm" and isinstance(ids, list):
+                    assert span.attributes[semconv.PROMPT_TOKEN_IDS], "a recorded call without prompt ids"
+                    completion_lengths.append(len(ids))
+        return modes, completion_lengths
+
+    import asyncio
+
+    modes, completion_lengths = asyncio.run(look())
+    assert modes == {"val": 4, "train": 4}  # two evaluations of 2 tasks, one iteration of 2 tasks x 2
+    assert len(completion_lengths) >= 8 and all(0 < n <= 8 for n in completion_lengths)
+
+    assert result.checkpoint is not None and result.checkpoint.parent == run / "checkpoint"
+    trained = AutoModelForCausalLM.from_pretrained(result.checkpoint)
+    assert trained.config.num_hidden_layers == 2
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("phase") for r in lines if "phase" in r] == ["baseline", "trained"]
+    assert any("train/reward_mean" in r for r in lines)
+    assert (run / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["checkpoint"] == str(result.checkpoint)
