@@ -45,7 +45,7 @@ def test_policy_gradient_is_zero_on_masked_tokens_and_normalizer() -> None:
     loss.backward()
     assert logprobs.grad is not None
     # d/dlp of -A * exp(lp - old) at ratio 1 is -A, divided by the normalizer
-    assert logprobs.grad.tolist() == pytest.approx([[-0.5, 0.0, 0.25]])
+    assert logprobs.grad[0].tolist() == pytest.approx([-0.5, 0.0, 0.25])
 
 
 def test_kl_estimators() -> None:
@@ -74,18 +74,18 @@ def test_value_loss_clipped() -> None:
 def test_gae_hand_computed() -> None:
     rewards, values = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.8]])
     adv, ret = losses.gae(rewards, values, torch.ones(1, 2), gamma=1.0, lam=1.0)
-    assert adv.tolist() == pytest.approx([[0.5, 0.2]])
-    assert ret.tolist() == pytest.approx([[1.0, 1.0]])
+    assert adv[0].tolist() == pytest.approx([0.5, 0.2])
+    assert ret[0].tolist() == pytest.approx([1.0, 1.0])
     adv, _ = losses.gae(rewards, values, torch.ones(1, 2), gamma=0.9, lam=0.5)
     # delta_1 = 1 - 0.8 = 0.2; delta_0 = 0.9 * 0.8 - 0.5 = 0.22; A_0 = 0.22 + 0.45 * 0.2
-    assert adv.tolist() == pytest.approx([[0.31, 0.2]])
+    assert adv[0].tolist() == pytest.approx([0.31, 0.2])
 
 
 def test_gae_skips_masked_tokens() -> None:
     # a tool-output token between two policy tokens: not an action, its value is ignored
     rewards, values = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 99.0, 0.8]])
     adv, _ = losses.gae(rewards, values, torch.tensor([[1.0, 0.0, 1.0]]), gamma=1.0, lam=1.0)
-    assert adv.tolist() == pytest.approx([[0.5, 0.0, 0.2]])
+    assert adv[0].tolist() == pytest.approx([0.5, 0.0, 0.2])
 
 
 def test_group_advantages_grpo_rloo_reinforce() -> None:
@@ -107,4 +107,4 @@ def test_whiten_and_masked_mean() -> None:
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     assert losses.masked_mean(values, mask).item() == 2.0
     white = losses.whiten(values, mask)
-    assert white.tolist() == pytest.approx([[-1.0, 1.0, 0.0]], abs=1e-4)
+    assert white[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
