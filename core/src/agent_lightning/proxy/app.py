@@ -485,6 +485,8 @@ class ProxyHandler:
                         continue
                     if isinstance(chunk, dict):
                         accumulator.feed(chunk)
+                        if accumulator.error is not None:
+                            record(None)  # before the agent sees the error and hangs up
                         if strip:
                             _strip(chunk, strip_ids, strip_logprobs)
                             payload = orjson.dumps(chunk)

@@ -283,7 +283,7 @@ def create_scripted_app(server: ScriptedLLM) -> Any:
         return {VERSION_HEADER: server.model_version} if server.model_version else {}
 
     def generate(reply: Reply, max_tokens: int | None, stop: Sequence[str], call_no: int, idx: int) -> GeneratedChoice:
-        calls = [
+        calls: list[dict[str, Any]] = [
             {
                 "id": c.id or f"call_{call_no}_{idx}_{k}",
                 "type": "function",
