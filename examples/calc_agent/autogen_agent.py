@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import agent_lightning as agl
 from autogen_agentchat.agents import AssistantAgent
 from autogen_ext.models.openai import OpenAIChatCompletionClient
-
-import agent_lightning as agl
 from tasks import SYSTEM_PROMPT, compute_reward
 from tasks import calculator as evaluate
 
@@ -23,12 +22,23 @@ async def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
         model=llm.model,
         base_url=llm.endpoint,
         api_key=llm.api_key or "unused",
-        max_tokens=96,
-        model_info={"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
-                    "structured_output": False},
+        **{"max_tokens": 96, **llm.sampling_parameters},  # the endpoint's settings: greedy when evaluating
+        model_info={
+            "vision": False,
+            "function_calling": True,
+            "json_output": False,
+            "family": "unknown",
+            "structured_output": False,
+        },
     )
-    solver = AssistantAgent("calc", model_client=client, tools=[calculator], system_message=SYSTEM_PROMPT,
-                            reflect_on_tool_use=True, max_tool_iterations=2)
+    solver = AssistantAgent(
+        "calc",
+        model_client=client,
+        tools=[calculator],
+        system_message=SYSTEM_PROMPT,
+        reflect_on_tool_use=True,
+        max_tool_iterations=2,
+    )
     result = await solver.run(task=task["question"])
     await client.close()
     agl.emit_reward(compute_reward(str(result.messages[-1].content), task["answer"]))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import agent_lightning as agl
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-
-import agent_lightning as agl
 from tasks import SYSTEM_PROMPT, compute_reward
 from tasks import calculator as evaluate
 
@@ -21,8 +20,10 @@ def calculator(expression: str) -> str:
 
 def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
     llm = ctx.llm()
-    model = ChatOpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", model=llm.model, max_tokens=96,
-                       max_retries=0)
+    sampling = {"max_tokens": 96, **llm.sampling_parameters}  # the endpoint's settings: greedy when evaluating
+    model = ChatOpenAI(
+        base_url=llm.endpoint, api_key=llm.api_key or "unused", model=llm.model, max_retries=0, **sampling
+    )
     graph = create_agent(model, tools=[calculator], system_prompt=SYSTEM_PROMPT)
     state = graph.invoke({"messages": [("user", task["question"])]}, {"recursion_limit": 8})
     agl.emit_reward(compute_reward(str(state["messages"][-1].content), task["answer"]))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from openai import OpenAI
-
 import agent_lightning as agl
+from openai import OpenAI
 from tasks import SYSTEM_PROMPT, calculator, compute_reward
 
 TOOLS = [

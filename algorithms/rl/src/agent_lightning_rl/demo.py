@@ -40,9 +40,10 @@ if TYPE_CHECKING:
 FRAMEWORKS = ("openai", "langchain", "autogen")
 DEFAULT_ALGORITHM_CONFIG: dict[str, Any] = {
     "group_size": 4,
-    "tasks_per_iteration": 8,
+    "tasks_per_iteration": 6,
     "max_new_tokens": 64,
-    "learning_rate": 1e-5,
+    "learning_rate": 2e-5,
+    "temperature": 0.7,
 }
 """GRPO settings sized for a 2-core CPU (``--set KEY=VALUE`` overrides any of them)."""
 EXAMPLES_ENV = "AGL_EXAMPLES_DIR"
@@ -54,14 +55,14 @@ class DemoConfig:
     """Everything ``agl demo`` can be told (the CLI flags, one to one)."""
 
     framework: str = "openai"
-    iterations: int = 8
+    iterations: int = 6
     runners: int = 8
     store: str | LightningStore | None = None
     """A URL (default: ``sqlite:///{run_dir}/store.db``) or an open store, which the demo then leaves open."""
     run_dir: Path = field(default_factory=lambda: Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     model: str = "smollm2-135m-instruct"
-    train_size: int = 64
-    val_size: int = 48
+    train_size: int = 48
+    val_size: int = 32
     seed: int = 0
     examples_dir: Path | None = None
     algorithm: str = "grpo"
