@@ -1,0 +1,20 @@
+"""``python -m agent_lightning.server --store URL [--host H] [--port N] [--api-key KEY]``: same as ``agl store serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from agent_lightning.server.plugin import add_serve_arguments
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m agent_lightning.server", description="Serve a store over HTTP.")
+    add_serve_arguments(parser)
+    args = parser.parse_args()
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

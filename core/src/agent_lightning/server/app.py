@@ -1,0 +1,489 @@
+"""The store server's ASGI app: every LightningStore method as a JSON endpoint (FastAPI, OpenAPI at /openapi.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import TypeAdapter
+
+from agent_lightning.errors import AgentLightningError
+from agent_lightning.server.protocol import (
+    API_KEY_HEADER,
+    API_PREFIX,
+    DEFAULT_MAX_BODY_BYTES,
+    IDEMPOTENCY_HEADER,
+    ERROR_STATUS,
+    MAX_WAIT_SECONDS,
+    AckCompletedRequest,
+    AddResourcesRequest,
+    AttemptRef,
+    ClaimRolloutRequest,
+    CompleteAttemptRequest,
+    CountResponse,
+    EnqueueRolloutsRequest,
+    ErrorResponse,
+    PullCompletedRequest,
+    QueryRolloutsRequest,
+    QuerySpansRequest,
+    ReapExpiredRequest,
+    ResourcesRef,
+    RolloutRef,
+    StartRolloutRequest,
+    SubscribeRequest,
+    WaitForRolloutsRequest,
+    error_type,
+)
+from agent_lightning.store.base import LightningStore
+from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span
+
+logger = logging.getLogger("agent_lightning.server")
+
+OPEN_PATHS = frozenset({"/health"})
+"""Paths served without an API key (liveness checks; they reveal nothing about the store)."""
+
+_SPANS = TypeAdapter(list[Span])
+_ROLLOUTS = TypeAdapter(list[Rollout])
+_ATTEMPTS = TypeAdapter(list[Attempt])
+_JSON = "application/json"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        401: "missing or wrong API key",
+        404: "an id is unknown (NotFound)",
+        409: "a duplicate id (DuplicateId), or a forbidden status change (InvalidTransition, LeaseLost)",
+        413: "request body over the server's limit",
+        422: "invalid input (ValueError): nothing was stored",
+        503: "the backend store is unavailable",
+    }.items()
+}
+
+Outcome = tuple[int, bytes]
+Key = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, description="replays the first answer on a retry")]
+
+
+def _error_body(kind: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"type": kind, "message": message}})
+
+
+def _failure(exc: BaseException) -> Outcome:
+    """The status code and JSON body an exception raised by the store maps to."""
+    kind = error_type(exc)
+    status = ERROR_STATUS.get(kind, 500)
+    if status == 500:
+        logger.exception("store server: unexpected %s", kind, exc_info=exc)
+    return status, _error_body(kind, str(exc) or kind)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+class _ReplayCache:
+    """Answers to requests carrying an ``Idempotency-Key``: a retry gets the first answer again.
+
+    Makes non-idempotent calls (``claim_rollout``, ``complete_attempt``…) safe to retry after a
+    lost response, for as long as this server process lives (``size`` keys, ``ttl`` seconds).
+    Server errors (5xx) are not kept, so their retries run again.
+    """
+
+    def __init__(self, size: int = 20_000, ttl: float = 600.0) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._entries: OrderedDict[str, tuple[float, asyncio.Future[Outcome]]] = OrderedDict()
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    async def run(self, key: str, compute: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        now = time.monotonic()
+        while self._entries:
+            oldest_key, (created, _) = next(iter(self._entries.items()))
+            if now - created < self.ttl and len(self._entries) < self.size:
+                break
+            del self._entries[oldest_key]
+        entry = self._entries.get(key)
+        if entry is not None:
+            return await asyncio.shield(entry[1])
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._entries[key] = (now, future)
+        try:
+            outcome = await compute()
+        except BaseException:
+            self._entries.pop(key, None)
+            future.cancel()
+            raise
+        if outcome[0] >= 500:
+            self._entries.pop(key, None)
+        future.set_result(outcome)
+        return outcome
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Guard:
+    """ASGI middleware: API key check (401) and request body limit (413, by header and by bytes read)."""
+
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length: bytes | None = None
+        presented: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+            elif name == API_KEY_HEADER.encode() and presented is None:
+                presented = value.strip()
+        if self.key is not None and scope["path"] not in OPEN_PATHS:
+            if presented is None or not hmac.compare_digest(presented, self.key):
+                reason = "missing API key" if presented is None else "wrong API key"
+                await _send(send, 401, f"{reason}: send 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'")
+                return
+        limit = self.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send(send, 413, f"request body of {int(length)} bytes is over the server's limit of {limit}")
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send(send, 413, f"request body is over the server's limit of {limit} bytes")
+
+
+async def _send(send: Any, status: int, message: str) -> None:
+    kind = {401: "Unauthorized", 413: "PayloadTooLarge"}.get(status, "Error")
+    body = _error_body(kind, message)
+    headers = [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    store: LightningStore,
+    api_key: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_wait: float = MAX_WAIT_SECONDS,
+    close_store: bool = False,
+) -> FastAPI:
+    """A FastAPI app serving ``store`` under ``/v1`` (see :mod:`agent_lightning.server.protocol`).
+
+    :param api_key: when set, every request (but ``GET /health``) must send it as
+        ``Authorization: Bearer KEY`` or ``x-api-key: KEY``, or it gets 401.
+    :param max_body_bytes: larger request bodies get 413 and store nothing.
+    :param max_wait: the longest a long-poll (``wait_for_rollouts``, ``pull_completed``) is held, in seconds.
+    :param close_store: close ``store`` when the app shuts down.
+    """
+    if max_body_bytes <= 0:
+        raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+    replay = _ReplayCache()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        replay.clear()  # answers pending on a previous event loop cannot be awaited on this one
+        try:
+            yield
+        finally:
+            if close_store:
+                await store.close()
+
+    app = FastAPI(
+        title="Agent Lightning store server",
+        summary="Any LightningStore backend over HTTP: rollouts, attempts, spans, resources, subscriptions.",
+        description=(
+            "Every LightningStore method is `POST /v1/<method>` with its arguments as a JSON object "
+            "(`add_spans` takes the JSON array of spans). Errors: "
+            '`{"error": {"type": "NotFound", "message": "..."}}`. Send `Idempotency-Key` on calls that '
+            "change state to make their retries safe."
+        ),
+        version="1",
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    app.state.store = store
+
+    def wait_time(timeout: float | None) -> float:
+        return max_wait if timeout is None else min(max(timeout, 0.0), max_wait)
+
+    async def answer(call: Callable[[], Awaitable[bytes]], key: str | None = None) -> Response:
+        async def compute() -> Outcome:
+            try:
+                return 200, await call()
+            except (AgentLightningError, ValueError, TypeError, KeyError) as exc:
+                return _failure(exc)
+
+        status, body = await (compute() if key is None else replay.run(key, compute))
+        return Response(body, status, media_type=_JSON)
+
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
+        message = _validation_message(exc) if isinstance(exc, RequestValidationError) else str(exc)
+        return Response(_error_body("ValueError", message), 422, media_type=_JSON)
+
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+
+    v1 = API_PREFIX
+
+    @app.get("/health", tags=["server"])
+    async def health() -> dict[str, str]:
+        """Liveness check (no API key needed)."""
+        return {"status": "ok"}
+
+    # ------------------------------------------------------------------ rollouts
+    @app.post(f"{v1}/enqueue_rollouts", response_model=list[Rollout], tags=["rollouts"])
+    async def enqueue_rollouts(body: EnqueueRolloutsRequest, key: Key = None) -> Response:
+        """Queue rollouts atomically; returns them in request order."""
+
+        async def call() -> bytes:
+            return _ROLLOUTS.dump_json(await store.enqueue_rollouts(body.requests))
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/start_rollout", response_model=AttemptedRollout, tags=["rollouts"])
+    async def start_rollout(body: StartRolloutRequest, key: Key = None) -> Response:
+        """Create a running rollout with its first attempt."""
+
+        async def call() -> bytes:
+            return (await store.start_rollout(body.request, worker_id=body.worker_id)).model_dump_json().encode()
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/claim_rollout", response_model=AttemptedRollout | None, tags=["rollouts"])
+    async def claim_rollout(body: ClaimRolloutRequest, key: Key = None) -> Response:
+        """Claim the oldest claimable rollout; `null` when none is claimable."""
+
+        async def call() -> bytes:
+            item = await store.claim_rollout(body.worker_id, task_types=body.task_types, modes=body.modes)
+            return b"null" if item is None else item.model_dump_json().encode()
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/heartbeat", response_model=Attempt, tags=["rollouts"])
+    async def heartbeat(body: AttemptRef) -> Response:
+        """Extend an attempt's lease (409 LeaseLost when it is over)."""
+
+        async def call() -> bytes:
+            return (await store.heartbeat(body.rollout_id, body.attempt_id)).model_dump_json().encode()
+
+        return await answer(call)
+
+    @app.post(f"{v1}/complete_attempt", response_model=Rollout, tags=["rollouts"])
+    async def complete_attempt(body: CompleteAttemptRequest, key: Key = None) -> Response:
+        """Finish an attempt as succeeded or failed."""
+
+        async def call() -> bytes:
+            rollout = await store.complete_attempt(body.rollout_id, body.attempt_id, body.status, body.error)
+            return rollout.model_dump_json().encode()
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/cancel_rollout", response_model=Rollout, tags=["rollouts"])
+    async def cancel_rollout(body: RolloutRef, key: Key = None) -> Response:
+        """Cancel a rollout that has not finished."""
+
+        async def call() -> bytes:
+            return (await store.cancel_rollout(body.rollout_id)).model_dump_json().encode()
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/reap_expired", response_model=list[Attempt], tags=["rollouts"])
+    async def reap_expired(body: ReapExpiredRequest, key: Key = None) -> Response:
+        """Mark overrun attempts lost or timed out; returns them."""
+
+        async def call() -> bytes:
+            return _ATTEMPTS.dump_json(await store.reap_expired(body.now))
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/get_rollout", response_model=Rollout, tags=["rollouts"])
+    async def get_rollout(body: RolloutRef) -> Response:
+        """One rollout by id."""
+
+        async def call() -> bytes:
+            return (await store.get_rollout(body.rollout_id)).model_dump_json().encode()
+
+        return await answer(call)
+
+    @app.post(f"{v1}/query_rollouts", response_model=list[Rollout], tags=["rollouts"])
+    async def query_rollouts(body: QueryRolloutsRequest) -> Response:
+        """Rollouts matching every given filter, oldest first."""
+
+        async def call() -> bytes:
+            found = await store.query_rollouts(
+                status=body.status,
+                task_types=body.task_types,
+                mode=body.mode,
+                rollout_ids=body.rollout_ids,
+                limit=body.limit,
+                offset=body.offset,
+            )
+            return _ROLLOUTS.dump_json(found)
+
+        return await answer(call)
+
+    @app.post(f"{v1}/get_attempts", response_model=list[Attempt], tags=["rollouts"])
+    async def get_attempts(body: RolloutRef) -> Response:
+        """The attempts of a rollout, first first."""
+
+        async def call() -> bytes:
+            return _ATTEMPTS.dump_json(await store.get_attempts(body.rollout_id))
+
+        return await answer(call)
+
+    @app.post(f"{v1}/wait_for_rollouts", response_model=list[Rollout], tags=["rollouts"])
+    async def wait_for_rollouts(body: WaitForRolloutsRequest) -> Response:
+        """Long poll: the rollouts that are terminal once all are, or when the (capped) timeout passes."""
+
+        async def call() -> bytes:
+            done = await store.wait_for_rollouts(body.rollout_ids, timeout=wait_time(body.timeout))
+            return _ROLLOUTS.dump_json(done)
+
+        return await answer(call)
+
+    # ------------------------------------------------------------------ spans
+    @app.post(
+        f"{v1}/add_spans",
+        response_model=CountResponse,
+        tags=["spans"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}}}},
+            }
+        },
+    )
+    async def add_spans(request: Request) -> Response:
+        """Store a JSON array of spans atomically (idempotent on rollout, attempt and span id)."""
+
+        async def call() -> bytes:
+            spans = _SPANS.validate_json(await request.body())
+            return b'{"count":%d}' % await store.add_spans(spans)
+
+        return await answer(call)
+
+    @app.post(f"{v1}/query_spans", response_model=list[Span], tags=["spans"])
+    async def query_spans(body: QuerySpansRequest) -> Response:
+        """Spans of a rollout ordered by (attempt, sequence_id)."""
+
+        async def call() -> bytes:
+            spans = await store.query_spans(
+                body.rollout_id,
+                body.attempt_id,
+                kinds=body.kinds,
+                names=body.names,
+                after_sequence_id=body.after_sequence_id,
+                limit=body.limit,
+            )
+            return _SPANS.dump_json(spans)
+
+        return await answer(call)
+
+    # ------------------------------------------------------------------ resources
+    @app.post(f"{v1}/add_resources", response_model=ResourcesSnapshot, tags=["resources"])
+    async def add_resources(body: AddResourcesRequest, key: Key = None) -> Response:
+        """Store a new snapshot; it becomes the latest."""
+
+        async def call() -> bytes:
+            return (await store.add_resources(body.resources, body.metadata)).model_dump_json().encode()
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/get_resources", response_model=ResourcesSnapshot, tags=["resources"])
+    async def get_resources(body: ResourcesRef) -> Response:
+        """One snapshot by id."""
+
+        async def call() -> bytes:
+            return (await store.get_resources(body.resources_id)).model_dump_json().encode()
+
+        return await answer(call)
+
+    @app.post(f"{v1}/get_latest_resources", response_model=ResourcesSnapshot | None, tags=["resources"])
+    async def get_latest_resources() -> Response:
+        """The newest snapshot, or `null`."""
+
+        async def call() -> bytes:
+            latest = await store.get_latest_resources()
+            return b"null" if latest is None else latest.model_dump_json().encode()
+
+        return await answer(call)
+
+    # ------------------------------------------------------------------ publish–subscribe
+    @app.post(f"{v1}/subscribe", response_model=None, tags=["subscriptions"])
+    async def subscribe(body: SubscribeRequest) -> Response:
+        """Create (idempotently) a subscription group to finished rollouts."""
+
+        async def call() -> bytes:
+            await store.subscribe(body.group, task_types=body.task_types, from_beginning=body.from_beginning)
+            return b"null"
+
+        return await answer(call)
+
+    @app.post(f"{v1}/pull_completed", response_model=list[Rollout], tags=["subscriptions"])
+    async def pull_completed(body: PullCompletedRequest, key: Key = None) -> Response:
+        """Long poll: take undelivered finished rollouts for a group."""
+
+        async def call() -> bytes:
+            got = await store.pull_completed(
+                body.group,
+                consumer=body.consumer,
+                max_count=body.max_count,
+                timeout=wait_time(body.timeout),
+                visibility_timeout=body.visibility_timeout,
+            )
+            return _ROLLOUTS.dump_json(got)
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/ack_completed", response_model=CountResponse, tags=["subscriptions"])
+    async def ack_completed(body: AckCompletedRequest, key: Key = None) -> Response:
+        """Acknowledge deliveries; returns how many were pending."""
+
+        async def call() -> bytes:
+            return b'{"count":%d}' % await store.ack_completed(body.group, body.rollout_ids)
+
+        return await answer(call, key)
+
+    return app

@@ -1,0 +1,463 @@
+"""``HttpLightningStore``: the LightningStore contract over HTTP, against ``agl store serve``.
+
+Retries
+-------
+Connection failures, timeouts and 502/503/504 answers are retried with exponential
+backoff for up to ``retry_timeout`` seconds, then :class:`~agent_lightning.errors.StoreUnavailable`
+is raised naming the server. Reads, ``add_spans`` (idempotent by contract), ``heartbeat``,
+``subscribe`` and ``ack_completed`` are safe to send twice. Calls that change state otherwise
+carry an ``Idempotency-Key``: while the server process lives, a retry gets the first answer
+replayed, so a lost response never claims, completes or enqueues twice. If the server *restarted*
+in between (its replay memory is gone):
+
+* ``enqueue_rollouts`` / ``start_rollout`` send client-generated rollout ids; a retry answered with
+  ``DuplicateId`` is accepted when the stored rollouts are the ones this call asked for.
+* ``complete_attempt`` / ``cancel_rollout``: a retry answered ``LeaseLost`` / ``InvalidTransition``
+  is accepted when the attempt/rollout already has the status this call asked for.
+* ``claim_rollout`` is the one call that cannot be repaired: a claim whose answer was lost in a
+  restart leaves that attempt to no worker, and it is reaped (``lost``) when its lease runs out,
+  then retried; the retry of the call itself may claim another rollout. Nothing is lost, one
+  rollout is delayed by a lease.
+* ``add_resources`` may, in that case, create the snapshot twice (two versions, same content).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from pydantic import TypeAdapter
+from pydantic_core import PydanticSerializationError, to_json
+
+from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
+from agent_lightning.server.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
+from agent_lightning.store.base import LightningStore
+from agent_lightning.types import (
+    Attempt,
+    AttemptedRollout,
+    Resource,
+    ResourcesSnapshot,
+    Rollout,
+    RolloutMode,
+    RolloutRequest,
+    RolloutStatus,
+    Span,
+    SpanKind,
+)
+from agent_lightning.types.rollouts import new_id
+
+_T = TypeVar("_T")
+_ROLLOUTS = TypeAdapter(list[Rollout])
+_ATTEMPTS = TypeAdapter(list[Attempt])
+_SPANS = TypeAdapter(list[Span])
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Transport errors raised before the request reached the server."""
+
+OPTIONS = frozenset({"api_key", "timeout", "connect_timeout", "retry_timeout", "max_connections", "long_poll"})
+
+
+class StoreAuthError(StoreError, PermissionError):
+    """The store server refused the API key (HTTP 401)."""
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return to_json(value, inf_nan_mode="constants")
+    except PydanticSerializationError as exc:
+        raise ValueError(f"cannot send this value to the store as JSON: {exc}") from exc
+
+
+def _resent(exc: BaseException) -> bool:
+    """Whether the call that raised ``exc`` was sent more than once (so a first try may have done it)."""
+    return bool(getattr(exc, "agl_resent", False))
+
+
+def _same_request(rollout: Rollout, request: RolloutRequest) -> bool:
+    return (
+        rollout.input == request.input
+        and rollout.task_type == request.task_type
+        and rollout.mode == request.mode
+        and rollout.resources_id == request.resources_id
+        and rollout.config == request.config
+        and rollout.metadata == request.metadata
+    )
+
+
+class HttpLightningStore(LightningStore):
+    """A store served by ``agl store serve`` at ``url`` (``http://host:port``).
+
+    The object can be used from any thread and event loop: each loop gets its own
+    connection pool. Error responses raise the same exceptions the backend raised
+    (:class:`~agent_lightning.errors.NotFound`, ``DuplicateId``, ``InvalidTransition``,
+    ``LeaseLost``, ``ValueError``).
+
+    :param api_key: sent as ``Authorization: Bearer …`` (default: ``$AGL_STORE_API_KEY``).
+    :param timeout: seconds to wait for one answer (long polls get their wait on top).
+    :param connect_timeout: seconds to wait for a connection.
+    :param retry_timeout: how long to keep retrying an unreachable server before raising ``StoreUnavailable``.
+    :param max_connections: connections per event loop.
+    :param long_poll: the longest one long-poll request waits; longer waits are split.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        retry_timeout: float = 15.0,
+        max_connections: int = 64,
+        long_poll: float = MAX_WAIT_SECONDS - 5.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"a store server URL looks like 'http://HOST:PORT', got {url!r}")
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout), ("long_poll", long_poll)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if retry_timeout < 0:
+            raise ValueError(f"retry_timeout must be >= 0, got {retry_timeout!r}")
+        self.url = url.rstrip("/")
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.retry_timeout = float(retry_timeout)
+        self.max_connections = int(max_connections)
+        self.long_poll = float(long_poll)
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self._headers = {"content-type": "application/json", "user-agent": "agent-lightning-store-client"}
+        if key:
+            self._headers["authorization"] = f"Bearer {key}"
+        self._trust_env = parts.hostname not in ("127.0.0.1", "localhost", "::1")
+        self._lock = threading.Lock()
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+    def __repr__(self) -> str:
+        return f"HttpLightningStore({self.url!r})"
+
+    # ------------------------------------------------------------------ transport
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is not None:
+            return client
+        with self._lock:
+            for other in [lp for lp in self._clients if lp.is_closed()]:
+                del self._clients[other]  # its loop is gone, and its sockets with it
+            client = self._clients.get(loop)
+            if client is None:
+                client = self._clients[loop] = httpx.AsyncClient(
+                    base_url=self.url + "/",
+                    headers=self._headers,
+                    limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=32),
+                    trust_env=self._trust_env,
+                )
+            return client
+
+    async def _post(self, method: str, payload: bytes, *, key: bool = False, wait: float = 0.0) -> Any:
+        """POST to ``/v1/<method>`` with retries; returns the decoded JSON answer or raises the error it names."""
+        client = self._client()
+        headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex} if key else None
+        timeout = httpx.Timeout(self.timeout + wait, connect=self.connect_timeout)
+        path = f"{API_PREFIX[1:]}/{method}"
+        began = time.monotonic()
+        delay, tries, resent = 0.05, 0, False
+        while True:
+            tries += 1
+            try:
+                response = await client.post(path, content=payload, headers=headers, timeout=timeout)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                sent = not isinstance(exc, _NOT_SENT)
+            else:
+                if response.status_code == 200:
+                    return orjson.loads(response.content)
+                if response.status_code not in _RETRY_STATUSES:
+                    error = self._error(response)
+                    error.agl_resent = resent  # type: ignore[attr-defined]
+                    raise error
+                problem, sent = f"HTTP {response.status_code}: {self._message(response)}", True
+            resent = resent or sent
+            elapsed = time.monotonic() - began
+            if elapsed + delay > self.retry_timeout:
+                raise StoreUnavailable(
+                    f"store server at {self.url} is not reachable: {problem} "
+                    f"(gave up {method} after {tries} tries in {elapsed:.1f}s)"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    @staticmethod
+    def _message(response: httpx.Response) -> str:
+        try:
+            return str(response.json()["error"]["message"])
+        except Exception:
+            return response.text[:500] or response.reason_phrase
+
+    def _error(self, response: httpx.Response) -> Exception:
+        status = response.status_code
+        try:
+            error = response.json()["error"]
+            kind, message = str(error["type"]), str(error["message"])
+        except Exception:
+            kind, message = "", response.text[:500] or response.reason_phrase
+        if status == 401:
+            return StoreAuthError(
+                f"store server at {self.url} refused the request ({message}); "
+                f"pass api_key= to open_store or set {API_KEY_ENV}"
+            )
+        if status == 413:
+            return ValueError(f"store server at {self.url} refused a request as too large: {message}")
+        cls = ERROR_TYPES.get(kind)
+        if cls is not None and cls is not StoreError:
+            return cls(message)
+        if status == 422:
+            return ValueError(message)
+        return StoreError(f"store server at {self.url} answered HTTP {status} ({kind or 'error'}): {message}")
+
+    async def close(self) -> None:
+        """Close the connection pools (the store can still be used afterwards; it reconnects)."""
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, client in clients.items():
+            if loop is current:
+                await client.aclose()
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+    # ------------------------------------------------------------------ rollouts
+    async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        requests = [r if r.rollout_id else r.model_copy(update={"rollout_id": new_id("ro")}) for r in requests]
+        if not requests:
+            return []
+        try:
+            data = await self._post("enqueue_rollouts", _dumps({"requests": requests}), key=True)
+        except DuplicateId as exc:
+            # A retry after a restart: accept the rollouts if they are exactly the ones asked for.
+            ids = [r.rollout_id or "" for r in requests]
+            if _resent(exc) and len(set(ids)) == len(ids):
+                found = {r.rollout_id: r for r in await self.query_rollouts(rollout_ids=ids, limit=len(ids))}
+                if len(found) == len(ids) and all(_same_request(found[i], r) for i, r in zip(ids, requests)):
+                    return [found[i] for i in ids]
+            raise
+        return _ROLLOUTS.validate_python(data)
+
+    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+        if not request.rollout_id:
+            request = request.model_copy(update={"rollout_id": new_id("ro")})
+        payload = _dumps({"request": request, "worker_id": worker_id})
+        try:
+            data = await self._post("start_rollout", payload, key=True)
+        except DuplicateId as exc:
+            if not _resent(exc):
+                raise
+            rollout = await self.get_rollout(request.rollout_id or "")
+            attempts = await self.get_attempts(rollout.rollout_id)
+            if _same_request(rollout, request) and len(attempts) == 1 and attempts[0].worker_id == worker_id:
+                return AttemptedRollout(rollout=rollout, attempt=attempts[0])
+            raise
+        return AttemptedRollout.model_validate(data)
+
+    async def claim_rollout(
+        self,
+        worker_id: str,
+        *,
+        task_types: Sequence[str] | None = None,
+        modes: Sequence[RolloutMode] | None = None,
+    ) -> AttemptedRollout | None:
+        payload = _dumps({"worker_id": worker_id, "task_types": task_types, "modes": modes})
+        data = await self._post("claim_rollout", payload, key=True)
+        return None if data is None else AttemptedRollout.model_validate(data)
+
+    async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
+        data = await self._post("heartbeat", _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id}))
+        return Attempt.model_validate(data)
+
+    async def complete_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: Literal["succeeded", "failed"],
+        error: str | None = None,
+    ) -> Rollout:
+        payload = _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id, "status": status, "error": error})
+        try:
+            data = await self._post("complete_attempt", payload, key=True)
+        except InvalidTransition as exc:  # LeaseLost too: after a restart, the first try may have done it
+            if not _resent(exc):
+                raise
+            attempts = {a.attempt_id: a for a in await self.get_attempts(rollout_id)}
+            done = attempts.get(attempt_id)
+            if done is not None and done.status == status and done.error == error:
+                return await self.get_rollout(rollout_id)
+            raise
+        return Rollout.model_validate(data)
+
+    async def cancel_rollout(self, rollout_id: str) -> Rollout:
+        try:
+            data = await self._post("cancel_rollout", _dumps({"rollout_id": rollout_id}), key=True)
+        except InvalidTransition as exc:
+            if not _resent(exc):
+                raise
+            rollout = await self.get_rollout(rollout_id)
+            if rollout.status == "cancelled":
+                return rollout
+            raise
+        return Rollout.model_validate(data)
+
+    async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        data = await self._post("reap_expired", _dumps({"now": now}), key=True)
+        return _ATTEMPTS.validate_python(data)
+
+    async def get_rollout(self, rollout_id: str) -> Rollout:
+        data = await self._post("get_rollout", _dumps({"rollout_id": rollout_id}))
+        return Rollout.model_validate(data)
+
+    async def query_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+        rollout_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Rollout]:
+        payload = _dumps(
+            {
+                "status": status,
+                "task_types": task_types,
+                "mode": mode,
+                "rollout_ids": rollout_ids,
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+        data = await self._post("query_rollouts", payload)
+        return _ROLLOUTS.validate_python(data)
+
+    async def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        data = await self._post("get_attempts", _dumps({"rollout_id": rollout_id}))
+        return _ATTEMPTS.validate_python(data)
+
+    async def wait_for_rollouts(
+        self, rollout_ids: Sequence[str], timeout: float | None = None, poll_interval: float = 0.05
+    ) -> list[Rollout]:
+        """Long-polls the server (each request waits at most ``long_poll`` seconds) until done or ``timeout``."""
+        ids = list(rollout_ids)
+        wanted = set(ids)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            remaining = self.long_poll if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = min(remaining, self.long_poll)
+            payload = _dumps({"rollout_ids": ids, "timeout": wait})
+            data = await self._post("wait_for_rollouts", payload, wait=wait)
+            done = _ROLLOUTS.validate_python(data)
+            if {r.rollout_id for r in done} >= wanted or (deadline is not None and time.monotonic() >= deadline):
+                return done
+
+    # ------------------------------------------------------------------ spans
+    async def add_spans(self, spans: Sequence[Span]) -> int:
+        spans = list(spans)
+        for index, span in enumerate(spans):
+            if not isinstance(span, Span):
+                raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
+        if not spans:
+            return 0
+        # Field by field, so a non-finite float travels as NaN/Infinity and is refused by the
+        # server, instead of arriving as null.
+        data = await self._post("add_spans", _dumps([span.__dict__ for span in spans]))
+        return int(data["count"])
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        kinds: Sequence[SpanKind] | None = None,
+        names: Sequence[str] | None = None,
+        after_sequence_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Span]:
+        payload = _dumps(
+            {
+                "rollout_id": rollout_id,
+                "attempt_id": attempt_id,
+                "kinds": kinds,
+                "names": names,
+                "after_sequence_id": after_sequence_id,
+                "limit": limit,
+            }
+        )
+        data = await self._post("query_spans", payload)
+        return _SPANS.validate_python(data)
+
+    # ------------------------------------------------------------------ resources
+    async def add_resources(
+        self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
+    ) -> ResourcesSnapshot:
+        payload = _dumps({"resources": dict(resources), "metadata": metadata})
+        data = await self._post("add_resources", payload, key=True)
+        return ResourcesSnapshot.model_validate(data)
+
+    async def get_resources(self, resources_id: str) -> ResourcesSnapshot:
+        data = await self._post("get_resources", _dumps({"resources_id": resources_id}))
+        return ResourcesSnapshot.model_validate(data)
+
+    async def get_latest_resources(self) -> ResourcesSnapshot | None:
+        data = await self._post("get_latest_resources", b"")
+        return None if data is None else ResourcesSnapshot.model_validate(data)
+
+    # ------------------------------------------------------------------ publish–subscribe
+    async def subscribe(
+        self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
+    ) -> None:
+        payload = _dumps({"group": group, "task_types": task_types, "from_beginning": from_beginning})
+        await self._post("subscribe", payload)
+
+    async def pull_completed(
+        self,
+        group: str,
+        *,
+        consumer: str = "default",
+        max_count: int = 100,
+        timeout: float = 0.0,
+        visibility_timeout: float = 300.0,
+    ) -> list[Rollout]:
+        """Long-polls the server (each request waits at most ``long_poll`` seconds) for up to ``timeout``."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            wait = min(max(0.0, deadline - time.monotonic()), self.long_poll)
+            payload = _dumps(
+                {
+                    "group": group,
+                    "consumer": consumer,
+                    "max_count": max_count,
+                    "timeout": wait,
+                    "visibility_timeout": visibility_timeout,
+                }
+            )
+            data = await self._post("pull_completed", payload, key=True, wait=wait)
+            got = _ROLLOUTS.validate_python(data)
+            if got or time.monotonic() >= deadline:
+                return got
+
+    async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
+        data = await self._post("ack_completed", _dumps({"group": group, "rollout_ids": rollout_ids}))
+        return int(data["count"])
+
+
+__all__ = ["OPTIONS", "HttpLightningStore", "StoreAuthError"]

@@ -1,0 +1,75 @@
+"""Built-in plugin: ``http://`` / ``https://`` store URLs (the client) and ``agl store serve`` (the server).
+
+Imports nothing of the web stack until a store is opened or the server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from agent_lightning.hookspecs import hookimpl
+from agent_lightning.store.base import LightningStore
+
+SCHEMES = ("http", "https")
+
+
+@hookimpl
+def agl_store_schemes() -> list[str]:
+    return list(SCHEMES)
+
+
+@hookimpl
+def agl_open_store(url: str, options: Mapping[str, Any]) -> LightningStore | None:
+    if url.split("://", 1)[0].lower() not in SCHEMES:
+        return None
+    from agent_lightning.server.client import OPTIONS, HttpLightningStore
+
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise ValueError(f"http:// stores take the options {sorted(OPTIONS)}, not {unknown}")
+    return HttpLightningStore(url, **options)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from agent_lightning.server.protocol import API_KEY_ENV
+    from agent_lightning.server.serve import serve
+
+    serve(
+        args.store,
+        args.host,
+        args.port,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        max_body_bytes=args.max_body_bytes,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``agl store serve`` (also ``python -m agent_lightning.server``)."""
+    from agent_lightning.server.protocol import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
+
+    parser.add_argument("--store", required=True, help="the backend to serve: memory://, sqlite:///runs.db, …")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=4747, help="0 picks a free port (printed on start)")
+    parser.add_argument(
+        "--api-key", help=f"require this key from every client (default: ${API_KEY_ENV}; none means no check)"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger requests get HTTP 413"
+    )
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    parser.set_defaults(func=_serve)
+
+
+@hookimpl
+def agl_register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    store = subparsers.add_parser("store", help="store utilities")
+    commands = store.add_subparsers(dest="store_command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="serve a store over HTTP (clients open http://HOST:PORT; API docs at /docs)"
+    )
+    add_serve_arguments(serve)

@@ -1,0 +1,160 @@
+"""The store server's wire protocol, shared by the server and the HTTP client (pydantic only).
+
+Every :class:`~agent_lightning.store.base.LightningStore` method is one ``POST /v1/<method>``
+endpoint taking a JSON object of its arguments (``add_spans`` takes the JSON array of spans).
+Ids travel in bodies, never in paths, so any rollout id works. Errors come back as
+``{"error": {"type": "NotFound", "message": "..."}}`` with the status code :data:`ERROR_STATUS` gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound, StoreError, StoreUnavailable
+from agent_lightning.types import Resource, RolloutMode, RolloutRequest, RolloutStatus, SpanKind
+
+API_PREFIX = "/v1"
+API_KEY_ENV = "AGL_STORE_API_KEY"
+"""Environment variable holding the API key, read by ``agl store serve`` and by the client."""
+API_KEY_HEADER = "x-api-key"
+IDEMPOTENCY_HEADER = "idempotency-key"
+"""A client-chosen key; the server replays the first answer to a request sent again with the same key."""
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_WAIT_SECONDS = 30.0
+"""The longest a long-poll request (``wait_for_rollouts``, ``pull_completed``) is held open server-side."""
+
+ERROR_TYPES: dict[str, type[Exception]] = {
+    "NotFound": NotFound,
+    "DuplicateId": DuplicateId,
+    "LeaseLost": LeaseLost,
+    "InvalidTransition": InvalidTransition,
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "StoreUnavailable": StoreUnavailable,
+    "StoreError": StoreError,
+}
+"""Error class names the server reports and the client raises again."""
+
+ERROR_STATUS: dict[str, int] = {
+    "NotFound": 404,
+    "DuplicateId": 409,
+    "LeaseLost": 409,
+    "InvalidTransition": 409,
+    "ValueError": 422,
+    "TypeError": 422,
+    "StoreUnavailable": 503,
+    "StoreError": 500,
+}
+
+
+def error_type(exc: BaseException) -> str:
+    """The protocol name of an exception: the most specific class of :data:`ERROR_TYPES` it is."""
+    for name, cls in ERROR_TYPES.items():  # ordered most specific first
+        if isinstance(exc, cls):
+            return name
+    return type(exc).__name__
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Body):
+    type: str = Field(description="The error class: NotFound, DuplicateId, LeaseLost, InvalidTransition, ValueError…")
+    message: str
+
+
+class ErrorResponse(_Body):
+    error: ErrorDetail
+
+
+class CountResponse(_Body):
+    count: int
+
+
+class EnqueueRolloutsRequest(_Body):
+    requests: list[RolloutRequest]
+
+
+class StartRolloutRequest(_Body):
+    request: RolloutRequest
+    worker_id: str | None = None
+
+
+class ClaimRolloutRequest(_Body):
+    worker_id: str
+    task_types: list[str] | None = None
+    modes: list[RolloutMode] | None = None
+
+
+class AttemptRef(_Body):
+    rollout_id: str
+    attempt_id: str
+
+
+class CompleteAttemptRequest(_Body):
+    rollout_id: str
+    attempt_id: str
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+
+
+class RolloutRef(_Body):
+    rollout_id: str
+
+
+class ReapExpiredRequest(_Body):
+    now: float | None = None
+
+
+class QueryRolloutsRequest(_Body):
+    status: list[RolloutStatus] | None = None
+    task_types: list[str] | None = None
+    mode: RolloutMode | None = None
+    rollout_ids: list[str] | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+class WaitForRolloutsRequest(_Body):
+    rollout_ids: list[str]
+    timeout: float | None = Field(default=None, description=f"seconds; the server waits at most {MAX_WAIT_SECONDS}")
+
+
+class QuerySpansRequest(_Body):
+    rollout_id: str
+    attempt_id: str | None = Field(default=None, description="an attempt id, 'latest', or null for every attempt")
+    kinds: list[SpanKind] | None = None
+    names: list[str] | None = None
+    after_sequence_id: int | None = None
+    limit: int | None = None
+
+
+class AddResourcesRequest(_Body):
+    resources: dict[str, Resource]
+    metadata: dict[str, Any] | None = None
+
+
+class ResourcesRef(_Body):
+    resources_id: str
+
+
+class SubscribeRequest(_Body):
+    group: str
+    task_types: list[str] | None = None
+    from_beginning: bool = False
+
+
+class PullCompletedRequest(_Body):
+    group: str
+    consumer: str = "default"
+    max_count: int = 100
+    timeout: float = Field(default=0.0, description=f"seconds; the server waits at most {MAX_WAIT_SECONDS}")
+    visibility_timeout: float = 300.0
+
+
+class AckCompletedRequest(_Body):
+    group: str
+    rollout_ids: list[str]

@@ -1,0 +1,130 @@
+"""Run the store server: in a background thread (:class:`StoreServer`) or in the foreground (:func:`serve`)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from typing import Any
+
+from agent_lightning.proxy.serving import ServerThread
+from agent_lightning.server.app import create_app
+from agent_lightning.server.protocol import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
+from agent_lightning.store.base import LightningStore
+
+logger = logging.getLogger("agent_lightning.server")
+
+DEFAULT_PORT = 4747
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _warn_if_open(host: str, api_key: str | None) -> None:
+    if host not in LOOPBACK and not api_key:
+        logger.warning(
+            "the store server listens on %s without an API key: anyone who can reach it can read and change "
+            "the store; pass --api-key or set %s",
+            host,
+            API_KEY_ENV,
+        )
+
+
+class StoreServer:
+    """``store`` served over HTTP from a background thread (port 0 picks a free port).
+
+    >>> with StoreServer(InMemoryLightningStore()) as server:
+    ...     client = HttpLightningStore(server.url)
+    """
+
+    def __init__(
+        self,
+        store: LightningStore,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        api_key: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        close_store: bool = False,
+        **app_options: Any,
+    ) -> None:
+        self.store = store
+        self.app = create_app(store, api_key, max_body_bytes=max_body_bytes, close_store=close_store, **app_options)
+        self._thread = ServerThread(self.app, host, port, name="agl-store-server")
+        _warn_if_open(host, api_key)
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` (the port picked, once started with port 0)."""
+        return _url(self._thread.host, self._thread.port)
+
+    @property
+    def port(self) -> int:
+        return self._thread.port
+
+    @property
+    def running(self) -> bool:
+        return self._thread.running
+
+    def start(self) -> StoreServer:
+        """Serve; returns once the server accepts connections."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (requests in flight get a moment to finish)."""
+        self._thread.stop()
+
+    def __enter__(self) -> StoreServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve(
+    store_url: str,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    log_level: str = "warning",
+) -> None:
+    """Open ``store_url`` and serve it until SIGINT/SIGTERM, then close the store."""
+    import uvicorn
+
+    from agent_lightning.store import open_store
+
+    store = open_store(store_url)
+    app = create_app(store, api_key, max_body_bytes=max_body_bytes, close_store=True)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (see proxy.serving).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"agl store serve: cannot listen on {host}:{port}: {exc}") from exc
+    _warn_if_open(host, api_key)
+    url = _url(host, sock.getsockname()[1])
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        timeout_keep_alive=30,
+        server_header=False,
+        date_header=False,
+    )
+    print(f"agl store serve: serving {store.url or store_url} at {url} (API docs: {url}/docs)", flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    print("agl store serve: stopped", file=sys.stderr, flush=True)

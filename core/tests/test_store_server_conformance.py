@@ -1,0 +1,33 @@
+"""The HTTP client against a real uvicorn server backed by the in-memory store passes the conformance suite."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent_lightning.plugins import DEFAULT_PLUGINS
+from agent_lightning.server import HttpLightningStore, StoreServer
+from agent_lightning.store import InMemoryLightningStore
+from agent_lightning.store.base import LightningStore
+from agent_lightning.testing import StoreConformanceSuite
+
+
+class ServedStore(HttpLightningStore):
+    """A client whose ``close`` also stops the server it was made with (one server per test)."""
+
+    def __init__(self, server: StoreServer) -> None:
+        super().__init__(server.url, retry_timeout=5.0)
+        self.server = server
+
+    async def close(self) -> None:
+        await super().close()
+        await asyncio.to_thread(self.server.stop)
+
+
+class TestHttpStoreConformance(StoreConformanceSuite):
+    # Child processes open the server's URL with open_store, which needs the http:// plugin
+    # registered as a built-in (agent_lightning.plugins.DEFAULT_PLUGINS).
+    supports_multiprocess = "agent_lightning.server.plugin" in DEFAULT_PLUGINS
+
+    async def create_store(self) -> LightningStore:
+        server = await asyncio.to_thread(StoreServer(InMemoryLightningStore()).start)
+        return ServedStore(server)
