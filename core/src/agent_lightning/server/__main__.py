@@ -1,4 +1,4 @@
-"""``python -m agent_lightning.server --store URL [--host H] [--port N] [--api-key KEY]``: same as ``agl store serve``."""
+"""``python -m agent_lightning.server --store URL [--host H] [--port N] [--api-key KEY]``: ``agl store serve``."""
 
 from __future__ import annotations
 

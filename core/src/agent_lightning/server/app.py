@@ -22,8 +22,8 @@ from agent_lightning.server.protocol import (
     API_KEY_HEADER,
     API_PREFIX,
     DEFAULT_MAX_BODY_BYTES,
-    IDEMPOTENCY_HEADER,
     ERROR_STATUS,
+    IDEMPOTENCY_HEADER,
     MAX_WAIT_SECONDS,
     AckCompletedRequest,
     AddResourcesRequest,
@@ -158,11 +158,11 @@ class _Guard:
                 presented = value[7:].strip()
             elif name == API_KEY_HEADER.encode() and presented is None:
                 presented = value.strip()
-        if self.key is not None and scope["path"] not in OPEN_PATHS:
-            if presented is None or not hmac.compare_digest(presented, self.key):
-                reason = "missing API key" if presented is None else "wrong API key"
-                await _send(send, 401, f"{reason}: send 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'")
-                return
+        authorized = presented is not None and self.key is not None and hmac.compare_digest(presented, self.key)
+        if self.key is not None and not authorized and scope["path"] not in OPEN_PATHS:
+            reason = "missing API key" if presented is None else "wrong API key"
+            await _send(send, 401, f"{reason}: send 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'")
+            return
         limit = self.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             await _send(send, 413, f"request body of {int(length)} bytes is over the server's limit of {limit}")

@@ -250,7 +250,8 @@ class HttpLightningStore(LightningStore):
             ids = [r.rollout_id or "" for r in requests]
             if _resent(exc) and len(set(ids)) == len(ids):
                 found = {r.rollout_id: r for r in await self.query_rollouts(rollout_ids=ids, limit=len(ids))}
-                if len(found) == len(ids) and all(_same_request(found[i], r) for i, r in zip(ids, requests)):
+                same = all(i in found and _same_request(found[i], r) for i, r in zip(ids, requests, strict=True))
+                if same:
                     return [found[i] for i in ids]
             raise
         return _ROLLOUTS.validate_python(data)
