@@ -35,7 +35,7 @@ from agent_lightning.algorithm import Algorithm, TrainResult, TrainSession
 
 if TYPE_CHECKING:
     from agent_lightning.store.base import LightningStore
-    from agent_lightning.types import Rollout, Span
+    from agent_lightning.types import Rollout, RolloutMode, Span
 
 FRAMEWORKS = ("openai", "langchain", "autogen")
 DEFAULT_ALGORITHM_CONFIG: dict[str, Any] = {
@@ -213,7 +213,8 @@ def summarize(
         for span in rollout_spans:
             if span.kind != "llm" or semconv.TOKEN_IDS_AVAILABLE not in span.attributes:
                 continue  # only the proxy's records (the adapters' client spans would double count)
-            tokens += int(span.attributes.get(semconv.GEN_AI_USAGE_OUTPUT_TOKENS) or 0)
+            output_tokens = span.attributes.get(semconv.GEN_AI_USAGE_OUTPUT_TOKENS)
+            tokens += output_tokens if isinstance(output_tokens, int) else 0
             a, v = _tool_calls(span, tasks_module.calculator)
             attempted, valid, used = attempted + a, valid + v, used or v > 0
         tool_users += used
@@ -335,7 +336,9 @@ def _append_metrics(path: Path, step: int, record: dict[str, Any]) -> None:
 class Progress:
     """A live progress bar of one evaluation: rollouts of ``mode`` finished in the store since it started."""
 
-    def __init__(self, store: LightningStore, label: str, mode: str, total: int, *, enabled: bool = True) -> None:
+    def __init__(
+        self, store: LightningStore, label: str, mode: RolloutMode, total: int, *, enabled: bool = True
+    ) -> None:
         self.store, self.label, self.mode, self.total, self.enabled = store, label, mode, total, enabled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -414,6 +417,11 @@ def format_table(before: EvalReport, after: EvalReport) -> str:
     return "\n".join(lines)
 
 
+def _series(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[tuple[float, float]]:
+    points = [(float(r["step"]), _pick(r, keys)) for r in records]
+    return [(step, value) for step, value in points if value is not None]
+
+
 def plot(metrics_file: Path, target: Path) -> Path:
     """Training reward and validation accuracy per iteration, as a PNG."""
     import matplotlib
@@ -422,9 +430,8 @@ def plot(metrics_file: Path, target: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [(r["step"], _pick(r, REWARD_KEYS)) for r in records if "phase" not in r]
-    train = [(s, v) for s, v in train if v is not None]
-    val = [(r["step"], _pick(r, VAL_KEYS)) for r in records if _pick(r, VAL_KEYS) is not None]
+    train = _series([r for r in records if "phase" not in r], REWARD_KEYS)
+    val = _series(records, VAL_KEYS)
     figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         axis.plot([s for s, _ in train], [v for _, v in train], marker="o", label="training reward (mean)")
