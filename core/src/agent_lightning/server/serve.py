@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from agent_lightning.proxy.serving import ServerThread
@@ -123,8 +125,16 @@ def serve(
         date_header=False,
     )
     print(f"agl store serve: serving {store.url or store_url} at {url} (API docs: {url}/docs)", flush=True)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the
+        # handler found before it started: make that a no-op, so the command ends with status 0.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda *_: None)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     print("agl store serve: stopped", file=sys.stderr, flush=True)
