@@ -336,3 +336,52 @@ def test_store_error_of_an_unexpected_server_answer_names_the_server() -> None:
             await client.close()
 
     run(main())
+
+
+# ---------------------------------------------------------------------- batching
+class CountingApp:
+    """An ASGI wrapper that counts the span requests the server receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.span_requests = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/add_spans":
+            self.span_requests += 1
+        await self.app(scope, receive, send)
+
+
+def test_concurrent_add_span_calls_share_requests_and_stay_all_or_nothing(store: LightningStore) -> None:
+    from agent_lightning.errors import NotFound
+    from agent_lightning.proxy.serving import ServerThread
+    from agent_lightning.server import create_app
+
+    counting = CountingApp(create_app(store))
+    thread = ServerThread(counting, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{thread.port}"
+    item = run(store.start_rollout(RolloutRequest(config=LONG), "w"))
+    spans = [span(item.rollout_id, item.attempt_id, n) for n in range(200)]
+    bad = span("no-such-rollout", item.attempt_id, 999)
+
+    async def main() -> list[Any]:
+        client = HttpLightningStore(url)
+        try:
+            calls = [client.add_span(one) for one in spans[:100]]
+            calls.insert(50, client.add_spans([spans[100], bad]))  # refused: must fail alone, storing nothing
+            calls += [client.add_spans(spans[101 + 10 * n : 111 + 10 * n]) for n in range(9)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+
+    try:
+        results = run(main())
+    finally:
+        thread.stop()
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], NotFound), refused
+    assert results[:50] == spans[:50] and results[51:101] == spans[50:100]
+    assert results[101:] == [10] * 9
+    stored = {s.span_id for s in run(store.query_spans(item.rollout_id))}
+    assert stored == {s.span_id for s in spans[:100] + spans[101:191]}, "only the refused call's spans are missing"
+    assert counting.span_requests < 40, f"{counting.span_requests} requests for 110 concurrent calls"

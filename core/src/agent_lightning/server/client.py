@@ -1,5 +1,11 @@
 """``HttpLightningStore``: the LightningStore contract over HTTP, against ``agl store serve``.
 
+Batching
+--------
+``add_spans`` sends a whole batch in one request; concurrent ``add_spans``/``add_span`` calls of
+one event loop that arrive while a request is in flight go out together in the next one
+(:class:`~agent_lightning.server.batching.SpanBatcher`), each call still all-or-nothing.
+
 Retries
 -------
 Connection failures, timeouts and 502/503/504 answers are retried with exponential
@@ -38,6 +44,7 @@ from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
+from agent_lightning.server.batching import SpanBatcher
 from agent_lightning.server.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
 from agent_lightning.store.base import LightningStore
 from agent_lightning.types import (
@@ -62,7 +69,18 @@ _RETRY_STATUSES = frozenset({502, 503, 504})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Transport errors raised before the request reached the server."""
 
-OPTIONS = frozenset({"api_key", "timeout", "connect_timeout", "retry_timeout", "max_connections", "long_poll"})
+OPTIONS = frozenset(
+    {
+        "api_key",
+        "timeout",
+        "connect_timeout",
+        "retry_timeout",
+        "max_connections",
+        "long_poll",
+        "coalesce_spans",
+        "max_batch_spans",
+    }
+)
 
 
 class StoreAuthError(StoreError, PermissionError):
@@ -106,6 +124,9 @@ class HttpLightningStore(LightningStore):
     :param retry_timeout: how long to keep retrying an unreachable server before raising ``StoreUnavailable``.
     :param max_connections: connections per event loop.
     :param long_poll: the longest one long-poll request waits; longer waits are split.
+    :param coalesce_spans: send the spans of concurrent ``add_spans`` calls (of one event loop) that
+        arrive while a request is in flight together in the next request; each call stays all-or-nothing.
+    :param max_batch_spans: the most spans one coalesced request carries (one call's batch is never split).
     """
 
     def __init__(
@@ -118,6 +139,8 @@ class HttpLightningStore(LightningStore):
         retry_timeout: float = 15.0,
         max_connections: int = 64,
         long_poll: float = MAX_WAIT_SECONDS - 5.0,
+        coalesce_spans: bool = True,
+        max_batch_spans: int = 5000,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -133,6 +156,8 @@ class HttpLightningStore(LightningStore):
         self.retry_timeout = float(retry_timeout)
         self.max_connections = int(max_connections)
         self.long_poll = float(long_poll)
+        self.coalesce_spans = bool(coalesce_spans)
+        self.max_batch_spans = int(max_batch_spans)
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         self._headers = {"content-type": "application/json", "user-agent": "agent-lightning-store-client"}
         if key:
@@ -140,6 +165,7 @@ class HttpLightningStore(LightningStore):
         self._trust_env = parts.hostname not in ("127.0.0.1", "localhost", "::1")
         self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._batchers: dict[asyncio.AbstractEventLoop, SpanBatcher] = {}
 
     def __repr__(self) -> str:
         return f"HttpLightningStore({self.url!r})"
@@ -153,6 +179,7 @@ class HttpLightningStore(LightningStore):
         with self._lock:
             for other in [lp for lp in self._clients if lp.is_closed()]:
                 del self._clients[other]  # its loop is gone, and its sockets with it
+                self._batchers.pop(other, None)
             client = self._clients.get(loop)
             if client is None:
                 client = self._clients[loop] = httpx.AsyncClient(
@@ -228,6 +255,7 @@ class HttpLightningStore(LightningStore):
         """Close the connection pools (the store can still be used afterwards; it reconnects)."""
         with self._lock:
             clients, self._clients = self._clients, {}
+            self._batchers = {}
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -378,6 +406,16 @@ class HttpLightningStore(LightningStore):
                 raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
         if not spans:
             return 0
+        if not self.coalesce_spans:
+            return await self._send_spans(spans)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            with self._lock:
+                batcher = self._batchers.setdefault(loop, SpanBatcher(self._send_spans, self.max_batch_spans))
+        return await batcher.add(spans)
+
+    async def _send_spans(self, spans: list[Span]) -> int:
         # Field by field, so a non-finite float travels as NaN/Infinity and is refused by the
         # server, instead of arriving as null.
         data = await self._post("add_spans", _dumps([span.__dict__ for span in spans]))
