@@ -17,7 +17,7 @@ from agent_lightning_rl.grpo import GroupRelativePolicyOptimization
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from traces import add_rollout  # noqa: E402
+from traces import add_rollout
 
 
 def main() -> None:

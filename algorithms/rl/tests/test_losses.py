@@ -59,15 +59,21 @@ def test_kl_estimators() -> None:
 
 def test_entropy_and_selective_logprobs() -> None:
     logits = torch.tensor([[0.0, 0.0], [0.0, LOG(3)]])
-    assert losses.entropy_from_logits(logits).tolist() == pytest.approx([LOG(2), -(0.25 * LOG(0.25) + 0.75 * LOG(0.75))])
+    assert losses.entropy_from_logits(logits).tolist() == pytest.approx(
+        [LOG(2), -(0.25 * LOG(0.25) + 0.75 * LOG(0.75))]
+    )
     picked = losses.selective_logprobs(logits, torch.tensor([0, 1]))
     assert picked.tolist() == pytest.approx([LOG(0.5), LOG(0.75)])
 
 
 def test_value_loss_clipped() -> None:
-    value = losses.value_loss(torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.2)
+    value = losses.value_loss(
+        torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.2
+    )
     assert value.item() == pytest.approx(0.5 * (2.0 - 0.7) ** 2)
-    unclipped = losses.value_loss(torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.ones(1, 1), None)
+    unclipped = losses.value_loss(
+        torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.ones(1, 1), None
+    )
     assert unclipped.item() == pytest.approx(0.5)
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import PreTrainedTokenizerFast
-
 from toy import save_tiny_policy
+from transformers import PreTrainedTokenizerFast
 
 
 def test_two_ranks_train_different_shards_and_end_identical(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:

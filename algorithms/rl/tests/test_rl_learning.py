@@ -14,9 +14,8 @@ from agent_lightning import InMemoryLightningStore, PromptTemplate, Trainer, sem
 from agent_lightning.store.sync import SyncStore
 from agent_lightning_rl.config import GRPOConfig
 from agent_lightning_rl.grpo import GroupRelativePolicyOptimization
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
 from toy import PROMPTS, FirstTokenAgent, save_tiny_policy, target_ids
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 
 def test_grpo_reward_rises_through_proxy_and_policy_server(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:

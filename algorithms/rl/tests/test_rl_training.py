@@ -21,11 +21,10 @@ from agent_lightning_rl.batching import collate
 from agent_lightning_rl.config import GRPOConfig, LoraSettings, PPOConfig
 from agent_lightning_rl.grpo import GroupRelativePolicyOptimization
 from agent_lightning_rl.learner import PolicyModule
-from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
-
 from conftest import teacher_forced_logprobs
 from toy import save_tiny_policy
 from traces import add_rollout
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 
 
 def _sample(rollout: str, reward: float, group: str = "g", turn: int = 0, **kw: object) -> Sample:
@@ -56,7 +55,9 @@ def test_names_resolve_through_the_plugin_entry_point() -> None:
         get_algorithm,
     )
 
-    algorithm = ProximalPolicyOptimization(config=CorePPOConfig(learning_rate=3e-5, batch_size=256, trajectory_length=10))
+    algorithm = ProximalPolicyOptimization(
+        config=CorePPOConfig(learning_rate=3e-5, batch_size=256, trajectory_length=10)
+    )
     assert algorithm.config.aggregation == "trajectory" and algorithm.config.trajectory_length == 10
     assert G is GroupRelativePolicyOptimization and CoreGRPOConfig is GRPOConfig and CorePPOConfig is PPOConfig
     assert get_algorithm("grpo", group_size=2).config.group_size == 2
@@ -161,7 +162,9 @@ def test_offline_grpo_checkpoints_and_resumes(tokenizer: PreTrainedTokenizerFast
     model_dir = save_tiny_policy(tokenizer, tmp_path / "model")
     store = InMemoryLightningStore()
     _fill(SyncStore(store), n_tasks=4, group=4, vocab=len(tokenizer))
-    config = GRPOConfig(model=model_dir, learning_rate=1e-3, batch_size=8, kl_coef=0.05, ppo_epochs=2, mini_batch_size=4)
+    config = GRPOConfig(
+        model=model_dir, learning_rate=1e-3, batch_size=8, kl_coef=0.05, ppo_epochs=2, mini_batch_size=4
+    )
     checkpoints = tmp_path / "checkpoints"
     first = Trainer(algorithm=GroupRelativePolicyOptimization(config=config), store=store, run_dir=tmp_path / "run1")
     result = first.train(num_iterations=2, checkpoint_dir=checkpoints)
@@ -186,7 +189,13 @@ def test_offline_with_lora_and_selective_optimization(tokenizer: PreTrainedToken
     sync = SyncStore(InMemoryLightningStore())
     for i in range(6):
         prompt, route, work = [5, 6, 7 + i], [20 + i, 21], [40 + i, 41]
-        add_rollout(sync, {"i": i % 2}, [(prompt, route), (prompt + route + [9], work)], float(i % 3 == 0), agents=["router", "worker"])
+        add_rollout(
+            sync,
+            {"i": i % 2},
+            [(prompt, route), (prompt + route + [9], work)],
+            float(i % 3 == 0),
+            agents=["router", "worker"],
+        )
     config = GRPOConfig(
         model=model_dir, learning_rate=1e-2, batch_size=6, optimize=["router"], lora=LoraSettings(r=4, alpha=8)
     )
@@ -210,7 +219,9 @@ def test_offline_without_data_fails_loudly(tmp_path: Path, tokenizer: PreTrained
     from agent_lightning.errors import NoTrainingData
 
     config = GRPOConfig(model=save_tiny_policy(tokenizer, tmp_path / "model"))
-    trainer = Trainer(algorithm=GroupRelativePolicyOptimization(config=config), store=InMemoryLightningStore(), run_dir=tmp_path)
+    trainer = Trainer(
+        algorithm=GroupRelativePolicyOptimization(config=config), store=InMemoryLightningStore(), run_dir=tmp_path
+    )
     with pytest.raises(NoTrainingData, match="no finished train rollouts"):
         trainer.train(num_iterations=1)
 

@@ -26,7 +26,7 @@ from agent_lightning.types import LLM, Episode, Resource, ResourcesSnapshot, Rol
 from .advantages import drop_stale, select_samples
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .config import RLConfig
-from .distributed import DistInfo, barrier, broadcast, choose_device, init_distributed, shard
+from .distributed import barrier, broadcast, choose_device, init_distributed, shard
 from .learner import PolicyLearner, Scored, merged_weights
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ class RLAlgorithm(Algorithm):
             served = copy.deepcopy(model)
         reference = None
         if cfg.kl_coef > 0 and cfg.lora is None:
-            reference = copy.deepcopy(model) if resume is None else load_policy(cfg.model, dtype=cfg.dtype, device=device)[0]
+            reference = (
+                copy.deepcopy(model) if resume is None else load_policy(cfg.model, dtype=cfg.dtype, device=device)[0]
+            )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.tokenizer = tokenizer
         self.learner = PolicyLearner(
@@ -116,7 +118,9 @@ class RLAlgorithm(Algorithm):
         served, self.iteration = self._load(session, device)
         start = self.iteration
         if start >= session.num_iterations:
-            logger.info("checkpoint is at iteration %d >= num_iterations=%d: nothing to do", start, session.num_iterations)
+            logger.info(
+                "checkpoint is at iteration %d >= num_iterations=%d: nothing to do", start, session.num_iterations
+            )
             return TrainResult(iterations=start, metrics=session.metrics.history)
         if session.offline:
             del served

@@ -31,7 +31,9 @@ class GroupRelativePolicyOptimization(RLAlgorithm):
         self, learner: PolicyLearner, samples: Sequence[Sample], sequence_advantages: list[float] | None
     ) -> tuple[list[torch.Tensor], Scored | None, list[torch.Tensor] | None]:
         assert sequence_advantages is not None
-        advantages = [torch.full((len(s.completion_token_ids),), a) for s, a in zip(samples, sequence_advantages)]
+        advantages = [
+            torch.full((len(s.completion_token_ids),), a) for s, a in zip(samples, sequence_advantages, strict=True)
+        ]
         cfg = self.config
         several_steps = cfg.ppo_epochs > 1 or (cfg.mini_batch_size or len(samples)) < len(samples)
         old = learner.score(samples) if several_steps and not cfg.use_rollout_logprobs else None

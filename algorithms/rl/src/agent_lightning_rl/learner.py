@@ -167,6 +167,10 @@ class PolicyLearner:
     def _temperature(self) -> float:
         return self.config.temperature if self.config.temperature > 0 else 1.0
 
+    def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits at the sampling temperature (no copy at temperature 1)."""
+        return logits if self._temperature == 1.0 else logits / self._temperature
+
     def _micro_batches(self, samples: Sequence[Sample]) -> Iterator[tuple[int, int, TokenBatch]]:
         size = self.config.micro_batch_size
         for start in range(0, len(samples), size):
@@ -182,7 +186,7 @@ class PolicyLearner:
                 logits, _ = self.module(*args)
         else:
             raise RuntimeError("KL to a reference needs a reference model (or LoRA, whose base is the reference)")
-        return losses.selective_logprobs(logits / self._temperature, batch.completion_ids)
+        return losses.selective_logprobs(self._scaled(logits), batch.completion_ids)
 
     def _reference_view(self) -> PolicyModule:
         if not hasattr(self, "_ref_module"):
@@ -200,7 +204,7 @@ class PolicyLearner:
             logits, vals = self.module(
                 batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, want_values=values
             )
-            lp = losses.selective_logprobs(logits / self._temperature, batch.completion_ids)
+            lp = losses.selective_logprobs(self._scaled(logits), batch.completion_ids)
             ref = self._reference_logprobs(batch) if out_ref is not None else None
             for i in range(lp.shape[0]):
                 n = len(samples[start + i].completion_token_ids)
@@ -257,7 +261,9 @@ class PolicyLearner:
                     sync = k == len(micro) - 1
                     context = self.wrapped.no_sync() if (self.dist.enabled and not sync) else nullcontext()  # type: ignore[operator]
                     with context:
-                        stats = self._loss_and_backward(batch, samples[lo:hi], advantages[lo:hi], old, returns, lo, normalizer)
+                        stats = self._loss_and_backward(
+                            batch, samples[lo:hi], advantages[lo:hi], old, returns, lo, normalizer
+                        )
                     tokens += batch.num_tokens
                     n = float(batch.loss_mask.sum())
                     weight += n
@@ -291,7 +297,7 @@ class PolicyLearner:
         logits, values = self.wrapped(
             batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, want_values=self.ppo
         )
-        logits = logits / self._temperature
+        logits = self._scaled(logits)
         logprobs = losses.selective_logprobs(logits, batch.completion_ids)
         adv = pad_rows(advantages, width).to(self.device)
         rows = range(offset, offset + len(samples))
@@ -326,7 +332,11 @@ class PolicyLearner:
                 stats["entropy"] = float(losses.masked_mean(losses.entropy_from_logits(logits.detach()), mask))
         if self.ppo and values is not None and returns is not None and isinstance(cfg, PPOConfig):
             ret = pad_rows([returns[i] for i in rows], width).to(self.device)
-            old_v = pad_rows([old.values[i] for i in rows], width).to(self.device) if old and old.values else values.detach()
+            old_v = (
+                pad_rows([old.values[i] for i in rows], width).to(self.device)
+                if old and old.values
+                else values.detach()
+            )
             v_loss = losses.value_loss(values, old_v, ret, mask, cfg.value_clip, normalizer=normalizer)
             loss = loss + cfg.value_coef * v_loss
             stats["value_loss"] = float(v_loss.detach()) * normalizer / local_norm

@@ -19,7 +19,9 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum()
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+def masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum of ``values`` where ``mask`` is 1, divided by ``normalizer`` (default: the mask's count, at least 1)."""
     mask = mask.to(values.dtype)
     denominator = mask.sum().clamp(min=1.0) if normalizer is None else normalizer

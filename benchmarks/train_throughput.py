@@ -1,0 +1,152 @@
+"""Tokens/s of one GRPO update (forward + backward + AdamW step) on the default model on CPU, against TRL's GRPO loss.
+
+Both sides get the same batch (captured prompt/completion ids, masks, group-relative advantages), the same fresh
+copy of the model, the same optimizer, and the same loss aggregation (token mean over the batch: TRL's ``bnpo``).
+TRL is optional: install it only in the benchmark environment, e.g.
+``pip install --no-deps --target /tmp/trl-pkgs trl && PYTHONPATH=/tmp/trl-pkgs python benchmarks/train_throughput.py``.
+
+    python benchmarks/train_throughput.py [--batch 8] [--prompt 64] [--completion 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+
+def make_batch(vocab: int, batch: int, prompt: int, completion: int, seed: int = 0) -> list[Any]:
+    from agent_lightning.types import Sample
+
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(batch):
+        p = torch.randint(10, vocab, (prompt - (i % 4) * 4,), generator=gen).tolist()  # ragged prompts
+        c = torch.randint(10, vocab, (completion - (i % 3) * 8,), generator=gen).tolist()  # ragged completions
+        samples.append(
+            Sample(
+                rollout_id=f"r{i}", attempt_id="a", span_ids=[], prompt_token_ids=p, completion_token_ids=c,
+                loss_mask=[1] * len(c), reward=float(i % 2), group_id=f"g{i // 4}",
+            )
+        )  # fmt: skip
+    return samples
+
+
+def ours(model: torch.nn.Module, samples: list[Any], pad_id: int, repeats: int) -> tuple[list[float], float]:
+    from agent_lightning_rl.advantages import sample_advantages
+    from agent_lightning_rl.config import GRPOConfig
+    from agent_lightning_rl.learner import PolicyLearner
+
+    config = GRPOConfig(learning_rate=1e-6, micro_batch_size=len(samples), max_grad_norm=1.0)
+    learner = PolicyLearner(model, config, pad_id=pad_id)
+    adv = sample_advantages(samples)
+    rows = [torch.full((len(s.completion_token_ids),), a) for s, a in zip(samples, adv, strict=True)]
+    times, loss = [], 0.0
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        metrics = learner.update(samples, rows)
+        times.append(time.perf_counter() - started)
+        loss = metrics["train/policy_loss"]
+    return times[1:], loss
+
+
+def trl(
+    model: torch.nn.Module, tokenizer: Any, samples: list[Any], pad_id: int, repeats: int
+) -> tuple[list[float], float]:
+    from agent_lightning_rl.advantages import sample_advantages
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    n = len(samples)
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(
+            output_dir=out, per_device_train_batch_size=n, num_generations=4, beta=0.0, loss_type="bnpo",
+            learning_rate=1e-6, max_grad_norm=1.0, report_to="none", use_cpu=True, logging_steps=1000,
+        )  # fmt: skip
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=lambda completions, **_: [0.0] * len(completions),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["x"] * n}),
+            processing_class=tokenizer,
+        )
+    model.eval()  # same as ours: no dropout
+    trainer.current_gradient_accumulation_steps = 1
+    width_p = max(len(s.prompt_token_ids) for s in samples)
+    width_c = max(len(s.completion_token_ids) for s in samples)
+    prompt_ids = torch.full((n, width_p), pad_id)
+    prompt_mask = torch.zeros((n, width_p), dtype=torch.long)
+    completion_ids = torch.full((n, width_c), pad_id)
+    completion_mask = torch.zeros((n, width_c), dtype=torch.long)
+    for i, s in enumerate(samples):
+        p, c = s.prompt_token_ids, s.completion_token_ids
+        prompt_ids[i, width_p - len(p) :] = torch.tensor(p)
+        prompt_mask[i, width_p - len(p) :] = 1
+        completion_ids[i, : len(c)] = torch.tensor(c)
+        completion_mask[i, : len(c)] = 1
+    inputs = {
+        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+        "completion_mask": completion_mask, "advantages": torch.tensor(sample_advantages(samples)),
+        "old_per_token_logps": None, "num_items_in_batch": completion_mask.sum(),
+    }  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    times, loss = [], 0.0
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        value = trainer.compute_loss(model, inputs)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+        loss = float(value.detach())
+    return times[1:], loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--completion", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from agent_lightning_rl.models import load_policy
+
+    torch.manual_seed(0)
+    model, tokenizer = load_policy(args.model)
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    samples = make_batch(len(tokenizer), args.batch, args.prompt, args.completion)
+    tokens = sum(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in samples)
+    rows = []
+    times, loss = ours(copy.deepcopy(model), samples, pad_id, args.repeats)
+    rows.append(("agent-lightning-rl GRPO", times, loss))
+    try:
+        import trl as _  # noqa: F401
+    except ImportError:
+        print("trl is not installed: TRL row skipped (pip install trl in the benchmark environment)")
+    else:
+        times, loss = trl(copy.deepcopy(model), tokenizer, samples, pad_id, args.repeats)
+        rows.append(("TRL GRPOTrainer loss (bnpo)", times, loss))
+
+    print(
+        f"\nGRPO update on {args.model}, CPU ({torch.get_num_threads()} threads): {len(samples)} sequences, "
+        f"{tokens} tokens, median of {args.repeats} after 1 warm-up\n"
+    )
+    print(f"{'implementation':32} {'update s':>9} {'tokens/s':>9} {'loss':>12}")
+    for name, times, loss in rows:
+        median = statistics.median(times)
+        print(f"{name:32} {median:9.2f} {tokens / median:9.0f} {loss:12.6f}")
+    if len(rows) == 2:
+        ratio = statistics.median(rows[1][1]) / statistics.median(rows[0][1])
+        print(f"\nagent-lightning-rl is {ratio:.2f}x TRL's tokens/s")
+
+
+if __name__ == "__main__":
+    main()
