@@ -137,13 +137,23 @@ class _TooLarge(Exception):
     pass
 
 
-class _Guard:
-    """ASGI middleware: API key check (401) and request body limit (413, by header and by bytes read)."""
+FastPath = Callable[[bytes], Awaitable[Outcome]]
 
-    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+
+class _Guard:
+    """ASGI middleware: API key check (401) and request body limit (413, by header and by bytes read).
+
+    ``fast_paths`` maps ``POST`` paths to handlers of the raw body served here, past FastAPI's
+    routing (the span write path); FastAPI still documents them.
+    """
+
+    def __init__(
+        self, app: Any, api_key: str | None, max_body_bytes: int, fast_paths: dict[str, FastPath] | None = None
+    ) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.fast_paths = fast_paths or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -185,7 +195,21 @@ class _Guard:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            fast = self.fast_paths.get(scope["path"]) if scope["method"] == "POST" else None
+            if fast is None:
+                await self.app(scope, counting_receive, tracking_send)
+                return
+            chunks = []
+            while True:
+                message = await counting_receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            status, body = await fast(b"".join(chunks))
+            started = True
+            await _respond(send, status, body)
         except _TooLarge:
             if not started:
                 await _send(send, 413, f"request body is over the server's limit of {limit} bytes")
@@ -193,10 +217,12 @@ class _Guard:
 
 async def _send(send: Any, status: int, message: str) -> None:
     kind = {401: "Unauthorized", 413: "PayloadTooLarge"}.get(status, "Error")
-    body = _error_body(kind, message)
-    headers = [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
+    extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+    await _respond(send, status, _error_body(kind, message), extra)
+
+
+async def _respond(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -243,8 +269,17 @@ def create_app(
         lifespan=lifespan,
         responses=_ERRORS,
     )
-    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
     app.state.store = store
+
+    async def write_spans(body: bytes) -> Outcome:
+        try:
+            spans = _SPANS.validate_json(body)
+            return 200, b'{"count":%d}' % await store.add_spans(spans)
+        except (AgentLightningError, ValueError, TypeError, KeyError) as exc:
+            return _failure(exc)
+
+    fast_paths: dict[str, FastPath] = {f"{API_PREFIX}/add_spans": write_spans}
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes, fast_paths=fast_paths)
 
     def wait_time(timeout: float | None) -> float:
         return max_wait if timeout is None else min(max(timeout, 0.0), max_wait)
@@ -396,13 +431,12 @@ def create_app(
         },
     )
     async def add_spans(request: Request) -> Response:
-        """Store a JSON array of spans atomically (idempotent on rollout, attempt and span id)."""
+        """Store a JSON array of spans atomically (idempotent on rollout, attempt and span id).
 
-        async def call() -> bytes:
-            spans = _SPANS.validate_json(await request.body())
-            return b'{"count":%d}' % await store.add_spans(spans)
-
-        return await answer(call)
+        Served by the middleware's fast path; this route documents it (and serves it if that is off).
+        """
+        status, body = await write_spans(await request.body())
+        return Response(body, status, media_type=_JSON)
 
     @app.post(f"{v1}/query_spans", response_model=list[Span], tags=["spans"])
     async def query_spans(body: QuerySpansRequest) -> Response:
