@@ -1,7 +1,9 @@
 """Tokens/s of one GRPO update (forward + backward + AdamW step) on the default model on CPU, against TRL's GRPO loss.
 
 Both sides get the same batch (captured prompt/completion ids, masks, group-relative advantages), the same fresh
-copy of the model, the same optimizer, and the same loss aggregation (token mean over the batch: TRL's ``bnpo``).
+copy of the model, the same optimizer, the same loss aggregation (token mean over the batch: TRL's ``bnpo``) and
+the same precision (fp32, then bf16 autocast, TRL's default). The loss at ratio 1 is ``-mean(advantage)`` on both
+sides, so equal losses only show that the batch and the aggregation agree.
 TRL is optional: install it only in the benchmark environment, e.g.
 ``pip install --no-deps --target /tmp/trl-pkgs trl && PYTHONPATH=/tmp/trl-pkgs python benchmarks/train_throughput.py``.
 
@@ -37,12 +39,15 @@ def make_batch(vocab: int, batch: int, prompt: int, completion: int, seed: int =
     return samples
 
 
-def ours(model: torch.nn.Module, samples: list[Any], pad_id: int, repeats: int) -> tuple[list[float], float]:
+def ours(
+    model: torch.nn.Module, samples: list[Any], pad_id: int, repeats: int, bf16: bool = False
+) -> tuple[list[float], float]:
     from agent_lightning_rl.advantages import sample_advantages
     from agent_lightning_rl.config import GRPOConfig
     from agent_lightning_rl.learner import PolicyLearner
 
-    config = GRPOConfig(learning_rate=1e-6, micro_batch_size=len(samples), max_grad_norm=1.0)
+    autocast = "bfloat16" if bf16 else None
+    config = GRPOConfig(learning_rate=1e-6, micro_batch_size=len(samples), max_grad_norm=1.0, autocast=autocast)
     learner = PolicyLearner(model, config, pad_id=pad_id)
     adv = sample_advantages(samples)
     rows = [torch.full((len(s.completion_token_ids),), a) for s, a in zip(samples, adv, strict=True)]
@@ -56,7 +61,7 @@ def ours(model: torch.nn.Module, samples: list[Any], pad_id: int, repeats: int) 
 
 
 def trl(
-    model: torch.nn.Module, tokenizer: Any, samples: list[Any], pad_id: int, repeats: int
+    model: torch.nn.Module, tokenizer: Any, samples: list[Any], pad_id: int, repeats: int, bf16: bool = False
 ) -> tuple[list[float], float]:
     from agent_lightning_rl.advantages import sample_advantages
     from datasets import Dataset
@@ -66,7 +71,7 @@ def trl(
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
             output_dir=out, per_device_train_batch_size=n, num_generations=4, beta=0.0, loss_type="bnpo",
-            learning_rate=1e-6, max_grad_norm=1.0, report_to="none", use_cpu=True, logging_steps=1000,
+            learning_rate=1e-6, max_grad_norm=1.0, report_to="none", use_cpu=True, logging_steps=1000, bf16=bf16,
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
@@ -124,28 +129,33 @@ def main() -> None:
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     samples = make_batch(len(tokenizer), args.batch, args.prompt, args.completion)
     tokens = sum(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in samples)
-    rows = []
-    times, loss = ours(copy.deepcopy(model), samples, pad_id, args.repeats)
-    rows.append(("agent-lightning-rl GRPO", times, loss))
     try:
         import trl as _  # noqa: F401
     except ImportError:
-        print("trl is not installed: TRL row skipped (pip install trl in the benchmark environment)")
+        print("trl is not installed: TRL rows skipped (pip install trl in the benchmark environment)")
+        has_trl = False
     else:
-        times, loss = trl(copy.deepcopy(model), tokenizer, samples, pad_id, args.repeats)
-        rows.append(("TRL GRPOTrainer loss (bnpo)", times, loss))
-
+        has_trl = True
+    rows = []
+    for bf16 in (False, True):
+        precision = "bf16 autocast" if bf16 else "fp32"
+        times, loss = ours(copy.deepcopy(model), samples, pad_id, args.repeats, bf16=bf16)
+        rows.append((f"agent-lightning-rl, {precision}", times, loss))
+        if has_trl:
+            times, loss = trl(copy.deepcopy(model), tokenizer, samples, pad_id, args.repeats, bf16=bf16)
+            rows.append((f"TRL GRPO loss, {precision}", times, loss))
     print(
         f"\nGRPO update on {args.model}, CPU ({torch.get_num_threads()} threads): {len(samples)} sequences, "
         f"{tokens} tokens, median of {args.repeats} after 1 warm-up\n"
     )
-    print(f"{'implementation':32} {'update s':>9} {'tokens/s':>9} {'loss':>12}")
+    print(f"{'implementation':34} {'update s':>9} {'tokens/s':>9} {'loss':>12}")
     for name, times, loss in rows:
         median = statistics.median(times)
-        print(f"{name:32} {median:9.2f} {tokens / median:9.0f} {loss:12.6f}")
-    if len(rows) == 2:
-        ratio = statistics.median(rows[1][1]) / statistics.median(rows[0][1])
-        print(f"\nagent-lightning-rl is {ratio:.2f}x TRL's tokens/s")
+        print(f"{name:34} {median:9.2f} {tokens / median:9.0f} {loss:12.6f}")
+    if has_trl:
+        for i in range(0, len(rows), 2):
+            ratio = statistics.median(rows[i + 1][1]) / statistics.median(rows[i][1])
+            print(f"{rows[i][0]}: {ratio:.2f}x TRL's tokens/s at the same precision")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from agent_lightning_rl import losses
 LOG = math.log
 
 
-def test_policy_loss_clips_positive_advantage() -> None:
+def test_clipped_surrogate_clips_positive_advantage() -> None:
     logprobs = torch.tensor([[LOG(0.5), LOG(0.6)]])
     old = torch.tensor([[LOG(0.5), LOG(0.4)]])  # ratios 1.0 and 1.5
     loss, clip_frac = losses.policy_loss(logprobs, old, torch.tensor([1.0]), torch.ones(1, 2), clip_range=0.2)
@@ -20,7 +20,7 @@ def test_policy_loss_clips_positive_advantage() -> None:
     assert clip_frac.item() == pytest.approx(0.5)
 
 
-def test_policy_loss_negative_advantage_keeps_the_pessimistic_term() -> None:
+def test_clipped_surrogate_negative_advantage_keeps_the_pessimistic_term() -> None:
     logprobs = torch.tensor([[LOG(0.5), LOG(0.6)]])
     old = torch.tensor([[LOG(0.5), LOG(0.4)]])
     loss, clip_frac = losses.policy_loss(logprobs, old, torch.tensor([-1.0]), torch.ones(1, 2), clip_range=0.2)
@@ -29,7 +29,7 @@ def test_policy_loss_negative_advantage_keeps_the_pessimistic_term() -> None:
     assert clip_frac.item() == 0.0
 
 
-def test_policy_loss_asymmetric_clip_and_mask() -> None:
+def test_clipped_surrogate_asymmetric_clip_and_mask() -> None:
     logprobs = torch.tensor([[LOG(0.5), LOG(0.6)]])
     old = torch.tensor([[LOG(0.5), LOG(0.4)]])
     loss, _ = losses.policy_loss(logprobs, old, torch.tensor([1.0]), torch.ones(1, 2), 0.2, clip_range_high=0.3)
@@ -38,7 +38,7 @@ def test_policy_loss_asymmetric_clip_and_mask() -> None:
     assert masked.item() == pytest.approx(-1.0)  # the masked token carries no loss
 
 
-def test_policy_gradient_is_zero_on_masked_tokens_and_normalizer() -> None:
+def test_surrogate_gradient_is_zero_on_masked_tokens_and_normalizer() -> None:
     logprobs = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
     mask = torch.tensor([[1.0, 0.0, 1.0]])
     loss, _ = losses.policy_loss(logprobs, logprobs.detach(), torch.tensor([[2.0, 5.0, -1.0]]), mask, normalizer=4.0)

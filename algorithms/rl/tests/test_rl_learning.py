@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent_lightning import InMemoryLightningStore, PromptTemplate, Trainer, semconv
+from agent_lightning import InMemoryLightningStore, PromptTemplate, Trainer, TrainingContext, semconv
 from agent_lightning.store.sync import SyncStore
 from agent_lightning_rl.config import GRPOConfig
 from agent_lightning_rl.grpo import GroupRelativePolicyOptimization
@@ -18,7 +18,7 @@ from toy import PROMPTS, FirstTokenAgent, save_tiny_policy, target_ids
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 
-def test_grpo_reward_rises_through_proxy_and_policy_server(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+def test_grpo_reward_rises_through_the_proxy_and_the_served_model(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
     model_dir = save_tiny_policy(tokenizer, tmp_path / "model")
     store = InMemoryLightningStore()
     judge = PromptTemplate(template="Judge: {answer}")
@@ -65,3 +65,42 @@ def test_grpo_reward_rises_through_proxy_and_policy_server(tokenizer: PreTrained
     # the checkpoint is a Hugging Face folder
     assert result.checkpoint is not None and result.checkpoint.name == "checkpoint-000022"
     AutoModelForCausalLM.from_pretrained(result.checkpoint)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_keeps_finished_rollouts(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import threading
+
+    inner = FirstTokenAgent(target_ids(tokenizer))
+    calls = 0
+    lock = threading.Lock()
+
+    def agent(task: dict[str, str], ctx: TrainingContext) -> float:
+        nonlocal calls
+        with lock:
+            calls += 1
+            interrupt = calls == 6  # during iteration 2 (4 rollouts per iteration)
+        reward = inner(task, ctx)
+        if interrupt:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+        return reward
+
+    store = InMemoryLightningStore()
+    config = GRPOConfig(model=save_tiny_policy(tokenizer, tmp_path / "model"), group_size=2, tasks_per_iteration=2)
+    trainer = Trainer(
+        algorithm=GroupRelativePolicyOptimization(config=config),
+        store=store,
+        agent=agent,
+        train_dataset=[{"prompt": p} for p in PROMPTS],
+        n_runners=2,
+        run_dir=tmp_path / "run",
+    )
+    result = trainer.train(num_iterations=5, checkpoint_dir=tmp_path / "checkpoints")
+    assert result.interrupted and result.iterations == 1
+    assert result.checkpoint == tmp_path / "checkpoints" / "checkpoint-000001"
+    AutoModelForCausalLM.from_pretrained(result.checkpoint)
+    finished = SyncStore(store).query_rollouts(status=["succeeded"], limit=100)
+    assert len(finished) >= 6  # iteration 1's four, and the ones running when Ctrl-C came finished and stayed

@@ -82,13 +82,34 @@ def test_left_padded_batch_gives_each_samples_own_logprobs(
     b = _sample("r2", 0.0, prompt_token_ids=[12, 13], completion_token_ids=[14, 15, 16, 17], loss_mask=[1, 0, 0, 1])
     batch = collate([a, b], pad_id=int(tokenizer.pad_token_id))
     assert batch.loss_mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 1]]  # padding and spliced tokens carry no loss
-    with torch.no_grad():
-        logits, _ = PolicyModule(model)(batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width)
-    got = losses.selective_logprobs(logits, batch.completion_ids)
-    for row, sample in enumerate([a, b]):
-        want = teacher_forced_logprobs(model, sample.prompt_token_ids, sample.completion_token_ids)
-        n = len(sample.completion_token_ids)
-        assert got[row, :n].tolist() == pytest.approx(want, abs=1e-4)
+    for fused in (True, False):
+        with torch.no_grad():
+            got, _, _ = PolicyModule(model, fused=fused)(batch)
+        for row, sample in enumerate([a, b]):
+            want = teacher_forced_logprobs(model, sample.prompt_token_ids, sample.completion_token_ids)
+            n = len(sample.completion_token_ids)
+            assert got[row, :n].tolist() == pytest.approx(want, abs=1e-4)
+
+
+def test_fused_lm_head_matches_full_logits_in_value_and_gradient(model: LlamaForCausalLM) -> None:
+    a = _sample("r1", 1.0, prompt_token_ids=[5, 6, 7], completion_token_ids=[10, 11, 12], loss_mask=[1, 0, 1])
+    b = _sample("r2", 0.0, prompt_token_ids=[12, 13, 14, 15], completion_token_ids=[16, 17], loss_mask=[1, 1])
+    batch = collate([a, b], pad_id=0)
+    grads = []
+    for fused in (True, False):
+        model.zero_grad()
+        module = PolicyModule(model, fused=fused)
+        assert module.fused is fused
+        logprobs, entropy, _ = module(batch, batch.loss_mask, temperature=0.7)
+        loss, _ = losses.policy_loss(logprobs, logprobs.detach(), torch.tensor([1.0, -0.5]), batch.loss_mask)
+        loss.backward()
+        grads.append(
+            ([p.grad.clone() for p in model.parameters()], logprobs * batch.loss_mask, entropy * batch.loss_mask)
+        )
+    (g_fused, lp_fused, ent_fused), (g_full, lp_full, ent_full) = grads
+    assert torch.allclose(lp_fused, lp_full, atol=1e-5) and torch.allclose(ent_fused, ent_full, atol=1e-4)
+    for x, y in zip(g_fused, g_full, strict=True):
+        assert torch.allclose(x, y, atol=1e-6, rtol=1e-4)
 
 
 def test_tool_tokens_of_a_merged_trace_get_no_gradient(model: LlamaForCausalLM) -> None:
@@ -112,14 +133,13 @@ def test_tool_tokens_of_a_merged_trace_get_no_gradient(model: LlamaForCausalLM) 
         assert [s.reward for s in episode.samples] == [1.0, 1.0]
 
     batch = collate([sample], pad_id=0)
-    logits, _ = PolicyModule(model)(batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width)
-    logits.retain_grad()
-    logprobs = losses.selective_logprobs(logits, batch.completion_ids)
+    logprobs, _, _ = PolicyModule(model, fused=False)(batch)
+    logprobs.retain_grad()
     loss, _ = losses.policy_loss(logprobs, logprobs.detach(), torch.tensor([1.0]), batch.loss_mask)
     loss.backward()
-    assert logits.grad is not None
-    per_token = logits.grad[0].abs().sum(-1)
-    assert per_token[2].item() == 0.0 and per_token[3].item() == 0.0
+    assert logprobs.grad is not None
+    per_token = logprobs.grad[0].abs()
+    assert per_token[2].item() == 0.0 and per_token[3].item() == 0.0  # tool output: no loss
     assert all(per_token[i].item() > 0 for i in (0, 1, 4, 5))
 
 
@@ -261,3 +281,23 @@ def test_article_snippet_offline_on_the_default_model(
     assert metrics["train/samples"] == 6  # two turns merged into one sequence per rollout
     assert {"train/kl", "train/value_loss", "train/entropy", "perf/tokens_per_s"} <= set(metrics)
     AutoModelForCausalLM.from_pretrained(result.checkpoint)
+
+
+def test_bf16_autocast_update_follows_the_fp32_gradient(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+    from agent_lightning_rl.learner import PolicyLearner
+
+    samples = [
+        _sample("r1", 1.0, prompt_token_ids=[5, 6, 7], completion_token_ids=[10, 11, 12], loss_mask=[1, 1, 1]),
+        _sample("r2", 0.0, prompt_token_ids=[12, 13], completion_token_ids=[16, 17], loss_mask=[1, 1]),
+    ]
+    advantages = [torch.full((3,), 1.0), torch.full((2,), -1.0)]
+    updates = []
+    for autocast in (None, "bfloat16"):
+        model = AutoModelForCausalLM.from_pretrained(save_tiny_policy(tokenizer, tmp_path / f"m-{autocast}"))
+        before = model.lm_head.weight.detach().clone()
+        learner = PolicyLearner(model, GRPOConfig(learning_rate=1e-3, autocast=autocast, max_grad_norm=None), pad_id=0)
+        metrics = learner.update(samples, advantages)
+        assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+        updates.append((model.lm_head.weight.detach() - before).flatten())
+    cosine = torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0)
+    assert cosine > 0.95

@@ -72,6 +72,10 @@ class RLConfig(BaseModel):
     keep_checkpoints: int = Field(default=2, ge=1)
     gradient_checkpointing: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded (and kept) in."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Mixed precision: run forward and backward passes under ``torch.autocast`` in this dtype (weights stay in
+    ``dtype``). ``"bfloat16"`` is fastest on CPUs with bf16 instructions and on recent GPUs."""
     max_batch_size: int = Field(default=16, ge=1)
     """Concurrent sequences the local policy server batches."""
 

@@ -24,6 +24,7 @@ from . import losses
 from .batching import TokenBatch, collate, pad_rows
 from .config import PPOConfig, RLConfig
 from .distributed import DistInfo
+from .fused import chunked_token_logprobs
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -71,9 +72,14 @@ def merged_weights(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
 
 class PolicyModule(nn.Module):
-    """The causal LM plus (PPO) a scalar value head on its last hidden state; returns completion logits/values."""
+    """The causal LM plus (PPO) a scalar value head; returns the completion tokens' log-probs, entropy and values.
 
-    def __init__(self, model: nn.Module, value_head: bool = False) -> None:
+    When the LM head is a plain linear layer, log-probs go through :func:`~agent_lightning_rl.fused.
+    chunked_token_logprobs` on the rows that carry loss only (no ``[B, C, vocab]`` logits are kept for backward);
+    otherwise, or when the entropy needs a gradient, through the model's full logits.
+    """
+
+    def __init__(self, model: nn.Module, value_head: bool = False, fused: bool = True) -> None:
         super().__init__()
         self.model = model
         hidden = int(model.config.hidden_size)
@@ -83,34 +89,79 @@ class PolicyModule(nn.Module):
             nn.init.zeros_(self.value_head.bias)
             device = next(model.parameters()).device
             self.value_head.to(device)
-        self._keep = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
+        base = _base_model(model)
+        self._keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+        config = getattr(base, "config", None)
+        scaled = any(
+            getattr(config, name, None) not in (None, 1.0)
+            for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "logits_scaling")
+        )
+        prefix = getattr(base, "base_model_prefix", "")
+        self.fused = (
+            fused
+            and type(head) is nn.Linear
+            and head.bias is None
+            and not scaled
+            and isinstance(getattr(base, prefix, None), nn.Module)
+        )
 
     def forward(  # type: ignore[override]
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        prompt_width: int,
+        batch: TokenBatch,
+        rows: torch.Tensor | None = None,
+        *,
+        temperature: float = 1.0,
         want_values: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        width_c = input_ids.shape[1] - prompt_width
-        kwargs: dict[str, Any] = {"logits_to_keep": width_c + 1} if self._keep else {}
+        entropy_grad: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(logprobs, entropy, values)``, each ``[B, C]``; with ``rows`` (a ``[B, C]`` mask) the fused path
+        computes only those positions (the others are 0)."""
         want_values = want_values and self.value_head is not None
+        width_p = batch.prompt_width
+        if self.fused and not entropy_grad:
+            base = _base_model(self.model)
+            backbone = getattr(base, base.base_model_prefix)
+            out = backbone(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
+            hidden = out.last_hidden_state[:, width_p - 1 : -1]
+            select = (rows > 0) if rows is not None else torch.ones_like(batch.completion_ids, dtype=torch.bool)
+            head = base.get_output_embeddings()
+            lp, ent = chunked_token_logprobs(hidden[select], head.weight, batch.completion_ids[select], temperature)
+            logprobs = torch.zeros(batch.completion_ids.shape, dtype=lp.dtype, device=lp.device)
+            entropy = torch.zeros_like(logprobs)
+            logprobs = logprobs.index_put((select,), lp)
+            entropy[select] = ent
+            values = self.value_head(hidden.float()).squeeze(-1) if want_values else None  # type: ignore[misc]
+            return logprobs, entropy, values
+        width_c = batch.completion_width
+        kwargs: dict[str, Any] = {"logits_to_keep": width_c + 1} if self._keep else {}
         out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             use_cache=False,
             output_hidden_states=want_values,
             **kwargs,
         )
-        logits = out.logits[:, -(width_c + 1) : -1] if self._keep else out.logits[:, prompt_width - 1 : -1]
+        logits = out.logits[:, -(width_c + 1) : -1] if self._keep else out.logits[:, width_p - 1 : -1]
+        if temperature != 1.0:
+            logits = logits / temperature
+        logprobs = losses.selective_logprobs(logits, batch.completion_ids)
+        if entropy_grad:
+            entropy = losses.entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                entropy = losses.entropy_from_logits(logits)
         values = None
         if want_values:
             assert self.value_head is not None
-            hidden = out.hidden_states[-1][:, prompt_width - 1 : -1]
-            values = self.value_head(hidden.float()).squeeze(-1)
-        return logits, values
+            values = self.value_head(out.hidden_states[-1][:, width_p - 1 : -1].float()).squeeze(-1)
+        return logprobs, entropy, values
 
 
 @dataclass
@@ -163,13 +214,14 @@ class PolicyLearner:
         self.steps = 0
 
     # ------------------------------------------------------------------ forward passes
+    def _autocast(self) -> Any:
+        if self.config.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.config.autocast))
+
     @property
     def _temperature(self) -> float:
         return self.config.temperature if self.config.temperature > 0 else 1.0
-
-    def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits at the sampling temperature (no copy at temperature 1)."""
-        return logits if self._temperature == 1.0 else logits / self._temperature
 
     def _micro_batches(self, samples: Sequence[Sample]) -> Iterator[tuple[int, int, TokenBatch]]:
         size = self.config.micro_batch_size
@@ -178,15 +230,14 @@ class PolicyLearner:
             yield start, start + len(chunk), collate(chunk, self.pad_id, self.device)
 
     def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor:
-        args = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width)
         if self.reference is not None:
-            logits, _ = self._reference_view()(*args)
+            logprobs, _, _ = self._reference_view()(batch, batch.loss_mask, temperature=self._temperature)
         elif is_peft(self.model):
             with self.model.disable_adapter():  # type: ignore[operator]
-                logits, _ = self.module(*args)
+                logprobs, _, _ = self.module(batch, batch.loss_mask, temperature=self._temperature)
         else:
             raise RuntimeError("KL to a reference needs a reference model (or LoRA, whose base is the reference)")
-        return losses.selective_logprobs(self._scaled(logits), batch.completion_ids)
+        return logprobs
 
     def _reference_view(self) -> PolicyModule:
         if not hasattr(self, "_ref_module"):
@@ -201,11 +252,9 @@ class PolicyLearner:
         out_v: list[torch.Tensor] | None = [] if values else None
         out_ref: list[torch.Tensor] | None = [] if self.config.kl_coef > 0 and logprobs else None
         for start, _, batch in self._micro_batches(samples):
-            logits, vals = self.module(
-                batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, want_values=values
-            )
-            lp = losses.selective_logprobs(self._scaled(logits), batch.completion_ids)
-            ref = self._reference_logprobs(batch) if out_ref is not None else None
+            with self._autocast():
+                lp, _, vals = self.module(batch, batch.loss_mask, temperature=self._temperature, want_values=values)
+                ref = self._reference_logprobs(batch) if out_ref is not None else None
             for i in range(lp.shape[0]):
                 n = len(samples[start + i].completion_token_ids)
                 out_lp.append(lp[i, :n].cpu())
@@ -260,7 +309,7 @@ class PolicyLearner:
                     lo, hi = m_start + start, m_start + end
                     sync = k == len(micro) - 1
                     context = self.wrapped.no_sync() if (self.dist.enabled and not sync) else nullcontext()  # type: ignore[operator]
-                    with context:
+                    with context, self._autocast():
                         stats = self._loss_and_backward(
                             batch, samples[lo:hi], advantages[lo:hi], old, returns, lo, normalizer
                         )
@@ -294,11 +343,13 @@ class PolicyLearner:
         cfg = self.config
         width = batch.completion_width
         mask = batch.loss_mask
-        logits, values = self.wrapped(
-            batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_width, want_values=self.ppo
+        logprobs, entropy, values = self.wrapped(
+            batch,
+            mask,
+            temperature=self._temperature,
+            want_values=self.ppo,
+            entropy_grad=cfg.entropy_coef != 0,
         )
-        logits = self._scaled(logits)
-        logprobs = losses.selective_logprobs(logits, batch.completion_ids)
         adv = pad_rows(advantages, width).to(self.device)
         rows = range(offset, offset + len(samples))
         if cfg.use_rollout_logprobs and all(s.completion_logprobs is not None for s in samples):
@@ -324,12 +375,8 @@ class PolicyLearner:
             loss = loss + cfg.kl_coef * kl_loss
             stats["kl"] = float(losses.masked_mean(kl.detach(), mask))
         if cfg.entropy_coef != 0:
-            entropy = losses.entropy_from_logits(logits)
             loss = loss - cfg.entropy_coef * losses.masked_mean(entropy, mask, normalizer)
-            stats["entropy"] = float(losses.masked_mean(entropy.detach(), mask))
-        else:
-            with torch.no_grad():
-                stats["entropy"] = float(losses.masked_mean(losses.entropy_from_logits(logits.detach()), mask))
+        stats["entropy"] = float(losses.masked_mean(entropy.detach(), mask))
         if self.ppo and values is not None and returns is not None and isinstance(cfg, PPOConfig):
             ret = pad_rows([returns[i] for i in rows], width).to(self.device)
             old_v = (
