@@ -18,7 +18,9 @@ from toy import PROMPTS, FirstTokenAgent, save_tiny_policy, target_ids
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 
-def test_grpo_reward_rises_through_the_proxy_and_the_served_model(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+def test_grpo_reward_rises_through_the_proxy_and_the_served_model(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
     model_dir = save_tiny_policy(tokenizer, tmp_path / "model")
     store = InMemoryLightningStore()
     judge = PromptTemplate(template="Judge: {answer}")
@@ -104,3 +106,30 @@ def test_ctrl_c_saves_a_checkpoint_and_keeps_finished_rollouts(
     AutoModelForCausalLM.from_pretrained(result.checkpoint)
     finished = SyncStore(store).query_rollouts(status=["succeeded"], limit=100)
     assert len(finished) >= 6  # iteration 1's four, and the ones running when Ctrl-C came finished and stayed
+
+
+def test_ppo_with_value_head_and_gae_learns_the_same_task(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+    from agent_lightning_rl.config import PPOConfig
+    from agent_lightning_rl.ppo import ProximalPolicyOptimization
+
+    config = PPOConfig(
+        model=save_tiny_policy(tokenizer, tmp_path / "model"),
+        learning_rate=2e-2,
+        tasks_per_iteration=32,  # one rollout per task: PPO needs no groups
+        max_new_tokens=2,
+        kl_coef=0.0,
+    )
+    trainer = Trainer(
+        algorithm=ProximalPolicyOptimization(config=config),
+        store=InMemoryLightningStore(),
+        agent=FirstTokenAgent(target_ids(tokenizer)),
+        train_dataset=[{"prompt": p} for p in PROMPTS],
+        n_runners=4,
+        run_dir=tmp_path / "run",
+    )
+    result = trainer.train(num_iterations=22)
+    rewards = [m["train/reward_mean"] for m in result.metrics]
+    before, after = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
+    print(f"PPO reward before {before:.3f} after {after:.3f}")
+    assert before < 0.4 and after > 0.7
+    assert "train/value_loss" in result.metrics[-1]

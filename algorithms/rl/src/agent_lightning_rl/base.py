@@ -81,6 +81,7 @@ class RLAlgorithm(Algorithm):
 
         cfg = self.config
         resume = latest_checkpoint(session.checkpoint_dir)
+        model: Any
         if resume is not None and cfg.lora is not None and resume.has_adapter:
             from peft import PeftModel
 

@@ -27,9 +27,10 @@ from .distributed import DistInfo
 from .fused import chunked_token_logprobs
 
 
-def _base_model(model: nn.Module) -> nn.Module:
+def _base_model(model: nn.Module) -> Any:
+    """The plain transformers model (under a PEFT wrapper, if any); typed ``Any`` for its dynamic API."""
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model  # type: ignore[no-any-return]
+    return get_base() if callable(get_base) else model
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -82,7 +83,8 @@ class PolicyModule(nn.Module):
     def __init__(self, model: nn.Module, value_head: bool = False, fused: bool = True) -> None:
         super().__init__()
         self.model = model
-        hidden = int(model.config.hidden_size)
+        config: Any = model.config
+        hidden = int(config.hidden_size)
         self.value_head = nn.Linear(hidden, 1) if value_head else None
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
@@ -399,8 +401,12 @@ class PolicyLearner:
         params = [p for p in self.module.parameters() if p.requires_grad and p.grad is not None]
         if self.config.max_grad_norm is not None and params:
             norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        elif params:
+            norm = float(
+                torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
+            )
         else:
-            norm = float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params))) if params else 0.0  # type: ignore[union-attr]
+            norm = 0.0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
