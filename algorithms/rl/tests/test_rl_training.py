@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -301,3 +302,19 @@ def test_bf16_autocast_update_follows_the_fp32_gradient(tokenizer: PreTrainedTok
         updates.append((model.lm_head.weight.detach() - before).flatten())
     cosine = torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0)
     assert cosine > 0.95
+
+
+def test_rollout_logprobs_as_the_old_policy(model: LlamaForCausalLM) -> None:
+    from agent_lightning_rl.learner import PolicyLearner
+
+    prompt, completion = [5, 6, 7], [10, 11, 12]
+    current = teacher_forced_logprobs(model, prompt, completion)
+    config = GRPOConfig(learning_rate=0.0, use_rollout_logprobs=True, clip_range=0.2)
+    on_policy = _sample("r1", 1.0, prompt_token_ids=prompt, completion_token_ids=completion, loss_mask=[1, 1, 1])
+    on_policy.completion_logprobs = current
+    stale = on_policy.model_copy(update={"completion_logprobs": [lp - math.log(2) for lp in current]})
+    learner = PolicyLearner(model, config, pad_id=0)
+    fresh = learner.update([on_policy], [torch.ones(3)])
+    assert fresh["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4) and fresh["train/clip_frac"] == 0.0
+    old = learner.update([stale], [torch.ones(3)])
+    assert old["train/ratio_mean"] == pytest.approx(2.0, rel=1e-3) and old["train/clip_frac"] == 1.0

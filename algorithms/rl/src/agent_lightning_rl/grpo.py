@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -13,6 +14,8 @@ from .base import RLAlgorithm
 from .config import GRPOConfig, RLConfig
 from .learner import PolicyLearner, Scored
 
+logger = logging.getLogger(__name__)
+
 
 class GroupRelativePolicyOptimization(RLAlgorithm):
     """GRPO: ``group_size`` rollouts per task; each sample's advantage is its reward relative to its group.
@@ -23,9 +26,20 @@ class GroupRelativePolicyOptimization(RLAlgorithm):
     name = "grpo"
     config_class: ClassVar[type[RLConfig]] = GRPOConfig
     config: GRPOConfig
+    _warned_groups = False
 
     def sequence_advantages(self, samples: Sequence[Sample]) -> list[float] | None:
-        return sample_advantages(samples, self.config.advantage, scale=self.config.scale_rewards)
+        advantages = sample_advantages(samples, self.config.advantage, scale=self.config.scale_rewards)
+        groups: dict[str, set[str]] = {}
+        for sample in samples:
+            groups.setdefault(sample.group_id or sample.rollout_id, set()).add(sample.rollout_id)
+        if all(len(members) < 2 for members in groups.values()) and not self._warned_groups:
+            self._warned_groups = True
+            logger.warning(
+                "every GRPO group has a single rollout, so every advantage is 0 and nothing is learned; "
+                "use group_size >= 2 (online) or collect several rollouts per task (offline)"
+            )
+        return advantages
 
     def prepare(
         self, learner: PolicyLearner, samples: Sequence[Sample], sequence_advantages: list[float] | None
