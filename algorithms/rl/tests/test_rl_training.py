@@ -304,7 +304,7 @@ def test_bf16_autocast_update_follows_the_fp32_gradient(tokenizer: PreTrainedTok
     assert cosine > 0.95
 
 
-def test_rollout_logprobs_as_the_old_policy(model: LlamaForCausalLM) -> None:
+def test_sampler_logprobs_as_the_old_logprobs(model: LlamaForCausalLM) -> None:
     from agent_lightning_rl.learner import PolicyLearner
 
     prompt, completion = [5, 6, 7], [10, 11, 12]
