@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "agent_lightning"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "agent_lightning.store.memory_plugin",
     "agent_lightning.proxy.plugin",
+    "agent_lightning.server.plugin",
 )
 
 
