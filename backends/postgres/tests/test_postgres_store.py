@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from agent_lightning.errors import StoreUnavailable
 from agent_lightning.store import open_store, store_schemes
+from agent_lightning.testing.server_faults import killed_server_loses_no_acknowledged_write
 from agent_lightning.types import RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
 from agent_lightning_postgres import PostgresLightningStore, parse_postgres_url
 from agent_lightning_sql import SCHEMA_VERSION, SchemaTooNew
@@ -182,3 +183,9 @@ def test_sigkilled_runners_lose_their_lease_and_the_rollout_fails_after_max_atte
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_killed_store_server_over_postgres_loses_no_acknowledged_write(fresh_schema: SchemaFactory) -> None:
+    """`agl store serve` over PostgreSQL, SIGKILLed twice mid-write and restarted: every acked span is there."""
+    progress = killed_server_loses_no_acknowledged_write(fresh_schema.url())
+    assert progress.cycles >= 9 and progress.completed

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from agent_lightning.errors import StoreError, StoreUnavailable
 from agent_lightning.store import open_store, store_schemes
+from agent_lightning.testing.server_faults import killed_server_loses_no_acknowledged_write
 from agent_lightning.types import RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
 from agent_lightning_sql import SCHEMA_VERSION, SchemaTooNew
 from agent_lightning_sql.testing import sigkill_scenario
@@ -149,3 +150,9 @@ def test_sigkilled_runners_lose_their_lease_and_the_rollout_fails_after_max_atte
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_killed_store_server_over_sqlite_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    """`agl store serve` over this database, SIGKILLed twice mid-write and restarted: every acked span is there."""
+    progress = killed_server_loses_no_acknowledged_write(f"sqlite:///{tmp_path / 'store.db'}")
+    assert progress.cycles >= 9 and progress.completed
