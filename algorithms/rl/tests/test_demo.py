@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,15 @@ import torch
 from agent_lightning import semconv
 from agent_lightning.cli import build_parser
 from agent_lightning.store.memory import InMemoryLightningStore
-from agent_lightning_rl.demo import add_arguments, config_from_args, find_examples_dir, load_example, run_demo
+from agent_lightning_rl.demo import (
+    EvalReport,
+    PairedComparison,
+    add_arguments,
+    config_from_args,
+    find_examples_dir,
+    load_example,
+    run_demo,
+)
 from conftest import build_tokenizer
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -58,13 +68,34 @@ def test_bad_flags_are_named() -> None:
         load_example(EXAMPLES, "crewai")
 
 
-def test_shortened_demo_produces_rollouts_spans_checkpoint_metrics_and_plot(tmp_path: Path) -> None:
+FRAMEWORK_MODULES = {
+    "openai": ["openai", "agent_lightning_openai"],
+    "langchain": ["langchain.agents", "langchain_openai", "agent_lightning_langchain"],
+    "autogen": ["autogen_agentchat", "autogen_ext.models.openai", "agent_lightning_autogen"],
+}
+
+
+def _require_framework(framework: str) -> None:
+    """The agent's framework and its adapter; missing ones skip the test on a laptop and fail it under CI."""
+    for module in FRAMEWORK_MODULES[framework]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            message = f"the {framework} calculator agent needs {module} (nox -s \"tests(package='rl')\" installs it)"
+            if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
+                pytest.fail(f"{message}: {exc}", pytrace=False)
+            pytest.skip(message)
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORK_MODULES))
+def test_shortened_demo_produces_rollouts_spans_checkpoint_metrics_and_plot(tmp_path: Path, framework: str) -> None:
+    _require_framework(framework)
     model = save_tiny_policy(tmp_path / "tiny")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(
         [
-            "--model", str(model), "--framework", "openai", "--iterations", "1", "--runners", "2",
+            "--model", str(model), "--framework", framework, "--iterations", "1", "--runners", "2",
             "--train-size", "2", "--val-size", "2", "--run-dir", str(tmp_path / "run"), "--examples-dir", str(EXAMPLES),
             "--max-tokens", "8", "--set", "group_size=2", "--set", "tasks_per_iteration=2",
             "--set", "max_new_tokens=8", "--no-progress",
@@ -111,3 +142,15 @@ def test_shortened_demo_produces_rollouts_spans_checkpoint_metrics_and_plot(tmp_
     assert (run / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["iterations"] == 1 and summary["checkpoint"] == str(result.checkpoint)
+    assert summary["paired"]["fixed"] + summary["paired"]["broken"] <= 2
+
+
+def test_paired_comparison_counts_flips_and_gives_the_exact_sign_test() -> None:
+    def report(solved: list[str]) -> EvalReport:
+        return EvalReport("x", 6, 6, len(solved) / 6, 0.0, None, 0.0, 0, 0.0, 1.0, solved=solved)
+
+    paired = PairedComparison.of(report(["a", "b", "c"]), report(["b", "c", "d", "e", "f"]))
+    assert (paired.fixed, paired.broken) == (3, 1)
+    assert paired.p_value == pytest.approx(5 / 16)  # P(X >= 3), X ~ Binomial(4, 1/2)
+    assert PairedComparison.of(report(["a"]), report(["a"])).p_value == 1.0
+    assert "3 fixed, 1 broken" in paired.describe(6)

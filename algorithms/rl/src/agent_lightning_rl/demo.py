@@ -145,6 +145,8 @@ class EvalReport:
     output_tokens: int
     tokens_per_s: float
     wall_s: float
+    solved: list[str] = field(default_factory=list)
+    """The questions answered correctly (to pair two evaluations on the same tasks)."""
 
     def metrics(self, prefix: str = "eval/") -> dict[str, float]:
         values = {
@@ -198,6 +200,7 @@ def summarize(
 
     rewards: list[float] = []
     correct = 0
+    solved: list[str] = []
     attempted = valid = tool_users = tokens = 0
     for rollout in rollouts:
         rollout_spans = spans.get(rollout.rollout_id, [])
@@ -208,7 +211,10 @@ def summarize(
         expected = rollout.input.get("answer") if isinstance(rollout.input, dict) else None
         final = _final_text(rollout_spans)
         answer = tasks_module.extract_answer(final) if final is not None else None
-        correct += answer is not None and expected is not None and abs(answer - float(expected)) < 1e-6
+        right = answer is not None and expected is not None and abs(answer - float(expected)) < 1e-6
+        correct += right
+        if right and isinstance(rollout.input, dict):
+            solved.append(str(rollout.input.get("question")))
         used = False
         for span in rollout_spans:
             if span.kind != "llm" or semconv.TOKEN_IDS_AVAILABLE not in span.attributes:
@@ -230,7 +236,33 @@ def summarize(
         output_tokens=tokens,
         tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
         wall_s=wall_s,
+        solved=sorted(solved),
     )
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two evaluations of the same tasks, task by task: what training fixed and what it broke."""
+
+    fixed: int
+    broken: int
+    p_value: float
+    """One-sided exact sign test on the discordant tasks: the chance of at least ``fixed`` of them improving
+    if training changed nothing but noise (each discordant task as likely to flip either way)."""
+
+    @classmethod
+    def of(cls, before: EvalReport, after: EvalReport) -> PairedComparison:
+        was, now = set(before.solved), set(after.solved)
+        fixed, broken = len(now - was), len(was - now)
+        n = fixed + broken
+        p = sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n if n else 1.0
+        return cls(fixed=fixed, broken=broken, p_value=p)
+
+    def describe(self, tasks: int) -> str:
+        return (
+            f"task by task on the same {tasks} held-out tasks: {self.fixed} fixed, {self.broken} broken "
+            f"(one-sided sign test p = {self.p_value:.3f})"
+        )
 
 
 def _final_text(spans: Sequence[Span]) -> str | None:
@@ -464,9 +496,11 @@ class DemoResult:
     train_s: float
     iterations: int
     table: str
+    paired: PairedComparison
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "paired": asdict(self.paired),
             "before": asdict(self.before),
             "after": asdict(self.after),
             "run_dir": str(self.run_dir),
@@ -551,6 +585,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         train_s=train_s,
         iterations=result.iterations,
         table=format_table(before, after),
+        paired=PairedComparison.of(before, after),
     )
     (run_dir / "summary.json").write_text(json.dumps(demo.to_json(), indent=2))
     return demo
@@ -639,6 +674,7 @@ def main(args: argparse.Namespace) -> int:
         f"{config.val_size} held-out tasks, greedy decoding"
     )
     print(result.table)
+    print(result.paired.describe(config.val_size))
     print(f"training: {result.train_s:.0f} s; total wall time: {result.wall_s:.0f} s")
     print(
         f"run folder: {result.run_dir} (store {result.store_url}, metrics.jsonl, checkpoint {result.checkpoint}, "
