@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -175,8 +176,9 @@ def _train(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         task_type=args.task_type,
     )
+    checkpoint_dir = args.checkpoint_dir or str(Path(trainer.run_dir) / "checkpoints")
     result = trainer.train(
-        num_iterations=args.iterations, eval_interval=args.eval_interval, checkpoint_dir=args.checkpoint_dir
+        num_iterations=args.iterations, eval_interval=args.eval_interval, checkpoint_dir=checkpoint_dir
     )
     print(f"trained {result.iterations} iterations; run folder: {trainer.run_dir}")
     if result.checkpoint:
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runners", type=int, default=2, help="runner workers executing the agent")
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--eval-interval", type=int)
-    p.add_argument("--checkpoint-dir")
+    p.add_argument("--checkpoint-dir", help="where checkpoints go (default: RUN_DIR/checkpoints)")
     p.add_argument("--run-dir")
     p.add_argument("--num-gpus", type=int, default=0)
     p.add_argument("--task-type", default="default")
