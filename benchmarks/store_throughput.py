@@ -12,7 +12,10 @@ store URL; for ``memory://``, which cannot be shared between processes, N tasks 
 3. spans      each runner writes spans/N spans into its own rollouts (``--spans-per-rollout`` each),
               one ``add_span`` call per span
 4. batched    the same with ``add_spans`` batches of ``--batch-size``
-5. query      each runner reads back every rollout it wrote in step 3 (``query_spans``); spans returned/s
+5. emitted    what an instrumented agent does: each runner opens one ``agl.TrainingContext`` on the URL and
+              emits spans/N spans one by one with ``agl.span``; timed until the context has exited, that is
+              until every span is in the store (the tracer batches them in the background)
+6. query      each runner reads back every rollout it wrote in step 3 (``query_spans``); spans returned/s
 
 A figure is the total count over every runner divided by the wall time from the moment all
 runners are released (a barrier) until the last one finishes. Backends that are not installed or
@@ -41,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-PHASES = ("enqueue", "claim", "spans", "batched", "query")
+PHASES = ("enqueue", "claim", "spans", "batched", "emitted", "query")
 ATTRIBUTES = {
     "gen_ai.request.model": "policy",
     "gen_ai.usage.prompt_tokens": 120,
@@ -153,6 +156,12 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
                 await store.add_spans(group[start : start + work.batch_size])
         out["batched"] = (sum(map(len, batched)), began, time.monotonic())
 
+        emit_url = f"memory://bench-emit-{os.getpid()}" if url == "memory://" else url
+        await _barrier(barrier)
+        began = time.monotonic()
+        emitted = await asyncio.to_thread(_emit, emit_url, work.share(work.spans, runner))
+        out["emitted"] = (emitted, began, time.monotonic())
+
         await _barrier(barrier)
         began, read = time.monotonic(), 0
         for rollout_id in single_ids:
@@ -162,6 +171,17 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
         if own:
             await store.close()
     return out
+
+
+def _emit(url: str, count: int) -> int:
+    """Emit ``count`` spans through the instrumentation API; returns once they are all stored."""
+    import agent_lightning as agl
+
+    with agl.TrainingContext(task_id="bench-emit", store=url):
+        for _ in range(count):
+            with agl.span("llm-call", **ATTRIBUTES):
+                pass
+    return count
 
 
 def _runner_process(url: str, work: Workload, runner: int, barrier: Any, results: Any) -> None:
@@ -454,12 +474,12 @@ def main() -> None:
     )
     print(
         f"| backend | tasks enqueued/s | tasks claimed+completed/s | spans written/s (single) "
-        f"| spans written/s (batch {work.batch_size}) | spans queried/s | note |"
+        f"| spans written/s (batch {work.batch_size}) | spans emitted/s (agl.span) | spans queried/s | note |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, rates, note in rows:
         if rates is None:
-            print(f"| {name} | – | – | – | – | – | {note} |")
+            print(f"| {name} | – | – | – | – | – | – | {note} |")
         else:
             cells = " | ".join(f"{rates[p]:,.0f}" for p in PHASES)
             print(f"| {name} | {cells} | {note} |")
@@ -469,20 +489,21 @@ def main() -> None:
         else:
             print(
                 f"| agentlightning 0.3.0 memory (1 process) | | | {ref['memory_single']:,.0f} "
-                f"| {ref['memory_batched']:,.0f} | | reference |"
+                f"| {ref['memory_batched']:,.0f} | | | reference |"
             )
             if "http_single" in ref:
                 http = f"{ref['http_single']:,.0f}"
-                print(f"| agentlightning 0.3.0 HTTP server (1 client) | | | {http} | | | reference |")
+                print(f"| agentlightning 0.3.0 HTTP server (1 client) | | | {http} | | | | reference |")
             elif "http_error" in ref:
                 print(f"\nreference HTTP server: {ref['http_error']}")
-            print("\nspans written/s (single), ours / reference in-memory:")
-            for name, rates, _ in rows:
-                if rates is not None:
-                    line = f"  {name}: {rates['spans'] / ref['memory_single']:.1f}x"
-                    if "http_single" in ref:
-                        line += f" (vs reference HTTP: {rates['spans'] / ref['http_single']:.1f}x)"
-                    print(line)
+            for phase, label in (("spans", "add_span one by one"), ("emitted", "agl.span one by one")):
+                print(f"\nspans/s {label}, ours / reference add_span in memory (and through its HTTP server):")
+                for name, rates, _ in rows:
+                    if rates is not None:
+                        line = f"  {name}: {rates[phase] / ref['memory_single']:.1f}x"
+                        if "http_single" in ref:
+                            line += f" ({rates[phase] / ref['http_single']:.1f}x)"
+                        print(line)
 
 
 if __name__ == "__main__":

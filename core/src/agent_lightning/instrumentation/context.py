@@ -179,7 +179,8 @@ class TrainingContext:
             return next(self._sequence)
 
     def on_span_started(self, span: ActiveSpan) -> None:
-        if self._hook is not None:
+        # building the record costs a validation; skip it when no plugin observes span starts
+        if self._hook is not None and self._hook.agl_span_started.get_hookimpls():
             record = span.to_span()
             if record is not None:
                 self._hook.agl_span_started(span=record)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
+import random
 import time
 from typing import Any, Literal, Union
 
@@ -20,14 +20,16 @@ AttributeValue = Union[str, bool, int, float, None, list[Any], dict[str, Any]]
 _HEX = frozenset("0123456789abcdef")
 
 
+# Like OpenTelemetry's SDK, ids come from ``random`` (reseeded in forked children), not ``os.urandom``:
+# its syscall releases the GIL, and an agent thread then waits behind the span writer for every span.
 def new_trace_id() -> str:
-    """A random 128-bit OpenTelemetry trace id (32 lowercase hex digits)."""
-    return os.urandom(16).hex()
+    """A random 128-bit OpenTelemetry trace id (32 lowercase hex digits, never all zeros)."""
+    return f"{random.getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
-    """A random 64-bit OpenTelemetry span id (16 lowercase hex digits)."""
-    return os.urandom(8).hex()
+    """A random 64-bit OpenTelemetry span id (16 lowercase hex digits, never all zeros)."""
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 class SpanStatus(BaseModel):
@@ -39,7 +41,23 @@ class SpanStatus(BaseModel):
     message: str | None = None
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+_NUMBERS = frozenset({int, bool, float})
+
+
 def _check_json_finite(value: Any, path: str) -> None:
+    kind = type(value)
+    if kind in _PLAIN:
+        return
+    if kind is list or kind is tuple:
+        # fast paths for the long lists spans carry (token ids, logprobs): type checks at C speed
+        kinds = set(map(type, value))
+        if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, value))):
+            return
+    _check_json_finite_slow(value, path)
+
+
+def _check_json_finite_slow(value: Any, path: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"attribute {path!r} is {value!r}; only finite numbers can be stored")
     if isinstance(value, dict):
