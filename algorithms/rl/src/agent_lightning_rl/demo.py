@@ -44,8 +44,13 @@ DEFAULT_ALGORITHM_CONFIG: dict[str, Any] = {
     "max_new_tokens": 64,
     "learning_rate": 2e-5,
     "temperature": 0.7,
+    "autocast": "bfloat16",
 }
-"""GRPO settings sized for a 2-core CPU (``--set KEY=VALUE`` overrides any of them)."""
+"""GRPO settings sized for a 2-core CPU (``--set KEY=VALUE`` overrides any of them).
+
+The update runs under bf16 autocast (weights stay fp32): 3.5x the fp32 tokens/s on a 2-core CPU with bf16
+instructions (``benchmarks/train_throughput.py``), which buys more iterations in the same wall time. A
+learning rate of 4e-5 with two optimizer steps per iteration gained less, and 8e-5 collapsed the policy."""
 EXAMPLES_ENV = "AGL_EXAMPLES_DIR"
 EVAL_TASK_TYPE = "calc"
 
@@ -55,7 +60,7 @@ class DemoConfig:
     """Everything ``agl demo`` can be told (the CLI flags, one to one)."""
 
     framework: str = "openai"
-    iterations: int = 6
+    iterations: int = 10
     runners: int = 8
     store: str | LightningStore | None = None
     """A URL (default: ``sqlite:///{run_dir}/store.db``) or an open store, which the demo then leaves open."""
