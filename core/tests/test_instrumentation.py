@@ -281,9 +281,9 @@ def test_llm_resource_is_routed_to_the_attempt(store: agl.InMemoryLightningStore
 
 
 def test_long_run_keeps_its_lease_through_heartbeats(store: agl.InMemoryLightningStore) -> None:
-    config = agl.RolloutConfig(lease_seconds=0.3, max_attempts=1)
+    config = agl.RolloutConfig(lease_seconds=0.6, max_attempts=1)
     with agl.TrainingContext(task_id="slow", store=store, config=config) as ctx:
-        time.sleep(1.2)  # four leases long
+        time.sleep(2.0)  # over three leases long
     assert SyncStore(store).get_rollout(ctx.rollout_id).status == "succeeded"
     (attempt,) = SyncStore(store).get_attempts(ctx.rollout_id)
     assert attempt.status == "succeeded" and attempt.last_heartbeat_at > attempt.started_at

@@ -24,6 +24,8 @@ class ServedStore(HttpLightningStore):
 
 
 class TestHttpStoreConformance(StoreConformanceSuite):
+    # Each call is an HTTP round trip: leave a loaded CI machine room inside a lease.
+    short_lease = 1.0
     # Child processes open the server's URL with open_store, which needs the http:// plugin
     # registered as a built-in (agent_lightning.plugins.DEFAULT_PLUGINS).
     supports_multiprocess = "agent_lightning.server.plugin" in DEFAULT_PLUGINS
