@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import agent_lightning as agl
 from autogen_agentchat.agents import AssistantAgent
+from autogen_core import FunctionCall
+from autogen_core.model_context import UnboundedChatCompletionContext
+from autogen_core.models import (
+    AssistantMessage,
+    FunctionExecutionResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    UserMessage,
+)
 from autogen_ext.models.openai import OpenAIChatCompletionClient
-from tasks import SYSTEM_PROMPT, compute_reward
+from tasks import EXAMPLES, SYSTEM_PROMPT, compute_reward
 from tasks import calculator as evaluate
 
 
 async def calculator(expression: str) -> str:
     """Evaluate an arithmetic expression such as '12 * 7'."""
     return evaluate(expression)
+
+
+def worked_examples() -> list[LLMMessage]:
+    """The few-shot conversations: question, calculator call, its result, final answer."""
+    messages: list[LLMMessage] = []
+    for i, (question, expression) in enumerate(EXAMPLES):
+        result = evaluate(expression)
+        call = FunctionCall(id=f"call_{i}", name="calculator", arguments=json.dumps({"expression": expression}))
+        messages += [
+            UserMessage(content=question, source="user"),
+            AssistantMessage(content=[call], source="calc"),
+            FunctionExecutionResultMessage(
+                content=[FunctionExecutionResult(content=result, name="calculator", call_id=call.id, is_error=False)]
+            ),
+            AssistantMessage(content=f"ANSWER: {result}", source="calc"),
+        ]
+    return messages
 
 
 async def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
@@ -36,6 +63,7 @@ async def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
         model_client=client,
         tools=[calculator],
         system_message=SYSTEM_PROMPT,
+        model_context=UnboundedChatCompletionContext(initial_messages=worked_examples()),
         reflect_on_tool_use=True,
         max_tool_iterations=2,
     )

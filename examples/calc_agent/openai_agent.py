@@ -7,7 +7,7 @@ from typing import Any
 
 import agent_lightning as agl
 from openai import OpenAI
-from tasks import SYSTEM_PROMPT, calculator, compute_reward
+from tasks import EXAMPLES, SYSTEM_PROMPT, calculator, compute_reward
 
 TOOLS = [
     {
@@ -25,10 +25,27 @@ TOOLS = [
 ]
 
 
+def worked_examples() -> list[dict[str, Any]]:
+    """The few-shot conversations: question, calculator call, its result, final answer."""
+    messages: list[dict[str, Any]] = []
+    for i, (question, expression) in enumerate(EXAMPLES):
+        arguments = json.dumps({"expression": expression})
+        call = {"id": f"call_{i}", "type": "function", "function": {"name": "calculator", "arguments": arguments}}
+        result = calculator(expression)
+        messages += [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": result},
+            {"role": "assistant", "content": f"ANSWER: {result}"},
+        ]
+    return messages
+
+
 def solve(client: OpenAI, model: str, question: str, max_turns: int = 3, **sampling: Any) -> str:
     """An ordinary tool-calling loop; ``sampling`` (temperature, max_tokens, …) goes to every call."""
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
+        *worked_examples(),
         {"role": "user", "content": question},
     ]
     reply = ""

@@ -73,3 +73,14 @@ SYSTEM_PROMPT = (
     "Solve the math problem. Call the calculator tool with the arithmetic expression, "
     "then reply with the result as 'ANSWER: <number>'."
 )
+
+EXAMPLES = [
+    ("What is 23 plus 5?", "23 + 5"),
+    ("A jar holds 6 bags with 15 beads in each bag. How many beads are there?", "6 * 15"),
+    ("Kim had 31 stamps and gave away 8. How many stamps are left?", "31 - 8"),
+]
+"""Worked examples (question, calculator expression) each agent shows the model before the real question.
+
+A 135M model never calls a tool from the instruction alone; with these three solved conversations it calls the
+calculator about half the time, often enough for training to reinforce the calls that work. No example question
+is produced by :func:`make_tasks` (its templates and number ranges differ)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import json
 import os
@@ -154,3 +155,56 @@ def test_paired_comparison_counts_flips_and_gives_the_exact_sign_test() -> None:
     assert paired.p_value == pytest.approx(5 / 16)  # P(X >= 3), X ~ Binomial(4, 1/2)
     assert PairedComparison.of(report(["a"]), report(["a"])).p_value == 1.0
     assert "3 fixed, 1 broken" in paired.describe(6)
+
+
+def _conversation(messages: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    """What the model sees of each message: role, text, and tool calls as (name, arguments)."""
+    seen = []
+    for message in messages:
+        calls = tuple(
+            (call["function"]["name"], json.loads(call["function"]["arguments"]))  # type: ignore[index]
+            for call in message.get("tool_calls") or []  # type: ignore[attr-defined]
+        )
+        seen.append((message["role"], message.get("content") or "", calls))
+    return seen
+
+
+def test_the_three_calculator_agents_send_the_model_the_same_conversation() -> None:
+    """Worked examples included: one framework's agent must not train on a different prompt than another's."""
+    from agent_lightning.instrumentation.context import TrainingContext
+    from agent_lightning.proxy.server import LLMProxy
+    from agent_lightning.store.sync import SyncStore
+    from agent_lightning.testing.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
+
+    def script(call: ScriptCall) -> Reply | str:
+        if call.messages[-1]["role"] == "tool":
+            return f"ANSWER: {call.messages[-1]['content']}"
+        return Reply(tool_calls=[ToolCall("calculator", {"expression": "17 * 3"})])
+
+    task = {"question": "What is 17 times 3?", "answer": 51}
+    conversations = {}
+    for framework in FRAMEWORK_MODULES:
+        _require_framework(framework)
+        tasks, agent = load_example(EXAMPLES, framework)
+        store = InMemoryLightningStore()
+        with ScriptedLLM(script) as llm, LLMProxy(store, llm.url) as proxy:
+            SyncStore(store).add_resources({"policy": proxy.resource("policy", temperature=0.0)})
+            with TrainingContext(task_id=f"calc-{framework}", store=store) as ctx:
+                result = agent(task, ctx)
+                if result is not None:  # the AutoGen agent is a coroutine function
+                    asyncio.run(result)
+            proxy.flush()
+            rewards = [s.reward for s in SyncStore(store).query_spans(ctx.rollout_id) if s.reward is not None]
+        first, second = (call.body["messages"] for call in llm.calls)
+        assert _conversation(second)[-2:] == [
+            ("assistant", "", (("calculator", {"expression": "17 * 3"}),)),
+            ("tool", "51", ()),
+        ]
+        conversations[framework] = (_conversation(first), _conversation(second))
+        assert rewards == [1.0], framework
+    openai_first, _ = conversations["openai"]
+    shots = [m for m in openai_first if m[0] == "assistant" and m[2]]
+    assert len(shots) == len(tasks.EXAMPLES) >= 1  # the worked examples are in the prompt
+    assert openai_first[0] == ("system", tasks.SYSTEM_PROMPT, ())
+    assert conversations["langchain"] == conversations["openai"]
+    assert conversations["autogen"] == conversations["openai"]
