@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_plugin_import_is_light() -> None:
     code = "import sys, agent_lightning.proxy.plugin; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
-        "{'fastapi', 'starlette', 'uvicorn', 'httpx', 'orjson'}))"  # fmt: skip
+        "{'fastapi', 'starlette', 'uvicorn', 'httpx', 'orjson', 'aiohttp', 'yarl'}))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

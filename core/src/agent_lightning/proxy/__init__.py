@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:
-        if exc.name in {"httpx", "starlette", "uvicorn", "orjson", "fastapi"}:
+        if exc.name in {"aiohttp", "yarl", "httpx", "starlette", "uvicorn", "orjson", "fastapi"}:
             raise ModuleNotFoundError(
                 f"the Agent Lightning proxy needs {exc.name}: pip install 'agent-lightning[server]'", name=exc.name
             ) from exc

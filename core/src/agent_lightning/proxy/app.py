@@ -24,8 +24,9 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
+import yarl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -59,6 +60,8 @@ _PATH = re.compile(r"^(?:/rollout/(?P<rollout>[^/]+)(?:/attempt/(?P<attempt>[^/]
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}$")
 _GENERATION = {"chat/completions": "chat", "completions": "text_completion"}
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+"""What the upstream client raises when the upstream is unreachable, too slow or breaks off."""
 _FORWARDED_REQUEST_HEADERS = ("authorization", "openai-organization", "openai-project", "x-request-id")
 
 
@@ -150,6 +153,18 @@ def _upstream_error(status: int, content: bytes) -> _Failure:
     return _Failure(status, message, str(status), None, body)
 
 
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The lines of an event stream, of any length (aiohttp's own line iterator caps their size)."""
+    pending = b""
+    async for chunk in stream.iter_any():
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 class ProxyHandler:
     """The request handling behind :func:`create_app`.
 
@@ -163,25 +178,33 @@ class ProxyHandler:
         self.emit = emit
         self.attributor = attributor
         self.stats = ProxyStats()
-        self.client: httpx.AsyncClient | None = None
+        self.client: aiohttp.ClientSession | None = None
         self._sequences: dict[str, Iterator[int]] = {}
         self._traces: dict[str, str] = {}
         self._warned: set[str] = set()
         self._auth = {"authorization": f"Bearer {settings.upstream_api_key}"} if settings.upstream_api_key else {}
 
     # ------------------------------------------------------------------ lifecycle
-    def open_client(self) -> httpx.AsyncClient:
-        limit = self.settings.max_connections
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit, keepalive_expiry=60),
+    def open_client(self) -> aiohttp.ClientSession:
+        """The upstream connection pool (call with the serving event loop running).
+
+        aiohttp rather than httpx: its C-accelerated client costs about a quarter of httpx's per call,
+        which is most of what the proxy adds to an LLM call's latency.
+        """
+        timeout = self.settings.timeout
+        self.client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=60),
+            # ``sock_read`` bounds each wait for the upstream (a response, or the next piece of a stream).
+            timeout=aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout), sock_read=timeout),
             trust_env=False,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
         )
         return self.client
 
     async def close_client(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
             self.client = None
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
@@ -282,24 +305,26 @@ class ProxyHandler:
 
     async def passthrough(self, request: Request, endpoint: str) -> Response:
         assert self.client is not None
+        query = request.url.query
+        url = yarl.URL(f"{self.base}/{endpoint}" + (f"?{query}" if query else ""), encoded=True)
         try:
-            response = await self.client.request(
-                request.method,
-                f"{self.base}/{endpoint}",
-                params=request.query_params,
-                content=await request.body(),
-                headers=self._headers(request),
-            )
-        except httpx.HTTPError as exc:
+            async with self.client.request(
+                request.method, url, data=await request.body(), headers=self._headers(request)
+            ) as response:
+                content = await response.read()
+        except _TRANSPORT_ERRORS as exc:
             failure = self._transport_failure(exc)
             return JSONResponse(failure.body, status_code=failure.status)
         media = response.headers.get("content-type", "application/json")
-        return Response(response.content, status_code=response.status_code, media_type=media)
+        return Response(content, status_code=response.status, media_type=media)
 
-    def _transport_failure(self, exc: httpx.HTTPError) -> _Failure:
-        if isinstance(exc, httpx.TimeoutException):
+    def _transport_failure(self, exc: BaseException) -> _Failure:
+        if isinstance(exc, asyncio.TimeoutError):
             message = f"upstream {self.base} timed out after {self.settings.timeout:g}s ({type(exc).__name__})"
             return _Failure(504, message, "timeout", "upstream_timeout")
+        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+            message = f"upstream {self.base} broke off its response: {type(exc).__name__}: {exc}"
+            return _Failure(502, message, type(exc).__name__, "upstream_disconnected")
         message = f"upstream {self.base} is unreachable: {type(exc).__name__}: {exc}"
         return _Failure(502, message, type(exc).__name__, "upstream_unreachable")
 
@@ -372,16 +397,17 @@ class ProxyHandler:
             return await self._stream(call, url, content, headers, operation, strip_ids, strip_logprobs)
 
         try:
-            response = await self.client.post(url, content=content, headers=headers)
-            if response.status_code >= 400:
-                raise _upstream_error(response.status_code, response.content)
+            async with self.client.post(url, data=content, headers=headers) as response:
+                raw_response = await response.read()
+            if response.status >= 400:
+                raise _upstream_error(response.status, raw_response)
             try:
-                payload = orjson.loads(response.content)
+                payload = orjson.loads(raw_response)
             except orjson.JSONDecodeError as exc:
                 raise _Failure(502, f"upstream returned invalid JSON: {exc}", "invalid_response", None) from None
             if not isinstance(payload, dict):
                 raise _Failure(502, "upstream returned a JSON value that is not an object", "invalid_response", None)
-        except (httpx.HTTPError, _Failure) as exc:
+        except (*_TRANSPORT_ERRORS, _Failure) as exc:
             failure = exc if isinstance(exc, _Failure) else self._transport_failure(exc)
             return self._fail(call, failure)
 
@@ -396,9 +422,9 @@ class ProxyHandler:
             out_headers[SPAN_ID_HEADER] = ",".join(call.span_ids)
         if strip_ids or strip_logprobs:
             _strip(payload, strip_ids, strip_logprobs)
-            return Response(orjson.dumps(payload), status_code=response.status_code, headers=out_headers,
+            return Response(orjson.dumps(payload), status_code=response.status, headers=out_headers,
                             media_type="application/json")  # fmt: skip
-        return Response(response.content, status_code=response.status_code, headers=out_headers,
+        return Response(raw_response, status_code=response.status, headers=out_headers,
                         media_type="application/json")  # fmt: skip
 
     def _fail(self, call: CallContext | None, failure: _Failure) -> Response:
@@ -424,19 +450,17 @@ class ProxyHandler:
     ) -> Response:
         assert self.client is not None
         try:
-            response = await self.client.send(
-                self.client.build_request("POST", url, content=content, headers=headers), stream=True
-            )
-        except httpx.HTTPError as exc:
+            response = await self.client.post(url, data=content, headers=headers)
+        except _TRANSPORT_ERRORS as exc:
             return self._fail(call, self._transport_failure(exc))
-        if response.status_code >= 400:
+        if response.status >= 400:
             try:
-                error_content = await response.aread()
-            except httpx.HTTPError as exc:
+                error_content = await response.read()
+            except _TRANSPORT_ERRORS as exc:
                 return self._fail(call, self._transport_failure(exc))
             finally:
-                await response.aclose()
-            return self._fail(call, _upstream_error(response.status_code, error_content))
+                response.release()
+            return self._fail(call, _upstream_error(response.status, error_content))
 
         version = response.headers.get(MODEL_VERSION_HEADER)
         out_headers = {"cache-control": "no-cache"}
@@ -464,7 +488,7 @@ class ProxyHandler:
 
             data: list[bytes] = []
             try:
-                async for line in response.aiter_lines():
+                async for line in _lines(response.content):
                     if line.startswith("data:"):
                         data.append(line[5:].lstrip().encode())
                         continue
@@ -495,7 +519,7 @@ class ProxyHandler:
                     record(("incomplete_stream", "the upstream stream ended before every choice finished"))
                 else:
                     record(None)
-            except httpx.HTTPError as exc:
+            except _TRANSPORT_ERRORS as exc:
                 failure = self._transport_failure(exc)
                 record((failure.error_type, failure.message))
                 logger.warning("agent-lightning proxy: %s", failure.message)
@@ -504,9 +528,9 @@ class ProxyHandler:
                 record(("cancelled", "the client closed the stream before it ended"))
                 raise
             finally:
-                await response.aclose()
+                response.release()
 
-        return StreamingResponse(events(), status_code=response.status_code, headers=out_headers,
+        return StreamingResponse(events(), status_code=response.status, headers=out_headers,
                                  media_type="text/event-stream")  # fmt: skip
 
 
