@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -165,6 +166,21 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
         yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
+class _ThenResponse(Response):
+    """A response that runs ``then`` once it is sent (or its sending failed)."""
+
+    def __init__(self, *args: Any, then: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._then = then
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._then is not None:
+                self._then()
+
+
 class ProxyHandler:
     """The request handling behind :func:`create_app`.
 
@@ -183,6 +199,8 @@ class ProxyHandler:
         self._traces: dict[str, str] = {}
         self._warned: set[str] = set()
         self._auth = {"authorization": f"Bearer {settings.upstream_api_key}"} if settings.upstream_api_key else {}
+        self._idle = threading.Condition()
+        self._unrecorded = 0
 
     # ------------------------------------------------------------------ lifecycle
     def open_client(self) -> aiohttp.ClientSession:
@@ -249,19 +267,25 @@ class ProxyHandler:
             counter = self._sequences[attempt_id] = itertools.count(PROXY_SEQUENCE_BASE)
         return [next(counter) for _ in range(count)]
 
+    def _extend_ids(self, call: CallContext, choices: int) -> None:
+        """Give choices beyond the requested ``n`` span ids of their own."""
+        if choices > len(call.span_ids):
+            extra = choices - len(call.span_ids)
+            call.span_ids += [new_span_id() for _ in range(extra)]
+            call.sequence_ids += self._sequence_ids(call.attempt_id, extra)
+
     def _record(
         self,
         call: CallContext,
         info: ResponseInfo,
         choices: list[ChoiceRecord],
         error: tuple[str, str] | None = None,
+        ended: tuple[float, float] | None = None,
     ) -> None:
-        end = time.time()
-        latency = (time.perf_counter() - call.started) * 1000
-        if error is None and len(choices) > len(call.span_ids):
-            extra = len(choices) - len(call.span_ids)
-            call.span_ids += [new_span_id() for _ in range(extra)]
-            call.sequence_ids += self._sequence_ids(call.attempt_id, extra)
+        end, finished = ended or (time.time(), time.perf_counter())
+        latency = (finished - call.started) * 1000
+        if error is None:
+            self._extend_ids(call, len(choices))
         spans = build_spans(call, info, choices, max(end, call.start_time), latency, error=error)
         for span in spans:
             self.emit(span)
@@ -415,17 +439,45 @@ class ProxyHandler:
         version = response.headers.get(MODEL_VERSION_HEADER)
         if version is not None:
             out_headers[MODEL_VERSION_HEADER] = version
+        after: Callable[[], None] | None = None
         if call is not None:
             info, choices = response_choices(operation, payload)
             info.resources_id = version
-            self._record(call, info, choices)
+            self._extend_ids(call, len(choices))
             out_headers[SPAN_ID_HEADER] = ",".join(call.span_ids)
+            after = self._record_after_response(call, info, choices)
         if strip_ids or strip_logprobs:
             _strip(payload, strip_ids, strip_logprobs)
-            return Response(orjson.dumps(payload), status_code=response.status, headers=out_headers,
-                            media_type="application/json")  # fmt: skip
-        return Response(raw_response, status_code=response.status, headers=out_headers,
-                        media_type="application/json")  # fmt: skip
+            raw_response = orjson.dumps(payload)
+        return _ThenResponse(raw_response, status_code=response.status, headers=out_headers,
+                             media_type="application/json", then=after)  # fmt: skip
+
+    def _record_after_response(
+        self, call: CallContext, info: ResponseInfo, choices: list[ChoiceRecord]
+    ) -> Callable[[], None]:
+        """Build and queue the call's spans once its response is sent: the agent does not wait for them.
+
+        :meth:`wait_recorded` (and so ``LLMProxy.flush``) waits for calls answered but not yet recorded.
+        """
+        ended = (time.time(), time.perf_counter())
+        with self._idle:
+            self._unrecorded += 1
+
+        def record() -> None:
+            try:
+                self._record(call, info, choices, ended=ended)
+            finally:
+                with self._idle:
+                    self._unrecorded -= 1
+                    if not self._unrecorded:
+                        self._idle.notify_all()
+
+        return record
+
+    def wait_recorded(self, timeout: float | None = None) -> bool:
+        """Wait until every call answered so far has queued its spans; ``False`` on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._unrecorded, timeout)
 
     def _fail(self, call: CallContext | None, failure: _Failure) -> Response:
         headers: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -102,7 +103,8 @@ class LLMProxy:
         return LLM(endpoint=self.url, model=model, sampling_parameters=sampling_parameters)
 
     def stats(self) -> ProxyStats:
-        """A snapshot of the proxy's counters."""
+        """A snapshot of the proxy's counters (once the calls answered so far are recorded)."""
+        self.handler.wait_recorded(5.0)
         return replace(self.handler.stats)
 
     def start(self) -> LLMProxy:
@@ -111,8 +113,12 @@ class LLMProxy:
         return self
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until every span recorded so far reached the store; ``False`` on timeout."""
-        return self._tracer.emitter.flush(timeout)
+        """Wait until the spans of every call answered so far reached the store; ``False`` on timeout."""
+        began = time.monotonic()
+        if not self.handler.wait_recorded(timeout):
+            return False
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
+        return self._tracer.emitter.flush(left)
 
     def stop(self) -> None:
         """Stop serving and deliver the recorded spans (the store stays open)."""
