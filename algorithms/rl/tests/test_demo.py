@@ -13,7 +13,11 @@ import pytest
 import torch
 from agent_lightning import semconv
 from agent_lightning.cli import build_parser
+from agent_lightning.instrumentation.context import TrainingContext
+from agent_lightning.proxy.server import LLMProxy
 from agent_lightning.store.memory import InMemoryLightningStore
+from agent_lightning.store.sync import SyncStore
+from agent_lightning.testing.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
 from agent_lightning_rl.demo import (
     EvalReport,
     PairedComparison,
@@ -171,10 +175,6 @@ def _conversation(messages: list[dict[str, object]]) -> list[tuple[object, ...]]
 
 def test_the_three_calculator_agents_send_the_model_the_same_conversation() -> None:
     """Worked examples included: one framework's agent must not train on a different prompt than another's."""
-    from agent_lightning.instrumentation.context import TrainingContext
-    from agent_lightning.proxy.server import LLMProxy
-    from agent_lightning.store.sync import SyncStore
-    from agent_lightning.testing.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
 
     def script(call: ScriptCall) -> Reply | str:
         if call.messages[-1]["role"] == "tool":

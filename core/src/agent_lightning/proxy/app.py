@@ -159,6 +159,8 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
     pending = b""
     async for chunk in stream.iter_any():
         pending += chunk
+        if b"\n" not in chunk:  # a long line arriving in pieces: no need to re-split what is pending
+            continue
         *complete, pending = pending.split(b"\n")
         for line in complete:
             yield line.rstrip(b"\r").decode("utf-8", errors="replace")
@@ -215,8 +217,6 @@ class ProxyHandler:
             # ``sock_read`` bounds each wait for the upstream (a response, or the next piece of a stream).
             timeout=aiohttp.ClientTimeout(total=None, connect=min(10.0, timeout), sock_read=timeout),
             trust_env=False,
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
         )
         return self.client
 
