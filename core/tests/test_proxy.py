@@ -542,3 +542,34 @@ def test_proxy_spans_build_a_training_episode(proxy, store, upstream) -> None:
     assert [s.completion_token_ids for s in episode.samples] == [c.choices[0].token_ids for c in upstream.calls[-2:]]
     assert [s.prompt_token_ids for s in episode.samples] == [c.prompt_token_ids[0] for c in upstream.calls[-2:]]
     assert all(s.reward == 1.0 for s in episode.samples)
+
+
+# --------------------------------------------------------------------------- Responses API (forwarded, not recorded)
+def test_responses_api_is_forwarded_unrecorded_and_parsed_by_the_sdk(proxy, store, upstream) -> None:
+    attempted = start(store)
+    sdk = client(proxy.base_url(attempted.rollout_id))
+    before = proxy.stats()
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    first = sdk.responses.create(model="policy", input="weather in Paris", tools=[tool], instructions="Be brief.")
+    assert first.status == "completed" and upstream.calls[-1].endpoint == "responses"
+    (call,) = first.output
+    assert (call.type, call.name, json.loads(call.arguments)) == ("function_call", "get_weather", {"city": "Paris"})
+    assert upstream.calls[-1].body["tools"] == [tool]
+    follow_up = [
+        {"role": "user", "content": "weather in Paris"},
+        call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+    ]
+    second = sdk.responses.create(model="policy", input=follow_up, tools=[tool])
+    assert second.output_text == "It is sunny."
+    assert second.usage is not None and second.usage.output_tokens == len(upstream.calls[-1].choices[0].token_ids)
+
+    events = list(sdk.responses.create(model="policy", input="hello", stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == events[-1].response.output_text == "echo: hello (choice 0)"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+    after = proxy.stats()
+    assert after.recorded_spans == before.recorded_spans  # only chat/text completions are recorded
+    assert spans_of(proxy, store, attempted.rollout_id) == []

@@ -35,7 +35,7 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -189,10 +189,11 @@ class ScriptCall:
     """What a callable script is asked: one choice of one request."""
 
     endpoint: str
-    """``chat`` or ``completions``."""
+    """``chat``, ``completions`` or ``responses``."""
     messages: list[dict[str, Any]]
     """The chat messages (for ``completions``: one user message holding the prompt text)."""
     tools: list[dict[str, Any]] | None
+    """The tool definitions, in the chat completions format (``responses`` tools are converted)."""
     model: str
     choice_index: int
     call_index: int
@@ -319,12 +320,19 @@ def create_scripted_app(server: ScriptedLLM) -> Any:
         logprobs = [scripted_logprob(t, j) for j, t in enumerate(ids)]
         return GeneratedChoice(ids, logprobs, full, content, calls, finish)
 
-    def replies(body: dict[str, Any], messages: list[dict[str, Any]], rows: int) -> tuple[int, list[Reply]]:
+    def replies(
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        rows: int,
+        endpoint: str = "chat",
+        tools: list[dict[str, Any]] | None = None,
+    ) -> tuple[int, list[Reply]]:
         with server._lock:
             call_no = next(server._counter)
         out = []
         for i in range(rows):
-            call = ScriptCall("chat", messages, body.get("tools"), str(body.get("model", "")), i, call_no, body)
+            given = body.get("tools") if tools is None else tools
+            call = ScriptCall(endpoint, messages, given, str(body.get("model", "")), i, call_no, body)
             out.append(server._next_reply(call, first_choice=i == 0))
         return call_no, out
 
@@ -639,6 +647,211 @@ def create_scripted_app(server: ScriptedLLM) -> Any:
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers())
 
+    # ------------------------------------------------------------------ responses
+    def response_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+        """A Responses ``input`` (and ``instructions``) as chat messages, for the script and the template."""
+        messages: list[dict[str, Any]] = []
+        instructions = body.get("instructions")
+        if isinstance(instructions, str) and instructions:
+            messages.append({"role": "system", "content": instructions})
+        given = body.get("input")
+        if isinstance(given, str) and given:
+            return [*messages, {"role": "user", "content": given}]
+        if not isinstance(given, list) or not given:
+            raise _Failure(400, "input must be a non-empty string or a non-empty list of input items")
+        for item in given:
+            if not isinstance(item, dict):
+                raise _Failure(400, "input items must be objects")
+            kind = item.get("type", "message")
+            if kind == "message":
+                messages.append({"role": item.get("role", "user"), "content": _content_text(item.get("content"))})
+            elif kind == "function_call":
+                call = {
+                    "id": item.get("call_id"),
+                    "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments") or "{}"},
+                }
+                last = messages[-1] if messages else None
+                if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                    last["tool_calls"].append(call)
+                else:
+                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            elif kind == "function_call_output":
+                output = item.get("output")
+                messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": _content_text(output)})
+            else:
+                raise _Failure(400, f"input item type {kind!r} is not supported by the scripted server")
+        return messages
+
+    def response_tools(tools: Any) -> list[dict[str, Any]] | None:
+        """Responses function tools (``{"type": "function", "name": …}``) in the chat completions format."""
+        if not tools:
+            return None
+        out = []
+        for t in tools:
+            if not isinstance(t, dict) or t.get("type") != "function":
+                raise _Failure(400, "the scripted server supports only function tools in /v1/responses")
+            function = {k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}
+            out.append({"type": "function", "function": function})
+        return out
+
+    def output_text_part(text: str, logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+
+    async def responses(request: Request) -> Response:
+        try:
+            body = await parse(request)
+            messages = response_messages(body)
+            tools = response_tools(body.get("tools"))
+            prompt_ids = tok.encode(render_chat(messages, tools))
+            record = ScriptedCall("responses", body, dict(request.headers), [prompt_ids])
+            server.calls.append(record)
+            call_no, batch = replies(body, messages, 1, endpoint="responses", tools=tools)
+            await fail_or_wait(batch)
+        except _Failure as exc:
+            if "record" in locals():
+                record.status = exc.status
+            return error(exc.status, exc.message, "invalid_request_error" if exc.status < 500 else "server_error")
+        g = generate(batch[0], body.get("max_output_tokens"), [], call_no, 0)
+        record.choices = [g]
+        include = body.get("include") or []
+        want_lp = "message.output_text.logprobs" in include or body.get("top_logprobs") is not None
+        top = int(body.get("top_logprobs") or 0)
+        with server._lock:
+            number = next(server._ids)
+        response_id = f"resp_scripted_{number}"
+        message_id = f"msg_scripted_{number}"
+        text = g.content or ""
+        logprobs = chat_logprobs(g.token_ids, g.logprobs, top)["content"] if want_lp and not g.tool_calls else None
+        output: list[dict[str, Any]] = []
+        if text or not g.tool_calls:
+            output.append(
+                {
+                    "type": "message",
+                    "id": message_id,
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [output_text_part(text, logprobs)],
+                }
+            )
+        for k, call in enumerate(g.tool_calls):
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_scripted_{number}_{k}",
+                    "call_id": call["id"],
+                    "name": call["function"]["name"],
+                    "arguments": call["function"]["arguments"],
+                    "status": "completed",
+                }
+            )
+        incomplete = g.finish_reason == "length"
+        usage = {
+            "input_tokens": len(prompt_ids),
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": len(g.token_ids),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": len(prompt_ids) + len(g.token_ids),
+        }
+        final: dict[str, Any] = {
+            "id": response_id,
+            "object": "response",
+            "created_at": 1700000000,
+            "completed_at": 1700000001,
+            "status": "incomplete" if incomplete else "completed",
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": body.get("model", ""),
+            "output": output,
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "temperature": body.get("temperature", 1.0),
+            "top_p": body.get("top_p", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "truncation": body.get("truncation", "disabled"),
+            "metadata": body.get("metadata") or {},
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return JSONResponse(final, headers=headers())
+
+        reply = batch[0]
+        pieces: list[tuple[str, list[dict[str, Any]]]] = []  # the text deltas and their logprobs
+        if g.tool_calls:  # text alongside tool calls: one delta
+            pieces = [(text, [])] if text else []
+        else:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            spans = chunks_of(g.token_ids)
+            for k, (a, b) in enumerate(spans):
+                raw = b"".join(tok.token_bytes(x) for x in g.token_ids[a:b] if not tok.is_special(x))
+                lps = chat_logprobs(g.token_ids[a:b], g.logprobs[a:b], top)["content"] if want_lp else []
+                pieces.append((decoder.decode(raw, final=k == len(spans) - 1), lps))
+
+        async def stream() -> AsyncIterator[bytes]:
+            sequence = itertools.count()
+            started = {**final, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+            started["completed_at"] = None
+
+            def event(type_: str, **fields: Any) -> bytes:
+                payload = {"type": type_, **fields, "sequence_number": next(sequence)}
+                return f"event: {type_}\n".encode() + sse(payload)
+
+            def events() -> Iterator[bytes]:
+                yield event("response.created", response=started)
+                yield event("response.in_progress", response=started)
+                for index, item in enumerate(output):
+                    if item["type"] == "message":
+                        yield event(
+                            "response.output_item.added",
+                            output_index=index,
+                            item={**item, "status": "in_progress", "content": []},
+                        )
+                        where = {"item_id": message_id, "output_index": index, "content_index": 0}
+                        yield event("response.content_part.added", **where, part=output_text_part("", None))
+                        for delta, lps in pieces:
+                            if delta or lps:
+                                yield event("response.output_text.delta", **where, delta=delta, logprobs=lps)
+                        yield event("response.output_text.done", **where, text=text, logprobs=logprobs or [])
+                        yield event("response.content_part.done", **where, part=output_text_part(text, logprobs))
+                    else:
+                        yield event(
+                            "response.output_item.added",
+                            output_index=index,
+                            item={**item, "status": "in_progress", "arguments": ""},
+                        )
+                        args = item["arguments"]
+                        half = len(args) // 2
+                        for part in (args[:half], args[half:]):
+                            yield event(
+                                "response.function_call_arguments.delta",
+                                item_id=item["id"],
+                                output_index=index,
+                                delta=part,
+                            )
+                        yield event(
+                            "response.function_call_arguments.done",
+                            item_id=item["id"],
+                            output_index=index,
+                            name=item["name"],
+                            arguments=args,
+                        )
+                    yield event("response.output_item.done", output_index=index, item=item)
+                yield event("response.incomplete" if incomplete else "response.completed", response=final)
+
+            for sent, chunk in enumerate(events()):
+                if reply.stream_error_after is not None and sent >= reply.stream_error_after:
+                    fields = {"code": "server_error", "message": reply.error_message, "param": None}
+                    yield event("error", **fields)
+                    return
+                yield chunk
+                await asyncio.sleep(0)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers())
+
     async def models(request: Request) -> Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "agent-lightning"} for m in server.models]
         return JSONResponse({"object": "list", "data": data}, headers=headers())
@@ -647,6 +860,7 @@ def create_scripted_app(server: ScriptedLLM) -> Any:
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
         ]
     )
