@@ -6,13 +6,14 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import agent_lightning as agl
 import openai
 import pytest
 from agent_lightning import semconv
 from agent_lightning.instrumentation import adapter as adapters
-from agent_lightning.testing.scripted_llm import Reply
+from agent_lightning.testing.scripted_llm import Reply, ScriptedCall
 from agent_lightning.types import PromptTemplate
 from agent_lightning_openai import OpenAIAdapter
 from agent_lightning_openai.testing import MODEL, ProxyEnv, scripted_proxy
@@ -96,9 +97,14 @@ def test_tool_calling_agent_span_tree(env: ProxyEnv) -> None:
     assert second.attributes[semconv.GEN_AI_INPUT_MESSAGES][-1]["role"] == "tool"
     assert second.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
     assert second.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
-    # the upstream saw the link headers
-    headers = env.upstream.calls[0].headers
-    assert headers.get("x-agl-parent-span-id", first.span_id) == first.span_id
+    # the link: each client span's proxy record is its child and holds exactly what the upstream sampled for it
+    for span, sampled in zip((first, second), env.upstream.calls, strict=True):
+        record = tree.proxy_record(span)
+        assert record.parent_id == span.span_id
+        assert record.attributes[semconv.PROMPT_TOKEN_IDS] == sampled.prompt_token_ids[0]
+        assert record.attributes[semconv.COMPLETION_TOKEN_IDS] == sampled.choices[0].token_ids
+    # the proxy consumes the link headers: the upstream never sees them
+    assert not [h for call in env.upstream.calls for h in call.headers if h.startswith("x-agl-")]
 
 
 def test_streaming_sync_and_async(env: ProxyEnv) -> None:
@@ -232,3 +238,114 @@ def test_concurrent_rollouts_stay_separate(env: ProxyEnv) -> None:
             users = [m for m in span.attributes[semconv.GEN_AI_INPUT_MESSAGES] if m["role"] == "user"]
             assert users == [{"role": "user", "content": question}]
             assert tree.proxy_record(span).rollout_id == rollout_id
+
+
+# ---------------------------------------------------------------------- the Responses API
+RESPONSES_TOOLS = [{"type": "function", **TOOLS[0]["function"]}]
+
+
+def assert_responses_span(span: Any, sampled: ScriptedCall) -> None:
+    """A Responses call's span: chat-shaped attributes, usage of the sampled call, and no token ids (the proxy
+    only forwards ``/v1/responses``, so no record links to it)."""
+    assert span.name == f"chat {MODEL}" and span.kind == "llm" and span.status.code == "ok"
+    assert span.end_time is not None
+    assert span.attributes[semconv.ADAPTER] == "openai"
+    assert span.attributes[semconv.GEN_AI_OPERATION_NAME] == "chat"
+    assert span.attributes[semconv.GEN_AI_REQUEST_MODEL] == MODEL
+    assert span.attributes[semconv.GEN_AI_RESPONSE_MODEL] == MODEL
+    assert span.attributes[semconv.GEN_AI_RESPONSE_ID].startswith("resp_")
+    assert span.attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] == len(sampled.prompt_token_ids[0])
+    assert span.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == len(sampled.choices[0].token_ids)
+    assert span.attributes[semconv.TOKEN_IDS_AVAILABLE] is False
+    assert semconv.PROXY_RECORD_ID not in span.attributes
+    assert semconv.COMPLETION_TOKEN_IDS not in span.attributes
+
+
+def test_responses_api_tool_calling_agent(env: ProxyEnv) -> None:
+    with agl.TrainingContext(task_id="responses", store=env.store, agent_name="solver") as ctx:
+        client = openai.OpenAI(base_url=ctx.llm().endpoint, api_key="unused", max_retries=0)
+        instructions = SYSTEM.format(role="calculator")
+        first = client.responses.create(
+            model=MODEL, instructions=instructions, input="What is 25 * 17?", tools=RESPONSES_TOOLS, temperature=0.3
+        )
+        (call,) = first.output
+        assert call.type == "function_call"
+        result = str(eval(json.loads(call.arguments)["expression"]))
+        history = [
+            {"role": "user", "content": "What is 25 * 17?"},
+            call,
+            {"type": "function_call_output", "call_id": call.call_id, "output": result},
+        ]
+        second = client.responses.create(model=MODEL, instructions=instructions, input=history, tools=RESPONSES_TOOLS)
+    assert second.output_text == "The answer is 425."
+
+    tree = env.tree(ctx.rollout_id)
+    spans = tree.children(tree.root)
+    assert [s.kind for s in spans] == ["llm", "llm"]  # the proxy recorded nothing: no record under them
+    assert all(not tree.children(s) for s in spans)
+    assert [c.endpoint for c in env.upstream.calls] == ["responses", "responses"]
+    for span, sampled in zip(spans, env.upstream.calls, strict=True):
+        assert_responses_span(span, sampled)
+        assert span.attributes[semconv.AGENT_NAME] == "solver"
+        assert span.attributes[semconv.RESOURCE_NAMES] == ["policy", "system_prompt"]
+        assert span.attributes[semconv.GEN_AI_TOOL_DEFINITIONS] == RESPONSES_TOOLS
+        assert span.attributes[semconv.GEN_AI_INPUT_MESSAGES][0] == {"role": "system", "content": instructions}
+    one, two = spans
+    assert one.attributes[semconv.GEN_AI_REQUEST_TEMPERATURE] == 0.3
+    assert one.attributes[semconv.GEN_AI_INPUT_MESSAGES][1] == {"role": "user", "content": "What is 25 * 17?"}
+    assert one.attributes[semconv.GEN_AI_OUTPUT_MESSAGES] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": '{"expression": "25 * 17"}'},
+                }
+            ],
+        }
+    ]
+    assert one.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["tool_calls"]
+    # the follow-up's input items are recorded as chat messages: the call, then the tool's result
+    assert two.attributes[semconv.GEN_AI_INPUT_MESSAGES][2]["tool_calls"][0]["id"] == call.call_id
+    assert two.attributes[semconv.GEN_AI_INPUT_MESSAGES][3] == {
+        "role": "tool",
+        "tool_call_id": call.call_id,
+        "content": "425",
+    }
+    assert two.attributes[semconv.GEN_AI_OUTPUT_MESSAGES] == [{"role": "assistant", "content": "The answer is 425."}]
+    assert two.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["stop"]
+
+
+def test_responses_api_streaming_and_async(env: ProxyEnv) -> None:
+    async def call_async(endpoint: str) -> tuple[str, list[str]]:
+        client = openai.AsyncOpenAI(base_url=endpoint, api_key="unused", max_retries=0)
+        plain = await client.responses.create(model=MODEL, input="Say hi", max_output_tokens=5)
+        stream = await client.responses.create(model=MODEL, input="What is 6 * 7?", tools=RESPONSES_TOOLS, stream=True)
+        assert isinstance(stream, openai.AsyncStream)
+        return plain.output_text, [event.type async for event in stream]
+
+    with agl.TrainingContext(task_id="responses-stream", store=env.store) as ctx:
+        client = openai.OpenAI(base_url=ctx.llm().endpoint, api_key="unused", max_retries=0)
+        with client.responses.create(model=MODEL, input="Say hi", stream=True) as stream:
+            assert isinstance(stream, openai.Stream)
+            text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        truncated, events = asyncio.run(call_async(ctx.llm().endpoint))
+
+    assert text == "I can only do arithmetic."
+    assert truncated == "I can "
+    assert events[-1] == "response.completed" and "response.function_call_arguments.delta" in events
+    tree = env.tree(ctx.rollout_id)
+    sync_stream, async_plain, async_stream = tree.children(tree.root, kind="llm")
+    for span, sampled in zip((sync_stream, async_plain, async_stream), env.upstream.calls, strict=True):
+        assert_responses_span(span, sampled)
+    assert sync_stream.attributes[semconv.GEN_AI_OUTPUT_MESSAGES] == [
+        {"role": "assistant", "content": "I can only do arithmetic."}
+    ]
+    assert sync_stream.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["stop"]
+    assert async_plain.attributes[semconv.GEN_AI_REQUEST_MAX_TOKENS] == 5
+    assert async_plain.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["length"]
+    tool_call = async_stream.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["tool_calls"][0]
+    assert tool_call["function"] == {"name": "calculator", "arguments": '{"expression": "6 * 7"}'}
+    assert async_stream.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["tool_calls"]

@@ -69,8 +69,74 @@ def _input_messages(operation: Operation, kwargs: Mapping[str, Any]) -> Any:
     if isinstance(given, str):
         messages.append({"role": "user", "content": given})
     elif given is not None:
-        messages.extend(given)
+        messages.extend(_chat_messages_of_items(given))
     return messages
+
+
+def _field(item: Any, key: str) -> Any:
+    return item.get(key) if isinstance(item, Mapping) else getattr(item, key, None)
+
+
+def _chat_messages_of_items(items: Any) -> list[Any]:
+    """Responses input items as chat messages (function calls → ``tool_calls``, their outputs → ``tool``)."""
+    messages: list[Any] = []
+    for item in items:
+        kind = _field(item, "type")
+        if kind == "function_call":
+            call = {
+                "id": _field(item, "call_id"),
+                "type": "function",
+                "function": {"name": _field(item, "name"), "arguments": _field(item, "arguments")},
+            }
+            last = messages[-1] if messages else None
+            if isinstance(last, dict) and last.get("role") == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append(
+                {"role": "tool", "tool_call_id": _field(item, "call_id"), "content": _field(item, "output")}
+            )
+        else:
+            messages.append(item)
+    return messages
+
+
+def responses_output(response: Any) -> tuple[dict[str, Any], str]:
+    """A Responses ``output`` as one chat-format assistant message (text, tool calls), and its finish reason.
+
+    The finish reason is mapped to the chat completions' vocabulary: ``stop``, ``tool_calls``, ``length``
+    (``incomplete`` for ``max_output_tokens``), otherwise the response's status.
+    """
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for item in getattr(response, "output", None) or []:
+        kind = _field(item, "type")
+        if kind == "message":
+            for part in _field(item, "content") or []:
+                text = _field(part, "text") if _field(part, "type") == "output_text" else None
+                if isinstance(text, str):
+                    texts.append(text)
+        elif kind == "function_call":
+            calls.append(
+                {
+                    "id": _field(item, "call_id"),
+                    "type": "function",
+                    "function": {"name": _field(item, "name"), "arguments": _field(item, "arguments")},
+                }
+            )
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if calls:
+        message["tool_calls"] = calls
+    status = str(getattr(response, "status", None) or "completed")
+    reason = getattr(getattr(response, "incomplete_details", None), "reason", None)
+    if status == "completed":
+        finish = "tool_calls" if calls else "stop"
+    elif status == "incomplete" and reason == "max_output_tokens":
+        finish = "length"
+    else:
+        finish = status
+    return message, finish
 
 
 def request_attributes(operation: Operation, kwargs: Mapping[str, Any], base_url: str | None) -> dict[str, Any]:
@@ -131,13 +197,12 @@ def response_attributes(operation: Operation, response: Any, *, with_token_ids: 
             attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = prompt
         if isinstance(completion, int):
             attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = completion
-    if operation == "responses":
-        status = getattr(response, "status", None)
-        if isinstance(status, str):
-            attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [status]
-        output = getattr(response, "output", None)
-        if output is not None:
-            attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = jsonable(output)
+    if operation == "responses":  # no token ids: neither the API nor the proxy (it only forwards) has them
+        message, finish = responses_output(response)
+        attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [finish]
+        attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = [jsonable(message)]
+        if with_token_ids:
+            attributes[semconv.TOKEN_IDS_AVAILABLE] = False
         return attributes
     choices = list(getattr(response, "choices", None) or [])
     attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = [str(getattr(c, "finish_reason", None)) for c in choices]

@@ -109,7 +109,7 @@ class StreamState:
         if self.operation == "responses":
             if self.final_response is None:
                 return {}
-            return response_attributes("responses", self.final_response, with_token_ids=False)
+            return response_attributes("responses", self.final_response, with_token_ids=with_token_ids)
         attributes: dict[str, Any] = {}
         if self.response_id:
             attributes[semconv.GEN_AI_RESPONSE_ID] = self.response_id
