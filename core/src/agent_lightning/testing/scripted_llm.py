@@ -21,6 +21,10 @@ list answers HTTP 500), or a callable taking a :class:`ScriptCall` and returning
 :class:`Reply`. A :class:`Reply` can also inject failures (``status=500``, ``delay=5.0``,
 ``stream_error_after=2``) or give the exact ``token_ids`` sampled.
 
+Routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` (the OpenAI Responses wire
+format, streaming included; its input items reach the script as chat messages, and it never returns
+token ids, as that API has none) and ``/v1/models``.
+
 Token ids are returned only when the request asks (``"return_token_ids": true``, as vLLM does) and
 the server was not created with ``token_ids=False``. The tokenizer (:class:`ByteBPETokenizer`) is
 greedy longest-match over a small merge table, so a sampled sequence such as the single bytes of
