@@ -11,7 +11,9 @@ import pytest
 from agent_lightning import semconv
 from agent_lightning.instrumentation import adapter as adapters
 from agent_lightning.testing.scripted_llm import ScriptCall
+from agent_lightning.types import LLM, PromptTemplate
 from agent_lightning_autogen import AutoGenAdapter
+from agent_lightning_openai.scoping import RESOURCES_VERSION
 from agent_lightning_openai.testing import MODEL, ProxyEnv, SpanTree, calculator_script, scripted_proxy
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.conditions import MaxMessageTermination
@@ -233,3 +235,57 @@ def test_concurrent_rollouts_stay_separate(env: ProxyEnv) -> None:
         for span in llms:
             assert tree.proxy_record(span).rollout_id == rollout_id
             assert span.attributes[semconv.GEN_AI_INPUT_MESSAGES][1]["content"] == question
+
+
+SOLVER_PROMPT = PromptTemplate(template="You are a {style} solver. Use the calculator for arithmetic.")
+
+
+def test_system_message_template_scopes_the_agents_model_calls() -> None:
+    """A prompt-template resource used as an agent's system message tags that agent's model calls (and only
+    its calls) with the resource's name, the snapshot's id and its version."""
+    with scripted_proxy(resources={"solver_prompt": SOLVER_PROMPT}) as env:
+        # a newer snapshot: the rollout runs with version 2, whose template text differs
+        newer = PromptTemplate(template="You are a {style} solver. Always use the calculator.")
+        snapshot = asyncio.run(
+            env.store.add_resources({"policy": env_policy(env), "solver_prompt": newer, "old_prompt": SOLVER_PROMPT})
+        )
+        assert snapshot.version == 2
+
+        async def main() -> agl.TrainingContext:
+            async with agl.TrainingContext(task_id="scoped", store=env.store) as ctx:
+                team = RoundRobinGroupChat(
+                    [solver(ctx, system_message=newer.format(style="careful")), checker(ctx)],
+                    termination_condition=MaxMessageTermination(3),
+                )
+                await team.run(task="What is 25 * 17?")
+                agl.emit_reward(1.0)
+            return ctx
+
+        ctx = asyncio.run(main())
+        assert ctx.resources is not None and ctx.resources.resources_id == snapshot.resources_id
+        tree = env.tree(ctx.rollout_id)
+        by_agent: dict[str, list[Any]] = {}
+        for span in tree.client_llm_spans("autogen"):
+            by_agent.setdefault(span.attributes[semconv.AGENT_NAME], []).append(span)
+        assert [len(by_agent["solver"]), len(by_agent["checker"])] == [2, 1]
+        for span in by_agent["solver"]:
+            system = span.attributes[semconv.GEN_AI_INPUT_MESSAGES][0]
+            assert system == {"role": "system", "content": newer.format(style="careful")}
+            assert span.attributes[semconv.RESOURCE_NAMES] == ["policy", "solver_prompt"]
+            assert span.attributes[semconv.RESOURCES_ID] == snapshot.resources_id
+            assert span.attributes[RESOURCES_VERSION] == 2
+        (checker_call,) = by_agent["checker"]
+        assert checker_call.attributes[semconv.RESOURCE_NAMES] == ["policy"]  # its system message is no template
+        assert checker_call.attributes[RESOURCES_VERSION] == 2
+
+        rollout = asyncio.run(env.store.get_rollout(ctx.rollout_id))
+        episode = agl.build_episode(rollout, tree.spans, resources=["solver_prompt"])
+        assert [s.agent_name for s in episode.samples] == ["solver", "solver"]
+
+
+def env_policy(env: ProxyEnv) -> LLM:
+    latest = asyncio.run(env.store.get_latest_resources())
+    assert latest is not None
+    policy = latest.resources["policy"]
+    assert isinstance(policy, LLM)
+    return policy

@@ -16,6 +16,7 @@ from agent_lightning.instrumentation import adapter as adapters
 from agent_lightning.testing.scripted_llm import Reply, ScriptedCall
 from agent_lightning.types import PromptTemplate
 from agent_lightning_openai import OpenAIAdapter
+from agent_lightning_openai.scoping import RESOURCES_VERSION
 from agent_lightning_openai.testing import MODEL, ProxyEnv, scripted_proxy
 
 TOOLS = [
@@ -87,6 +88,9 @@ def test_tool_calling_agent_span_tree(env: ProxyEnv) -> None:
         assert span.attributes[semconv.GEN_AI_TOOL_DEFINITIONS][0]["function"]["name"] == "calculator"
         assert span.attributes[semconv.AGENT_NAME] == "solver"
         assert span.attributes[semconv.RESOURCE_NAMES] == ["policy", "system_prompt"]
+        assert ctx.resources is not None
+        assert span.attributes[semconv.RESOURCES_ID] == ctx.resources.resources_id
+        assert span.attributes[RESOURCES_VERSION] == ctx.resources.version == 1
         record = tree.proxy_record(span)  # the proxy's token-id record is the child, not duplicated
         assert record.rollout_id == ctx.rollout_id
         assert record.attributes[semconv.GEN_AI_REQUEST_MODEL] == MODEL

@@ -22,6 +22,11 @@ from agent_lightning.instrumentation.context import TrainingContext, current_con
 from agent_lightning.instrumentation.spans import ActiveSpan, current_span
 from agent_lightning.types import LLM, PromptTemplate
 
+RESOURCES_VERSION = "agl.resources.version"
+"""The version of the resources snapshot a span's resources come from (next to ``agl.resources.id``).
+
+Kept here until :mod:`agent_lightning.semconv` names it."""
+
 _MIN_LITERAL = 8
 """A template needs this many literal characters to be recognised (``"{question}"`` alone matches anything)."""
 
@@ -127,7 +132,8 @@ def scope_attributes(
     base_url: str | None = None,
     texts: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """``gen_ai.agent.name``, ``agl.resources.names`` and ``agl.resources.id`` for a span (only those known)."""
+    """``gen_ai.agent.name``, ``agl.resources.names``, ``agl.resources.id`` and ``agl.resources.version`` for a
+    span (only those known)."""
     attributes: dict[str, Any] = {}
     if agent:
         attributes[semconv.AGENT_NAME] = agent
@@ -136,6 +142,7 @@ def scope_attributes(
         attributes[semconv.RESOURCE_NAMES] = names
         assert context is not None and context.resources is not None
         attributes[semconv.RESOURCES_ID] = context.resources.resources_id
+        attributes[RESOURCES_VERSION] = context.resources.version
     return attributes
 
 
