@@ -7,6 +7,14 @@ step with a shared KV cache; each row samples with its own parameters and genera
 ids, stop strings, max tokens); finished rows are dropped from the batch. Requests arriving while a batch runs wait
 for the next batch (static batching, not continuous batching).
 
+Prefix caching: agents send the same long preamble with every call (system prompt, tool schemas, worked examples),
+and on a CPU its prefill dominates generation time. When the rows of a batch share a prefix of at least
+``min_prefix_tokens`` tokens, the engine prefills that prefix once (batch of one), keeps its KV cache (a few, least
+recently used first out; ``prefix_cache_size=0`` turns this off), and prefills only each row's remainder on top of it:
+``[prefix][padding][suffix]``, the padding masked out, positions continuing from the prefix. A later batch whose rows
+all start with a cached prefix reuses it, a single request included. The cache is emptied on every weight swap, so
+a prefix is never reused across versions. Outputs match a full prefill up to floating-point rounding.
+
 Weight swaps (:meth:`GenerationEngine.update_weights`) are applied by the worker between batches, so every response
 is generated entirely by one version: requests in flight finish on the weights they started with, and every batch
 that starts after the swap returns uses the new weights and reports the new version.
@@ -14,13 +22,14 @@ that starts after the swap returns uses the new weights and reports the new vers
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import queue
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -126,7 +135,14 @@ class GenerationEngine:
         max_batch_size: int = 8,
         batch_wait_s: float = 0.005,
         logprobs_mode: LogprobsMode = "raw",
+        prefix_cache_size: int = 4,
+        min_prefix_tokens: int = 32,
     ) -> None:
+        if prefix_cache_size < 0 or min_prefix_tokens < 1:
+            raise ValueError(
+                "prefix_cache_size must be >= 0 and min_prefix_tokens >= 1, "
+                f"got {prefix_cache_size} and {min_prefix_tokens}"
+            )
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if logprobs_mode not in ("raw", "processed"):
@@ -158,6 +174,12 @@ class GenerationEngine:
         self._batch_rows: Counter[int] = Counter()
         self._batch_requests: Counter[int] = Counter()
         self._tokens_generated = 0
+        self.prefix_cache_size = prefix_cache_size
+        self.min_prefix_tokens = min_prefix_tokens
+        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._prefix_supported: bool | None = None  # known after the first prefix is computed
+        self._prefill_tokens = 0
+        self._prefix_tokens_reused = 0
 
     # ------------------------------------------------------------------ public API
     @property
@@ -257,6 +279,9 @@ class GenerationEngine:
                 "max_batch_requests": max(self._batch_requests, default=0),
                 "batch_rows_histogram": dict(sorted(self._batch_rows.items())),
                 "tokens_generated": self._tokens_generated,
+                "prefill_tokens": self._prefill_tokens,
+                "prefix_tokens_reused": self._prefix_tokens_reused,
+                "cached_prefixes": len(self._prefixes),
                 "version": self._version,
             }
 
@@ -322,6 +347,7 @@ class GenerationEngine:
     def _apply(self, state: Any, version: str) -> None:
         started = time.perf_counter()
         count = copy_weights(self.model, state)
+        self._prefixes.clear()  # their keys and values came from the old weights
         self._version = version
         logger.info("policy weights %s applied (%d tensors) in %.2f s", version, count, time.perf_counter() - started)
 
@@ -355,15 +381,23 @@ class GenerationEngine:
                 request.on_event(RequestFailed(f"generation failed: {type(exc).__name__}: {exc}"))
 
     def _decode(self, rows: list[_Row]) -> None:
-        width = max(len(r.prompt) for r in rows)
+        shared, prefix_cache = self._shared_prefix(rows)
+        suffixes = [r.prompt[shared:] for r in rows]
+        width = max(len(s) for s in suffixes)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
-            mask[i, width - len(row.prompt) :] = 1
+        mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, suffix in enumerate(suffixes):
+            input_ids[i, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            mask[i, shared + width - len(suffix) :] = 1
         input_ids, mask = input_ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        if prefix_cache is not None:
+            extra[self._cache_kwarg] = prefix_cache
+        with self._stats_lock:
+            self._prefill_tokens += sum(len(s) for s in suffixes)
+            self._prefix_tokens_reused += shared * len(rows)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         cache = self._cache_of(out)
         logits = out.logits[:, -1, :].float()
@@ -429,6 +463,65 @@ class GenerationEngine:
             )
         )
         row.sent_ids, row.sent_chars = len(row.ids), release
+
+    # ------------------------------------------------------------------ prefix cache
+    def _shared_prefix(self, rows: list[_Row]) -> tuple[int, Any]:
+        """``(length, KV cache expanded to the batch)`` of a cached prefix every row starts with, or ``(0, None)``."""
+        if not self.prefix_cache_size or self._prefix_supported is False:
+            return 0, None
+        prompts = [r.prompt for r in rows]
+        room = min(len(p) for p in prompts) - 1  # every row keeps at least one token to prefill
+        best: tuple[int, ...] | None = None
+        for key in self._prefixes:
+            longer = best is None or len(key) > len(best)
+            if len(key) <= room and longer and all(tuple(p[: len(key)]) == key for p in prompts):
+                best = key
+        if best is None and len(prompts) > 1:
+            common = self._common_prefix(prompts, room)
+            if common >= self.min_prefix_tokens:
+                best = self._compute_prefix(tuple(prompts[0][:common]))
+        if best is None:
+            return 0, None
+        self._prefixes.move_to_end(best)
+        cache = copy.deepcopy(self._prefixes[best])
+        if len(rows) > 1:
+            cache.batch_repeat_interleave(len(rows))
+        return len(best), cache
+
+    @staticmethod
+    def _common_prefix(prompts: list[list[int]], limit: int) -> int:
+        first = prompts[0]
+        length = limit
+        for other in prompts[1:]:
+            n = 0
+            while n < length and first[n] == other[n]:
+                n += 1
+            length = n
+        return length
+
+    def _compute_prefix(self, tokens: tuple[int, ...]) -> tuple[int, ...] | None:
+        ids = torch.tensor([tokens], dtype=torch.long, device=self._device)
+        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        out = self.model(input_ids=ids, use_cache=True, **extra)
+        cache = self._cache_of(out)
+        if self._prefix_supported is None:
+            layers = getattr(cache, "layers", None)
+            # only plain full-attention layers can be copied, repeated and extended (no sliding windows, no states)
+            self._prefix_supported = (
+                isinstance(layers, list)
+                and bool(layers)
+                and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+                and hasattr(cache, "batch_repeat_interleave")
+            )
+            if not self._prefix_supported:
+                logger.info("prefix caching is off: %s's KV cache cannot be shared", type(self.model).__name__)
+                return None
+        with self._stats_lock:
+            self._prefill_tokens += len(tokens)
+        self._prefixes[tokens] = cache
+        while len(self._prefixes) > self.prefix_cache_size:
+            self._prefixes.popitem(last=False)
+        return tokens
 
     # ------------------------------------------------------------------ helpers
     def _cache_of(self, out: Any) -> Any:
