@@ -26,13 +26,6 @@ MODEL_INFO = ModelInfo(
 )
 
 
-@pytest.fixture(autouse=True)
-def _fresh_adapters() -> Iterator[None]:
-    adapters.clear_cache()
-    yield
-    adapters.clear_cache()
-
-
 @pytest.fixture
 def env() -> Iterator[ProxyEnv]:
     with scripted_proxy() as env:
@@ -289,3 +282,31 @@ def env_policy(env: ProxyEnv) -> LLM:
     policy = latest.resources["policy"]
     assert isinstance(policy, LLM)
     return policy
+
+
+def test_uninstrument_and_instrument(env: ProxyEnv) -> None:
+    async def run(task_id: str) -> agl.TrainingContext:
+        async with agl.TrainingContext(task_id=task_id, store=env.store) as ctx:
+            result = await solver(ctx).run(task="What is 2 * 3?")
+            assert result.messages[-1].content == "The answer is 6."
+        return ctx
+
+    agl.uninstrument("autogen")
+    assert not hasattr(AssistantAgent.on_messages, "__agl_original__")  # the classes are restored
+    off = asyncio.run(run("off"))
+    assert "autogen" not in adapters.active_adapters()
+    tree = env.tree(off.rollout_id)
+    assert not [s for s in tree.spans if s.attributes.get(semconv.ADAPTER) == "autogen"], tree.render()
+    clients = tree.client_llm_spans("openai")  # the OpenAI adapter still records the SDK calls
+    assert len(clients) == 2 and all(c.parent_id == tree.root.span_id for c in clients)
+
+    agl.instrument("autogen")
+    assert hasattr(AssistantAgent.on_messages, "__agl_original__")
+    on = asyncio.run(run("on"))
+    assert "autogen" in adapters.active_adapters()  # explicitly on: stays on after the context
+    tree = env.tree(on.rollout_id)
+    turn = tree.child(tree.root, kind="agent")
+    assert turn.name == "invoke_agent solver"
+    assert [s.kind for s in tree.children(turn)] == ["llm", "tool", "llm"]
+    for span in tree.client_llm_spans("autogen"):
+        assert_model_call(tree, span, "solver")

@@ -37,13 +37,6 @@ ROUTER_PROMPT = PromptTemplate(template="You are the router. Reply with the topi
 SOLVER_PROMPT = PromptTemplate(template="You are the solver. Solve: {question}")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_adapters() -> Iterator[None]:
-    adapters.clear_cache()
-    yield
-    adapters.clear_cache()
-
-
 @pytest.fixture
 def env() -> Iterator[ProxyEnv]:
     with scripted_proxy() as env:
@@ -262,3 +255,41 @@ def test_uninstrument_records_no_langchain_spans(env: ProxyEnv) -> None:
     clients = tree.client_llm_spans("openai")  # the OpenAI adapter still records the SDK calls
     assert len(clients) == 2
     assert all(c.parent_id == tree.root.span_id for c in clients)
+
+    agl.instrument("langchain")  # and back on: the same agent is recorded again
+    with agl.TrainingContext(task_id="on", store=env.store) as ctx:
+        create_agent(chat_model(ctx), [calculator], name="calc_agent").invoke(
+            {"messages": [{"role": "user", "content": "What is 2 * 3?"}]}
+        )
+    assert "langchain" in adapters.active_adapters()  # explicitly on: stays on after the context
+    tree = env.tree(ctx.rollout_id)
+    graph = tree.child(tree.root, kind="agent")
+    assert graph.name == "calc_agent"
+    assert [s.name for s in tree.children(graph)] == ["model", "tools", "model"]
+    assert len(tree.client_llm_spans("langchain")) == 2
+    assert tree.client_llm_spans("openai") == []  # inside LangChain's model span the OpenAI adapter adds no span
+
+
+@pytest.mark.parametrize(
+    ("selection", "active", "recorded_by"),
+    [
+        ("openai", ["openai"], {"openai", None}),
+        ("none", [], {None}),
+        # both: inside LangChain's model span the OpenAI adapter links the call and adds no span of its own
+        (" langchain , openai ", ["langchain", "openai"], {"langchain", None}),
+    ],
+)
+def test_agl_adapters_environment_variable_selects_adapters(
+    env: ProxyEnv, monkeypatch: pytest.MonkeyPatch, selection: str, active: list[str], recorded_by: set[str | None]
+) -> None:
+    monkeypatch.setenv("AGL_ADAPTERS", selection)
+    with agl.TrainingContext(task_id="selected", store=env.store) as ctx:
+        assert adapters.active_adapters() == active
+        create_agent(chat_model(ctx), [calculator], name="calc_agent").invoke(
+            {"messages": [{"role": "user", "content": "What is 2 * 3?"}]}
+        )
+    assert adapters.active_adapters() == []
+    spans = [s for s in env.spans(ctx.rollout_id) if s.span_id != ctx.root_span_id]
+    assert {s.attributes.get(semconv.ADAPTER) for s in spans} == recorded_by  # None: the proxy's records
+    # the proxy's two token-id records are there whatever the selection
+    assert len([s for s in spans if s.kind == "llm" and s.attributes.get(semconv.PROMPT_TOKEN_IDS)]) == 2

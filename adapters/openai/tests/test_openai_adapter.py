@@ -17,7 +17,7 @@ from agent_lightning.testing.scripted_llm import Reply, ScriptedCall
 from agent_lightning.types import PromptTemplate
 from agent_lightning_openai import OpenAIAdapter
 from agent_lightning_openai.scoping import RESOURCES_VERSION
-from agent_lightning_openai.testing import MODEL, ProxyEnv, scripted_proxy
+from agent_lightning_openai.testing import MODEL, ProxyEnv, reset_adapters, scripted_proxy
 
 TOOLS = [
     {
@@ -30,13 +30,6 @@ TOOLS = [
     }
 ]
 SYSTEM = PromptTemplate(template="You are a careful {role}. Answer with a number only.")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_adapters() -> Iterator[None]:
-    adapters.clear_cache()
-    yield
-    adapters.clear_cache()
 
 
 @pytest.fixture
@@ -353,3 +346,15 @@ def test_responses_api_streaming_and_async(env: ProxyEnv) -> None:
     tool_call = async_stream.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["tool_calls"][0]
     assert tool_call["function"] == {"name": "calculator", "arguments": '{"expression": "6 * 7"}'}
     assert async_stream.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["tool_calls"]
+
+
+def test_an_uninstrument_does_not_leak_into_the_next_test(env: ProxyEnv) -> None:
+    agl.uninstrument("openai")
+    reset_adapters()  # what the suites' autouse fixture (tests/conftest.py) runs between tests
+    assert adapters.active_adapters() == []
+    with agl.TrainingContext(task_id="after", store=env.store) as ctx:
+        assert "openai" in adapters.active_adapters()
+        client = openai.OpenAI(base_url=ctx.llm().endpoint, api_key="unused", max_retries=0)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert adapters.active_adapters() == []
+    assert len(env.tree(ctx.rollout_id).client_llm_spans("openai")) == 1

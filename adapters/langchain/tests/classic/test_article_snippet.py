@@ -21,7 +21,6 @@ if Version(importlib.metadata.version("langchain")) >= Version("1"):
     )
 
 from agent_lightning import semconv
-from agent_lightning.instrumentation import adapter as adapters
 from agent_lightning.instrumentation.tracer import configure
 from agent_lightning_openai.testing import MODEL, ProxyEnv, scripted_proxy
 from langchain.agents import create_tool_calling_agent
@@ -29,13 +28,6 @@ from langchain.agents.agent import RunnableMultiActionAgent
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-
-
-@pytest.fixture(autouse=True)
-def _fresh_adapters() -> Iterator[None]:
-    adapters.clear_cache()
-    yield
-    adapters.clear_cache()
 
 
 @pytest.fixture

@@ -72,6 +72,31 @@ class SpanTree:
         return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------- adapter state between tests
+def reset_adapters() -> None:
+    """Put the adapters back as a fresh process has them: none switched on, none switched off.
+
+    ``clear_cache()`` switches active adapters off and forgets the registrations, but an
+    ``agl.uninstrument(name)`` stays in force; switching every available adapter on explicitly lifts it.
+    """
+    from agent_lightning.instrumentation import adapter as adapters
+
+    for name, adapter in adapters.adapters().items():
+        if adapter.is_available():
+            adapters.instrument(name)
+    adapters.clear_cache()
+
+
+@contextlib.contextmanager
+def fresh_adapters() -> Iterator[None]:
+    """:func:`reset_adapters` before and after the block (the adapters' suites wrap every test in it)."""
+    reset_adapters()
+    try:
+        yield
+    finally:
+        reset_adapters()
+
+
 # ---------------------------------------------------------------------- a scripted model behind the proxy
 MODEL = "scripted-policy"
 _QUESTION = re.compile(r"What is (.+?)\?")
