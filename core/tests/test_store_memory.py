@@ -193,3 +193,98 @@ def test_the_testing_package_loads_pytest_only_for_the_suite() -> None:
         "assert 'pytest' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+# ---------------------------------------------------------------------- the stores' fast span check
+def _fields(**changes: object) -> dict[str, object]:
+    from agent_lightning.types import SpanStatus
+
+    fields: dict[str, object] = {
+        "rollout_id": "ro-1",
+        "attempt_id": "at-1",
+        "sequence_id": 3,
+        "trace_id": "a" * 32,
+        "span_id": "b" * 16,
+        "parent_id": None,
+        "name": "op",
+        "kind": "llm",
+        "attributes": {"tokens": [1, 2, 3], "nested": {"x": [1.5, {"y": None}], "t": (1, 2)}, "ok": True},
+        "start_time": 10.0,
+        "end_time": 11.0,
+        "status": SpanStatus(code="ok"),
+    }
+    fields.update(changes)
+    return fields
+
+
+_VARIANTS: list[dict[str, object]] = [
+    {},
+    {"trace_id": "xyz"},
+    {"trace_id": "A" * 32},
+    {"trace_id": 7},
+    {"span_id": "g" * 16},
+    {"parent_id": "not-hex-at-all!"},
+    {"parent_id": "b" * 16},
+    {"parent_id": "c" * 16},
+    {"attributes": {"score": float("nan")}},
+    {"attributes": {"deep": [1.0, {"x": float("inf")}]}},
+    {"attributes": {"obj": object()}},
+    {"attributes": {1: "non-string key"}},
+    {"attributes": {"nested": {2: "non-string key"}}},
+    {"attributes": {"t": (1, (2, 3))}},
+    {"attributes": []},
+    {"start_time": float("nan")},
+    {"start_time": 10},
+    {"start_time": 10.0, "end_time": 5.0},
+    {"end_time": None},
+    {"end_time": float("inf")},
+    {"sequence_id": -1},
+    {"sequence_id": True},
+    {"sequence_id": 2.0},
+    {"name": ""},
+    {"name": 5},
+    {"rollout_id": ""},
+    {"kind": "bogus"},
+    {"kind": ["llm"]},
+    {"status": "ok"},
+    {"status": {"code": "error", "message": "m"}},
+]
+
+
+@pytest.mark.parametrize("changes", _VARIANTS, ids=[str(v) for v in _VARIANTS])
+def test_stores_check_spans_exactly_like_the_model(changes: dict[str, object]) -> None:
+    """``checked_copy`` (what every store runs on ``add_spans``) accepts what the model accepts, no more."""
+    from agent_lightning.types import Span
+    from agent_lightning.types.spans import checked_copy
+
+    fields = _fields(**changes)
+    sneaky = Span.model_construct(**fields)  # type: ignore[arg-type]
+    try:
+        expected = Span.model_validate(fields)
+    except ValueError:
+        with pytest.raises(ValueError):
+            checked_copy(sneaky)
+        return
+    copied = checked_copy(sneaky)
+    assert copied == expected.model_copy(update={"attributes": copied.attributes})
+    assert _as_json(copied.attributes) == _as_json(expected.attributes)
+    assert copied.attributes is not sneaky.attributes
+
+
+def test_checked_copies_alias_nothing() -> None:
+    from agent_lightning.types import Span
+    from agent_lightning.types.spans import checked_copy, copy_span
+
+    span = Span(**_fields())  # type: ignore[arg-type]
+    for copy in (checked_copy(span), copy_span(span)):
+        assert copy == span.model_copy(update={"attributes": copy.attributes})
+        assert copy.attributes["tokens"] is not span.attributes["tokens"]
+        assert copy.attributes["nested"]["x"][1] is not span.attributes["nested"]["x"][1]  # type: ignore[index]
+        copy.attributes["nested"]["x"][1]["y"] = 1  # type: ignore[index]
+        assert span.attributes["nested"]["x"][1] == {"y": None}  # type: ignore[index]
+
+
+def _as_json(value: object) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)

@@ -29,6 +29,7 @@ from agent_lightning.types import (
     SpanKind,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
+from agent_lightning.types.spans import copy_span
 
 _RESOURCES = TypeAdapter(dict[str, Resource])
 _M = TypeVar("_M", bound=BaseModel)
@@ -281,11 +282,14 @@ class InMemoryLightningStore(LightningStore):
 
     # ------------------------------------------------------------------ spans
     async def add_spans(self, spans: Sequence[Span]) -> int:
-        tr.check_spans_batch(spans)
-        copies = [_copy(span) for span in spans]
+        copies = tr.check_spans_batch(spans)
         with self._lock:
+            known: set[tuple[str, str]] = set()
             for span in copies:
-                self._attempt(span.rollout_id, span.attempt_id)  # raises NotFound before anything is stored
+                owner = (span.rollout_id, span.attempt_id)
+                if owner not in known:
+                    self._attempt(*owner)  # raises NotFound before anything is stored
+                    known.add(owner)
             for span in copies:
                 self._spans.setdefault(span.rollout_id, {})[(span.attempt_id, span.span_id)] = span
         self._changed.notify_all()
@@ -321,7 +325,7 @@ class InMemoryLightningStore(LightningStore):
                 and (after_sequence_id is None or s.sequence_id > after_sequence_id)
             ]
         spans.sort(key=lambda s: (order.get(s.attempt_id, 0), s.sequence_id, s.start_time))
-        return [_copy(s) for s in (spans if limit is None else spans[:limit])]
+        return [copy_span(s) for s in (spans if limit is None else spans[:limit])]
 
     # ------------------------------------------------------------------ resources
     async def add_resources(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -135,3 +135,150 @@ class Span(BaseModel):
         """The scalar reward, for a ``reward`` span."""
         value = self.attributes.get(semconv.REWARD_VALUE)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# --------------------------------------------------------------------------- fast paths for stores
+# Stores check every span they are given again (one built with ``model_construct`` skipped validation)
+# and copy it, so the caller's objects never alias what they hold. Pydantic's validation plus a deep copy
+# costs about 100 us a span; the checks below cost a few. They accept only exact types (``float``, not a
+# subclass or an ``int``), so they are never more lenient than the model; anything else is handed to
+# pydantic, which either coerces it the way the model does or raises its own error.
+_SPAN_FIELDS = frozenset(Span.model_fields)
+_KINDS = frozenset(get_args(SpanKind))
+_STATUS_CODES = frozenset(get_args(StatusCode))
+_STATUS_FIELDS = frozenset(SpanStatus.model_fields)
+_setattr = object.__setattr__
+
+
+class _Unusual(Exception):
+    """A value the fast path does not decide; pydantic does."""
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of a JSON value built of exact ``dict``/``list``/``str``/``int``/``float``/``bool``/``None``.
+
+    Tuples become lists. Raises :class:`_Unusual` for anything else, a non-finite float or a non-string key.
+    """
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is float:
+        if value - value == 0.0:  # false for inf and nan
+            return value
+        raise _Unusual
+    if kind is list or kind is tuple:
+        kinds = set(map(type, value))
+        if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, value))):
+            return list(value)
+        return [_json_copy(item) for item in value]
+    if kind is dict:
+        if not set(map(type, value)) <= _STR:
+            raise _Unusual
+        return {key: item if type(item) in _PLAIN else _json_copy(item) for key, item in value.items()}
+    raise _Unusual
+
+
+_STR = frozenset({str})
+
+
+def _hex(value: Any, length: int) -> bool:
+    return type(value) is str and len(value) == length and _HEX.issuperset(value)
+
+
+def _finite(value: Any) -> bool:
+    return type(value) is float and value - value == 0.0
+
+
+def _new_span(fields: dict[str, Any], fields_set: set[str] | None = None) -> Span:
+    span = Span.__new__(Span)
+    _setattr(span, "__dict__", fields)
+    _setattr(span, "__pydantic_fields_set__", set(_SPAN_FIELDS) if fields_set is None else fields_set)
+    _setattr(span, "__pydantic_extra__", None)
+    _setattr(span, "__pydantic_private__", None)
+    return span
+
+
+def checked_copy(span: Span) -> Span:
+    """A deep copy of ``span`` after checking every rule of :class:`Span`'s validation again.
+
+    Raises ``ValueError`` (pydantic's, naming the field) for a span that would not validate; a span
+    whose fields pydantic would coerce (an ``int`` time, a ``str`` subclass) comes back coerced.
+    """
+    fields = span.__dict__
+    try:
+        if fields.keys() != _SPAN_FIELDS:
+            raise _Unusual
+        span_id = fields["span_id"]
+        parent_id = fields["parent_id"]
+        start = fields["start_time"]
+        end = fields["end_time"]
+        status = fields["status"]
+        if not (
+            type(fields["rollout_id"]) is str
+            and fields["rollout_id"]
+            and type(fields["attempt_id"]) is str
+            and fields["attempt_id"]
+            and type(fields["name"]) is str
+            and fields["name"]
+            and type(fields["sequence_id"]) is int
+            and fields["sequence_id"] >= 0
+            and _hex(fields["trace_id"], 32)
+            and _hex(span_id, 16)
+            and (parent_id is None or (_hex(parent_id, 16) and parent_id != span_id))
+            and type(fields["kind"]) is str
+            and fields["kind"] in _KINDS
+            and _finite(start)
+            and (end is None or (_finite(end) and end >= start))
+            and type(status) is SpanStatus
+            and status.__dict__.keys() == _STATUS_FIELDS
+            and type(status.code) is str
+            and status.code in _STATUS_CODES
+            and (status.message is None or type(status.message) is str)
+            and type(fields["attributes"]) is dict
+        ):
+            raise _Unusual
+        attributes = _json_copy(fields["attributes"])
+    except _Unusual:
+        validated = Span.model_validate(dict(fields))  # raises the model's own ValueError
+        return validated.model_copy(deep=True)
+    return _new_span({**fields, "attributes": attributes}, set(span.__pydantic_fields_set__))
+
+
+def copy_span(span: Span) -> Span:
+    """A deep copy of a span that passed :func:`checked_copy` (a store returning what it holds)."""
+    fields = span.__dict__
+    try:
+        attributes = _json_copy(fields["attributes"])
+    except _Unusual:
+        return span.model_copy(deep=True)
+    return _new_span({**fields, "attributes": attributes}, set(span.__pydantic_fields_set__))
+
+
+def trusted_span(fields: dict[str, Any]) -> Span:
+    """A span from fields a store wrote after checking them (every field given), without validating again.
+
+    ``fields["status"]`` may be a :class:`SpanStatus` or its ``{"code", "message"}`` dict. Much cheaper than
+    ``Span.model_construct``; the dict becomes the span's own.
+    """
+    status = fields["status"]
+    if type(status) is not SpanStatus:
+        fields["status"] = trusted_status(status.get("code", "unset"), status.get("message"))
+    return _new_span(fields)
+
+
+def trusted_status(code: str, message: str | None) -> SpanStatus:
+    """A :class:`SpanStatus` from a stored code and message, without validating again."""
+    status = SpanStatus.__new__(SpanStatus)
+    _setattr(status, "__dict__", {"code": code, "message": message})
+    _setattr(status, "__pydantic_fields_set__", {"code", "message"})
+    _setattr(status, "__pydantic_extra__", None)
+    _setattr(status, "__pydantic_private__", None)
+    return status
+
+
+def span_fields_json(span: Span) -> dict[str, Any]:
+    """A span's fields as JSON values (``status`` as a dict), for stores that write it as one document."""
+    fields = dict(span.__dict__)
+    status = fields["status"]
+    fields["status"] = {"code": status.code, "message": status.message}
+    return fields
