@@ -100,6 +100,7 @@ class PolicyModule(nn.Module):
             for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "logits_scaling")
         )
         prefix = getattr(base, "base_model_prefix", "")
+        self._share_prefix = True
         self.fused = (
             fused
             and type(head) is nn.Linear
@@ -107,6 +108,42 @@ class PolicyModule(nn.Module):
             and not scaled
             and isinstance(getattr(base, prefix, None), nn.Module)
         )
+
+    def _hidden_states(self, backbone: Any, batch: TokenBatch) -> tuple[torch.Tensor, int]:
+        """The backbone's last hidden states and the column they start at.
+
+        A prefix shared by every row (``batch.shared_prefix``) runs once, batch of one; its keys and values are
+        repeated for each row (a differentiable copy, so the gradient through them is the sum over the rows, as if
+        each row had run it) and the rest of each row attends to them. Backward costs shrink the same way.
+        """
+        shared = (
+            batch.shared_prefix if self._share_prefix and not getattr(backbone, "gradient_checkpointing", False) else 0
+        )
+        if shared:
+            cache_kwarg = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+            prefix = backbone(
+                input_ids=batch.input_ids[:1, :shared], position_ids=batch.position_ids[:1, :shared], use_cache=True
+            )
+            cache = prefix.get(cache_kwarg) if cache_kwarg in prefix else prefix.get("past_key_values")
+            layers = getattr(cache, "layers", None)
+            if isinstance(layers, list) and layers and all(type(x).__name__ == "DynamicLayer" for x in layers):
+                cache.batch_repeat_interleave(batch.input_ids.shape[0])
+                out = backbone(
+                    input_ids=batch.input_ids[:, shared:],
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids[:, shared:],
+                    use_cache=True,
+                    **{cache_kwarg: cache},
+                )
+                return out.last_hidden_state, shared
+            self._share_prefix = False  # a cache that cannot be repeated (sliding windows, recurrent state)
+        out = backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state, 0
 
     def forward(  # type: ignore[override]
         self,
@@ -124,13 +161,8 @@ class PolicyModule(nn.Module):
         if self.fused and not entropy_grad:
             base = _base_model(self.model)
             backbone = getattr(base, base.base_model_prefix)
-            out = backbone(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
-            hidden = out.last_hidden_state[:, width_p - 1 : -1]
+            states, offset = self._hidden_states(backbone, batch)
+            hidden = states[:, width_p - 1 - offset : -1]
             select = (rows > 0) if rows is not None else torch.ones_like(batch.completion_ids, dtype=torch.bool)
             head = base.get_output_embeddings()
             lp, ent = chunked_token_logprobs(hidden[select], head.weight, batch.completion_ids[select], temperature)
