@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import agent_lightning as agl
@@ -15,8 +15,10 @@ from agent_lightning.types import LLM, PromptTemplate
 from agent_lightning_autogen import AutoGenAdapter
 from agent_lightning_openai.scoping import RESOURCES_VERSION
 from agent_lightning_openai.testing import MODEL, ProxyEnv, SpanTree, calculator_script, scripted_proxy
-from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
+from autogen_agentchat.base import Response
 from autogen_agentchat.conditions import MaxMessageTermination
+from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_agentchat.teams import RoundRobinGroupChat, SelectorGroupChat
 from autogen_core.models import ModelInfo
 from autogen_ext.models.openai import OpenAIChatCompletionClient
@@ -310,3 +312,58 @@ def test_uninstrument_and_instrument(env: ProxyEnv) -> None:
     assert [s.kind for s in tree.children(turn)] == ["llm", "tool", "llm"]
     for span in tree.client_llm_spans("autogen"):
         assert_model_call(tree, span, "solver")
+
+
+def define_agent(base: type[BaseChatAgent], prefix: str) -> type[BaseChatAgent]:
+    """A user's own agent class, defined at call time (after the adapter scanned the classes)."""
+
+    class Echo(base):  # type: ignore[misc,valid-type]
+        def __init__(self, name: str, description: str = "Echoes the task.") -> None:
+            super().__init__(name, description=description)
+
+        @property
+        def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
+            return (TextMessage,)
+
+        async def on_messages(self, messages: Sequence[BaseChatMessage], cancellation_token: Any) -> Response:
+            text = messages[-1].to_text() if messages else ""
+            return Response(chat_message=TextMessage(content=f"{prefix}{text}", source=self.name))
+
+        async def on_reset(self, cancellation_token: Any) -> None:
+            pass
+
+    return Echo
+
+
+def test_agent_classes_defined_later_are_patched(env: ProxyEnv) -> None:
+    async def run(agent: BaseChatAgent) -> tuple[agl.TrainingContext, str]:
+        async with agl.TrainingContext(task_id="late", store=env.store) as ctx:
+            result = await agent.run(task="hi")
+        return ctx, str(result.messages[-1].content)
+
+    def turn_names(ctx: agl.TrainingContext) -> list[str]:
+        tree = env.tree(ctx.rollout_id)
+        return [s.name for s in tree.children(tree.root, kind="agent")]
+
+    adapter = adapters.adapters()["autogen"]
+    agl.instrument("autogen")  # explicitly on: no TrainingContext switches it on again
+    echo_class = define_agent(BaseChatAgent, "echo: ")  # defined while on: patched as it is defined
+    assert hasattr(echo_class.on_messages, "__agl_original__")
+    ctx, answer = asyncio.run(run(echo_class("echo")))
+    assert answer == "echo: hi"
+    assert turn_names(ctx) == ["invoke_agent echo"]
+    turn = env.tree(ctx.rollout_id).child(env.tree(ctx.rollout_id).root, kind="agent")
+    assert turn.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "echo: hi"
+
+    agl.uninstrument("autogen")
+    assert not hasattr(echo_class.on_messages, "__agl_original__")  # restored, hook removed
+    loud_class = define_agent(echo_class, "ECHO: ")  # defined while off: found by the next instrument()
+    assert not hasattr(loud_class.on_messages, "__agl_original__")
+    agl.instrument("autogen")
+    adapter.instrument()  # a second call rescans without wrapping twice
+    for cls in (echo_class, loud_class):
+        original = cls.__dict__["on_messages"].__agl_original__
+        assert not hasattr(original, "__agl_original__")
+    ctx, answer = asyncio.run(run(loud_class("loud")))
+    assert answer == "ECHO: hi"
+    assert turn_names(ctx) == ["invoke_agent loud"]

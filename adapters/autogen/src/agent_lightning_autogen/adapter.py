@@ -52,7 +52,10 @@ class AutoGenAdapter:
 
     def __init__(self) -> None:
         self._patched: list[tuple[type, str, Any]] = []
-        self._lock = threading.Lock()
+        self._hooked: list[tuple[type, Any]] = []
+        self._roots: list[tuple[type, tuple[tuple[str, Callable[[Any], Any]], ...]]] = []
+        self._lock = threading.RLock()
+        """Reentrant: a class defined while patching (an import) runs the subclass hook."""
 
     def is_available(self) -> bool:
         try:
@@ -61,19 +64,14 @@ class AutoGenAdapter:
             return False
         return version in SpecifierSet(self.supported_versions)
 
-    def _targets(self) -> list[tuple[type, str, Callable[[Any], Any]]]:
+    def _plan(self) -> list[tuple[type, tuple[tuple[str, Callable[[Any], Any]], ...]]]:
         from autogen_agentchat.agents import BaseChatAgent
         from autogen_agentchat.teams import BaseGroupChat
         from autogen_agentchat.teams._group_chat._base_group_chat_manager import BaseGroupChatManager
         from autogen_core.models import ChatCompletionClient
         from autogen_core.tools import BaseStreamTool, BaseTool
 
-        for module in _OPTIONAL_MODULES:
-            try:
-                importlib.import_module(module)
-            except Exception:  # not installed, or its own dependencies are missing
-                pass
-        plan: list[tuple[type, tuple[tuple[str, Callable[[Any], Any]], ...]]] = [
+        return [
             (
                 BaseChatAgent,
                 (("on_messages", wrappers.wrap_on_messages), ("on_messages_stream", wrappers.wrap_on_messages_stream)),
@@ -87,30 +85,69 @@ class AutoGenAdapter:
             (BaseTool, (("run_json", wrappers.wrap_run_json),)),
             (BaseStreamTool, (("run_json_stream", wrappers.wrap_run_json_stream),)),
         ]
-        targets: list[tuple[type, str, Callable[[Any], Any]]] = []
-        for root, methods in plan:
-            for cls in _subclasses(root):
-                for method, wrap in methods:
-                    original = cls.__dict__.get(method)
-                    if original is None or getattr(original, "__isabstractmethod__", False):
-                        continue
-                    targets.append((cls, method, wrap))
-        return targets
+
+    def _patch_class(self, cls: type) -> None:
+        """Wrap the methods ``cls`` itself defines, for every root it derives from (idempotent)."""
+        for root, methods in self._roots:
+            if not issubclass(cls, root):
+                continue
+            for method, wrap in methods:
+                original = cls.__dict__.get(method)
+                if original is None or getattr(original, "__isabstractmethod__", False):
+                    continue
+                if hasattr(original, "__agl_original__"):
+                    continue
+                setattr(cls, method, wrap(original))
+                self._patched.append((cls, method, original))
+
+    def _hook_subclasses(self, root: type) -> None:
+        """Patch the subclasses of ``root`` defined from now on, as they are defined (``__init_subclass__``)."""
+        own = root.__dict__.get("__init_subclass__")
+        adapter = self
+
+        def __init_subclass__(cls: type, **kwargs: Any) -> None:
+            if own is not None:
+                own.__get__(None, cls)(**kwargs)
+            else:
+                super(root, cls).__init_subclass__(**kwargs)  # type: ignore[misc]
+            if wrappers.enabled.is_set():
+                try:
+                    with adapter._lock:
+                        adapter._patch_class(cls)
+                except Exception:  # a class we cannot patch must not break its definition
+                    logger.exception("agent-lightning-autogen: could not patch %s", cls.__qualname__)
+
+        root.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
+        self._hooked.append((root, own))
 
     def instrument(self) -> None:
+        """Patch every target class defined so far (a rescan on each call: idempotent), and hook the roots so
+        that classes defined while instrumented are patched when they are defined."""
         with self._lock:
-            if not self._patched:
-                for cls, method, wrap in self._targets():
-                    original = cls.__dict__[method]
-                    if hasattr(original, "__agl_original__"):
-                        continue
-                    setattr(cls, method, wrap(original))
-                    self._patched.append((cls, method, original))
+            for module in _OPTIONAL_MODULES:
+                try:
+                    importlib.import_module(module)
+                except Exception:  # not installed, or its own dependencies are missing
+                    pass
+            self._roots = self._plan()
+            for root, _methods in self._roots:
+                for cls in _subclasses(root):
+                    self._patch_class(cls)
+            hooked = {root for root, _own in self._hooked}
+            for root, _methods in self._roots:
+                if root not in hooked:
+                    self._hook_subclasses(root)
             wrappers.enabled.set()
 
     def uninstrument(self) -> None:
         with self._lock:
             wrappers.enabled.clear()
+            for root, own in reversed(self._hooked):
+                if own is None:
+                    delattr(root, "__init_subclass__")
+                else:
+                    root.__init_subclass__ = own  # type: ignore[assignment]
+            self._hooked.clear()
             for cls, method, original in reversed(self._patched):
                 setattr(cls, method, original)
             self._patched.clear()
