@@ -10,7 +10,6 @@ import time
 import agent_lightning as agl
 import pytest
 from agent_lightning import semconv
-from agent_lightning.errors import StoreUnavailable
 from agent_lightning.store.sync import SyncStore
 
 
@@ -87,6 +86,24 @@ def test_bad_reward_raises_and_stores_nothing(store: agl.InMemoryLightningStore,
         with pytest.raises(ValueError, match="reward"):
             agl.emit_reward(bad)  # type: ignore[arg-type]
     assert not [s for s in spans_of(store, ctx.rollout_id) if s.kind == "reward"]
+
+
+def test_reward_for_a_span_id_not_opened_in_this_context_is_an_error(store: agl.InMemoryLightningStore) -> None:
+    with agl.TrainingContext(task_id="other", store=store):
+        with agl.span("elsewhere") as elsewhere:
+            pass
+    unknown = "0123456789abcdef"
+    with agl.TrainingContext(task_id="t", store=store) as ctx:
+        with agl.span("step") as step:
+            pass
+        for bad in (unknown, elsewhere.id, "not-a-span-id"):
+            with pytest.raises(ValueError, match=f"span_id={bad!r}.*no span with this id was opened in rollout"):
+                agl.emit_reward(1.0, span_id=bad)
+        agl.emit_reward(0.5, span_id=step.id)  # an ended span of this run is fine
+        agl.emit_reward(0.25, span_id=ctx.root_span_id)
+    rewards = [s for s in spans_of(store, ctx.rollout_id) if s.kind == "reward"]
+    assert [r.reward for r in rewards] == [0.5, 0.25]
+    assert ctx.final_reward == 0.25
 
 
 def test_reward_outside_context_is_an_error() -> None:
@@ -198,73 +215,6 @@ def test_nested_training_context_joins_outer_attempt(store: agl.InMemoryLightnin
     assert len(SyncStore(store).query_rollouts()) == 1
 
 
-class FlakyStore(agl.InMemoryLightningStore):
-    """The in-memory store with its span writes failing while ``down`` is set (a store outage)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = threading.Event()
-        self.failed_writes = 0
-
-    async def add_spans(self, spans):  # type: ignore[no-untyped-def]
-        if self.down.is_set():
-            self.failed_writes += 1
-            raise StoreUnavailable("store is down")
-        return await super().add_spans(spans)
-
-
-def test_store_outage_neither_crashes_nor_stalls_the_agent_and_spans_arrive_later() -> None:
-    store = FlakyStore()
-    store.down.set()
-    tracer = agl.get_tracer(store)
-    started = time.monotonic()
-    with agl.TrainingContext(task_id="outage", store=store, flush_timeout=0.5) as ctx:
-        for i in range(50):
-            with agl.span(f"step{i}"):
-                pass
-        agl.emit_reward(1.0)
-    assert time.monotonic() - started < 5, "the agent must not stall while the store is down"
-    assert store.failed_writes >= 1
-    assert tracer.emitter.stats().pending > 0
-    store.down.clear()
-    assert tracer.emitter.flush(timeout=20)
-    stats = tracer.emitter.stats()
-    assert stats.pending == 0 and stats.dropped == 0 and stats.retries >= 1
-    assert len(spans_of(store, ctx.rollout_id)) == 52  # root + 50 steps + reward
-
-
-def test_full_buffer_drops_are_counted_not_silent(caplog: pytest.LogCaptureFixture) -> None:
-    from agent_lightning.instrumentation.emitter import SpanEmitter
-    from agent_lightning.store.sync import EventLoopThread
-
-    store = FlakyStore()
-    store.down.set()
-    loop = EventLoopThread()
-    emitter = SpanEmitter(store, loop, max_buffer=5, flush_interval=0.01)
-    sync = SyncStore(store, loop_thread=loop)
-    attempted = sync.start_rollout(agl.RolloutRequest())
-    spans = [
-        agl.Span(
-            rollout_id=attempted.rollout_id,
-            attempt_id=attempted.attempt_id,
-            sequence_id=i,
-            trace_id="0" * 32,
-            span_id=f"{i:016x}",
-            name="s",
-        )
-        for i in range(1, 21)
-    ]
-    with caplog.at_level("WARNING"):
-        accepted = [emitter.emit(s) for s in spans]
-    assert accepted.count(True) == 5 and accepted.count(False) == 15
-    assert emitter.stats().dropped == 15
-    assert any("buffer is full" in r.message for r in caplog.records)
-    store.down.clear()
-    stats = emitter.close(timeout=20)
-    assert stats.delivered == 5 and stats.undelivered == 15
-    loop.stop()
-
-
 def test_span_outside_context_records_nothing_but_works() -> None:
     with agl.span("loose") as s:
         assert s.id and not s.is_recording
@@ -287,3 +237,106 @@ def test_long_run_keeps_its_lease_through_heartbeats(store: agl.InMemoryLightnin
     assert SyncStore(store).get_rollout(ctx.rollout_id).status == "succeeded"
     (attempt,) = SyncStore(store).get_attempts(ctx.rollout_id)
     assert attempt.status == "succeeded" and attempt.last_heartbeat_at > attempt.started_at
+
+
+def test_emit_message_records_a_message_span_under_the_current_span(store: agl.InMemoryLightningStore) -> None:
+    with agl.TrainingContext(task_id="chat", store=store) as ctx:
+        with agl.span("turn") as turn:
+            record = agl.emit_message("user", "What is 25 * 17?", turn_index=0)
+    assert record is not None and record.kind == "message" and record.name == "message user"
+    stored = next(s for s in spans_of(store, ctx.rollout_id) if s.kind == "message")
+    assert stored.parent_id == turn.id
+    assert stored.attributes[semconv.MESSAGE_ROLE] == "user"
+    assert stored.attributes[semconv.MESSAGE_CONTENT] == "What is 25 * 17?"
+    assert stored.attributes["turn_index"] == 0
+    assert agl.emit_message("user", "outside") is None  # nothing to record it in
+
+
+def test_atool_call_records_an_async_tool_invocation(store: agl.InMemoryLightningStore) -> None:
+    from agent_lightning.instrumentation.spans import atool_call
+
+    async def main() -> str:
+        async with agl.TrainingContext(task_id="tools", store=store) as ctx:
+            async with atool_call("calculator", {"expression": "25*17"}, call_id="call-1") as call:
+                await asyncio.sleep(0)
+                call.set_attribute(semconv.GEN_AI_TOOL_CALL_RESULT, "425")
+            with pytest.raises(KeyError):
+                async with atool_call("lookup", {"key": "missing"}):
+                    raise KeyError("missing")
+        return ctx.rollout_id
+
+    spans = {s.name: s for s in spans_of(store, asyncio.run(main()))}
+    calc = spans["execute_tool calculator"]
+    assert calc.kind == "tool" and calc.status.code == "ok"
+    assert calc.attributes[semconv.GEN_AI_TOOL_NAME] == "calculator"
+    assert calc.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] == {"expression": "25*17"}
+    assert calc.attributes[semconv.GEN_AI_TOOL_CALL_ID] == "call-1"
+    assert calc.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] == "425"
+    failed = spans["execute_tool lookup"]
+    assert failed.status.code == "error" and failed.attributes[semconv.ERROR_TYPE] == "KeyError"
+
+
+def test_span_as_a_decorator_on_sync_and_async_functions(store: agl.InMemoryLightningStore) -> None:
+    @agl.span("plan", kind="custom", step=1)
+    def plan(x: int) -> int:
+        with agl.span("inner"):
+            return x + 1
+
+    @agl.span("act")
+    async def act(x: int) -> int:
+        await asyncio.sleep(0)
+        if x < 0:
+            raise ValueError("negative")
+        return x * 2
+
+    async def main() -> str:
+        async with agl.TrainingContext(task_id="decorated-spans", store=store) as ctx:
+            assert plan(1) == 2 and plan(2) == 3
+            assert await act(3) == 6
+            with pytest.raises(ValueError, match="negative"):
+                await act(-1)
+        return ctx.rollout_id
+
+    spans = spans_of(store, asyncio.run(main()))
+    root = next(s for s in spans if s.parent_id is None)
+    plans = [s for s in spans if s.name == "plan"]
+    assert len(plans) == 2 and len({s.span_id for s in plans}) == 2  # a fresh span per call
+    assert all(s.parent_id == root.span_id and s.kind == "custom" and s.attributes["step"] == 1 for s in plans)
+    inners = [s for s in spans if s.name == "inner"]
+    assert sorted(s.parent_id or "" for s in inners) == sorted(s.span_id for s in plans)
+    acts = [s for s in spans if s.name == "act"]
+    assert [s.status.code for s in acts] == ["ok", "error"] and all(s.kind == "agent" for s in acts)
+    assert acts[1].attributes[semconv.ERROR_TYPE] == "ValueError"
+
+
+def test_training_context_decorates_an_async_function(store: agl.InMemoryLightningStore) -> None:
+    seen: list[str] = []
+
+    @agl.TrainingContext(task_id="async-decorated", store=store, agent_name="solver")
+    async def solve(x: int) -> int:
+        ctx = agl.current_context()
+        assert ctx is not None and ctx.is_open
+        seen.append(ctx.rollout_id)
+        with agl.span("think"):
+            await asyncio.sleep(0)
+        if x < 0:
+            raise ValueError("cannot solve")
+        agl.emit_reward(float(x))
+        return x * 2
+
+    async def main() -> list[int]:
+        results = list(await asyncio.gather(solve(1), solve(2)))
+        with pytest.raises(ValueError, match="cannot solve"):
+            await solve(-1)
+        return results
+
+    assert asyncio.run(main()) == [2, 4]
+    assert len(set(seen)) == 3
+    sync = SyncStore(store)
+    rollouts = {r.rollout_id: r for r in sync.query_rollouts(rollout_ids=seen)}
+    assert [rollouts[r].task_type for r in seen] == ["async-decorated"] * 3
+    assert [rollouts[r].status for r in seen[:2]] == ["succeeded", "succeeded"]
+    assert rollouts[seen[2]].status in ("requeuing", "failed")
+    for rollout_id in seen[:2]:
+        names = {s.name for s in spans_of(store, rollout_id)}
+        assert names == {"async-decorated", "think", "reward"}

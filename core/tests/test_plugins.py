@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import agent_lightning as agl
@@ -17,6 +18,7 @@ from agent_lightning import plugins
 from agent_lightning.errors import PluginError
 from agent_lightning.registry import install_hint
 from agent_lightning.store import open_store
+from agent_lightning.store.sync import SyncStore
 
 PLUGIN_SOURCE = '''
 """A throwaway third-party plugin: a store backend and an algorithm."""
@@ -157,41 +159,93 @@ def test_missing_algorithm_says_which_package_to_install(monkeypatch: pytest.Mon
         plugins.reset()
 
 
-def test_plugin_registered_in_process_observes_lifecycle_hooks() -> None:
-    events: list[str] = []
+class Observer:
+    """Records every observer hook call, with the state each hook was given."""
 
-    class Observer:
-        @agl.hookimpl
-        def agl_rollout_started(self, rollout, attempt):  # type: ignore[no-untyped-def]
-            events.append(f"start {rollout.task_type}")
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.started_spans: list[agl.Span] = []
+        self.finished: list[tuple[agl.Rollout, agl.Attempt, str, str | None]] = []
 
-        @agl.hookimpl
-        def agl_span_ended(self, span):  # type: ignore[no-untyped-def]
-            events.append(f"span {span.name}")
+    @agl.hookimpl
+    def agl_rollout_started(self, rollout: agl.Rollout, attempt: agl.Attempt) -> None:
+        self.events.append(f"start {rollout.task_type} {rollout.status}/{attempt.status}")
 
-        @agl.hookimpl
-        def agl_reward_emitted(self, reward, span):  # type: ignore[no-untyped-def]
-            events.append(f"reward {reward.total}")
+    @agl.hookimpl
+    def agl_span_started(self, span: agl.Span) -> None:
+        self.started_spans.append(span)
+        self.events.append(f"open {span.name}")
 
-        @agl.hookimpl
-        def agl_rollout_finished(self, rollout, attempt, status, error):  # type: ignore[no-untyped-def]
-            events.append(f"finish {status}")
+    @agl.hookimpl
+    def agl_span_ended(self, span: agl.Span) -> None:
+        self.events.append(f"span {span.name}")
 
-    plugins.register(Observer(), name="observer")
+    @agl.hookimpl
+    def agl_reward_emitted(self, reward: agl.Reward, span: agl.Span) -> None:
+        self.events.append(f"reward {reward.total}")
+
+    @agl.hookimpl
+    def agl_rollout_finished(self, rollout: agl.Rollout, attempt: agl.Attempt, status: str, error: str | None) -> None:
+        self.finished.append((rollout, attempt, status, error))
+        self.events.append(f"finish {status}")
+
+
+@pytest.fixture
+def observer() -> Iterator[Observer]:
+    observing = Observer()
+    plugins.register(observing, name="observer")
     try:
-        with agl.TrainingContext(task_id="observed", store=agl.InMemoryLightningStore()):
-            with agl.span("step"):
-                agl.emit_reward(0.5)
+        yield observing
     finally:
         plugins.unregister("observer")
-    assert events == [
-        "start observed",
+
+
+def test_plugin_registered_in_process_observes_lifecycle_hooks(observer: Observer) -> None:
+    with agl.TrainingContext(task_id="observed", store=agl.InMemoryLightningStore()) as ctx:
+        with agl.span("step") as step:
+            agl.emit_reward(0.5)
+    assert observer.events == [
+        "start observed running/running",
+        "open observed",
+        "open step",
+        "open reward",
         "span reward",
         "reward 0.5",
         "span step",
         "span observed",
         "finish succeeded",
     ]
+    opened = {s.name: s for s in observer.started_spans}
+    assert opened["step"].span_id == step.id and opened["step"].end_time is None
+    assert opened["step"].parent_id == ctx.root_span_id and opened["step"].attempt_id == ctx.attempt_id
+    ((rollout, attempt, status, error),) = observer.finished
+    assert (rollout.status, attempt.status, status, error) == ("succeeded", "succeeded", "succeeded", None)
+    assert rollout.ended_at is not None and attempt.ended_at is not None
+    assert attempt.attempt_id == ctx.attempt_id
+
+
+def test_rollout_finished_gets_the_final_state_of_a_failed_attempt(observer: Observer) -> None:
+    store = agl.InMemoryLightningStore()
+    with pytest.raises(RuntimeError, match="tool broke"):
+        with agl.TrainingContext(task_id="last-try", store=store, config=agl.RolloutConfig(max_attempts=1)):
+            raise RuntimeError("tool broke")
+    with pytest.raises(RuntimeError, match="tool broke"):
+        with agl.TrainingContext(task_id="will-retry", store=store):
+            raise RuntimeError("tool broke")
+    (last, _, status, error), (retried, retried_attempt, _, _) = observer.finished
+    assert (last.status, status, error) == ("failed", "failed", "RuntimeError: tool broke")
+    assert last.error is not None and "tool broke" in last.error
+    assert retried.status == "requeuing" and retried_attempt.status == "failed"
+
+
+def test_rollout_finished_reports_the_store_status_when_the_attempt_was_ended_elsewhere(observer: Observer) -> None:
+    store = agl.InMemoryLightningStore()
+    sync = SyncStore(store)
+    with agl.TrainingContext(task_id="cancelled", store=store) as ctx:
+        sync.cancel_rollout(ctx.rollout_id)  # e.g. an operator cancels the run while the agent works
+    ((rollout, attempt, status, error),) = observer.finished
+    assert rollout.status == "cancelled"
+    assert (attempt.status, status) == ("failed", "failed") and error == "rollout cancelled"
 
 
 def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:

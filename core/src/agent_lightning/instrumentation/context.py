@@ -9,11 +9,14 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 from agent_lightning import semconv
+from agent_lightning.errors import DuplicateId, InvalidTransition
 from agent_lightning.instrumentation import adapter as adapters
+from agent_lightning.instrumentation.emitter import is_permanent
 from agent_lightning.instrumentation.spans import ActiveSpan, _current_span
 from agent_lightning.instrumentation.tracer import Tracer, get_tracer
 from agent_lightning.store.base import LightningStore
@@ -22,6 +25,7 @@ from agent_lightning.types import (
     AttemptedRollout,
     ResourcesSnapshot,
     Reward,
+    Rollout,
     RolloutConfig,
     RolloutMode,
     RolloutRequest,
@@ -38,6 +42,14 @@ ATTEMPT_ENV = "AGL_ATTEMPT_ID"
 PARENT_SPAN_ENV = "AGL_PARENT_SPAN_ID"
 JOINED_SEQUENCE_BASE = 2_000_000
 """Spans of a script that joined a runner's attempt count from here, apart from the runner's own."""
+OPEN_TIMEOUT = 1.0
+"""Seconds entering a TrainingContext waits for the store (rollout created, resources loaded) before the agent runs."""
+FLUSH_TIMEOUT = 5.0
+"""Seconds exiting a TrainingContext waits for its spans and the attempt's completion to reach the store."""
+RESOURCES_TIMEOUT = 10.0
+"""Seconds :meth:`TrainingContext.llm` waits for resources that opening did not get in time."""
+STORE_CALL_TIMEOUT = 30.0
+"""The longest one background store call may take before it is treated as failed (and retried)."""
 
 _current: contextvars.ContextVar[TrainingContext | None] = contextvars.ContextVar("agl_context", default=None)
 _open_lock = threading.Lock()
@@ -72,6 +84,192 @@ def propagate(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _Lifecycle:
+    """The store side of one root context, run in a daemon thread so the agent never waits on the store.
+
+    Creates the rollout (retrying while the store is unreachable; spans are held meanwhile),
+    heart-beats the attempt, loads the resources, and after the context closes delivers the
+    spans and completes the attempt. The tracer tracks it until it is done, so what is left at
+    exit is reported.
+    """
+
+    def __init__(self, ctx: TrainingContext, tracer: Tracer, request: RolloutRequest | None) -> None:
+        self.ctx, self.tracer, self.request = ctx, tracer, request
+        self.ready = threading.Event()
+        """Set once the attempt exists and the resources were loaded (or either gave up)."""
+        self.done = threading.Event()
+        self.closed = threading.Event()
+        self.outcome: tuple[Literal["succeeded", "failed"], str | None] = ("succeeded", None)
+        self.stage = "creating the rollout" if request is not None else "loading resources"
+        self.last_error: str | None = None
+        self._gave_up = False
+        self._thread = threading.Thread(target=self._main, name="agl-rollout", daemon=True)
+
+    def start(self) -> None:
+        self.tracer.track(self)
+        self._thread.start()
+
+    def close(self, status: Literal["succeeded", "failed"], error: str | None) -> None:
+        """The agent is done: deliver its spans and complete the attempt as ``status``."""
+        self.outcome = (status, error)
+        self.closed.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self.done.wait(timeout)
+
+    def describe(self) -> str:
+        return f"rollout {self.ctx.rollout_id} ({self.stage}; last error: {self.last_error or 'none'})"
+
+    # ------------------------------------------------------------------ the thread
+    def _main(self) -> None:
+        ctx = self.ctx
+        try:
+            if self.request is not None:
+                created = self._create(self.request)
+                if created is None:
+                    return
+                ctx._attach(created)
+            attempted = ctx.attempted
+            assert attempted is not None
+            if ctx._owns_attempt and not self.closed.is_set():
+                lease = attempted.rollout.config.lease_seconds
+                self.tracer.keep_alive(attempted.rollout_id, attempted.attempt_id, lease)
+            self.stage = "loading resources"
+            ctx._resources = self._load_resources(attempted.rollout.resources_id)
+            if ctx._hook is not None:
+                ctx._hook.agl_rollout_started(rollout=attempted.rollout, attempt=attempted.attempt)
+            self.ready.set()
+            self.stage = "running"
+            self.closed.wait()
+            self.tracer.release(attempted.attempt_id)
+            self.stage = "delivering spans"
+            self.tracer.emitter.flush(ctx._flush_timeout)
+            if ctx._owns_attempt:
+                self.stage = "completing the attempt"
+                self._complete(attempted, *self.outcome)
+            self.stage = "done"
+        except Exception:  # a bug here must not pass silently, nor take the agent down
+            logger.exception("agent-lightning: recording rollout %s failed (%s)", ctx.rollout_id, self.stage)
+        finally:
+            self.ready.set()
+            self.done.set()
+            if not self._gave_up:  # what gave up stays listed for the report at exit
+                self.tracer.untrack(self)
+
+    def _retry_wait(self, exc: BaseException, backoff: float) -> bool:
+        """Note a transient failure and pause; ``False`` when the tracer is shutting down (give up)."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.tracer.stopping.wait(backoff):
+            self._gave_up = True
+            return False
+        return True
+
+    def _create(self, request: RolloutRequest) -> AttemptedRollout | None:
+        store, backoff = self.tracer.store, 0.2
+        while True:
+            try:
+                return self.tracer.call(store.start_rollout(request), timeout=STORE_CALL_TIMEOUT)
+            except DuplicateId as exc:  # an earlier try that timed out did create it
+                adopted = self._adopt(request)
+                if adopted is not None:
+                    return adopted
+                self._refuse(exc)
+                return None
+            except Exception as exc:
+                if is_permanent(exc):
+                    self._refuse(exc)
+                    return None
+                if self.last_error is None:
+                    logger.warning(
+                        "agent-lightning: could not create rollout %s in %s yet (%s); the agent runs on, its spans "
+                        "are buffered and sent once the store answers",
+                        request.rollout_id,
+                        store.url or type(store).__name__,
+                        exc,
+                    )
+                if not self._retry_wait(exc, backoff):
+                    return None
+                backoff = min(backoff * 2, 5.0)
+
+    def _adopt(self, request: RolloutRequest) -> AttemptedRollout | None:
+        store, rollout_id = self.tracer.store, request.rollout_id or ""
+        try:
+            rollout = self.tracer.call(store.get_rollout(rollout_id), timeout=STORE_CALL_TIMEOUT)
+            attempts = self.tracer.call(store.get_attempts(rollout_id), timeout=STORE_CALL_TIMEOUT)
+        except Exception:
+            return None
+        if len(attempts) == 1 and rollout.task_type == request.task_type and rollout.input == request.input:
+            return AttemptedRollout(rollout=rollout, attempt=attempts[0])
+        return None
+
+    def _refuse(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        held = self.tracer.emitter.refuse(self.ctx._fallback_ids[1], self.last_error)
+        logger.error(
+            "agent-lightning: store %s refused to create rollout %s (%s); the agent runs on, but nothing of it is "
+            "recorded: %d span(s) so far and every later one are counted as rejected",
+            self.tracer.store.url or type(self.tracer.store).__name__,
+            self.ctx.rollout_id,
+            self.last_error,
+            held,
+        )
+
+    def _load_resources(self, resources_id: str | None) -> ResourcesSnapshot | None:
+        store = self.tracer.store
+        try:
+            if resources_id is not None:
+                return self.tracer.call(store.get_resources(resources_id), timeout=STORE_CALL_TIMEOUT)
+            return self.tracer.call(store.get_latest_resources(), timeout=STORE_CALL_TIMEOUT)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("could not load resources %s: %s", resources_id or "latest", exc)
+            return None
+
+    def _complete(self, attempted: AttemptedRollout, status: Literal["succeeded", "failed"], error: str | None) -> None:
+        store, backoff = self.tracer.store, 0.2
+        rollout_id, attempt_id = attempted.rollout_id, attempted.attempt_id
+        while True:
+            try:
+                rollout = self.tracer.call(
+                    store.complete_attempt(rollout_id, attempt_id, status, error), timeout=STORE_CALL_TIMEOUT
+                )
+            except InvalidTransition as exc:  # the store ended it first: lease lost, timed out, or cancelled
+                logger.warning(
+                    "could not complete attempt %s of rollout %s as %s: %s", attempt_id, rollout_id, status, exc
+                )
+                self._finished(attempted, None)
+                return
+            except Exception as exc:
+                if is_permanent(exc):
+                    logger.error("could not complete attempt %s of rollout %s: %s", attempt_id, rollout_id, exc)
+                    return
+                if not self._retry_wait(exc, backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
+            else:
+                self._finished(attempted, rollout)
+                return
+
+    def _finished(self, attempted: AttemptedRollout, rollout: Rollout | None) -> None:
+        """Call ``agl_rollout_finished`` with the rollout and attempt as the store now has them."""
+        hook = self.ctx._hook
+        if hook is None or not hook.agl_rollout_finished.get_hookimpls():
+            return
+        store, status, error = self.tracer.store, *self.outcome
+        try:
+            if rollout is None:
+                rollout = self.tracer.call(store.get_rollout(attempted.rollout_id), timeout=STORE_CALL_TIMEOUT)
+            attempts = self.tracer.call(store.get_attempts(attempted.rollout_id), timeout=STORE_CALL_TIMEOUT)
+            attempt = next(a for a in attempts if a.attempt_id == attempted.attempt_id)
+        except Exception as exc:
+            if rollout is None:
+                logger.warning("agl_rollout_finished not called for rollout %s: %s", attempted.rollout_id, exc)
+                return
+            ended = rollout.ended_at or time.time()
+            attempt = attempted.attempt.model_copy(update={"status": status, "ended_at": ended, "error": error})
+        hook.agl_rollout_finished(rollout=rollout, attempt=attempt, status=attempt.status, error=attempt.error)
+
+
 class TrainingContext:
     """Record one agent run as a rollout attempt in the store.
 
@@ -85,6 +283,18 @@ class TrainingContext:
     and records itself as an ``agent`` span. On exit, pending spans are
     flushed and the attempt is completed: ``failed`` if the block raised.
     Usable as ``with``, ``async with``, and as a decorator.
+
+    The store never stalls the agent for long. Entering waits at most
+    ``open_timeout`` seconds for the store to create the rollout; if it has not
+    answered by then, the agent runs anyway: its spans are buffered (bounded)
+    and sent once the rollout exists, and :attr:`attempt_id` is a placeholder
+    until then. Exiting waits at most ``flush_timeout`` seconds for the spans and
+    the attempt's completion; what is left continues in the background, and
+    what is still undelivered at interpreter exit is logged as a warning (see
+    :func:`agent_lightning.instrumentation.tracer.shutdown`).
+
+    :param open_timeout: seconds entering waits for the store (default :data:`OPEN_TIMEOUT`).
+    :param flush_timeout: seconds exiting waits for delivery (default :data:`FLUSH_TIMEOUT`).
     """
 
     def __init__(
@@ -99,8 +309,12 @@ class TrainingContext:
         metadata: Mapping[str, Any] | None = None,
         agent_name: str | None = None,
         instrument: bool = True,
-        flush_timeout: float = 30.0,
+        open_timeout: float = OPEN_TIMEOUT,
+        flush_timeout: float = FLUSH_TIMEOUT,
     ) -> None:
+        for name, value in (("open_timeout", open_timeout), ("flush_timeout", flush_timeout)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
         self.task_id = task_id or (rollout.rollout.task_type if rollout is not None else "default")
         self.input = input
         self.mode: RolloutMode = mode
@@ -110,10 +324,11 @@ class TrainingContext:
         self._metadata = dict(metadata or {})
         self.agent_name = agent_name
         self._instrument = instrument
+        self._open_timeout = open_timeout
         self._flush_timeout = flush_timeout
         self.tracer: Tracer | None = None
-        self.attempted: AttemptedRollout | None = None
-        self.resources: ResourcesSnapshot | None = None
+        self._attempted: AttemptedRollout | None = None
+        self._resources: ResourcesSnapshot | None = None
         self.trace_id = new_trace_id()
         self.root_span_id: str | None = None
         self.rewards: list[Reward] = []
@@ -123,32 +338,52 @@ class TrainingContext:
         self._root: ActiveSpan | None = None
         self._sequence = itertools.count(1)
         self._seq_lock = threading.Lock()
+        self._ids_lock = threading.Lock()
+        self._span_ids: set[str] = set()
         self._token: contextvars.Token[TrainingContext | None] | None = None
         self._span_token: contextvars.Token[ActiveSpan | None] | None = None
-        self._detached_reason: str | None = None
+        self._lifecycle: _Lifecycle | None = None
+        self._lost_at_open = 0
         self._hook: Any = None
         self._owns_attempt = True
         self._parent_span_id: str | None = None
 
     # ------------------------------------------------------------------ identity
     @property
+    def attempted(self) -> AttemptedRollout | None:
+        """The rollout and attempt recorded into; ``None`` until the store has created them."""
+        if self._parent is not None:
+            return self._parent.attempted
+        return self._attempted
+
+    @property
+    def resources(self) -> ResourcesSnapshot | None:
+        """The resources snapshot the rollout runs with; ``None`` if there is none or the store has not answered."""
+        if self._parent is not None:
+            return self._parent.resources
+        return self._resources
+
+    @property
     def rollout_id(self) -> str:
+        """The rollout's id (known from the start, even before the store has created it)."""
         if self._parent is not None:
             return self._parent.rollout_id
-        return self.attempted.rollout_id if self.attempted else self._fallback_ids[0]
+        return self._attempted.rollout_id if self._attempted else self._fallback_ids[0]
 
     @property
     def attempt_id(self) -> str:
+        """The attempt's id; ``at-pending-…`` until the store has created it (spans are then rewritten)."""
         if self._parent is not None:
             return self._parent.attempt_id
-        return self.attempted.attempt_id if self.attempted else self._fallback_ids[1]
+        return self._attempted.attempt_id if self._attempted else self._fallback_ids[1]
 
     @functools.cached_property
     def _fallback_ids(self) -> tuple[str, str]:
-        return new_id("ro-detached"), new_id("at-detached")
+        return new_id("ro"), new_id("at-pending")
 
     @property
     def store(self) -> LightningStore:
+        """The store this context records into (only while it is or was open)."""
         assert self.tracer is not None, "the TrainingContext is not open"
         return self.tracer.store
 
@@ -158,10 +393,22 @@ class TrainingContext:
         return self.rewards[-1].total if self.rewards else None
 
     def llm(self, name: str | None = None) -> LLM:
-        """The LLM resource ``name`` (default: the only one), with its endpoint routed to this attempt."""
-        if self.resources is None:
+        """The LLM resource ``name`` (default: the only one), with its endpoint routed to this attempt.
+
+        If opening did not get the resources in time, waits up to :data:`RESOURCES_TIMEOUT` seconds for them.
+        """
+        root = self._parent or self
+        if root.resources is None and root._lifecycle is not None:
+            root._lifecycle.ready.wait(RESOURCES_TIMEOUT)
+        if root.attempted is None:
+            lifecycle = root._lifecycle
+            raise LookupError(
+                f"the store {root.store.url or type(root.store).__name__} has not created rollout {root.rollout_id} "
+                f"(last error: {lifecycle.last_error if lifecycle else None}), so its LLM resources are unknown"
+            )
+        if root.resources is None:
             raise LookupError("this rollout has no resources; add an LLM resource to the store first")
-        llms = {k: v for k, v in self.resources.resources.items() if isinstance(v, LLM)}
+        llms = {k: v for k, v in root.resources.resources.items() if isinstance(v, LLM)}
         if name is None:
             if len(llms) != 1:
                 raise LookupError(f"say which LLM resource to use; this snapshot has {sorted(llms) or 'none'}")
@@ -173,33 +420,68 @@ class TrainingContext:
 
     # ------------------------------------------------------------------ span plumbing
     def next_sequence_id(self) -> int:
+        """The next span's ``sequence_id`` in this attempt."""
         if self._parent is not None:
             return self._parent.next_sequence_id()
         with self._seq_lock:
             return next(self._sequence)
 
+    def knows_span(self, span_id: str) -> bool:
+        """Whether ``span_id`` is a span opened in this context's attempt (by this process)."""
+        root = self._parent or self
+        return span_id in root._span_ids or span_id == root._parent_span_id
+
     def on_span_started(self, span: ActiveSpan) -> None:
+        """Called by :class:`ActiveSpan` when it opens."""
+        root = self._parent or self
+        root._span_ids.add(span.id)
         # building the record costs a validation; skip it when no plugin observes span starts
-        if self._hook is not None and self._hook.agl_span_started.get_hookimpls():
+        if root._hook is not None and root._hook.agl_span_started.get_hookimpls():
             record = span.to_span()
             if record is not None:
-                self._hook.agl_span_started(span=record)
+                root._hook.agl_span_started(span=root._with_ids(record))
 
     def on_span_ended(self, span: Span) -> None:
+        """Called by :class:`ActiveSpan` when it closes: observers, then the emitter."""
         root = self._parent or self
         root.spans_emitted += 1
         if root._hook is not None:
-            root._hook.agl_span_ended(span=span)
-        if root.tracer is not None and root._detached_reason is None:
-            root.tracer.emitter.emit(span)
+            root._hook.agl_span_ended(span=root._with_ids(span))
+        if root.tracer is not None:
+            with root._ids_lock:  # either the emitter still holds the placeholder, or the ids are fixed here
+                root.tracer.emitter.emit(root._with_ids(span))
 
     def on_reward(self, reward: Reward, span: Span) -> None:
+        """Called by :func:`agl.emit_reward` with the reward and its span."""
         root = self._parent or self
         root.rewards.append(reward)
         if self is not root:
             self.rewards.append(reward)
         if root._hook is not None:
-            root._hook.agl_reward_emitted(reward=reward, span=span)
+            root._hook.agl_reward_emitted(reward=reward, span=root._with_ids(span))
+
+    def _with_ids(self, span: Span) -> Span:
+        """``span`` with the real attempt id if it was built with the placeholder before the attempt existed."""
+        if self._attempted is None or span.attempt_id != self._fallback_ids[1]:
+            return span
+        return self._rewrite(span)
+
+    def _rewrite(self, span: Span) -> Span:
+        attempted = self._attempted
+        assert attempted is not None
+        attributes = span.attributes
+        if attributes.get(semconv.ATTEMPT_ID) == span.attempt_id:
+            attributes = {**attributes, semconv.ATTEMPT_ID: attempted.attempt_id}
+        return span.model_copy(
+            update={"rollout_id": attempted.rollout_id, "attempt_id": attempted.attempt_id, "attributes": attributes}
+        )
+
+    def _attach(self, attempted: AttemptedRollout) -> None:
+        """The store created the attempt: use its ids from now on and send the spans held so far."""
+        assert self.tracer is not None
+        with self._ids_lock:
+            self._attempted = attempted
+            self.tracer.emitter.release(self._fallback_ids[1], self._rewrite)
 
     # ------------------------------------------------------------------ lifecycle
     def _open(self) -> None:
@@ -212,18 +494,14 @@ class TrainingContext:
         from agent_lightning import plugins
 
         self._hook = plugins.hook()
-        if isinstance(self._store_arg, str):
-            from agent_lightning.store import open_store
-
-            self.tracer = get_tracer(open_store(self._store_arg))
-        else:
-            self.tracer = get_tracer(self._store_arg)
-        if self._given is None and os.environ.get(ROLLOUT_ENV) and os.environ.get(ATTEMPT_ENV):
-            self._join_from_environment()
+        self.tracer = get_tracer(self._store_arg)
+        stats = self.tracer.emitter.stats()
+        self._lost_at_open = stats.dropped + stats.rejected
+        request: RolloutRequest | None = None
         if self._given is not None:
-            self.attempted = self._given
-        elif self.attempted is not None:
-            pass  # joined the runner's attempt through the environment
+            self._attempted = self._given
+        elif os.environ.get(ROLLOUT_ENV) and os.environ.get(ATTEMPT_ENV):
+            self._join_from_environment()
         else:
             request = RolloutRequest(
                 input=self.input,
@@ -231,17 +509,20 @@ class TrainingContext:
                 mode=self.mode,
                 config=self._config,
                 metadata={**self._metadata, "task_id": self.task_id},
+                rollout_id=self._fallback_ids[0],
             )
-            try:
-                self.attempted = self.tracer.call(self.tracer.store.start_rollout(request), timeout=10)
-            except Exception as exc:
-                self._detached_reason = f"could not start a rollout in {self.tracer.store.url}: {exc!r}"
-                logger.error("agent-lightning: %s; the agent runs but nothing is recorded", self._detached_reason)
-        if self.attempted is not None and self._owns_attempt:
-            rollout = self.attempted.rollout
-            self.tracer.keep_alive(rollout.rollout_id, self.attempted.attempt_id, rollout.config.lease_seconds)
-        if self.attempted is not None:
-            self.resources = self._load_resources(self.attempted.rollout.resources_id)
+            self.tracer.emitter.hold(self._fallback_ids[1])
+        self._lifecycle = _Lifecycle(self, self.tracer, request)
+        self._lifecycle.start()
+        if not self._lifecycle.ready.wait(self._open_timeout):
+            logger.warning(
+                "agent-lightning: store %s did not answer within open_timeout=%.1fs; the agent runs now, and "
+                "rollout %s is recorded once the store answers (%s)",
+                self.tracer.store.url or type(self.tracer.store).__name__,
+                self._open_timeout,
+                self.rollout_id,
+                self._lifecycle.stage,
+            )
         self.is_open = True
         with _open_lock:
             _open_roots.append(self)
@@ -260,8 +541,6 @@ class TrainingContext:
         self._root = ActiveSpan(self, self.task_id, "agent", attributes, self._parent_span_id)
         self.root_span_id = self._root.id
         self._span_token = _current_span.set(self._root)
-        if self.attempted is not None:
-            self._hook.agl_rollout_started(rollout=self.attempted.rollout, attempt=self.attempted.attempt)
 
     def _join_from_environment(self) -> None:
         """Join the attempt of the runner that started this process (see ``ScriptAgent``)."""
@@ -272,27 +551,15 @@ class TrainingContext:
         attempt = next(
             a for a in self.tracer.call(store.get_attempts(rollout_id), timeout=10) if a.attempt_id == attempt_id
         )
-        self.attempted = AttemptedRollout(rollout=rollout, attempt=attempt)
+        self._attempted = AttemptedRollout(rollout=rollout, attempt=attempt)
         self.input = rollout.input
         self._owns_attempt = False  # the runner completes it from the script's exit status
         self._parent_span_id = os.environ.get(PARENT_SPAN_ENV) or None
         self._sequence = itertools.count(JOINED_SEQUENCE_BASE)
 
-    def _load_resources(self, resources_id: str | None) -> ResourcesSnapshot | None:
-        assert self.tracer is not None
-        try:
-            if resources_id is not None:
-                return self.tracer.call(self.tracer.store.get_resources(resources_id), timeout=10)
-            return self.tracer.call(self.tracer.store.get_latest_resources(), timeout=10)
-        except Exception as exc:
-            logger.warning("could not load resources %s: %s", resources_id or "latest", exc)
-            return None
-
     def _open_nested(self, outer: TrainingContext) -> None:
         self._parent = outer
         self.tracer = outer.tracer
-        self.attempted = outer.attempted
-        self.resources = outer.resources
         self.trace_id = outer.trace_id
         self.is_open = True
         self._token = _current.set(self)
@@ -308,6 +575,10 @@ class TrainingContext:
         if self._root is not None:
             if exc is not None:
                 self._root.record_exception(exc)
+            if self._parent is None:  # what the store answered after opening
+                self._root.set_attribute(semconv.ATTEMPT_ID, self.attempt_id)
+                if self.resources is not None:
+                    self._root.set_attribute(semconv.RESOURCES_ID, self.resources.resources_id)
             self._root.end()
         if self._span_token is not None:
             _reset(_current_span, self._span_token)
@@ -321,28 +592,40 @@ class TrainingContext:
                 _open_roots.remove(self)
         if self._instrument:
             adapters.auto_uninstrument()
-        if self.tracer is None or self.attempted is None:
+        lifecycle, tracer = self._lifecycle, self.tracer
+        if lifecycle is None or tracer is None:
             return
-        if self._owns_attempt:
-            self.tracer.release(self.attempted.attempt_id)
-        if not self.tracer.emitter.flush(self._flush_timeout):
-            logger.error(
-                "agent-lightning: spans of rollout %s were not all delivered within %.0fs; "
-                "the attempt is completed anyway and the rest keep retrying",
+        lifecycle.close(
+            "failed" if exc is not None else "succeeded", None if exc is None else f"{type(exc).__name__}: {exc}"
+        )
+        finished = lifecycle.wait(self._flush_timeout)
+        stats = tracer.emitter.stats()
+        store = tracer.emitter.store_name
+        if not finished:
+            logger.warning(
+                "agent-lightning: rollout %s is not fully recorded in %s after flush_timeout=%.1fs (%s; last error: "
+                "%s). %d span(s) of this store are pending (%d held until the rollout exists) and retried in the "
+                "background; whatever is still undelivered at exit is reported then. Check that the store is "
+                "reachable, or pass a longer flush_timeout to wait for it",
                 self.rollout_id,
+                store,
                 self._flush_timeout,
+                lifecycle.stage,
+                lifecycle.last_error or stats.last_error,
+                stats.pending,
+                stats.held,
             )
-        if not self._owns_attempt:
-            return
-        status: Literal["succeeded", "failed"] = "failed" if exc is not None else "succeeded"
-        error = None if exc is None else f"{type(exc).__name__}: {exc}"
-        try:
-            self.tracer.call(self.tracer.store.complete_attempt(self.rollout_id, self.attempt_id, status, error))
-        except Exception as store_exc:
-            logger.error("could not complete attempt %s of rollout %s: %s", self.attempt_id, self.rollout_id, store_exc)
-        if self._hook is not None:
-            self._hook.agl_rollout_finished(
-                rollout=self.attempted.rollout, attempt=self.attempted.attempt, status=status, error=error
+        lost = stats.dropped + stats.rejected - self._lost_at_open
+        if lost > 0:
+            logger.warning(
+                "agent-lightning: %d span(s) sent to %s while rollout %s ran were not stored (dropped=%d for a full "
+                "buffer, rejected=%d as invalid, in total; last error: %s)",
+                lost,
+                store,
+                self.rollout_id,
+                stats.dropped,
+                stats.rejected,
+                stats.last_error,
             )
 
     def __enter__(self) -> TrainingContext:
@@ -353,7 +636,7 @@ class TrainingContext:
         self._close(exc)
 
     async def __aenter__(self) -> TrainingContext:
-        # Store calls block briefly on the tracer's own loop; keep this loop responsive.
+        # Opening waits briefly for the store; keep this loop responsive.
         import asyncio
 
         ctx = contextvars.copy_context()
@@ -392,6 +675,7 @@ class TrainingContext:
             metadata=self._metadata,
             agent_name=self.agent_name,
             instrument=self._instrument,
+            open_timeout=self._open_timeout,
             flush_timeout=self._flush_timeout,
         )
         if inspect.iscoroutinefunction(func):

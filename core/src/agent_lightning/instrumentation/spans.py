@@ -60,6 +60,7 @@ class ActiveSpan:
 
     @property
     def span_id(self) -> str:
+        """The span's id (same as :attr:`id`)."""
         return self.id
 
     @property
@@ -76,10 +77,12 @@ class ActiveSpan:
             self.attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Set several attributes (each checked as in :meth:`set_attribute`)."""
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
     def set_status(self, code: str, message: str | None = None) -> None:
+        """Set the OpenTelemetry status: ``code`` is ``"unset"``, ``"ok"`` or ``"error"``; ``ValueError`` otherwise."""
         self.status = SpanStatus.model_validate({"code": code, "message": message})
 
     def record_exception(self, exc: BaseException) -> None:
@@ -130,6 +133,7 @@ class ActiveSpan:
         self._token = _current_span.set(self)
 
     def deactivate(self) -> None:
+        """Undo :meth:`activate`: the span that was current before is current again."""
         if self._token is not None:
             try:
                 _current_span.reset(self._token)
@@ -258,7 +262,9 @@ def emit_reward(value: RewardValue, span_id: str | None = None, *, name: str = "
     """Record a reward for ``span_id`` (default: the current span; none open: the whole attempt).
 
     ``value`` is a finite float or a dict of named finite floats; anything else
-    raises ``ValueError``. Returns the reward span.
+    raises ``ValueError``. ``span_id`` must be the id of a span opened in the
+    current context's attempt (``step.id``), else ``ValueError`` names it.
+    Returns the reward span.
     """
     from agent_lightning.instrumentation.context import current_context
 
@@ -267,6 +273,12 @@ def emit_reward(value: RewardValue, span_id: str | None = None, *, name: str = "
         raise RuntimeError(
             "agl.emit_reward was called outside agl.TrainingContext, so the reward has no rollout to go to. "
             "Call it inside `with agl.TrainingContext(task_id=...):`"
+        )
+    if span_id is not None and not context.knows_span(span_id):
+        raise ValueError(
+            f"agl.emit_reward(span_id={span_id!r}): no span with this id was opened in rollout "
+            f"{context.rollout_id}; pass the id of a span of this run (`step.id` of `with agl.span(...) as step`), "
+            "or no span_id to reward the current span or the whole attempt"
         )
     if span_id is None:
         active = current_span()

@@ -1,16 +1,23 @@
-"""The tracer: one store connection per process, with its loop thread, span emitter and heartbeats."""
+"""The tracer: one store connection per process, with its loop thread, span emitter and heartbeats.
+
+At interpreter exit, :func:`shutdown` (registered with :mod:`atexit` when the first tracer
+is created) gives pending spans and unfinished rollouts up to :data:`EXIT_TIMEOUT` seconds
+(``$AGL_EXIT_TIMEOUT``) to reach the store, then logs a warning with what could not be delivered.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agent_lightning.errors import LeaseLost
-from agent_lightning.instrumentation.emitter import SpanEmitter
+from agent_lightning.instrumentation.emitter import EmitterStats, SpanEmitter
 from agent_lightning.store.base import LightningStore
 from agent_lightning.store.sync import EventLoopThread
 
@@ -19,6 +26,22 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STORE_URL_ENV = "AGL_STORE_URL"
+EXIT_TIMEOUT_ENV = "AGL_EXIT_TIMEOUT"
+EXIT_TIMEOUT = 5.0
+"""Seconds :func:`shutdown` waits at interpreter exit for pending spans and rollouts before reporting them lost
+(``$AGL_EXIT_TIMEOUT`` overrides it)."""
+
+
+class BackgroundWork(Protocol):
+    """Store work a tracer finishes in the background (a TrainingContext's rollout bookkeeping)."""
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until the work is done; ``False`` on timeout."""
+        ...
+
+    def describe(self) -> str:
+        """What is left to do, for the report of what could not be recorded."""
+        ...
 
 
 class Tracer:
@@ -28,13 +51,18 @@ class Tracer:
         self.store = store
         self.loop = EventLoopThread("agl-tracer")
         self.emitter = SpanEmitter(store, self.loop)
+        self.stopping = threading.Event()
+        """Set by :meth:`shutdown`: background work stops retrying an unreachable store."""
         self._heartbeat_interval = heartbeat_interval
         self._attempts: dict[str, tuple[str, float]] = {}  # attempt id -> (rollout id, lease seconds)
         self._attempts_lock = threading.Lock()
+        self._work: set[BackgroundWork] = set()
+        self._work_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="agl-heartbeat", daemon=True)
         self._heartbeats.start()
+        _register_exit()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run a store coroutine from synchronous code."""
@@ -51,8 +79,24 @@ class Tracer:
         self._wake.set()  # re-plan: this lease may be shorter than the current wait
 
     def release(self, attempt_id: str) -> None:
+        """Stop heart-beating the attempt."""
         with self._attempts_lock:
             self._attempts.pop(attempt_id, None)
+
+    def track(self, work: BackgroundWork) -> None:
+        """Count ``work`` as unfinished until :meth:`untrack`; :meth:`shutdown` waits for it and reports it."""
+        with self._work_lock:
+            self._work.add(work)
+
+    def untrack(self, work: BackgroundWork) -> None:
+        """``work`` is done (or gave up and reported why)."""
+        with self._work_lock:
+            self._work.discard(work)
+
+    def unfinished(self) -> list[BackgroundWork]:
+        """Background work that has not finished yet."""
+        with self._work_lock:
+            return list(self._work)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -71,22 +115,77 @@ class Tracer:
             self._wake.wait(interval)
             self._wake.clear()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Deliver pending spans, stop heartbeats, and close the store."""
-        self.emitter.close(timeout)
+    def shutdown(self, timeout: float = EXIT_TIMEOUT) -> EmitterStats:
+        """Give unfinished rollouts and pending spans up to ``timeout`` seconds, then stop retrying.
+
+        Logs a warning naming what could not be recorded (undelivered span counts, rollouts
+        never created or completed) and returns the emitter's final counts. The store stays open.
+        """
+        _forget(self)  # contexts opened from now on get a new tracer
+        deadline = time.monotonic() + timeout
+        for work in self.unfinished():
+            work.wait(max(0.0, deadline - time.monotonic()))
+        self.stopping.set()
+        stats = self.emitter.close(max(0.0, deadline - time.monotonic()))  # logs undelivered spans
+        left = [work.describe() for work in self.unfinished()]
+        if left:
+            logger.warning(
+                "agent-lightning could not record %d rollout(s) in %s within %.1fs: %s. Their attempts stay "
+                "unfinished in the store (the store reaps them as lost when their lease expires); check that "
+                "the store is reachable",
+                len(left),
+                self.emitter.store_name,
+                timeout,
+                "; ".join(left),
+            )
         self._stop.set()
         self._wake.set()
         self._heartbeats.join(timeout=5)
+        return stats
+
+    def close(self, timeout: float = EXIT_TIMEOUT) -> EmitterStats:
+        """:meth:`shutdown`, then close the store and stop the loop thread."""
+        stats = self.shutdown(timeout)
         try:
             self.call(self.store.close(), timeout=10)
         except Exception as exc:
             logger.warning("closing store %s failed: %s", self.store.url, exc)
         self.loop.stop()
+        return stats
 
 
 _lock = threading.RLock()
 _default: Tracer | None = None
 _by_store: dict[int, Tracer] = {}
+_by_url: dict[str, Tracer] = {}
+_exit_registered = False
+
+
+def _forget(tracer: Tracer) -> None:
+    global _default
+    with _lock:
+        for store_key in [k for k, t in _by_store.items() if t is tracer]:
+            del _by_store[store_key]
+        for url in [k for k, t in _by_url.items() if t is tracer]:
+            del _by_url[url]
+        if _default is tracer:
+            _default = None
+
+
+def _register_exit() -> None:
+    global _exit_registered
+    with _lock:
+        if not _exit_registered:
+            atexit.register(_at_exit)
+            _exit_registered = True
+
+
+def _at_exit() -> None:
+    try:
+        timeout = float(os.environ.get(EXIT_TIMEOUT_ENV) or EXIT_TIMEOUT)
+    except ValueError:
+        timeout = EXIT_TIMEOUT
+    shutdown(timeout)
 
 
 def configure(store: LightningStore | str | None = None, **options: Any) -> Tracer:
@@ -114,10 +213,18 @@ def _resolve(store: LightningStore | str | None, options: dict[str, Any]) -> Lig
     return open_store(url, **options)
 
 
-def get_tracer(store: LightningStore | None = None) -> Tracer:
-    """The tracer for ``store`` (created once per store), or the default tracer."""
+def get_tracer(store: LightningStore | str | None = None) -> Tracer:
+    """The tracer for ``store`` (created once per store object or URL), or the default tracer.
+
+    A tracer that was shut down is forgotten: the next call creates a new one.
+    """
     global _default
     with _lock:
+        if isinstance(store, str):
+            tracer = _by_url.get(store)
+            if tracer is None:
+                tracer = _by_url[store] = get_tracer(_resolve(store, {}))
+            return tracer
         if store is None:
             if _default is None:
                 resolved = _resolve(None, {})
@@ -131,12 +238,17 @@ def get_tracer(store: LightningStore | None = None) -> Tracer:
         return tracer
 
 
-def shutdown(timeout: float = 30.0) -> None:
-    """Flush and close every tracer (called at interpreter exit)."""
+def shutdown(timeout: float = EXIT_TIMEOUT) -> None:
+    """Flush every tracer for up to ``timeout`` seconds in all, and log what could not be delivered.
+
+    Registered with :mod:`atexit`; call it yourself to flush earlier. Later contexts get new tracers.
+    """
     global _default
     with _lock:
-        tracers = list({id(t): t for t in _by_store.values()}.values())
+        tracers = list({id(t): t for t in [*_by_store.values(), *_by_url.values()]}.values())
         _by_store.clear()
+        _by_url.clear()
         _default = None
+    deadline = time.monotonic() + timeout
     for tracer in tracers:
-        tracer.emitter.close(timeout)
+        tracer.shutdown(max(0.0, deadline - time.monotonic()))
