@@ -116,7 +116,7 @@ def test_round_robin_team_tags_each_agents_calls(env: ProxyEnv) -> None:
     tree = env.tree(ctx.rollout_id)
     team = tree.child(tree.root, kind="agent")
     assert team.name == "invoke_agent RoundRobinGroupChat"
-    assert team.attributes["autogen.team.participants"] == ["solver", "checker"]
+    assert team.attributes["agl.autogen.team.participants"] == ["solver", "checker"]
     turns = tree.children(team, kind="agent")
     assert [t.name for t in turns if not t.name.startswith("select_speaker")] == [
         "invoke_agent solver",
@@ -165,7 +165,7 @@ def test_selector_group_chat_selector_calls_are_the_managers() -> None:
         tree = env.tree(ctx.rollout_id)
         team = tree.child(tree.root, kind="agent")
         selections = [s for s in tree.children(team) if s.name.startswith("select_speaker")]
-        assert [s.attributes["autogen.selected_speakers"] for s in selections] == [["solver"], ["checker"]]
+        assert [s.attributes["agl.autogen.selected_speakers"] for s in selections] == [["solver"], ["checker"]]
         for selection in selections:
             assert_model_call(tree, tree.child(selection, kind="llm"), "SelectorGroupChatManager")
         names = [s.attributes[semconv.AGENT_NAME] for s in tree.client_llm_spans("autogen")]

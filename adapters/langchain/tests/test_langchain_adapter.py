@@ -23,6 +23,7 @@ from agent_lightning.instrumentation import adapter as adapters
 from agent_lightning.testing.scripted_llm import ScriptCall
 from agent_lightning.types import PromptTemplate
 from agent_lightning_langchain import LangChainAdapter
+from agent_lightning_langchain.handler import LANGGRAPH_NODE, OUTPUTS, RETRIEVER_DOCUMENTS, RETRIEVER_QUERY
 from agent_lightning_openai.testing import MODEL, ProxyEnv, SpanTree, scripted_proxy
 from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -87,7 +88,7 @@ def test_create_agent_tool_calling_span_tree(env: ProxyEnv) -> None:
     assert graph.attributes[semconv.ADAPTER] == "langchain"
     model_1, tools, model_2 = tree.children(graph)
     assert [model_1.name, tools.name, model_2.name] == ["model", "tools", "model"]
-    assert all(s.kind == "agent" and s.attributes["langgraph.node"] == s.name for s in (model_1, tools, model_2))
+    assert all(s.kind == "agent" and s.attributes[LANGGRAPH_NODE] == s.name for s in (model_1, tools, model_2))
 
     first = assert_model_call(tree, model_1, "calc_agent")
     assert first.attributes[semconv.GEN_AI_INPUT_MESSAGES][0] == {"role": "system", "content": "Use the calculator."}
@@ -162,8 +163,8 @@ def test_langgraph_nodes_are_agents_and_can_be_selected() -> None:
         solver_llm = assert_model_call(tree, solver, "solver")
         assert router_llm.attributes[semconv.RESOURCE_NAMES] == ["policy", "router_prompt"]
         assert solver_llm.attributes[semconv.RESOURCE_NAMES] == ["policy", "solver_prompt"]
-        assert router.attributes["langchain.outputs"] == {"topic": "arithmetic"}
-        assert solver.attributes["langchain.outputs"] == {"answer": "425"}
+        assert router.attributes[OUTPUTS] == {"topic": "arithmetic"}
+        assert solver.attributes[OUTPUTS] == {"answer": "425"}
 
         # selective optimization: only the router's call becomes a sample
         rollout = asyncio.run(env.store.get_rollout(ctx.rollout_id))
@@ -190,8 +191,8 @@ def test_retriever_span(env: ProxyEnv) -> None:
     tree = env.tree(ctx.rollout_id)
     span = tree.child(tree.root, kind="custom")
     assert span.name == "retrieve Notes"
-    assert span.attributes["retriever.query"] == "425"
-    assert span.attributes["retriever.documents"] == [{"page_content": "25 * 17 = 425", "metadata": {"i": 0}}]
+    assert span.attributes[RETRIEVER_QUERY] == "425"
+    assert span.attributes[RETRIEVER_DOCUMENTS] == [{"page_content": "25 * 17 = 425", "metadata": {"i": 0}}]
 
 
 def test_tool_exception_is_recorded_and_the_rollout_closes(env: ProxyEnv) -> None:

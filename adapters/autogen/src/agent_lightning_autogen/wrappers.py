@@ -24,6 +24,7 @@ from agent_lightning_autogen import messages as convert
 logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "autogen"
+# The adapter's own attributes are named ``agl.autogen.*`` (``agl.*`` is the project's one namespace).
 enabled = threading.Event()
 """Checked on every call, so wrappers that outlive :meth:`uninstrument` in some reference do nothing."""
 _turn: contextvars.ContextVar[int | None] = contextvars.ContextVar("agl_autogen_turn", default=None)
@@ -81,7 +82,7 @@ def _agent_span(agent: Any, messages: Any) -> ActiveSpan:
     attributes: dict[str, Any] = {
         semconv.ADAPTER: ADAPTER_NAME,
         semconv.GEN_AI_OPERATION_NAME: "invoke_agent",
-        "autogen.agent.type": type(agent).__name__,
+        "agl.autogen.agent.type": type(agent).__name__,
         semconv.GEN_AI_INPUT_MESSAGES: [convert.chat_message(m) for m in messages or []],
     }
     attributes.update(scope_attributes(current_context(), agent=name))
@@ -99,7 +100,7 @@ def _record_response(span: ActiveSpan, item: Any) -> None:
         span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, [convert.chat_message(chat)])
     inner = getattr(item, "inner_messages", None)
     if inner:
-        span.set_attribute("autogen.inner_messages", [type(m).__name__ for m in inner])
+        span.set_attribute("agl.autogen.inner_messages", [type(m).__name__ for m in inner])
 
 
 def wrap_on_messages(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -155,9 +156,9 @@ def _record_task_result(span: ActiveSpan, item: Any) -> None:
         return
     stop = getattr(item, "stop_reason", None)
     if stop is not None:
-        span.set_attribute("autogen.stop_reason", str(stop))
+        span.set_attribute("agl.autogen.stop_reason", str(stop))
     result_messages = list(getattr(item, "messages", None) or [])
-    span.set_attribute("autogen.messages", len(result_messages))
+    span.set_attribute("agl.autogen.messages", len(result_messages))
     if result_messages:
         span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, [convert.chat_message(result_messages[-1])])
 
@@ -172,8 +173,8 @@ def wrap_team_run_stream(original: Callable[..., Any]) -> Callable[..., Any]:
             semconv.ADAPTER: ADAPTER_NAME,
             semconv.GEN_AI_OPERATION_NAME: "invoke_agent",
             semconv.AGENT_NAME: name,
-            "autogen.team.type": type(self).__name__,
-            "autogen.team.participants": [str(p) for p in getattr(self, "_participant_names", [])],
+            "agl.autogen.team.type": type(self).__name__,
+            "agl.autogen.team.participants": [str(p) for p in getattr(self, "_participant_names", [])],
             semconv.GEN_AI_INPUT_MESSAGES: _task_messages(kwargs.get("task")),
         }
         span = start_span(f"invoke_agent {name}", "agent", attributes)
@@ -193,12 +194,12 @@ def wrap_select_speaker(original: Callable[..., Any]) -> Callable[..., Any]:
             semconv.ADAPTER: ADAPTER_NAME,
             semconv.GEN_AI_OPERATION_NAME: "invoke_agent",
             semconv.AGENT_NAME: name,
-            "autogen.manager.type": type(self).__name__,
-            "autogen.participants": [str(p) for p in getattr(self, "_participant_names", [])],
+            "agl.autogen.manager.type": type(self).__name__,
+            "agl.autogen.participants": [str(p) for p in getattr(self, "_participant_names", [])],
         }
         with start_span(f"select_speaker {name}", "agent", attributes) as span:
             selected = await original(self, thread, *args, **kwargs)
-            span.set_attribute("autogen.selected_speakers", [selected] if isinstance(selected, str) else selected)
+            span.set_attribute("agl.autogen.selected_speakers", [selected] if isinstance(selected, str) else selected)
             return selected
 
     select_speaker.__agl_original__ = original  # type: ignore[attr-defined]
@@ -220,7 +221,7 @@ def _model_span(client: Any, messages: Any, kwargs: dict[str, Any]) -> ActiveSpa
     attributes: dict[str, Any] = {
         semconv.ADAPTER: ADAPTER_NAME,
         semconv.GEN_AI_OPERATION_NAME: "chat",
-        "autogen.model_client": type(client).__name__,
+        "agl.autogen.model_client": type(client).__name__,
         semconv.GEN_AI_INPUT_MESSAGES: jsonable(converted),
     }
     if "OpenAI" in type(client).__name__:
@@ -263,7 +264,7 @@ def _record_create_result(span: ActiveSpan, result: Any) -> None:
         span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, int(getattr(usage, "prompt_tokens", 0) or 0))
         span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, int(getattr(usage, "completion_tokens", 0) or 0))
     if getattr(result, "cached", False):
-        span.set_attribute("autogen.cached", True)
+        span.set_attribute("agl.autogen.cached", True)
 
 
 def _inside_model_call() -> bool:

@@ -27,6 +27,20 @@ from langchain_core.callbacks import BaseCallbackHandler
 logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "langchain"
+
+# The adapter's own attributes live under ``agl.langchain.*`` / ``agl.langgraph.*`` (OpenTelemetry's ``gen_ai.*`` has
+# no names for them, and ``agl.*`` is the project's one namespace).
+RUN_ID = "agl.langchain.run_id"
+RUN_TYPE = "agl.langchain.run_type"
+"""``prompt`` or ``parser`` on prompt-formatting and output-parsing steps."""
+INPUTS = "agl.langchain.inputs"
+OUTPUTS = "agl.langchain.outputs"
+RETRIEVER_QUERY = "agl.langchain.retriever.query"
+RETRIEVER_DOCUMENTS = "agl.langchain.retriever.documents"
+LANGGRAPH_NODE = "agl.langgraph.node"
+LANGGRAPH_STEP = "agl.langgraph.step"
+LANGGRAPH_CONTROL_FLOW = "agl.langgraph.control_flow"
+"""The LangGraph exception (interrupt, ``Command`` hand-off) that ended a run without it being an error."""
 HIDDEN_TAG = "langsmith:hidden"
 _MAX_RUNS = 10_000
 """Open runs kept before those of closed contexts are forgotten."""
@@ -151,14 +165,14 @@ class LightningCallbackHandler(BaseCallbackHandler):
             with self._lock:
                 self._runs[run_id] = _Run(None, parent_span, agent)
             return None
-        attributes = {semconv.ADAPTER: ADAPTER_NAME, "langchain.run_id": str(run_id), **attributes}
+        attributes = {semconv.ADAPTER: ADAPTER_NAME, RUN_ID: str(run_id), **attributes}
         attributes.update(scope_attributes(context, agent=agent, **(scope or {})))
         node = (metadata or {}).get("langgraph_node")
         if isinstance(node, str) and node == name:
-            attributes["langgraph.node"] = node
+            attributes[LANGGRAPH_NODE] = node
             step = (metadata or {}).get("langgraph_step")
             if isinstance(step, int):
-                attributes["langgraph.step"] = step
+                attributes[LANGGRAPH_STEP] = step
         if parent_span is not None:
             span = ActiveSpan(context, name, kind, attributes, parent_span.id)
         else:
@@ -198,7 +212,7 @@ class LightningCallbackHandler(BaseCallbackHandler):
                 span.set_attributes(attributes)
             if error is not None:
                 if _is_control_flow(error):
-                    span.set_attribute("langgraph.control_flow", type(error).__name__)
+                    span.set_attribute(LANGGRAPH_CONTROL_FLOW, type(error).__name__)
                 else:
                     span.record_exception(error)
         except Exception:
@@ -229,11 +243,11 @@ class LightningCallbackHandler(BaseCallbackHandler):
     ) -> None:
         name = _run_name(serialized, kwargs, "chain")
         run_type = kwargs.get("run_type")
-        attributes: dict[str, Any] = {"langchain.inputs": bounded(inputs)}
+        attributes: dict[str, Any] = {INPUTS: bounded(inputs)}
         kind: SpanKind = "agent"
         if run_type in ("prompt", "parser"):  # prompt formatting and output parsing are steps, not agents
             kind = "custom"
-            attributes["langchain.run_type"] = run_type
+            attributes[RUN_TYPE] = run_type
         else:
             attributes[semconv.GEN_AI_OPERATION_NAME] = "invoke_agent"
         self._safely(
@@ -250,7 +264,7 @@ class LightningCallbackHandler(BaseCallbackHandler):
         )
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._safely("a chain end", self._end, run_id, {"langchain.outputs": bounded(outputs)})
+        self._safely("a chain end", self._end, run_id, {OUTPUTS: bounded(outputs)})
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._safely("a chain error", self._end, run_id, None, error)
@@ -464,7 +478,7 @@ class LightningCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         name = _run_name(serialized, kwargs, "retriever")
-        attributes = {semconv.GEN_AI_OPERATION_NAME: "retrieve", "retriever.query": query}
+        attributes = {semconv.GEN_AI_OPERATION_NAME: "retrieve", RETRIEVER_QUERY: query}
         self._safely(
             "a retriever start",
             self._start,
@@ -482,7 +496,7 @@ class LightningCallbackHandler(BaseCallbackHandler):
             {"page_content": getattr(d, "page_content", str(d)), "metadata": jsonable(getattr(d, "metadata", {}))}
             for d in documents
         ]
-        self._safely("a retriever end", self._end, run_id, {"retriever.documents": bounded(docs)})
+        self._safely("a retriever end", self._end, run_id, {RETRIEVER_DOCUMENTS: bounded(docs)})
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._safely("a retriever error", self._end, run_id, None, error)

@@ -22,6 +22,7 @@ if Version(importlib.metadata.version("langchain")) >= Version("1"):
 
 from agent_lightning import semconv
 from agent_lightning.instrumentation.tracer import configure
+from agent_lightning_langchain.handler import OUTPUTS
 from agent_lightning_openai.testing import MODEL, ProxyEnv, scripted_proxy
 from langchain.agents import create_tool_calling_agent
 from langchain.agents.agent import RunnableMultiActionAgent
@@ -89,7 +90,7 @@ def test_article_snippet_verbatim(env: ProxyEnv) -> None:
     step_span = tree.child(tree.root, name="agent_step")
     executor = tree.child(step_span, kind="agent")
     assert executor.name == "AgentExecutor"
-    assert executor.attributes["langchain.outputs"] == {"output": "The answer is 425."}
+    assert executor.attributes[OUTPUTS] == {"output": "The answer is 425."}
     llms = tree.client_llm_spans("langchain")
     assert len(llms) == 2
     for span in llms:
