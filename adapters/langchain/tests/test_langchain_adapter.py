@@ -23,12 +23,21 @@ from agent_lightning.instrumentation import adapter as adapters
 from agent_lightning.testing.scripted_llm import ScriptCall
 from agent_lightning.types import PromptTemplate
 from agent_lightning_langchain import LangChainAdapter
-from agent_lightning_langchain.handler import LANGGRAPH_NODE, OUTPUTS, RETRIEVER_DOCUMENTS, RETRIEVER_QUERY
+from agent_lightning_langchain.handler import (
+    INPUTS,
+    LANGGRAPH_NODE,
+    OUTPUTS,
+    RETRIEVER_DOCUMENTS,
+    RETRIEVER_QUERY,
+    RUN_TYPE,
+)
 from agent_lightning_openai.testing import MODEL, ProxyEnv, SpanTree, scripted_proxy
 from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
@@ -294,3 +303,108 @@ def test_agl_adapters_environment_variable_selects_adapters(
     assert {s.attributes.get(semconv.ADAPTER) for s in spans} == recorded_by  # None: the proxy's records
     # the proxy's two token-id records are there whatever the selection
     assert len([s for s in spans if s.kind == "llm" and s.attributes.get(semconv.PROMPT_TOKEN_IDS)]) == 2
+
+
+def test_concurrent_async_rollouts_stay_separate(env: ProxyEnv) -> None:
+    """Several agents under asyncio.gather, each in its own TrainingContext, on one event loop."""
+    questions = [f"What is {a} * {a + 4}?" for a in range(2, 6)]
+
+    async def one(question: str) -> tuple[agl.TrainingContext, str, str]:
+        async with agl.TrainingContext(task_id="tasks", store=env.store) as ctx:
+            agent = create_agent(chat_model(ctx), [calculator], name="calc_agent")
+            state = await agent.ainvoke({"messages": [{"role": "user", "content": question}]})
+        return ctx, question, str(state["messages"][-1].content)
+
+    async def main() -> list[tuple[agl.TrainingContext, str, str]]:
+        return await asyncio.gather(*(one(q) for q in questions))
+
+    results = asyncio.run(main())
+    roots = []
+    for ctx, question, answer in results:
+        a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" * "))
+        assert answer == f"The answer is {a * b}."
+        tree = env.tree(ctx.rollout_id)
+        roots.append(tree.root)
+        graph = tree.child(tree.root, kind="agent")
+        assert graph.name == "calc_agent"
+        assert [s.name for s in tree.children(graph)] == ["model", "tools", "model"], tree.render()
+        (run,) = tree.of_kind("tool")
+        assert run.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] == {"expression": f"{a} * {b}"}
+        llms = tree.client_llm_spans("langchain")
+        assert len(llms) == 2
+        for span in llms:
+            assert tree.proxy_record(span).rollout_id == ctx.rollout_id
+            users = [m["content"] for m in span.attributes[semconv.GEN_AI_INPUT_MESSAGES] if m["role"] == "user"]
+            assert users == [question]
+    assert len({r.rollout_id for r in roots}) == len(questions)
+    assert max(r.start_time for r in roots) < min(r.end_time or 0.0 for r in roots)  # they did overlap
+
+
+def chain_script(call: ScriptCall) -> str:
+    return "The answer is 425." if "solver" in (call.messages[0].get("content") or "") else "I cannot tell."
+
+
+def test_lcel_prompt_model_parser_chain() -> None:
+    with scripted_proxy(chain_script, resources={"solver_prompt": SOLVER_PROMPT}) as env:
+        with agl.TrainingContext(task_id="lcel", store=env.store) as ctx:
+            prompt = ChatPromptTemplate.from_messages([("system", SOLVER_PROMPT.template), ("human", "{question}")])
+            chain = prompt | chat_model(ctx) | StrOutputParser()
+            answer = chain.invoke({"question": "What is 25 * 17?"})
+        assert answer == "The answer is 425."
+
+        tree = env.tree(ctx.rollout_id)
+        sequence = tree.child(tree.root, kind="agent")
+        assert sequence.name == "RunnableSequence"
+        assert sequence.attributes[semconv.GEN_AI_OPERATION_NAME] == "invoke_agent"
+        assert sequence.attributes[INPUTS] == {"question": "What is 25 * 17?"}
+        assert sequence.attributes[OUTPUTS] == "The answer is 425."
+        steps = tree.children(sequence)
+        assert [(s.kind, s.name) for s in steps] == [
+            ("custom", "ChatPromptTemplate"),
+            ("llm", f"chat {MODEL}"),
+            ("custom", "StrOutputParser"),
+        ]
+        prompt_step, llm, parser_step = steps
+        assert prompt_step.attributes[RUN_TYPE] == "prompt" and parser_step.attributes[RUN_TYPE] == "parser"
+        assert semconv.GEN_AI_OPERATION_NAME not in prompt_step.attributes  # steps, not agents
+        assert prompt_step.attributes[INPUTS] == {"question": "What is 25 * 17?"}
+        assert parser_step.attributes[OUTPUTS] == "The answer is 425."
+        for span in steps:
+            assert span.attributes[semconv.AGENT_NAME] == "RunnableSequence"  # the top-level chain's name
+            assert span.status.code == "ok"
+        assert_model_call(tree, sequence, "RunnableSequence")
+        assert llm.attributes[semconv.RESOURCE_NAMES] == ["policy", "solver_prompt"]
+        assert llm.attributes[semconv.GEN_AI_INPUT_MESSAGES] == [
+            {"role": "system", "content": SOLVER_PROMPT.format(question="What is 25 * 17?")},
+            {"role": "user", "content": "What is 25 * 17?"},
+        ]
+        assert llm.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
+
+
+def test_streaming_model_is_one_llm_span_linked_to_its_token_ids() -> None:
+    with scripted_proxy(chain_script) as env:
+
+        async def astream(model: ChatOpenAI) -> list[str]:
+            return [str(c.content) async for c in model.astream([SystemMessage("You are the solver."), "Go"])]
+
+        with agl.TrainingContext(task_id="stream", store=env.store) as ctx:
+            model = chat_model(ctx)
+            chain = ChatPromptTemplate.from_messages([("system", "You are the solver."), ("human", "{q}")]) | model
+            pieces = [str(c.content) for c in chain.stream({"q": "Go"})]
+            async_pieces = asyncio.run(astream(model))
+
+        for chunks in (pieces, async_pieces):
+            assert len([c for c in chunks if c]) > 1  # really streamed, in several chunks
+            assert "".join(chunks) == "The answer is 425."
+        tree = env.tree(ctx.rollout_id)
+        llms = tree.client_llm_spans("langchain")
+        assert len(llms) == 2  # one span per streamed call, not one per chunk
+        assert tree.client_llm_spans("openai") == []  # the OpenAI adapter links the call into LangChain's span
+        sequence = tree.child(tree.root, kind="agent")
+        assert llms[0].parent_id == sequence.span_id and llms[1].parent_id == tree.root.span_id
+        for span, sampled in zip(llms, env.upstream.calls, strict=True):
+            assert span.end_time is not None and span.status.code == "ok"
+            assert span.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
+            record = tree.proxy_record(span)  # its child, the proxy's token-id record, linked both ways
+            assert record.attributes[semconv.COMPLETION_TOKEN_IDS] == sampled.choices[0].token_ids
+            assert sampled.body["stream"] is True
