@@ -7,7 +7,13 @@ import itertools
 import pytest
 from agent_lightning import semconv
 from agent_lightning.errors import NoTrainingData
-from agent_lightning.trajectory import build_episode, ensure_training_data
+from agent_lightning.trajectory import (
+    EMPTY_COMPLETION_FIX,
+    NO_TOKEN_IDS_FIX,
+    PROMPT_TOO_LONG_FIX,
+    build_episode,
+    ensure_training_data,
+)
 from agent_lightning.types import Rollout, Span
 
 TRACE = "ab" * 16
@@ -148,18 +154,36 @@ def test_agent_filter_keeps_only_selected_agents_calls() -> None:
     assert not none.samples and "found agents ['router', 'writer']" in none.warnings[0]
 
 
-def test_missing_token_ids_empty_completions_and_long_prompts_are_reported() -> None:
+def test_missing_token_ids_empty_completions_and_long_prompts_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     t = Trace()
     t.add("llm", "chat gpt", t.root)  # no token ids, no proxy record below it
     t.llm(None, [1], [])
     t.llm(None, list(range(50)), [1])
     t.llm(None, [1], [2])
     t.reward(1.0)
-    episode = build_episode(ROLLOUT, t.spans, max_prompt_tokens=10)
+    with caplog.at_level("WARNING", logger="agent_lightning.trajectory"):
+        episode = build_episode(ROLLOUT, t.spans, max_prompt_tokens=10)
     assert len(episode.samples) == 1
     text = " ".join(episode.warnings)
     assert "without token ids" in text and "proxy" in text
     assert "empty completion" in text and "max_prompt_tokens=10" in text
+    (record,) = [r for r in caplog.records if r.name == "agent_lightning.trajectory"]  # once per episode
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert message.startswith("rollout ro-1 (attempt at-1): 1 of 4 LLM call(s) usable for training")
+    assert NO_TOKEN_IDS_FIX in message  # each problem comes with its fix
+    assert "1 LLM call(s) with an empty completion were skipped: " + EMPTY_COMPLETION_FIX in message
+    assert "prompts over max_prompt_tokens=10 were skipped: " + PROMPT_TOO_LONG_FIX in message
+
+
+def test_a_clean_episode_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    t = Trace()
+    t.llm(None, [1], [2])
+    t.reward(1.0)
+    with caplog.at_level("DEBUG", logger="agent_lightning.trajectory"):
+        episode = build_episode(ROLLOUT, t.spans)
+    assert episode.samples and not episode.warnings
+    assert not [r for r in caplog.records if r.name == "agent_lightning.trajectory"]
 
 
 def test_client_span_with_proxy_child_is_not_reported_missing() -> None:

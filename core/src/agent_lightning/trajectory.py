@@ -59,6 +59,14 @@ NO_LLM_SPANS_FIX = (
     "framework adapter is not installed (pip install agent-lightning-langchain / -autogen / -openai)."
 )
 NO_REWARD_FIX = "the rollout emitted no reward; call agl.emit_reward(value) before the TrainingContext closes."
+EMPTY_COMPLETION_FIX = (
+    "the model returned no tokens; check the max_tokens and stop sequences of the agent's LLM calls, and the "
+    "upstream's logs."
+)
+PROMPT_TOO_LONG_FIX = (
+    "raise max_prompt_tokens (and the model's context budget), or keep the agent's prompts shorter "
+    "(fewer turns, shorter tool outputs)."
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,12 @@ def build_episode(
     max_prompt_tokens: int | None = None,
     max_turns: int | None = None,
 ) -> Episode:
-    """Build the episode of one rollout attempt from its spans (the latest attempt if several)."""
+    """Build the episode of one rollout attempt from its spans (the latest attempt if several).
+
+    Problems with the data (LLM calls without token ids, empty completions, prompts over
+    ``max_prompt_tokens``, no reward, …) are listed in ``episode.warnings``, each with its
+    fix, and logged as one warning per episode.
+    """
     if not 0.0 < discount <= 1.0:
         raise ValueError(f"discount must be in (0, 1], got {discount}")
     if max_turns is not None and max_turns < 1:
@@ -180,9 +193,12 @@ def build_episode(
     if missing_ids:
         warnings.append(f"{missing_ids} LLM span(s) without token ids were skipped: {NO_TOKEN_IDS_FIX}")
     if empty:
-        warnings.append(f"{empty} LLM call(s) with an empty completion were skipped.")
+        warnings.append(f"{empty} LLM call(s) with an empty completion were skipped: {EMPTY_COMPLETION_FIX}")
     if too_long:
-        warnings.append(f"{too_long} LLM call(s) with prompts over max_prompt_tokens={max_prompt_tokens} were skipped.")
+        warnings.append(
+            f"{too_long} LLM call(s) with prompts over max_prompt_tokens={max_prompt_tokens} were skipped: "
+            f"{PROMPT_TOO_LONG_FIX}"
+        )
 
     # Rewards: credit, in time order, the calls inside each reward's target.
     reward_spans = sorted(
@@ -237,8 +253,15 @@ def build_episode(
         gid = group_key(rollout)
         for group in groups:
             samples.append(_sample(rollout, attempt_id, group, returns, gid))
-    for warning in warnings:
-        logger.debug("rollout %s: %s", rollout.rollout_id, warning)
+    if warnings:  # one record per episode, every problem with its fix
+        logger.warning(
+            "rollout %s (attempt %s): %d of %d LLM call(s) usable for training; %s",
+            rollout.rollout_id,
+            attempt_id or "-",
+            len(calls),
+            len(llm_spans),
+            " | ".join(warnings),
+        )
     return Episode(
         rollout_id=rollout.rollout_id,
         attempt_id=attempt_id,
