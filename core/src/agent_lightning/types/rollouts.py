@@ -8,13 +8,13 @@ try at solving it is an **attempt**, run by one worker holding a lease.
 
 Rollout status::
 
-    queuing ──claim──▶ running ──attempt succeeded──▶ succeeded
-       ▲                  │
-       │                  ├──attempt failed / timed out / worker lost──▶ requeuing ──▶ (claimable again)
-       │                  │        (only while attempts < max_attempts)
-       └──────────────────┘
-                          ├──attempt failed and attempts == max_attempts──▶ failed
-    queuing / requeuing / running ──cancel──▶ cancelled
+    queuing ───claim───▶ running ──attempt succeeded──────────────────────────────────▶ succeeded
+                          ▲   │
+    requeuing ───claim────┘   ├──attempt failed | timeout | lost, attempts < max_attempts ──▶ requeuing
+                              │
+                              └──attempt failed | timeout | lost, attempts = max_attempts ──▶ failed
+
+    queuing | requeuing | running ──cancel──▶ cancelled
 
 Attempt status::
 
@@ -22,6 +22,10 @@ Attempt status::
 
 * ``timeout``: the attempt ran longer than ``RolloutConfig.timeout_seconds``.
 * ``lost``: the worker stopped heart-beating and its lease expired.
+* An attempt that times out or is lost counts like a failed one: the rollout is
+  requeued while attempts remain, and its last attempt ending ``failed``,
+  ``timeout`` or ``lost`` makes the rollout ``failed`` (``rollout.error`` reads
+  e.g. ``attempt 3/3 lost: worker stopped heart-beating; …``).
 
 ``succeeded``, ``failed`` and ``cancelled`` are terminal for a rollout; every
 attempt status but ``running`` is terminal for an attempt. A finished attempt
