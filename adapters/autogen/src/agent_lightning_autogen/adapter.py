@@ -109,7 +109,7 @@ class AutoGenAdapter:
             if own is not None:
                 own.__get__(None, cls)(**kwargs)
             else:
-                super(root, cls).__init_subclass__(**kwargs)  # type: ignore[misc]
+                super(root, cls).__init_subclass__(**kwargs)  # type: ignore[arg-type]
             if wrappers.enabled.is_set():
                 try:
                     with adapter._lock:
@@ -146,7 +146,7 @@ class AutoGenAdapter:
                 if own is None:
                     delattr(root, "__init_subclass__")
                 else:
-                    root.__init_subclass__ = own  # type: ignore[assignment]
+                    root.__init_subclass__ = own
             self._hooked.clear()
             for cls, method, original in reversed(self._patched):
                 setattr(cls, method, original)
