@@ -187,6 +187,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``agl`` argument parser: the built-in commands plus those plugins add (``agl_register_commands``)."""
     from agent_lightning import __version__, plugins
 
     parser = argparse.ArgumentParser(

@@ -14,8 +14,15 @@ logger = logging.getLogger(__name__)
 
 
 class MetricsSink(Protocol):
-    def log(self, step: int, metrics: dict[str, float]) -> None: ...
-    def close(self) -> None: ...
+    """Where :class:`MetricsLogger` sends metrics."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Record the finite ``metrics`` of training ``step``."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the sink."""
+        ...
 
 
 class JsonlSink:
@@ -27,15 +34,19 @@ class JsonlSink:
         self._file = path.open("a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Append one line and flush it, so the file is current even if training crashes."""
         record = {"step": step, "time": time.time(), **metrics}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def close(self) -> None:
+        """Close the file."""
         self._file.close()
 
 
 class TensorBoardSink:
+    """Scalars in ``log_dir`` via ``torch.utils.tensorboard`` or ``tensorboardX`` (``ImportError`` without both)."""
+
     def __init__(self, log_dir: Path) -> None:
         import importlib
 
@@ -46,28 +57,36 @@ class TensorBoardSink:
         self._writer = module.SummaryWriter(log_dir=str(log_dir))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Write each metric as a scalar at ``step`` and flush."""
         for key, value in metrics.items():
             self._writer.add_scalar(key, value, step)
         self._writer.flush()
 
     def close(self) -> None:
+        """Close the event file."""
         self._writer.close()
 
 
 class WandbSink:
+    """A Weights & Biases run in project ``$WANDB_PROJECT`` (``ImportError`` without wandb)."""
+
     def __init__(self, run_name: str, config: dict[str, Any]) -> None:
         import wandb  # type: ignore[import-not-found,unused-ignore]
 
         self._run = wandb.init(project=os.environ.get("WANDB_PROJECT", "agent-lightning"), name=run_name, config=config)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Log the metrics to the run at ``step``."""
         self._run.log(metrics, step=step)
 
     def close(self) -> None:
+        """Finish the run."""
         self._run.finish()
 
 
 class MlflowSink:
+    """An MLflow run at ``$MLFLOW_TRACKING_URI``; ``ImportError`` without mlflow."""
+
     def __init__(self, run_name: str) -> None:
         import mlflow  # type: ignore[import-not-found,unused-ignore]
 
@@ -75,9 +94,11 @@ class MlflowSink:
         mlflow.start_run(run_name=run_name)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Log the metrics at ``step`` (``/`` in names becomes ``_``, which MLflow requires)."""
         self._mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()}, step=step)
 
     def close(self) -> None:
+        """End the run."""
         self._mlflow.end_run()
 
 
@@ -130,6 +151,7 @@ class MetricsLogger:
             sink.log(step, clean)
 
     def close(self) -> None:
+        """Close every sink; a sink that fails to close is logged, not raised."""
         for sink in self.sinks:
             try:
                 sink.close()

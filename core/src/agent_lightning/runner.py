@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def default_worker_id(index: int = 0) -> str:
+    """A worker id unique on this machine: ``HOST-PID-INDEX``."""
     return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
@@ -53,6 +54,7 @@ class Runner:
         self._tracer = get_tracer(store)
 
     def claim(self) -> AttemptedRollout | None:
+        """Claim the next rollout of this runner's task types and modes; ``None`` when nothing is claimable."""
         return self._tracer.call(self.store.claim_rollout(self.worker_id, task_types=self.task_types, modes=self.modes))
 
     def run_one(self, attempted: AttemptedRollout) -> bool:
@@ -126,6 +128,7 @@ class RunnerPool:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> RunnerPool:
+        """Start one thread per runner; returns the pool."""
         self._stop.clear()
         self._threads = [
             threading.Thread(target=r.run, kwargs={"stop": self._stop}, name=f"agl-runner-{i}", daemon=True)
