@@ -192,3 +192,87 @@ def test_agl_train_runs_a_registered_algorithm_on_a_module_agent(tmp_path: Path)
     line = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]
     assert '"train/reward_mean": 0.0' in line and '"train/n": 2.0' in line
     assert main(["train", "x:y", "--train", str(data), "--algorithm", "nope"]) == 1
+
+
+# ---------------------------------------------------------------------------- Trainer(model=…), agent classes
+class ConfiguredAlgorithm(RecordingAlgorithm):
+    """An algorithm with a pydantic config that has a ``model`` setting (like PPO/GRPO's)."""
+
+    def __init__(self, **settings: Any) -> None:
+        from pydantic import BaseModel
+
+        class Config(BaseModel):
+            model: str = "default-model"
+            learning_rate: float = 1e-6
+
+        super().__init__()
+        self.config = Config(**settings)
+
+
+def test_trainer_model_sets_the_algorithms_model_setting(tmp_path: Path) -> None:
+    algorithm = ConfiguredAlgorithm(learning_rate=3e-5)
+    agl.Trainer(algorithm=algorithm, model=tmp_path / "my-policy", store="memory://model-arg", run_dir=tmp_path)
+    assert algorithm.config.model == str(tmp_path / "my-policy")
+    assert algorithm.config.learning_rate == 3e-5  # the rest of the config is kept
+
+    same = ConfiguredAlgorithm(model="m")
+    agl.Trainer(algorithm=same, model="m", store="memory://model-arg", run_dir=tmp_path)
+    assert same.config.model == "m"
+    with pytest.raises(ValueError, match="model is given twice"):
+        agl.Trainer(algorithm=ConfiguredAlgorithm(model="a"), model="b", store="memory://model-arg")
+    with pytest.raises(TypeError, match="RecordingAlgorithm has no model setting"):
+        agl.Trainer(algorithm=RecordingAlgorithm(), model="some-model")
+
+
+def test_trainer_instantiates_a_lit_agent_class(tmp_path: Path) -> None:
+    algorithm = RecordingAlgorithm()
+    trainer = agl.Trainer(
+        algorithm=algorithm,
+        store="memory://lit-class",
+        agent=LitCalc,  # the class itself, not an instance
+        train_dataset=[{"question": "1+1", "answer": 2}],
+        run_dir=tmp_path,
+    )
+    assert isinstance(trainer.agent, LitCalc)
+    result = trainer.train(num_iterations=1)
+    assert result.metrics[0]["train/reward_mean"] == 1.25 and result.metrics[0]["train/n"] == 2
+
+    class NeedsArguments(agl.LitAgent):
+        def __init__(self, threshold: float) -> None:
+            self.threshold = threshold
+
+    with pytest.raises(TypeError, match=r"could not create NeedsArguments\(\).*pass an instance"):
+        agl.Trainer(algorithm=RecordingAlgorithm(), agent=NeedsArguments)
+    with pytest.raises(TypeError, match="is a class, not an agent"):
+        agl.Trainer(algorithm=RecordingAlgorithm(), agent=dict)  # type: ignore[arg-type]
+
+
+def test_trainer_default_store_says_which_package_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_lightning import plugins
+    from agent_lightning.errors import PluginError
+
+    monkeypatch.setenv("AGL_PLUGINS", "")  # built-in plugins only: as if no backend package were installed
+    plugins.reset()
+    try:
+        trainer = agl.Trainer(algorithm=RecordingAlgorithm(), run_dir=tmp_path / "run")
+        with pytest.raises(PluginError, match=r"default store is sqlite:///.*pip install agent-lightning-sqlite"):
+            trainer.train(num_iterations=1)
+    finally:
+        monkeypatch.delenv("AGL_PLUGINS")
+        plugins.reset()
+
+
+def test_only_rank_0_starts_runners_under_a_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    class Probe(Algorithm):
+        def run(self, session: TrainSession) -> TrainResult:
+            seen.append([t.name for t in threading.enumerate() if t.name.startswith("agl-runner")])
+            return TrainResult(iterations=0)
+
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        agl.Trainer(algorithm=Probe(), store="memory://ranks", agent=calc_agent, n_runners=2, run_dir=tmp_path).train()
+    assert seen[0] == [] and len(seen[1]) == 2

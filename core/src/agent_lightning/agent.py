@@ -110,6 +110,27 @@ async def run_agent(agent: AgentLike, task: Any, ctx: TrainingContext) -> AgentR
     return outcome  # type: ignore[no-any-return]
 
 
+def as_agent(agent: AgentLike | type[LitAgent] | str) -> AgentLike:
+    """Any way of naming an agent, as an agent: a ``LitAgent`` class is instantiated (with no arguments), a
+    ``"module:attribute"`` or ``.py`` reference is loaded (:func:`load_agent`); functions and instances pass through."""
+    if isinstance(agent, str):
+        return load_agent(agent)
+    if isinstance(agent, type):
+        if not issubclass(agent, LitAgent):
+            raise TypeError(
+                f"{agent.__name__} is a class, not an agent: pass an instance of it, a function, or a LitAgent subclass"
+            )
+        try:
+            return agent()
+        except TypeError as exc:
+            raise TypeError(
+                f"could not create {agent.__name__}() to use as the agent ({exc}); pass an instance instead"
+            ) from exc
+    if not isinstance(agent, LitAgent) and not callable(agent):
+        raise TypeError(f"an agent must be a function or a LitAgent, got {type(agent).__name__}")
+    return agent
+
+
 def load_agent(reference: str) -> AgentLike:
     """Load ``"module:attribute"`` (a function, LitAgent instance or class) or a ``.py`` script path."""
     if reference.endswith(".py") and ":" not in reference:
