@@ -247,9 +247,7 @@ def test_trainer_instantiates_a_lit_agent_class(tmp_path: Path) -> None:
         agl.Trainer(algorithm=RecordingAlgorithm(), agent=dict)  # type: ignore[arg-type]
 
 
-def test_trainer_default_store_says_which_package_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trainer_default_store_says_which_package_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent_lightning import plugins
     from agent_lightning.errors import PluginError
 
