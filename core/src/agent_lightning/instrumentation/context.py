@@ -118,7 +118,12 @@ class _Lifecycle:
         return self.done.wait(timeout)
 
     def describe(self) -> str:
-        return f"rollout {self.ctx.rollout_id} ({self.stage}; last error: {self.last_error or 'none'})"
+        return f"rollout {self.ctx.rollout_id} ({self.stage}; {self.problem})"
+
+    @property
+    def problem(self) -> str:
+        """The last store error, for messages."""
+        return f"last error: {self.last_error}" if self.last_error else "no answer from the store yet"
 
     # ------------------------------------------------------------------ the thread
     def _main(self) -> None:
@@ -404,7 +409,7 @@ class TrainingContext:
             lifecycle = root._lifecycle
             raise LookupError(
                 f"the store {root.store.url or type(root.store).__name__} has not created rollout {root.rollout_id} "
-                f"(last error: {lifecycle.last_error if lifecycle else None}), so its LLM resources are unknown"
+                f"({lifecycle.problem if lifecycle else 'not opened'}), so its LLM resources are unknown"
             )
         if root.resources is None:
             raise LookupError("this rollout has no resources; add an LLM resource to the store first")
@@ -603,15 +608,17 @@ class TrainingContext:
         store = tracer.emitter.store_name
         if not finished:
             logger.warning(
-                "agent-lightning: rollout %s is not fully recorded in %s after flush_timeout=%.1fs (%s; last error: "
-                "%s). %d span(s) of this store are pending (%d held until the rollout exists) and retried in the "
+                "agent-lightning: rollout %s is not fully recorded in %s after flush_timeout=%.1fs (%s; %s). "
+                "%d span(s) of this store are pending (%d held until the rollout exists) and retried in the "
                 "background; whatever is still undelivered at exit is reported then. Check that the store is "
                 "reachable, or pass a longer flush_timeout to wait for it",
                 self.rollout_id,
                 store,
                 self._flush_timeout,
                 lifecycle.stage,
-                lifecycle.last_error or stats.last_error,
+                lifecycle.problem
+                if lifecycle.last_error or not stats.last_error
+                else f"last error: {stats.last_error}",
                 stats.pending,
                 stats.held,
             )

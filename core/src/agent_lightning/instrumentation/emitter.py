@@ -192,12 +192,13 @@ class SpanEmitter:
         with self._cond:
             if self._closed:
                 return self.stats()
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._stopping.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=min(5.0, max(0.1, deadline - time.monotonic())))  # a send in flight stays pending
         stats = self.stats()
         if stats.undelivered:
             logger.warning(
@@ -212,7 +213,7 @@ class SpanEmitter:
                 stats.held,
                 stats.dropped,
                 stats.rejected,
-                stats.last_error,
+                stats.last_error or "none",
                 self.store_name,
             )
         return stats

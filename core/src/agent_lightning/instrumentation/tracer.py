@@ -130,9 +130,9 @@ class Tracer:
         left = [work.describe() for work in self.unfinished()]
         if left:
             logger.warning(
-                "agent-lightning could not record %d rollout(s) in %s within %.1fs: %s. Their attempts stay "
-                "unfinished in the store (the store reaps them as lost when their lease expires); check that "
-                "the store is reachable",
+                "agent-lightning could not record %d rollout(s) in %s within %.1fs: %s. A rollout never created "
+                "is not in the store at all; an attempt never completed is reaped as lost when its lease expires. "
+                "Check that the store is reachable",
                 len(left),
                 self.emitter.store_name,
                 timeout,
@@ -140,7 +140,7 @@ class Tracer:
             )
         self._stop.set()
         self._wake.set()
-        self._heartbeats.join(timeout=5)
+        self._heartbeats.join(timeout=max(0.1, deadline - time.monotonic()))
         return stats
 
     def close(self, timeout: float = EXIT_TIMEOUT) -> EmitterStats:
