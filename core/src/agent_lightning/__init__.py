@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "emit_reward": "agent_lightning.instrumentation.spans",
     "emit_message": "agent_lightning.instrumentation.spans",
     "tool_call": "agent_lightning.instrumentation.spans",
+    "atool_call": "agent_lightning.instrumentation.spans",
     "propagate": "agent_lightning.instrumentation.context",
     "configure": "agent_lightning.instrumentation.tracer",
     "get_tracer": "agent_lightning.instrumentation.tracer",
@@ -84,6 +85,7 @@ if TYPE_CHECKING:
     from agent_lightning.hookspecs import hookimpl
     from agent_lightning.instrumentation.context import TrainingContext, current_context, propagate
     from agent_lightning.instrumentation.spans import (
+        atool_call,
         current_span,
         emit_message,
         emit_reward,

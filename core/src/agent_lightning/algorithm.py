@@ -75,7 +75,7 @@ class TrainSession:
         self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
     ) -> ResourcesSnapshot:
         """Store a new resources version; rollouts enqueued afterwards use it."""
-        return self.sync.add_resources(resources, metadata)  # type: ignore[no-any-return]
+        return self.sync.add_resources(resources, metadata)
 
     def run_rollouts(
         self,

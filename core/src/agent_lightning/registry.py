@@ -77,5 +77,6 @@ KNOWN_PACKAGES: dict[str, str] = {
 
 
 def install_hint(name: str) -> str:
+    """How to get the plugin that provides ``name`` (a store scheme, adapter or algorithm): a pip command if known."""
     package = KNOWN_PACKAGES.get(name)
     return f"install it with `pip install {package}`" if package else "install the plugin package that provides it"

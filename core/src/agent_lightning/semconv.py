@@ -51,6 +51,8 @@ REWARD_TARGET_SPAN_ID: Final = "agl.reward.span_id"
 ROLLOUT_ID: Final = "agl.rollout.id"
 ATTEMPT_ID: Final = "agl.attempt.id"
 RESOURCES_ID: Final = "agl.resources.id"
+RESOURCES_VERSION: Final = "agl.resources.version"
+"""The version of the resources snapshot named by ``agl.resources.id``."""
 RESOURCE_NAMES: Final = "agl.resources.names"
 """The resources (prompt templates, policies) a span used: the basis of selective optimization."""
 AGENT_NAME: Final = GEN_AI_AGENT_NAME

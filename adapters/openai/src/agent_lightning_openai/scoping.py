@@ -22,10 +22,7 @@ from agent_lightning.instrumentation.context import TrainingContext, current_con
 from agent_lightning.instrumentation.spans import ActiveSpan, current_span
 from agent_lightning.types import LLM, PromptTemplate
 
-RESOURCES_VERSION = "agl.resources.version"
-"""The version of the resources snapshot a span's resources come from (next to ``agl.resources.id``).
-
-Kept here until :mod:`agent_lightning.semconv` names it."""
+RESOURCES_VERSION = semconv.RESOURCES_VERSION
 
 _MIN_LITERAL = 8
 """A template needs this many literal characters to be recognised (``"{question}"`` alone matches anything)."""
