@@ -20,6 +20,7 @@ from agent_lightning_rl import losses
 from agent_lightning_rl.advantages import drop_stale, sample_advantages, select_samples
 from agent_lightning_rl.batching import collate
 from agent_lightning_rl.config import GRPOConfig, LoraSettings, PPOConfig
+from agent_lightning_rl.distributed import DeviceError
 from agent_lightning_rl.grpo import GroupRelativePolicyOptimization
 from agent_lightning_rl.learner import PolicyModule
 from conftest import teacher_forced_logprobs
@@ -251,7 +252,8 @@ def test_offline_without_data_fails_loudly(tmp_path: Path, tokenizer: PreTrained
 def test_article_snippet_offline_on_the_default_model(
     smollm2_tokenizer: PreTrainedTokenizerFast, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The article's snippet, verbatim but for num_iterations, on a store already holding collected traces."""
+    """The article's snippet, verbatim but for num_iterations (and num_gpus=0 on a machine without 8 GPUs), on a
+    store already holding collected traces."""
     from agent_lightning import PPOConfig as ArticlePPOConfig
     from agent_lightning import Trainer as ArticleTrainer
     from agent_lightning.algorithms import ProximalPolicyOptimization
@@ -266,17 +268,25 @@ def test_article_snippet_offline_on_the_default_model(
             second = prompt + answer + tool
             add_rollout(sync, {"q": question}, [(prompt, answer), (second, answer)], float(j))
 
+    def article_trainer(num_gpus: int) -> ArticleTrainer:
+        return ArticleTrainer(
+            algorithm=ProximalPolicyOptimization(
+                config=ArticlePPOConfig(learning_rate=3e-5, batch_size=256, trajectory_length=10)
+            ),
+            store=lightning_store,
+            num_gpus=num_gpus,
+            run_dir=tmp_path / "run",
+        )
+
     caplog.set_level(logging.WARNING)
-    trainer = ArticleTrainer(
-        algorithm=ProximalPolicyOptimization(
-            config=ArticlePPOConfig(learning_rate=3e-5, batch_size=256, trajectory_length=10)
-        ),
-        store=lightning_store,
-        num_gpus=8,
-        run_dir=tmp_path / "run",
-    )
+    trainer = article_trainer(num_gpus=8)
+    if torch.cuda.device_count() < 8:
+        # num_gpus=8 means eight GPUs: without them the snippet stops before loading anything, naming what it found
+        with pytest.raises(DeviceError, match=r"num_gpus=8, but this machine has .*cpu_fallback=True"):
+            trainer.train(num_iterations=1, eval_interval=50, checkpoint_dir=tmp_path / "checkpoints")
+        assert not (tmp_path / "checkpoints").exists()
+        trainer = article_trainer(num_gpus=0)  # the same run on this machine's CPU
     result = trainer.train(num_iterations=1, eval_interval=50, checkpoint_dir=tmp_path / "checkpoints")
-    assert "num_gpus=8" in caplog.text
     assert result.iterations == 1 and result.checkpoint is not None
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["train/samples"] == 6  # two turns merged into one sequence per rollout

@@ -72,9 +72,10 @@ def add_rollout(
     reward: float,
     *,
     agents: Sequence[str | None] | None = None,
+    resources_id: str | None = None,
 ) -> Rollout:
     """A finished rollout whose agent made ``calls`` (prompt ids, completion ids) and got ``reward``."""
-    attempted = sync.start_rollout(RolloutRequest(input=task))
+    attempted = sync.start_rollout(RolloutRequest(input=task, resources_id=resources_id))
     rid, aid = attempted.rollout_id, attempted.attempt_id
     trace = new_trace_id()
     root = Span(

@@ -9,24 +9,41 @@ Offline (no agent): train on the finished rollouts already in the store.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
+import tempfile
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from agent_lightning import semconv
 from agent_lightning.algorithm import Algorithm, TrainResult, TrainSession
 from agent_lightning.errors import NoTrainingData
-from agent_lightning.trajectory import ensure_training_data
-from agent_lightning.types import LLM, Episode, Resource, ResourcesSnapshot, Rollout, Sample
+from agent_lightning.trajectory import build_episode, ensure_training_data
+from agent_lightning.types import LLM, Episode, Resource, ResourcesSnapshot, Rollout, Sample, Span
 
 from .advantages import drop_stale, select_samples
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .config import RLConfig
-from .distributed import barrier, broadcast, choose_device, init_distributed, shard
+from .distributed import (
+    DistInfo,
+    Followers,
+    WorldPlan,
+    barrier,
+    broadcast,
+    choose_device,
+    free_port,
+    importable_name,
+    init_distributed,
+    plan_world,
+    shard_indices,
+    shutdown_distributed,
+    thread_share,
+)
 from .learner import PolicyLearner, Scored, merged_weights
 
 logger = logging.getLogger(__name__)
@@ -62,6 +79,7 @@ class RLAlgorithm(Algorithm):
         self.tokenizer: Any = None
         self.iteration = 0
         self._versions: dict[str, int] = {}
+        self._dist = DistInfo()
 
     # ------------------------------------------------------------------ what subclasses define
     def sequence_advantages(self, samples: Sequence[Sample]) -> list[float] | None:
@@ -75,23 +93,27 @@ class RLAlgorithm(Algorithm):
         """Per-token advantages, pre-update scores and (PPO) value targets of this rank's samples."""
 
     # ------------------------------------------------------------------ setup
-    def _load(self, session: TrainSession, device: torch.device) -> tuple[torch.nn.Module, int]:
-        """Create the learner (resuming from the newest checkpoint); returns the model to serve and the iteration."""
+    def _load(self, session: TrainSession, device: torch.device, *, serve: bool) -> tuple[torch.nn.Module | None, int]:
+        """Create the learner (resuming from the newest checkpoint); returns the model to serve (when ``serve``)
+        and the iteration."""
         from .models import load_policy
 
         cfg = self.config
         resume = latest_checkpoint(session.checkpoint_dir)
         model: Any
+        served: torch.nn.Module | None = None
         if resume is not None and cfg.lora is not None and resume.has_adapter:
             from peft import PeftModel
 
             base, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=device)
             model = PeftModel.from_pretrained(base, str(resume.path / "adapter"), is_trainable=True)
-            served, _ = load_policy(str(resume.path), dtype=cfg.dtype, device=device)
+            if serve:
+                served, _ = load_policy(str(resume.path), dtype=cfg.dtype, device=device)
         else:
             source = str(resume.path) if resume is not None else cfg.model
             model, tokenizer = load_policy(source, dtype=cfg.dtype, device=device)
-            served = copy.deepcopy(model)
+            if serve:
+                served = copy.deepcopy(model)
         reference = None
         if cfg.kl_coef > 0 and cfg.lora is None:
             reference = (
@@ -111,19 +133,99 @@ class RLAlgorithm(Algorithm):
 
     # ------------------------------------------------------------------ the run
     def run(self, session: TrainSession) -> TrainResult:
+        """Train on this machine's share of the world that ``session.num_gpus`` asks for (see ``distributed``)."""
+        plan = plan_world(session.num_gpus, cpu_fallback=self.config.cpu_fallback)
+        if not plan.launch:
+            self._dist = init_distributed(plan)
+            try:
+                return self._train(session, plan, offline=session.offline)
+            finally:
+                shutdown_distributed(self._dist)
+        # not under a launcher: this process is rank 0 and starts the other ranks itself
+        init_method = f"tcp://127.0.0.1:{free_port()}"
+        session.run_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = session.run_dir / "world.json"
+        spec_path.write_text(json.dumps(self._follower_spec(session, plan, init_method)), encoding="utf-8")
+        threads = thread_share(plan.world_size) if plan.device_type == "cpu" else None
+        previous_threads = torch.get_num_threads()
+        logger.info("starting %d more training process(es) (%s)", plan.world_size - 1, plan.backend)
+        followers = Followers(spec_path, plan.world_size, threads=threads)
+        finished = False
+        try:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            self._dist = init_distributed(plan, rank=0, local_rank=0, init_method=init_method)
+            result = self._train(session, plan, offline=session.offline)
+            finished = True
+        finally:
+            torch.set_num_threads(previous_threads)
+            if finished:
+                try:
+                    followers.wait()
+                finally:
+                    shutdown_distributed(self._dist)
+            else:
+                followers.terminate()
+                shutdown_distributed(self._dist)
+        return result
+
+    def _follower_spec(self, session: TrainSession, plan: WorldPlan, init_method: str) -> dict[str, Any]:
+        return {
+            "algorithm": importable_name(type(self)),
+            "config": self.config.model_dump(mode="json"),
+            "world": {"world_size": plan.world_size, "backend": plan.backend, "device_type": plan.device_type},
+            "init_method": init_method,
+            "num_iterations": session.num_iterations,
+            "eval_interval": session.eval_interval,
+            "checkpoint_dir": str(session.checkpoint_dir) if session.checkpoint_dir is not None else None,
+            "num_gpus": session.num_gpus,
+            "offline": session.offline,
+        }
+
+    def follow(self, spec: Mapping[str, Any], rank: int) -> TrainResult:
+        """Rank ``rank`` of a world that rank 0 started (``python -m agent_lightning_rl.follower``): train on the
+        shards rank 0 broadcasts; no store, agent or runners here."""
+        from agent_lightning.metrics import MetricsLogger
+        from agent_lightning.store.memory import InMemoryLightningStore
+        from agent_lightning.store.sync import SyncStore
+
+        plan = WorldPlan(**spec["world"])
+        with tempfile.TemporaryDirectory(prefix=f"agl-rank{rank}-") as scratch:
+            store = InMemoryLightningStore()  # never used: rank 0 alone reads the store
+            metrics = MetricsLogger(scratch, tensorboard=False)
+            session = TrainSession(
+                store=store,
+                sync=SyncStore(store),
+                agent=None,
+                train_dataset=[],
+                val_dataset=[],
+                num_iterations=int(spec["num_iterations"]),
+                eval_interval=spec["eval_interval"],
+                checkpoint_dir=Path(spec["checkpoint_dir"]) if spec["checkpoint_dir"] else None,
+                run_dir=Path(scratch),
+                metrics=metrics,
+                num_gpus=int(spec["num_gpus"]),
+            )
+            self._dist = init_distributed(plan, rank=rank, local_rank=rank, init_method=spec["init_method"])
+            try:
+                return self._train(session, plan, offline=bool(spec["offline"]))
+            finally:
+                metrics.close()
+                shutdown_distributed(self._dist)
+
+    def _train(self, session: TrainSession, plan: WorldPlan, *, offline: bool) -> TrainResult:
         cfg = self.config
-        self._dist = init_distributed()
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        device = choose_device(session.num_gpus, self._dist)
-        served, self.iteration = self._load(session, device)
+        device = choose_device(plan, self._dist)
+        served, self.iteration = self._load(session, device, serve=self._dist.is_main and not offline)
         start = self.iteration
         if start >= session.num_iterations:
             logger.info(
                 "checkpoint is at iteration %d >= num_iterations=%d: nothing to do", start, session.num_iterations
             )
             return TrainResult(iterations=start, metrics=session.metrics.history)
-        if session.offline:
+        if offline:
             del served
             return self._run_offline(session)
         return self._run_online(session, served)
@@ -147,8 +249,10 @@ class RLAlgorithm(Algorithm):
         if samples is None:
             return None
         sequence = self.sequence_advantages(samples)
-        local = shard(list(range(len(samples))), self._dist)
+        local, padding = shard_indices(len(samples), self._dist)
         mine = [samples[i] for i in local]
+        for j in range(len(mine) - padding, len(mine)):  # equal shards: padding copies carry no loss
+            mine[j] = mine[j].model_copy(update={"loss_mask": [0] * len(mine[j].loss_mask)})
         mine_seq = [sequence[i] for i in local] if sequence is not None else None
         started = time.perf_counter()
         advantages, old, returns = self.prepare(self.learner, mine, mine_seq)
@@ -156,16 +260,25 @@ class RLAlgorithm(Algorithm):
         metrics["time/update_s"] = time.perf_counter() - started
         metrics["train/samples"] = float(len(samples))
         metrics["train/trainable_tokens"] = float(sum(s.num_trainable_tokens for s in samples))
+        if self._dist.enabled:
+            metrics["dist/world_size"] = float(self._dist.world_size)
+            metrics["dist/padding_samples"] = float(len(local) * self._dist.world_size - len(samples))
         return metrics
 
     def _checkpoint(self, session: TrainSession) -> Path | None:
         path = None
-        if session.checkpoint_dir is not None and self._dist.is_main:
-            assert self.learner is not None
-            path = save_checkpoint(
-                session.checkpoint_dir, self.iteration, self.learner, self.tokenizer, keep=self.config.keep_checkpoints
-            )
-        barrier(self._dist)
+        try:
+            if session.checkpoint_dir is not None and self._dist.is_main:
+                assert self.learner is not None
+                path = save_checkpoint(
+                    session.checkpoint_dir,
+                    self.iteration,
+                    self.learner,
+                    self.tokenizer,
+                    keep=self.config.keep_checkpoints,
+                )
+        finally:
+            barrier(self._dist)  # every rank reaches it, even when saving failed on rank 0
         return path
 
     # ------------------------------------------------------------------ online
@@ -205,7 +318,7 @@ class RLAlgorithm(Algorithm):
                 continue
             yield [dataset[i] for i in batch]
 
-    def _run_online(self, session: TrainSession, served: torch.nn.Module) -> TrainResult:
+    def _run_online(self, session: TrainSession, served: torch.nn.Module | None) -> TrainResult:
         cfg = self.config
         assert self.learner is not None
         server = proxy = None
@@ -218,6 +331,7 @@ class RLAlgorithm(Algorithm):
 
                 from .policy import PolicyServer
 
+                assert served is not None
                 served.eval()
                 server = PolicyServer(
                     served,
@@ -234,13 +348,19 @@ class RLAlgorithm(Algorithm):
             while self.iteration < session.num_iterations:
                 samples: list[Sample] | None = None
                 metrics: dict[str, float] = {}
+                failure: BaseException | None = None
                 if self._dist.is_main:
                     assert server is not None and proxy is not None
                     if session.stopping:
                         interrupted = True
                     else:
-                        samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                        try:
+                            samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                        except BaseException as exc:  # the other ranks wait in _train_on: tell them to stop
+                            failure = exc
                 update = self._train_on(samples)
+                if failure is not None:
+                    raise failure
                 if update is None:
                     break
                 self.iteration += 1
@@ -294,30 +414,48 @@ class RLAlgorithm(Algorithm):
         )
         rollout_s = time.perf_counter() - started
         proxy.flush()
-        episodes = self._episodes(session, rollouts)
+        llm_spans: dict[str, Span] = {}
+        episodes = self._episodes(session, rollouts, llm_spans=llm_spans)
         metrics = episode_metrics(episodes, "train", cfg.success_threshold)
         metrics["time/rollout_s"] = rollout_s
         metrics["train/failed_rollouts"] = float(sum(r.status != "succeeded" for r in rollouts))
-        samples = self._select(episodes)
+        samples = self._select(episodes, llm_spans=llm_spans)
+        # never triggers while collection is synchronous (see RLConfig.max_staleness); a guard for async collection
         samples, dropped = drop_stale(samples, self._versions, self.iteration, cfg.max_staleness)
         metrics["train/stale_samples_dropped"] = float(dropped)
         if not samples:
             raise NoTrainingData(f"every sample of iteration {self.iteration} was older than max_staleness")
         return samples, metrics
 
-    def _episodes(self, session: TrainSession, rollouts: Sequence[Rollout]) -> list[Episode]:
+    def _episodes(
+        self, session: TrainSession, rollouts: Sequence[Rollout], *, llm_spans: dict[str, Span] | None = None
+    ) -> list[Episode]:
+        """Each rollout's episode; ``llm_spans`` (when given) collects their LLM spans by id."""
         cfg = self.config
-        return session.episodes(
-            rollouts,
-            aggregation=cfg.aggregation,
-            discount=cfg.discount,
-            max_turns=cfg.trajectory_length,
-            max_prompt_tokens=cfg.max_prompt_tokens,
-        )
+        episodes = []
+        for rollout in rollouts:
+            spans = session.sync.query_spans(rollout.rollout_id)
+            if llm_spans is not None:
+                llm_spans.update((span.span_id, span) for span in spans if span.kind == "llm")
+            episodes.append(
+                build_episode(
+                    rollout,
+                    spans,
+                    aggregation=cfg.aggregation,
+                    discount=cfg.discount,
+                    max_turns=cfg.trajectory_length,
+                    max_prompt_tokens=cfg.max_prompt_tokens,
+                )
+            )
+        return episodes
 
-    def _select(self, episodes: Sequence[Episode]) -> list[Sample]:
+    def _select(self, episodes: Sequence[Episode], *, llm_spans: Mapping[str, Span] | None = None) -> list[Sample]:
+        """The samples ``optimize`` selects. With ``llm_spans`` (online), refuses to train when an agent that
+        ``optimize`` leaves out was answered by the policy being trained (it would get every new version)."""
         samples = ensure_training_data(episodes)
         selected = select_samples(samples, self.config.optimize)
+        if llm_spans is not None and self.config.optimize is not None:
+            self._check_excluded(samples, selected, llm_spans)
         if not selected:
             agents = sorted({s.agent_name or "<unnamed>" for s in samples})
             resources = sorted({n for s in samples for n in s.resource_names})
@@ -326,6 +464,34 @@ class RLAlgorithm(Algorithm):
                 f"their agents are {agents} and their resources {resources}"
             )
         return selected
+
+    def _check_excluded(
+        self, samples: Sequence[Sample], selected: Sequence[Sample], llm_spans: Mapping[str, Span]
+    ) -> None:
+        """Raise when a call that ``optimize`` excludes was answered by this trainer's policy server.
+
+        The proxy records on each LLM span the weights version that answered (``agl.resources.id``); the policy
+        server answers with the resources ids this trainer published. Every call through the trainer's proxy reaches
+        that one server, so an excluded agent sharing the policy resource would be served each new version.
+        """
+        chosen = {id(s) for s in selected}
+        shared: set[str] = set()
+        for sample in samples:
+            if id(sample) in chosen or not sample.span_ids:
+                continue
+            span = llm_spans.get(sample.span_ids[0])
+            version = span.attributes.get(semconv.RESOURCES_ID) if span is not None else None
+            if isinstance(version, str) and version in self._versions:
+                shared.add(sample.agent_name or "<unnamed>")
+        if shared:
+            done = "Nothing was trained." if self.iteration == 0 else f"Training stopped at iteration {self.iteration}."
+            raise ValueError(
+                f"optimize={self.config.optimize} leaves out agent(s) {sorted(shared)}, but their LLM calls were "
+                f"answered by the policy being trained (resource {self.config.policy_resource!r}, served behind this "
+                "trainer's proxy), so they would get every new version of the weights. Give the agents you leave out "
+                "an LLM resource of their own that this trainer does not serve (a frozen model behind its own "
+                f"endpoint), or add them to optimize. {done}"
+            )
 
     def _evaluate(self, session: TrainSession, endpoint: str) -> dict[str, float]:
         if not session.val_dataset:
@@ -358,10 +524,11 @@ class RLAlgorithm(Algorithm):
         return self._episodes(session, rollouts)
 
     def _offline_batches(self, samples: list[Sample]) -> Iterator[list[Sample]]:
-        """Batches of about ``batch_size`` samples, whole groups together, reshuffled every pass."""
+        """Batches of whole groups holding at least ``batch_size`` rollouts, reshuffled every pass."""
         groups: dict[str, list[Sample]] = {}
         for sample in samples:
             groups.setdefault(sample.group_id or sample.rollout_id, []).append(sample)
+        sizes = {key: len({s.rollout_id for s in members}) for key, members in groups.items()}
         keys = sorted(groups)
         epoch = 0
         skipped = 0
@@ -370,36 +537,77 @@ class RLAlgorithm(Algorithm):
             random.Random(self.config.seed + epoch).shuffle(order)
             epoch += 1
             batch: list[Sample] = []
+            rollouts = 0
             for key in order:
                 batch += groups[key]
-                if len(batch) >= self.config.batch_size:
+                rollouts += sizes[key]
+                if rollouts >= self.config.batch_size:
                     if skipped < self.iteration:
                         skipped += 1
                     else:
                         yield batch
-                    batch = []
+                    batch, rollouts = [], 0
             if batch:
                 if skipped < self.iteration:
                     skipped += 1
                 else:
                     yield batch
 
+    def _policy_versions(self, session: TrainSession, samples: Sequence[Sample]) -> dict[str, int]:
+        """Policy version of each resources id the samples name (ids of snapshots without one are left out)."""
+        versions: dict[str, int] = {}
+        for resources_id in sorted({s.resources_id for s in samples if s.resources_id}):
+            try:
+                snapshot = session.sync.get_resources(resources_id)
+            except Exception:  # a version header of another server, or a snapshot this store does not hold
+                continue
+            version = snapshot.metadata.get(VERSION_KEY) if snapshot is not None else None
+            if isinstance(version, int):
+                versions[resources_id] = version
+        return versions
+
+    def _offline_data(self, session: TrainSession) -> tuple[list[Sample], dict[str, float]]:
+        cfg = self.config
+        episodes = self._stored_episodes(session)
+        samples = self._select(episodes)
+        metrics = episode_metrics(episodes, "data", cfg.success_threshold)
+        # the weights trained here are version self.iteration (the checkpoint resumed from, or 0)
+        samples, dropped = drop_stale(
+            samples, self._policy_versions(session, samples), self.iteration, cfg.max_staleness
+        )
+        metrics["data/stale_samples_dropped"] = float(dropped)
+        if not samples:
+            raise NoTrainingData(
+                f"every stored sample was generated by a policy version more than max_staleness={cfg.max_staleness} "
+                f"updates older than the weights being trained (version {self.iteration}); raise max_staleness to "
+                "train on them anyway"
+            )
+        rollouts = len({s.rollout_id for s in samples})
+        if rollouts < cfg.batch_size:
+            logger.warning(
+                "the store holds %d usable rollouts, fewer than batch_size=%d: each iteration trains on all",
+                rollouts,
+                cfg.batch_size,
+            )
+        return samples, metrics
+
     def _run_offline(self, session: TrainSession) -> TrainResult:
-        samples: list[Sample] | None = None
+        payload: tuple[list[Sample] | None, str | None] = (None, None)
         metrics: dict[str, float] = {}
+        failure: BaseException | None = None
         if self._dist.is_main:
-            episodes = self._stored_episodes(session)
-            samples = self._select(episodes)
-            metrics = episode_metrics(episodes, "data", self.config.success_threshold)
-            if len(samples) < self.config.batch_size:
-                logger.warning(
-                    "the store holds %d usable samples, fewer than batch_size=%d: each iteration trains on all",
-                    len(samples),
-                    self.config.batch_size,
-                )
-        samples = broadcast(samples, self._dist)
-        assert samples is not None
-        batches = self._offline_batches(samples)
+            try:
+                samples, metrics = self._offline_data(session)
+                payload = (samples, None)
+            except BaseException as exc:  # the other ranks wait for the data: tell them why there is none
+                failure = exc
+                payload = (None, f"{type(exc).__name__}: {exc}")
+        shared, error = broadcast(payload, self._dist)
+        if failure is not None:
+            raise failure
+        if error is not None or shared is None:
+            raise RuntimeError(f"rank 0 could not load the training data: {error}")
+        batches = self._offline_batches(shared)
         checkpoint = None
         interrupted = False
         bar = self._progress(session)
@@ -414,8 +622,9 @@ class RLAlgorithm(Algorithm):
                 assert update is not None
                 self.iteration += 1
                 update.update(episode_metrics_of_samples(batch))
-                if self.iteration == 1:
+                if metrics:  # the data's metrics, with this run's first update
                     update.update(metrics)
+                    metrics = {}
                 if self._dist.is_main:
                     session.log(self.iteration, update)
                     bar.update(1)

@@ -355,6 +355,16 @@ class PolicyLearner:
                 grad_norm = self._step()
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         elapsed = time.perf_counter() - started
+        if self.dist.enabled:  # every rank's metrics (token-weighted) and tokens, not just this rank's shard
+            import torch.distributed as tdist
+
+            keys = sorted(k for k in sums if k != "grad_norm")
+            totals = torch.tensor(
+                [sums[k] for k in keys] + [weight, float(tokens)], dtype=torch.float64, device=self.device
+            )
+            tdist.all_reduce(totals)
+            sums.update(zip(keys, totals[: len(keys)].tolist(), strict=True))
+            weight, tokens = float(totals[-2]), int(totals[-1])
         steps = cfg.ppo_epochs * math.ceil(len(samples) / mini)
         metrics = {f"train/{k}": v / max(weight, 1.0) for k, v in sums.items() if k != "grad_norm"}
         metrics["train/grad_norm"] = sums.get("grad_norm", 0.0) / max(steps, 1)
@@ -427,6 +437,8 @@ class PolicyLearner:
             stats["clip_frac"] = float(clip_frac)
             stats["ratio_mean"] = float(losses.masked_mean(torch.exp(logprobs.detach() - old_lp), mask))
             stats["advantage_mean"] = float(losses.masked_mean(adv, mask))
+            # drift from the sampling (old) policy: free, unlike train/kl, which needs the reference's log-probs
+            stats["policy_kl"] = float(losses.masked_mean(losses.kl_penalty(logprobs.detach(), old_lp, "k3"), mask))
         return stats
 
     def _step(self) -> float:
