@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
+from agent_lightning.types import Sample
 from agent_lightning_rl import losses
+from agent_lightning_rl.advantages import sample_advantages
 
 LOG = math.log
 
@@ -94,16 +96,26 @@ def test_gae_skips_masked_tokens() -> None:
     assert adv[0].tolist() == pytest.approx([0.5, 0.0, 0.2])
 
 
+def _scored(scores: list[float], groups: list[str]) -> list[Sample]:
+    """One single-turn rollout per score, in the given groups."""
+    return [
+        Sample(
+            rollout_id=f"r{i}", attempt_id="a", span_ids=[], prompt_token_ids=[1], completion_token_ids=[2],
+            loss_mask=[1], reward=score, group_id=group,
+        )
+        for i, (score, group) in enumerate(zip(scores, groups, strict=True))
+    ]  # fmt: skip
+
+
 def test_group_advantages_grpo_rloo_reinforce() -> None:
-    scores = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    grpo = losses.group_advantages(scores, ["a", "a", "b", "b"])
+    samples = _scored([1.0, 0.0, 1.0, 1.0], ["a", "a", "b", "b"])
     s = math.sqrt(0.5)  # unbiased std of [1, 0]
-    assert grpo.tolist() == pytest.approx([0.5 / (s + losses.EPS), -0.5 / (s + losses.EPS), 0.0, 0.0])
-    assert losses.group_advantages(scores, ["a", "a", "b", "b"], scale=False).tolist() == [0.5, -0.5, 0.0, 0.0]
-    assert losses.group_advantages(torch.tensor([3.0]), ["x"]).tolist() == [0.0]  # nothing to compare with
-    rloo = losses.rloo_advantages(torch.tensor([1.0, 0.0, 0.0]), ["g", "g", "g"])
-    assert rloo.tolist() == pytest.approx([1.0, -0.5, -0.5])
-    rpp = losses.reinforce_pp_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), ["a", "a", "b", "b"])
+    grpo = sample_advantages(samples, "grpo")
+    assert grpo == pytest.approx([0.5 / (s + losses.EPS), -0.5 / (s + losses.EPS), 0.0, 0.0])
+    assert sample_advantages(samples, "grpo", scale=False) == [0.5, -0.5, 0.0, 0.0]
+    assert sample_advantages(_scored([3.0], ["x"]), "grpo") == [0.0]  # nothing to compare with
+    assert sample_advantages(_scored([1.0, 0.0, 0.0], ["g"] * 3), "rloo") == pytest.approx([1.0, -0.5, -0.5])
+    rpp = torch.tensor(sample_advantages(samples, "reinforce++"))
     assert rpp.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert rpp.std().item() == pytest.approx(1.0, abs=1e-4)
 

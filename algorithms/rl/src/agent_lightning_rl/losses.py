@@ -1,4 +1,7 @@
-"""Loss functions and advantage estimators: pure tensor functions, no model code.
+"""Loss functions, GAE and whitening: pure tensor functions, no model code.
+
+Group-relative advantages (GRPO, RLOO, REINFORCE++) work on samples: :func:`agent_lightning_rl.advantages.
+sample_advantages`.
 
 Shapes: ``[B, T]`` per-token tensors with a ``mask`` of 1 on tokens that carry loss (the policy's own tokens)
 and 0 elsewhere (padding, tool output spliced into merged turns). Aggregation is the masked token mean; pass
@@ -7,7 +10,6 @@ and 0 elsewhere (padding, tool output spliced into merged turns). Aggregation is
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
 from typing import Literal
 
 import torch
@@ -134,46 +136,3 @@ def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: b
     if not shift_mean:
         out = out + mean
     return out * mask
-
-
-def _groups(group_ids: Sequence[Hashable]) -> dict[Hashable, list[int]]:
-    groups: dict[Hashable, list[int]] = {}
-    for index, group in enumerate(group_ids):
-        groups.setdefault(group, []).append(index)
-    return groups
-
-
-def group_advantages(scores: torch.Tensor, group_ids: Sequence[Hashable], *, scale: bool = True) -> torch.Tensor:
-    """GRPO: ``(score - mean(group)) / (std(group) + eps)``; without ``scale`` only the mean is subtracted.
-
-    The std is the unbiased sample std (as in the GRPO paper and TRL); a single-member group gets advantage 0.
-    """
-    out = torch.zeros_like(scores)
-    for indices in _groups(group_ids).values():
-        if len(indices) < 2:
-            continue
-        index = torch.tensor(indices, device=scores.device)
-        group = scores[index]
-        centered = group - group.mean()
-        out[index] = centered / (group.std() + EPS) if scale else centered
-    return out
-
-
-def rloo_advantages(scores: torch.Tensor, group_ids: Sequence[Hashable]) -> torch.Tensor:
-    """RLOO: each reward minus the mean of the *other* rewards of its group (0 for a single-member group)."""
-    out = torch.zeros_like(scores)
-    for indices in _groups(group_ids).values():
-        if len(indices) < 2:
-            continue
-        index = torch.tensor(indices, device=scores.device)
-        group = scores[index]
-        out[index] = group - (group.sum() - group) / (len(indices) - 1)
-    return out
-
-
-def reinforce_pp_advantages(scores: torch.Tensor, group_ids: Sequence[Hashable]) -> torch.Tensor:
-    """REINFORCE++ (baseline variant): subtract the group mean, then whiten over the whole batch."""
-    centered = group_advantages(scores, group_ids, scale=False)
-    if len(scores) < 2:
-        return centered
-    return (centered - centered.mean()) / (centered.std() + EPS)
