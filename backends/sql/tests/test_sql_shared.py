@@ -161,3 +161,50 @@ def test_waker_wakes_waiters_in_other_threads_loops_and_never_loses_a_change() -
         return time.monotonic() - began
 
     assert asyncio.run(late()) < 0.5
+
+
+def test_group_commit_writes_callers_that_queued_together_and_keeps_their_outcomes_apart() -> None:
+    from agent_lightning.errors import NotFound
+    from agent_lightning_sql.group_commit import GroupCommit, Pending
+
+    written: list[list[str]] = []
+    first_inside = threading.Event()
+    release = threading.Event()
+
+    def flush(group: list[Pending]) -> None:
+        if not written:  # hold the first transaction open until the others have queued
+            first_inside.set()
+            assert release.wait(10)
+        rows = [row[0] for pending in group for row in pending.rows]
+        if "bad-data" in rows:
+            raise ValueError("the database refused a value")
+        for pending in group:
+            if any(row[0] == "unknown" for row in pending.rows):
+                pending.fail(NotFound("no such attempt"))
+        written.append([row[0] for pending in group if pending.error is None for row in pending.rows])
+
+    commits = GroupCommit(flush)
+    outcomes: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        try:
+            outcomes[name] = commits.submit([[name]])
+        except Exception as exc:
+            outcomes[name] = exc
+
+    first = threading.Thread(target=call, args=("a",))
+    first.start()
+    assert first_inside.wait(10)
+    others = [threading.Thread(target=call, args=(name,)) for name in ("b", "unknown", "c", "bad-data", "d")]
+    for thread in others:
+        thread.start()
+    time.sleep(0.3)  # they queue behind the open transaction
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert written[0] == ["a"]
+    assert sorted(n for batch in written[1:] for n in batch) == ["b", "c", "d"]
+    assert commits.transactions < 1 + 5 + 5, "the queued callers shared a transaction before their own retries"
+    assert outcomes["a"] == outcomes["b"] == outcomes["c"] == outcomes["d"] == 1
+    assert isinstance(outcomes["unknown"], NotFound)
+    assert isinstance(outcomes["bad-data"], ValueError)

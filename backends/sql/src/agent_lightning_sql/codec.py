@@ -1,22 +1,25 @@
 """Converting the data model to table rows and back.
 
 Writing checks what a model built without validation (``model_construct``)
-could carry into the database: non-JSON values, NaN, malformed ids. Reading
+could carry into the database: non-JSON values, NaN, malformed ids (spans with
+:func:`agent_lightning.types.spans.checked_copy`, the rules of the model). Reading
 builds spans without validating them again; they were checked on the way in.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import Any
 
-from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span, SpanKind, SpanStatus
+from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span
+from agent_lightning.types.spans import checked_copy, trusted_span, trusted_status
 
-_HEX = frozenset("0123456789abcdef")
-_KINDS = frozenset(get_args(SpanKind))
-_STATUS_CODES = frozenset({"unset", "ok", "error"})
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; plain json still works
+    _orjson = None  # type: ignore[assignment]
+
 _encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 
@@ -102,93 +105,111 @@ def attempt_from_row(row: Any) -> Attempt:
 
 
 # --------------------------------------------------------------------------- spans
-def _check_hex(span_id: str, field: str, value: Any, length: int) -> None:
-    if not isinstance(value, str) or len(value) != length or not _HEX.issuperset(value):
-        raise ValueError(f"span {span_id!r}: {field} must be {length} lowercase hex digits, got {value!r}")
+SPAN_COLUMNS: tuple[str, ...] = (
+    "rollout_id",
+    "attempt_id",
+    "span_id",
+    "attempt_seq",
+    "sequence_id",
+    "trace_id",
+    "parent_id",
+    "name",
+    "kind",
+    "attributes_json",
+    "start_time",
+    "end_time",
+    "status_code",
+    "status_message",
+)
+"""The columns of a span row, in the order :func:`span_row` gives them."""
 
 
-def _check_time(span_id: str, field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"span {span_id!r}: {field} must be a finite number, got {value!r}")
+def dumps_attributes(attributes: dict[str, Any], span_id: str) -> str:
+    """Span attributes (already checked: JSON values, finite numbers) as JSON text."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(attributes).decode()
+        except (TypeError, _orjson.JSONEncodeError):  # an int over 64 bits, a subclass pydantic let through
+            pass
+    return dumps(attributes, f"span {span_id!r} attributes")
+
+
+def span_row(span: Span) -> list[Any]:
+    """A span's row in :data:`SPAN_COLUMNS` order (``attempt_seq`` is ``None``: the caller's), after
+    checking it again exactly like :class:`Span`'s validation does (``ValueError`` naming the field)."""
+    fields = checked_copy(span).__dict__
+    status = fields["status"]
+    return [
+        fields["rollout_id"],
+        fields["attempt_id"],
+        fields["span_id"],
+        None,
+        fields["sequence_id"],
+        fields["trace_id"],
+        fields["parent_id"],
+        fields["name"],
+        fields["kind"],
+        dumps_attributes(fields["attributes"], fields["span_id"]),
+        fields["start_time"],
+        fields["end_time"],
+        status.code,
+        status.message,
+    ]
 
 
 def span_values(span: Span) -> dict[str, Any]:
-    """The columns of a span row (``attempt_seq`` is the caller's), after checking what validation guarantees."""
-    span_id = span.span_id
-    _check_hex(span_id, "span_id", span_id, 16)
-    _check_hex(span_id, "trace_id", span.trace_id, 32)
-    if span.parent_id is not None:
-        _check_hex(span_id, "parent_id", span.parent_id, 16)
-    for field in ("rollout_id", "attempt_id", "name"):
-        value = getattr(span, field)
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"span {span_id!r}: {field} must be a non-empty string, got {value!r}")
-    sequence_id = span.sequence_id
-    if isinstance(sequence_id, bool) or not isinstance(sequence_id, int) or sequence_id < 0:
-        raise ValueError(f"span {span_id!r}: sequence_id must be a non-negative integer, got {sequence_id!r}")
-    if span.kind not in _KINDS:
-        raise ValueError(f"span {span_id!r}: kind must be one of {sorted(_KINDS)}, got {span.kind!r}")
-    _check_time(span_id, "start_time", span.start_time)
-    if span.end_time is not None:
-        _check_time(span_id, "end_time", span.end_time)
-        if span.end_time < span.start_time:
-            raise ValueError(f"span {span_id!r}: end_time {span.end_time} is before start_time {span.start_time}")
-    status = span.status
-    if not isinstance(status, SpanStatus) or status.code not in _STATUS_CODES:
-        raise ValueError(f"span {span_id!r}: status must be a SpanStatus, got {status!r}")
-    if not isinstance(span.attributes, dict):
-        raise ValueError(f"span {span_id!r}: attributes must be a dict, got {type(span.attributes).__name__}")
-    return {
-        "rollout_id": span.rollout_id,
-        "attempt_id": span.attempt_id,
-        "span_id": span_id,
-        "sequence_id": sequence_id,
-        "trace_id": span.trace_id,
-        "parent_id": span.parent_id,
-        "name": span.name,
-        "kind": span.kind,
-        "attributes_json": dumps(span.attributes, f"span {span_id!r} attributes"),
-        "start_time": span.start_time,
-        "end_time": span.end_time,
-        "status_code": status.code,
-        "status_message": status.message,
-    }
+    """The columns of a span row by name (``attempt_seq`` is the caller's); see :func:`span_row`."""
+    values = dict(zip(SPAN_COLUMNS, span_row(span), strict=True))
+    del values["attempt_seq"]
+    return values
 
 
-def span_batch_values(spans: Sequence[Span]) -> list[dict[str, Any]]:
-    """Rows of a whole ``add_spans`` batch; rejects non-spans, invalid spans and one id twice.
-
-    Equivalent to :func:`agent_lightning.store.transitions.check_spans_batch` for what
-    reaches the database, at a fraction of the cost of validating every span again.
-    """
-    rows: list[dict[str, Any]] = []
+def span_batch_rows(spans: Sequence[Span]) -> list[list[Any]]:
+    """Rows of a whole ``add_spans`` batch; rejects non-spans, invalid spans and one id twice."""
+    rows: list[list[Any]] = []
     seen: set[tuple[str, str, str]] = set()
     for index, span in enumerate(spans):
         if not isinstance(span, Span):
             raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
-        row = span_values(span)
-        key = (span.rollout_id, span.attempt_id, span.span_id)
+        try:
+            row = span_row(span)
+        except ValueError as exc:
+            raise ValueError(f"spans[{index}] (span {span.__dict__.get('span_id')!r}) is invalid: {exc}") from exc
+        key = (row[0], row[1], row[2])
         if key in seen:
-            raise ValueError(f"span {span.span_id} appears twice in one batch")
+            raise ValueError(f"span {row[2]} appears twice in one batch")
         seen.add(key)
         rows.append(row)
     return rows
 
 
+def span_batch_values(spans: Sequence[Span]) -> list[dict[str, Any]]:
+    """:func:`span_batch_rows` as dicts by column name (without ``attempt_seq``)."""
+    rows = []
+    for row in span_batch_rows(spans):
+        values = dict(zip(SPAN_COLUMNS, row, strict=True))
+        del values["attempt_seq"]
+        rows.append(values)
+    return rows
+
+
 def span_from_row(row: Any) -> Span:
-    return Span.model_construct(
-        rollout_id=row.rollout_id,
-        attempt_id=row.attempt_id,
-        sequence_id=row.sequence_id,
-        trace_id=row.trace_id,
-        span_id=row.span_id,
-        parent_id=row.parent_id,
-        name=row.name,
-        kind=row.kind,
-        attributes=row.attributes_json,
-        start_time=row.start_time,
-        end_time=row.end_time,
-        status=SpanStatus.model_construct(code=row.status_code, message=row.status_message),
+    """A span from its row, without validating it again (it was checked on the way in)."""
+    return trusted_span(
+        {
+            "rollout_id": row.rollout_id,
+            "attempt_id": row.attempt_id,
+            "sequence_id": row.sequence_id,
+            "trace_id": row.trace_id,
+            "span_id": row.span_id,
+            "parent_id": row.parent_id,
+            "name": row.name,
+            "kind": row.kind,
+            "attributes": row.attributes_json,
+            "start_time": row.start_time,
+            "end_time": row.end_time,
+            "status": trusted_status(row.status_code, row.status_message),
+        }
     )
 
 

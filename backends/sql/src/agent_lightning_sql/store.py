@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from agent_lightning_sql import codec
+from agent_lightning_sql.group_commit import GroupCommit, Pending
 from agent_lightning_sql.schema import (
     ATTEMPTS,
     DELIVERIES,
@@ -61,6 +62,7 @@ T = TypeVar("T")
 _RESOURCES = TypeAdapter(dict[str, Resource])
 _CHUNK = 500  # ids per IN (...) list
 _SPAN_KEY = ("rollout_id", "attempt_id", "span_id")
+_OWNERS_KEPT = 100_000
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
@@ -92,7 +94,9 @@ class SqlLightningStore(LightningStore):
         self._pid = os.getpid()
         self._closed = False
         self._waker = Waker()
-        self._span_upsert: Any = None
+        self._span_sql: str | None = None
+        self._group_commit: tuple[int, GroupCommit] | None = None
+        self._owners: dict[str, tuple[str, int]] = {}  # attempt id -> (rollout id, sequence), once committed
 
     # ------------------------------------------------------------------ dialect hooks
     def _create_engine(self) -> Engine:
@@ -399,6 +403,7 @@ class SqlLightningStore(LightningStore):
             self._save_attempt(conn, attempt, running.config.timeout_seconds, new=True)
 
         await self._run_unique(work, [running])
+        self._remember_owners({attempt.attempt_id: (running.rollout_id, attempt.sequence)})
         return AttemptedRollout(rollout=running, attempt=attempt)
 
     async def claim_rollout(
@@ -428,7 +433,10 @@ class SqlLightningStore(LightningStore):
             self._save(conn, rollout, running, attempt)
             return AttemptedRollout(rollout=running, attempt=attempt)
 
-        return await self._run(work, write=True)
+        claimed = await self._run(work, write=True)
+        if claimed is not None:
+            self._remember_owners({claimed.attempt_id: (claimed.rollout_id, claimed.attempt.sequence)})
+        return claimed
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         def work(conn: Connection) -> tuple[Attempt, bool]:
@@ -576,39 +584,74 @@ class SqlLightningStore(LightningStore):
 
     # ------------------------------------------------------------------ spans
     async def add_spans(self, spans: Sequence[Span]) -> int:
-        rows = codec.span_batch_values(spans)
+        rows = codec.span_batch_rows(spans)
         if not rows:
             return 0
-        pairs = {(span.rollout_id, span.attempt_id) for span in spans}
-        attempt_ids = list({attempt_id for _, attempt_id in pairs})
-        if self._span_upsert is None:
-            insert = self._insert(SPANS)
-            self._span_upsert = insert.on_conflict_do_update(
-                index_elements=list(_SPAN_KEY),
-                set_={c.name: getattr(insert.excluded, c.name) for c in SPANS.columns if c.name not in _SPAN_KEY},
-            )
-        statement = self._span_upsert
+        return await asyncio.to_thread(self._span_commits().submit, rows)
 
-        def work(conn: Connection) -> int:
-            owners: dict[str, tuple[str, int]] = {}
-            for chunk in _chunks(attempt_ids):
+    def _span_commits(self) -> GroupCommit:
+        group = self._group_commit
+        if group is None or group[0] != os.getpid():
+            with self._engine_lock:
+                group = self._group_commit
+                if group is None or group[0] != os.getpid():
+                    group = self._group_commit = (os.getpid(), GroupCommit(self._flush_spans))
+        return group[1]
+
+    def _span_insert_sql(self, engine: Engine) -> str:
+        if self._span_sql is None:
+            mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+            columns = ", ".join(codec.SPAN_COLUMNS)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in codec.SPAN_COLUMNS if c not in _SPAN_KEY)
+            self._span_sql = (
+                f"INSERT INTO {SPANS.name} ({columns}) VALUES ({', '.join([mark] * len(codec.SPAN_COLUMNS))}) "
+                f"ON CONFLICT ({', '.join(_SPAN_KEY)}) DO UPDATE SET {updates}"
+            )
+        return self._span_sql
+
+    def _flush_spans(self, group: list[Pending]) -> None:
+        """One transaction writing the rows of every call in ``group`` (see :class:`GroupCommit`)."""
+        learned: dict[str, tuple[str, int]] = {}
+
+        def work(conn: Connection) -> None:
+            learned.clear()
+            owners = self._owners
+            unknown = list({row[1] for pending in group for row in pending.rows if row[1] not in owners})
+            for chunk in _chunks(unknown):
                 query = sa.select(ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence)
                 for attempt_id, rollout_id, sequence in conn.execute(query.where(ATTEMPTS.c.attempt_id.in_(chunk))):
-                    owners[attempt_id] = (rollout_id, sequence)
-            for span in spans:
-                owner = owners.get(span.attempt_id)
-                if owner is None or owner[0] != span.rollout_id:
-                    if not self._rollout_exists(conn, span.rollout_id):
-                        raise NotFound(f"span {span.span_id}: no rollout with id {span.rollout_id!r}")
-                    raise NotFound(
-                        f"span {span.span_id}: rollout {span.rollout_id!r} has no attempt {span.attempt_id!r}"
-                    )
-            for row in rows:
-                row["attempt_seq"] = owners[row["attempt_id"]][1]
-            conn.execute(statement, rows)
-            return len(rows)
+                    learned[attempt_id] = (rollout_id, sequence)
+            rows: list[tuple[Any, ...]] = []
+            for pending in group:
+                pending.error = None
+                for row in pending.rows:
+                    owner = owners.get(row[1]) or learned.get(row[1])
+                    if owner is None or owner[0] != row[0]:
+                        pending.error = self._unknown_owner(conn, row)
+                        break
+                    row[3] = owner[1]
+                else:
+                    rows.extend(map(tuple, pending.rows))
+            if rows:
+                conn.exec_driver_sql(self._span_insert_sql(conn.engine), rows)
 
-        return await self._run(work, write=True)
+        self._transact(work, write=True)
+        self._remember_owners(learned)
+        for pending in group:
+            if pending.error is not None:
+                pending.fail(pending.error)
+
+    def _unknown_owner(self, conn: Connection, row: list[Any]) -> NotFound:
+        rollout_id, attempt_id, span_id = row[0], row[1], row[2]
+        if not self._rollout_exists(conn, rollout_id):
+            return NotFound(f"span {span_id}: no rollout with id {rollout_id!r}")
+        return NotFound(f"span {span_id}: rollout {rollout_id!r} has no attempt {attempt_id!r}")
+
+    def _remember_owners(self, owners: Mapping[str, tuple[str, int]]) -> None:
+        """Remember which rollout (and sequence) attempts belong to: it never changes once committed."""
+        if len(self._owners) + len(owners) > _OWNERS_KEPT:
+            self._owners = {}
+        self._owners.update(owners)
 
     async def query_spans(
         self,
