@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_lightning.errors import StoreError, StoreUnavailable
@@ -156,3 +159,82 @@ def test_a_killed_store_server_over_sqlite_loses_no_acknowledged_write(tmp_path:
     """`agl store serve` over this database, SIGKILLed twice mid-write and restarted: every acked span is there."""
     progress = killed_server_loses_no_acknowledged_write(f"sqlite:///{tmp_path / 'store.db'}")
     assert progress.cycles >= 9 and progress.completed
+
+
+def test_concurrent_add_spans_share_commits_and_stay_all_or_nothing(tmp_path: Path) -> None:
+    from agent_lightning.errors import NotFound
+
+    async def main() -> None:
+        store = SqliteLightningStore(f"sqlite:///{tmp_path / 'group.db'}")
+        try:
+            item = await store.start_rollout(RolloutRequest(config=RolloutConfig(lease_seconds=3600)), "w")
+            trace = new_trace_id()
+
+            def batch(caller: int, attempt_id: str) -> list[Span]:
+                return [
+                    Span(
+                        rollout_id=item.rollout_id,
+                        attempt_id=attempt_id,
+                        sequence_id=caller * 10 + n,
+                        trace_id=trace,
+                        span_id=new_span_id(),
+                        name="op",
+                    )
+                    for n in range(5)
+                ]
+
+            calls = [batch(c, item.attempt_id if c != 7 else "no-such-attempt") for c in range(40)]
+            outcomes = await asyncio.gather(*(store.add_spans(b) for b in calls), return_exceptions=True)
+            assert isinstance(outcomes[7], NotFound)
+            assert [o for i, o in enumerate(outcomes) if i != 7] == [5] * 39
+            stored = await store.query_spans(item.rollout_id)
+            assert [s.sequence_id for s in stored] == [c * 10 + n for c in range(40) if c != 7 for n in range(5)]
+            assert store._span_commits().transactions < 40, "callers that queued together shared a transaction"
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def _open_new_databases(folder: str, count: int, barrier: Any, results: Any) -> None:
+    errors: list[str] = []
+    for n in range(count):
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            break
+        try:
+            SqliteLightningStore(f"sqlite:///{folder}/new-{n}.db").open()
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    results.put(errors)
+
+
+def test_processes_creating_one_new_database_together_never_find_it_locked(tmp_path: Path) -> None:
+    """Runners started together on a file that does not exist yet (the benchmark does this).
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers a second
+    connection's switch at the same moment with "database is locked" at once, without waiting
+    for its busy timeout: the intermittent failure of the two-runner benchmark.
+    """
+    context = multiprocessing.get_context("spawn")
+    processes, count = 3, 25
+    barrier = context.Barrier(processes, timeout=60)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_open_new_databases, args=(str(tmp_path), count, barrier, results), daemon=True)
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        errors = [error for _ in workers for error in results.get(timeout=120)]
+    finally:
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+    assert not errors, f"{len(errors)} of {processes * count} openings failed, e.g. {errors[0]}"
+    for n in range(count):
+        with sqlite3.connect(tmp_path / f"new-{n}.db") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

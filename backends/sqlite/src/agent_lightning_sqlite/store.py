@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -101,12 +103,31 @@ class SqliteLightningStore(SqlLightningStore):
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
                 if not self.in_memory:
-                    cursor.execute("PRAGMA journal_mode = WAL")
+                    self._use_wal(cursor)
                     cursor.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode up to the last checkpoint
             finally:
                 cursor.close()
 
         return engine
+
+    def _use_wal(self, cursor: Any) -> None:
+        """Switch the database to WAL (once per file; the mode is stored in it).
+
+        The switch needs an exclusive lock, and SQLite answers a second connection switching at
+        the same moment with "database is locked" at once, without its busy handler: processes
+        opening a new file together hit that. So the switch is retried until ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _begin(self, conn: Connection, write: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
