@@ -160,3 +160,38 @@ def test_self_launched_ranks_train_online_with_rollouts_on_rank_0_only(
     versions = {SyncStore(store).get_resources(r.resources_id).metadata["agl.policy_version"] for r in rollouts}
     assert versions == {0, 1}
     assert result.checkpoint == tmp_path / "checkpoints" / "checkpoint-000002"
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_rank_0_failing_stops_the_ranks_it_started(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path, online: bool
+) -> None:
+    """Rank 0 finds no training data (offline: optimize matches nothing; online: every rollout fails): it tells
+    rank 1, which is waiting for a batch, to stop, and raises its own error instead of hanging."""
+    from agent_lightning.errors import NoTrainingData
+    from agent_lightning.types import RolloutConfig
+
+    sync = SyncStore(InMemoryLightningStore())
+    add_rollout(sync, {"task": 0}, [([5, 6, 7], [10, 11])], 1.0)
+    config = GRPOConfig(
+        model=save_tiny_policy(tokenizer, tmp_path / "model"),
+        cpu_fallback=True,
+        optimize=None if online else ["nobody"],
+        group_size=2,
+        tasks_per_iteration=1,
+    )
+
+    def broken_agent(task: object) -> float:
+        raise RuntimeError("the agent is broken")
+
+    trainer = Trainer(
+        algorithm=GroupRelativePolicyOptimization(config=config),
+        store=sync.store,
+        agent=broken_agent if online else None,
+        train_dataset=[{"prompt": "hi"}] if online else None,
+        rollout_config=RolloutConfig(max_attempts=1),
+        num_gpus=2,
+        run_dir=tmp_path / "run",
+    )
+    with pytest.raises(NoTrainingData):
+        trainer.train(num_iterations=2)

@@ -80,6 +80,8 @@ class RLAlgorithm(Algorithm):
         self.iteration = 0
         self._versions: dict[str, int] = {}
         self._dist = DistInfo()
+        self._saved_at: int | None = None
+        """The iteration of the last checkpoint call (on every rank, whether or not this rank wrote it)."""
 
     # ------------------------------------------------------------------ what subclasses define
     def sequence_advantages(self, samples: Sequence[Sample]) -> list[float] | None:
@@ -278,6 +280,7 @@ class RLAlgorithm(Algorithm):
                     keep=self.config.keep_checkpoints,
                 )
         finally:
+            self._saved_at = self.iteration
             barrier(self._dist)  # every rank reaches it, even when saving failed on rank 0
         return path
 
@@ -324,71 +327,79 @@ class RLAlgorithm(Algorithm):
         server = proxy = None
         checkpoint = None
         interrupted = False
+        self._saved_at = self.iteration
+        # rank 0's error (or Ctrl-C) outside the collectives waits here until the other ranks were told to stop
+        pending: BaseException | None = None
         bar = self._progress(session)
         try:
             if self._dist.is_main:
-                from agent_lightning.proxy import LLMProxy
+                try:
+                    from agent_lightning.proxy import LLMProxy
 
-                from .policy import PolicyServer
+                    from .policy import PolicyServer
 
-                assert served is not None
-                served.eval()
-                server = PolicyServer(
-                    served,
-                    self.tokenizer,
-                    model_name=cfg.model,
-                    max_batch_size=cfg.max_batch_size,
-                    default_max_tokens=cfg.max_new_tokens,
-                ).start()
-                proxy = LLMProxy(session.store, upstream=server.url).start()
-                snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                with merged_weights(self.learner.model) as state:
-                    server.update_weights(state, version=snapshot.resources_id)
-                tasks = self._tasks(session.train_dataset)
+                    assert served is not None
+                    served.eval()
+                    server = PolicyServer(
+                        served,
+                        self.tokenizer,
+                        model_name=cfg.model,
+                        max_batch_size=cfg.max_batch_size,
+                        default_max_tokens=cfg.max_new_tokens,
+                    ).start()
+                    proxy = LLMProxy(session.store, upstream=server.url).start()
+                    snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
+                    with merged_weights(self.learner.model) as state:
+                        server.update_weights(state, version=snapshot.resources_id)
+                    tasks = self._tasks(session.train_dataset)
+                except BaseException as exc:
+                    pending = exc
             while self.iteration < session.num_iterations:
                 samples: list[Sample] | None = None
                 metrics: dict[str, float] = {}
-                failure: BaseException | None = None
-                if self._dist.is_main:
+                if self._dist.is_main and pending is None:
                     assert server is not None and proxy is not None
                     if session.stopping:
                         interrupted = True
                     else:
                         try:
                             samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
-                        except BaseException as exc:  # the other ranks wait in _train_on: tell them to stop
-                            failure = exc
-                update = self._train_on(samples)
-                if failure is not None:
-                    raise failure
+                        except BaseException as exc:
+                            pending = exc
+                update = self._train_on(samples)  # None from rank 0 stops every rank here
                 if update is None:
                     break
                 self.iteration += 1
                 if self._dist.is_main:
                     assert server is not None and proxy is not None
-                    started = time.perf_counter()
-                    snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                    with merged_weights(self.learner.model) as state:
-                        server.update_weights(state, version=snapshot.resources_id)
-                    metrics.update(update)
-                    metrics["time/publish_s"] = time.perf_counter() - started
-                    metrics["train/policy_version"] = float(self.iteration)
-                    if session.eval_interval and self.iteration % session.eval_interval == 0:
-                        metrics.update(self._evaluate(session, proxy.url))
-                    session.log(self.iteration, metrics)
-                    bar.update(1)
-                    bar.set_postfix(
-                        reward=f"{metrics.get('train/reward_mean', float('nan')):.3f}",
-                        tok_s=f"{metrics.get('perf/tokens_per_s', 0.0):.0f}",
-                    )
+                    try:
+                        started = time.perf_counter()
+                        snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
+                        with merged_weights(self.learner.model) as state:
+                            server.update_weights(state, version=snapshot.resources_id)
+                        metrics.update(update)
+                        metrics["time/publish_s"] = time.perf_counter() - started
+                        metrics["train/policy_version"] = float(self.iteration)
+                        if session.eval_interval and self.iteration % session.eval_interval == 0:
+                            metrics.update(self._evaluate(session, proxy.url))
+                        session.log(self.iteration, metrics)
+                        bar.update(1)
+                        bar.set_postfix(
+                            reward=f"{metrics.get('train/reward_mean', float('nan')):.3f}",
+                            tok_s=f"{metrics.get('perf/tokens_per_s', 0.0):.0f}",
+                        )
+                    except BaseException as exc:
+                        pending = exc
                 if session.eval_interval and self.iteration % session.eval_interval == 0:
                     checkpoint = self._checkpoint(session) or checkpoint
+            if pending is not None:
+                raise pending
         except KeyboardInterrupt:
             interrupted = True
             session.stop_event.set()
         finally:
             bar.close()
-            if self.iteration > 0 and (checkpoint is None or checkpoint.name != f"checkpoint-{self.iteration:06d}"):
+            if self.iteration > 0 and self._saved_at != self.iteration:  # the same decision on every rank
                 try:
                     checkpoint = self._checkpoint(session) or checkpoint
                 except Exception as exc:  # never hide the original error behind a checkpoint failure
@@ -610,6 +621,7 @@ class RLAlgorithm(Algorithm):
         batches = self._offline_batches(shared)
         checkpoint = None
         interrupted = False
+        self._saved_at = self.iteration
         bar = self._progress(session)
         try:
             while self.iteration < session.num_iterations:
@@ -636,7 +648,7 @@ class RLAlgorithm(Algorithm):
             session.stop_event.set()
         finally:
             bar.close()
-            if self.iteration > 0 and (checkpoint is None or checkpoint.name != f"checkpoint-{self.iteration:06d}"):
+            if self.iteration > 0 and self._saved_at != self.iteration:  # the same decision on every rank
                 checkpoint = self._checkpoint(session) or checkpoint
         return TrainResult(
             iterations=self.iteration, metrics=session.metrics.history, checkpoint=checkpoint, interrupted=interrupted
