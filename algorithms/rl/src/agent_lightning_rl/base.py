@@ -4,6 +4,10 @@ Online, per iteration: pick tasks, run ``group_size`` rollouts of each with the 
 from the spans (captured token ids), compute advantages, update, publish the new weights (a new resources version
 that the policy server swaps in), log metrics; evaluate and checkpoint every ``eval_interval`` iterations.
 Offline (no agent): train on the finished rollouts already in the store.
+
+With several ranks (``Trainer(num_gpus=N)``, see :mod:`.distributed`), rank 0 alone does everything above but the
+update: it broadcasts each batch, every rank trains on its shard, and rank 0's errors reach the other ranks as a
+stop signal rather than a hang.
 """
 
 from __future__ import annotations
