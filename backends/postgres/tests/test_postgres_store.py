@@ -189,3 +189,45 @@ def test_a_killed_store_server_over_postgres_loses_no_acknowledged_write(fresh_s
     """`agl store serve` over PostgreSQL, SIGKILLed twice mid-write and restarted: every acked span is there."""
     progress = killed_server_loses_no_acknowledged_write(fresh_schema.url())
     assert progress.cycles >= 9 and progress.completed
+
+
+def test_connections_killed_while_pooled_are_replaced_without_an_error(
+    fresh_schema: SchemaFactory, postgres_url: str
+) -> None:
+    """No ping before each use: a pooled connection the server dropped (a restart) fails its first
+    statement, the pool is refreshed and the call runs again, since nothing was committed."""
+    name = f"agl_test_{new_span_id()}"  # only this store's connections are killed
+    url = f"{fresh_schema.url()}&application_name={name}"
+
+    def kill_store_connections() -> int:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                (name,),
+            ).fetchall()
+        return len(rows)
+
+    async def main() -> None:
+        store = PostgresLightningStore(url)
+        try:
+            item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+            queued = await store.enqueue_rollout("next", config=LONG)
+            span = Span(
+                rollout_id=item.rollout_id,
+                attempt_id=item.attempt_id,
+                sequence_id=1,
+                trace_id=new_trace_id(),
+                span_id=new_span_id(),
+                name="op",
+            )
+            assert kill_store_connections() >= 1
+            assert await store.add_span(span) == span  # idempotent: retried on a fresh connection
+            assert kill_store_connections() >= 1
+            claimed = await store.claim_rollout("w2")  # failed before its commit: retried
+            assert claimed is not None and claimed.rollout_id == queued.rollout_id
+            assert kill_store_connections() >= 1
+            assert await store.query_spans(item.rollout_id) == [span]
+        finally:
+            await store.close()
+
+    asyncio.run(main())

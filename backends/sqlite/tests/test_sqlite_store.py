@@ -184,6 +184,8 @@ def test_concurrent_add_spans_share_commits_and_stay_all_or_nothing(tmp_path: Pa
                 ]
 
             calls = [batch(c, item.attempt_id if c != 7 else "no-such-attempt") for c in range(40)]
+            store._write_lock.acquire()  # the first writer waits inside its transaction; the others queue
+            asyncio.get_running_loop().call_later(0.5, store._write_lock.release)
             outcomes = await asyncio.gather(*(store.add_spans(b) for b in calls), return_exceptions=True)
             assert isinstance(outcomes[7], NotFound)
             assert [o for i, o in enumerate(outcomes) if i != 7] == [5] * 39

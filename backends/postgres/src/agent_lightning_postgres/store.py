@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import sqlalchemy as sa
+from agent_lightning_sql.codec import SPAN_COLUMNS
 from agent_lightning_sql.store import SqlLightningStore
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
@@ -30,6 +31,21 @@ SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SETUP_LOCK = 0x61676C5F73716C  # pg_advisory_xact_lock key serializing schema set-up ("agl_sql")
 _QUEUE_SEQUENCE = "agl_queue_seq"
+_SPAN_TYPES = {
+    "attempt_seq": "int4",
+    "sequence_id": "int8",
+    "attributes_json": "text",
+    "start_time": "float8",
+    "end_time": "float8",
+}
+_SPAN_UPSERT = (
+    f"INSERT INTO agl_spans ({', '.join(SPAN_COLUMNS)}) "
+    f"SELECT {', '.join(f'{c}::json' if c == 'attributes_json' else c for c in SPAN_COLUMNS)} FROM unnest("
+    + ", ".join(f"%b::{_SPAN_TYPES.get(c, 'text')}[]" for c in SPAN_COLUMNS)
+    + f") AS v({', '.join(SPAN_COLUMNS)}) "
+    "ON CONFLICT (rollout_id, attempt_id, span_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SPAN_COLUMNS if c not in ("rollout_id", "attempt_id", "span_id"))
+)
 
 
 def parse_postgres_url(url: str) -> tuple[URL, str | None]:
@@ -61,6 +77,7 @@ class PostgresLightningStore(SqlLightningStore):
 
     backend_name = "PostgreSQL"
     max_wait = 1.0  # NOTIFY wakes waiters; this bounds how late an expired lease is noticed
+    span_rows_in_one_statement = True  # _write_span_rows: one INSERT … SELECT FROM unnest(arrays)
     poll_without_listener = 0.2
 
     def __init__(
@@ -108,7 +125,9 @@ class PostgresLightningStore(SqlLightningStore):
             connect_args=self._connect_args(),
             pool_size=self.pool_size,
             max_overflow=self.max_overflow,
-            pool_pre_ping=True,
+            # No ping before each use: a connection that died in the pool fails its first statement,
+            # the pool drops every older connection, and the transaction runs again (see _transact_on).
+            pool_pre_ping=False,
         )
 
     def _listen_connection(self) -> psycopg.Connection[Any]:
@@ -146,6 +165,14 @@ class PostgresLightningStore(SqlLightningStore):
 
     def _insert(self, table: sa.Table) -> Any:
         return pg_insert(table)
+
+    def _write_span_rows(self, conn: Connection, rows: list[list[Any]]) -> None:
+        # One statement whatever the number of rows: a column array per parameter (sent in binary)
+        # keeps the query text, parsed and prepared once per connection, and the parameter count fixed.
+        if len(rows) == 1:
+            conn.exec_driver_sql(self._span_upsert_sql(conn.engine), tuple(rows[0]))
+        else:
+            conn.exec_driver_sql(_SPAN_UPSERT, tuple(list(column) for column in zip(*rows, strict=True)))
 
     def _notify(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})

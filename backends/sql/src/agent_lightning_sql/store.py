@@ -86,6 +86,8 @@ class SqlLightningStore(LightningStore):
     """How error messages name the database (``SQLite``, ``PostgreSQL``)."""
     max_wait: float = 1.0
     """Longest sleep between two checks while waiting (for changes nobody signals, e.g. lease expiry)."""
+    span_rows_in_one_statement: bool = False
+    """Whether :meth:`_write_span_rows` is a single statement (then run in autocommit mode)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -212,14 +214,35 @@ class SqlLightningStore(LightningStore):
         if version < SCHEMA_VERSION:
             conn.execute(sa.update(VERSION).values(version=SCHEMA_VERSION, updated_at=time.time()))
 
-    def _transact_on(self, engine: Engine, work: Callable[[Connection], T], *, write: bool) -> T:
+    def _transact_on(
+        self,
+        engine: Engine,
+        work: Callable[[Connection], T],
+        *,
+        write: bool,
+        autocommit: bool = False,
+        idempotent: bool = False,
+    ) -> T:
+        """Run ``work`` in one transaction (or, with ``autocommit``, each statement committing by itself).
+
+        A connection found dead (the server restarted while it sat in the pool) is replaced and the
+        work run again when nothing can have been committed: it failed before the commit was sent,
+        or the work is ``idempotent``. So no round trip is spent checking connections before use.
+        """
         tries = 0
         while True:
             tries += 1
+            committing = autocommit
             try:
-                with self._guard(write), engine.connect() as conn, conn.begin():
-                    self._begin(conn, write)
-                    return work(conn)
+                with self._guard(write), engine.connect() as conn:
+                    if autocommit:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return work(conn)
+                    with conn.begin():
+                        self._begin(conn, write)
+                        result = work(conn)
+                        committing = True
+                    return result
             except sa.exc.IntegrityError:
                 raise
             except sa.exc.DBAPIError as exc:
@@ -227,14 +250,18 @@ class SqlLightningStore(LightningStore):
                 if kind == "retry" and tries < 5:
                     time.sleep(0.01 * tries)
                     continue
+                if exc.connection_invalidated and (idempotent or not committing) and tries < 3:
+                    continue  # the pool dropped its stale connections; a fresh one is used
                 if kind == "unavailable":
                     raise self._unavailable(exc.orig) from exc
                 if isinstance(exc, sa.exc.DataError):
                     raise ValueError(f"the {self.backend_name} store rejected the data: {exc.orig}") from exc
                 raise StoreError(f"{self.backend_name} store at {self._redacted_url()}: {exc.orig}") from exc
 
-    def _transact(self, work: Callable[[Connection], T], *, write: bool) -> T:
-        result = self._transact_on(self._get_engine(), work, write=write)
+    def _transact(
+        self, work: Callable[[Connection], T], *, write: bool, autocommit: bool = False, idempotent: bool = False
+    ) -> T:
+        result = self._transact_on(self._get_engine(), work, write=write, autocommit=autocommit, idempotent=idempotent)
         if write:
             self._waker.notify()
         return result
@@ -598,7 +625,8 @@ class SqlLightningStore(LightningStore):
                     group = self._group_commit = (os.getpid(), GroupCommit(self._flush_spans))
         return group[1]
 
-    def _span_insert_sql(self, engine: Engine) -> str:
+    def _span_upsert_sql(self, engine: Engine) -> str:
+        """The span upsert (one row of values) in the driver's parameter style."""
         if self._span_sql is None:
             mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
             columns = ", ".join(codec.SPAN_COLUMNS)
@@ -609,8 +637,17 @@ class SqlLightningStore(LightningStore):
             )
         return self._span_sql
 
+    def _write_span_rows(self, conn: Connection, rows: list[list[Any]]) -> None:
+        """Upsert span rows (:data:`codec.SPAN_COLUMNS` order, no key twice); the default runs one per row."""
+        conn.exec_driver_sql(self._span_upsert_sql(conn.engine), [tuple(row) for row in rows])
+
     def _flush_spans(self, group: list[Pending]) -> None:
-        """One transaction writing the rows of every call in ``group`` (see :class:`GroupCommit`)."""
+        """Write the rows of every call in ``group`` (see :class:`GroupCommit`).
+
+        Dialects whose :meth:`_write_span_rows` is one statement (``span_rows_in_one_statement``)
+        run it in autocommit mode: one statement is atomic, and durable once it returns, in one
+        round trip. Others use one transaction.
+        """
         learned: dict[str, tuple[str, int]] = {}
 
         def work(conn: Connection) -> None:
@@ -621,7 +658,7 @@ class SqlLightningStore(LightningStore):
                 query = sa.select(ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence)
                 for attempt_id, rollout_id, sequence in conn.execute(query.where(ATTEMPTS.c.attempt_id.in_(chunk))):
                     learned[attempt_id] = (rollout_id, sequence)
-            rows: list[tuple[Any, ...]] = []
+            rows: dict[tuple[str, str, str], list[Any]] = {}  # a span sent by two callers at once: the later wins
             for pending in group:
                 pending.error = None
                 for row in pending.rows:
@@ -631,11 +668,12 @@ class SqlLightningStore(LightningStore):
                         break
                     row[3] = owner[1]
                 else:
-                    rows.extend(map(tuple, pending.rows))
+                    for row in pending.rows:
+                        rows[(row[0], row[1], row[2])] = row
             if rows:
-                conn.exec_driver_sql(self._span_insert_sql(conn.engine), rows)
+                self._write_span_rows(conn, list(rows.values()))
 
-        self._transact(work, write=True)
+        self._transact(work, write=True, autocommit=self.span_rows_in_one_statement, idempotent=True)
         self._remember_owners(learned)
         for pending in group:
             if pending.error is not None:
