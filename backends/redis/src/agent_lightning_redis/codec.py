@@ -6,7 +6,13 @@ import json
 import math
 from typing import Any
 
-from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span, SpanStatus
+from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span
+from agent_lightning.types.spans import span_fields_json, trusted_span
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; plain json still works
+    _orjson = None  # type: ignore[assignment]
 
 _BODY_FIELDS = frozenset(
     {"rollout_id", "task_type", "input", "mode", "resources_id", "config", "created_at", "metadata"}
@@ -112,12 +118,21 @@ def decode_resources(body: str, version: str) -> ResourcesSnapshot:
     return ResourcesSnapshot.model_validate(data)
 
 
+def encode_span(span: Span) -> str:
+    """A checked span (see ``check_spans_batch``) as one JSON document."""
+    fields = span_fields_json(span)
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(fields).decode()
+        except (TypeError, _orjson.JSONEncodeError):  # an int over 64 bits
+            pass
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False)
+
+
 def decode_span(raw: str) -> Span:
     """A span from the JSON this store wrote after validating it, without validating it again.
 
     Revalidating attributes on every read costs about twice as much as building the object,
     and the store only ever holds spans that passed ``check_spans_batch``.
     """
-    data = json.loads(raw)
-    data["status"] = SpanStatus.model_construct(**data["status"])
-    return Span.model_construct(**data)
+    return trusted_span(json.loads(raw))

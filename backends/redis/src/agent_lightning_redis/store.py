@@ -515,15 +515,15 @@ class RedisLightningStore(LightningStore):
     # ------------------------------------------------------------------ spans
     @_translate_errors
     async def add_spans(self, spans: Sequence[Span]) -> int:
-        tr.check_spans_batch(spans)
-        if not spans:
+        checked = tr.check_spans_batch(spans)
+        if not checked:
             return 0
-        pairs = list(dict.fromkeys((s.rollout_id, s.attempt_id) for s in spans))
+        pairs = list(dict.fromkeys((s.rollout_id, s.attempt_id) for s in checked))
         args: list[str | int | float] = [self.prefix, len(pairs)]
         for rollout_id, attempt_id in pairs:
             args += [rollout_id, attempt_id]
-        for span in spans:
-            args += [span.rollout_id, f"{span.attempt_id}:{span.span_id}", span.model_dump_json()]
+        for span in checked:
+            args += [span.rollout_id, f"{span.attempt_id}:{span.span_id}", codec.encode_span(span)]
         result = await self._conn().run("add_spans", args)
         if result[0] == "missing":
             _, rollout_id, attempt_id, exists = result
