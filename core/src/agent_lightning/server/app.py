@@ -45,7 +45,8 @@ from agent_lightning.server.protocol import (
     error_type,
 )
 from agent_lightning.store.base import LightningStore
-from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span
+from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span, SpanStatus
+from agent_lightning.types.spans import trusted_span, trusted_status
 
 logger = logging.getLogger("agent_lightning.server")
 
@@ -141,10 +142,10 @@ FastPath = Callable[[bytes], Awaitable[Outcome]]
 
 
 class _Guard:
-    """ASGI middleware: API key check (401) and request body limit (413, by header and by bytes read).
+    """ASGI wrapper: API key check (401) and request body limit (413, by header and by bytes read).
 
     ``fast_paths`` maps ``POST`` paths to handlers of the raw body served here, past FastAPI's
-    routing (the span write path); FastAPI still documents them.
+    routing and middleware (the span write path); FastAPI still documents them.
     """
 
     def __init__(
@@ -227,6 +228,48 @@ async def _respond(send: Any, status: int, body: bytes, extra: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+_SPAN_KEYS = frozenset(Span.model_fields)
+_STATUS_KEYS = frozenset(SpanStatus.model_fields)
+
+
+def _parse_spans(body: bytes) -> list[Span]:
+    """The spans of an ``add_spans`` body (a JSON array of span objects).
+
+    Every store checks the spans it is given again, value by value (see ``check_spans_batch``), so
+    an object with exactly the span's fields becomes a :class:`Span` here without a first round of
+    the same checks; anything else (a missing or unknown field, not an object) gets pydantic's.
+    """
+    items = orjson.loads(body)
+    if type(items) is not list:
+        raise ValueError("add_spans takes a JSON array of span objects")
+    spans: list[Span] = []
+    for item in items:
+        if type(item) is dict and item.keys() == _SPAN_KEYS:
+            status = item["status"]
+            if type(status) is dict and status.keys() == _STATUS_KEYS:
+                item["status"] = trusted_status(status["code"], status["message"])
+            spans.append(trusted_span(item))
+        else:
+            spans.append(Span.model_validate(item))
+    return spans
+
+
+class _StoreApp(FastAPI):
+    """The FastAPI app, with the API key check, the body limit and the span write path in front of
+    Starlette's middleware stack (they cost more than the span write itself)."""
+
+    guard: _Guard | None = None
+
+    async def route_request(self, scope: Any, receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.guard is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.guard(scope, receive, send)
+
+
 def create_app(
     store: LightningStore,
     api_key: str | None = None,
@@ -256,7 +299,7 @@ def create_app(
             if close_store:
                 await store.close()
 
-    app = FastAPI(
+    app = _StoreApp(
         title="Agent Lightning store server",
         summary="Any LightningStore backend over HTTP: rollouts, attempts, spans, resources, subscriptions.",
         description=(
@@ -273,13 +316,12 @@ def create_app(
 
     async def write_spans(body: bytes) -> Outcome:
         try:
-            spans = _SPANS.validate_json(body)
-            return 200, b'{"count":%d}' % await store.add_spans(spans)
+            return 200, b'{"count":%d}' % await store.add_spans(_parse_spans(body))
         except (AgentLightningError, ValueError, TypeError, KeyError) as exc:
             return _failure(exc)
 
     fast_paths: dict[str, FastPath] = {f"{API_PREFIX}/add_spans": write_spans}
-    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes, fast_paths=fast_paths)
+    app.guard = _Guard(app.route_request, api_key=api_key, max_body_bytes=max_body_bytes, fast_paths=fast_paths)
 
     def wait_time(timeout: float | None) -> float:
         return max_wait if timeout is None else min(max(timeout, 0.0), max_wait)

@@ -30,6 +30,7 @@ in between (its replay memory is gone):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -38,10 +39,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
+from yarl import URL
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
 from agent_lightning.server.batching import SpanBatcher
@@ -66,8 +68,12 @@ _ROLLOUTS = TypeAdapter(list[Rollout])
 _ATTEMPTS = TypeAdapter(list[Attempt])
 _SPANS = TypeAdapter(list[Span])
 _RETRY_STATUSES = frozenset({502, 503, 504})
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    *((aiohttp.ConnectionTimeoutError,) if hasattr(aiohttp, "ConnectionTimeoutError") else ()),
+)
 """Transport errors raised before the request reached the server."""
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 OPTIONS = frozenset(
     {
@@ -92,6 +98,30 @@ def _dumps(value: Any) -> bytes:
         return to_json(value, inf_nan_mode="constants")
     except PydanticSerializationError as exc:
         raise ValueError(f"cannot send this value to the store as JSON: {exc}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "TimeoutError: no answer in time"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _message(content: bytes, reason: str) -> str:
+    try:
+        return str(orjson.loads(content)["error"]["message"])
+    except Exception:
+        return content[:500].decode(errors="replace") or reason
+
+
+def _forget(session: aiohttp.ClientSession) -> None:
+    """Drop a session whose event loop is gone (or going): nothing can be awaited there any more.
+
+    Marks its connector closed, so aiohttp does not report the session as left unclosed.
+    """
+    connector = session.connector
+    if connector is not None and not connector.closed:
+        with contextlib.suppress(Exception):
+            connector._close()  # the synchronous part of close(); the loop's sockets went with it
 
 
 def _resent(exc: BaseException) -> bool:
@@ -164,55 +194,72 @@ class HttpLightningStore(LightningStore):
             self._headers["authorization"] = f"Bearer {key}"
         self._trust_env = parts.hostname not in ("127.0.0.1", "localhost", "::1")
         self._lock = threading.Lock()
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._clients: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._batchers: dict[asyncio.AbstractEventLoop, SpanBatcher] = {}
+        self._urls: dict[str, URL] = {}
+        self._timeout = aiohttp.ClientTimeout(self.timeout, connect=self.connect_timeout)
 
     def __repr__(self) -> str:
         return f"HttpLightningStore({self.url!r})"
 
     # ------------------------------------------------------------------ transport
-    def _client(self) -> httpx.AsyncClient:
+    # aiohttp rather than httpx: its C-accelerated client costs well under half of httpx's per call.
+    def _client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is not None:
-            return client
+        session = self._clients.get(loop)
+        if session is not None:
+            return session
         with self._lock:
             for other in [lp for lp in self._clients if lp.is_closed()]:
-                del self._clients[other]  # its loop is gone, and its sockets with it
+                _forget(self._clients.pop(other))  # its loop is gone, and its sockets with it
                 self._batchers.pop(other, None)
-            client = self._clients.get(loop)
-            if client is None:
-                client = self._clients[loop] = httpx.AsyncClient(
-                    base_url=self.url + "/",
+            session = self._clients.get(loop)
+            if session is None:
+                session = self._clients[loop] = aiohttp.ClientSession(
                     headers=self._headers,
-                    limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=32),
+                    connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30),
                     trust_env=self._trust_env,
+                    auto_decompress=False,
                 )
-            return client
+            return session
 
-    async def _post(self, method: str, payload: bytes, *, key: bool = False, wait: float = 0.0) -> Any:
-        """POST to ``/v1/<method>`` with retries; returns the decoded JSON answer or raises the error it names."""
+    def _url(self, method: str) -> URL:
+        url = self._urls.get(method)
+        if url is None:
+            url = self._urls[method] = URL(f"{self.url}{API_PREFIX}/{method}")
+        return url
+
+    async def _post(
+        self, method: str, payload: bytes, *, key: bool = False, wait: float = 0.0, raw: bool = False
+    ) -> Any:
+        """POST to ``/v1/<method>`` with retries; returns the decoded JSON answer (its bytes with ``raw``)
+        or raises the error it names."""
         client = self._client()
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex} if key else None
-        timeout = httpx.Timeout(self.timeout + wait, connect=self.connect_timeout)
-        path = f"{API_PREFIX[1:]}/{method}"
+        timeout = self._timeout
+        if wait:
+            timeout = aiohttp.ClientTimeout(self.timeout + wait, connect=self.connect_timeout)
+        url = self._url(method)
         began = time.monotonic()
         delay, tries, resent = 0.05, 0, False
         while True:
             tries += 1
             try:
-                response = await client.post(path, content=payload, headers=headers, timeout=timeout)
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                sent = not isinstance(exc, _NOT_SENT)
+                async with client.post(url, data=payload, headers=headers, timeout=timeout) as response:
+                    status, content = response.status, await response.read()
+                    reason = response.reason or ""
+            except _NOT_SENT as exc:
+                problem, sent = _describe(exc), False
+            except _TRANSPORT_ERRORS as exc:
+                problem, sent = _describe(exc), True
             else:
-                if response.status_code == 200:
-                    return orjson.loads(response.content)
-                if response.status_code not in _RETRY_STATUSES:
-                    error = self._error(response)
+                if status == 200:
+                    return content if raw else orjson.loads(content)
+                if status not in _RETRY_STATUSES:
+                    error = self._error(status, content, reason)
                     error.agl_resent = resent  # type: ignore[attr-defined]
                     raise error
-                problem, sent = f"HTTP {response.status_code}: {self._message(response)}", True
+                problem, sent = f"HTTP {status}: {_message(content, reason)}", True
             resent = resent or sent
             elapsed = time.monotonic() - began
             if elapsed + delay > self.retry_timeout:
@@ -223,20 +270,12 @@ class HttpLightningStore(LightningStore):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    @staticmethod
-    def _message(response: httpx.Response) -> str:
+    def _error(self, status: int, content: bytes, reason: str) -> Exception:
         try:
-            return str(response.json()["error"]["message"])
-        except Exception:
-            return response.text[:500] or response.reason_phrase
-
-    def _error(self, response: httpx.Response) -> Exception:
-        status = response.status_code
-        try:
-            error = response.json()["error"]
+            error = orjson.loads(content)["error"]
             kind, message = str(error["type"]), str(error["message"])
         except Exception:
-            kind, message = "", response.text[:500] or response.reason_phrase
+            kind, message = "", content[:500].decode(errors="replace") or reason
         if status == 401:
             return StoreAuthError(
                 f"store server at {self.url} refused the request ({message}); "
@@ -262,9 +301,16 @@ class HttpLightningStore(LightningStore):
             current = None
         for loop, client in clients.items():
             if loop is current:
-                await client.aclose()
+                await client.close()
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(client.close(), loop)
+            else:
+                _forget(client)
+
+    def __del__(self) -> None:
+        for loop, client in list(getattr(self, "_clients", {}).items()):
+            if loop.is_closed() or not loop.is_running():
+                _forget(client)
 
     # ------------------------------------------------------------------ rollouts
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
@@ -441,8 +487,7 @@ class HttpLightningStore(LightningStore):
                 "limit": limit,
             }
         )
-        data = await self._post("query_spans", payload)
-        return _SPANS.validate_python(data)
+        return _SPANS.validate_json(await self._post("query_spans", payload, raw=True))
 
     # ------------------------------------------------------------------ resources
     async def add_resources(

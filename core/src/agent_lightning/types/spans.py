@@ -239,7 +239,10 @@ def checked_copy(span: Span) -> Span:
             raise _Unusual
         attributes = _json_copy(fields["attributes"])
     except _Unusual:
-        validated = Span.model_validate(dict(fields))  # raises the model's own ValueError
+        unchecked = dict(fields)
+        if isinstance(unchecked.get("status"), SpanStatus):  # pydantic would take an instance as it is
+            unchecked["status"] = dict(unchecked["status"].__dict__)
+        validated = Span.model_validate(unchecked)  # raises the model's own ValueError
         return validated.model_copy(deep=True)
     return _new_span({**fields, "attributes": attributes}, set(span.__pydantic_fields_set__))
 
