@@ -32,6 +32,7 @@ from agent_lightning.types import (
     SpanKind,
 )
 from agent_lightning.types.rollouts import TERMINAL_ROLLOUT_STATUSES, new_id
+from agent_lightning.types.spans import SpanCursor
 from pydantic import TypeAdapter
 
 from agent_lightning_redis import codec, scripts
@@ -542,8 +543,10 @@ class RedisLightningStore(LightningStore):
         names: Sequence[str] | None = None,
         after_sequence_id: int | None = None,
         limit: int | None = None,
+        after: Span | SpanCursor | None = None,
     ) -> list[Span]:
         tr.check_pagination(limit)
+        cursor = None if after is None else SpanCursor.after(after)
         pipe = self._conn().client.pipeline(transaction=False)
         pipe.hget(self._key("ro", rollout_id), "lease")
         pipe.hgetall(self._key("at", rollout_id))
@@ -559,6 +562,8 @@ class RedisLightningStore(LightningStore):
         elif attempt_id is not None and attempt_id not in raw_attempts:
             raise NotFound(f"rollout {rollout_id!r} has no attempt {attempt_id!r}")
         order = {a.attempt_id: a.sequence for a in attempts}
+        if cursor is not None and cursor.attempt_id not in order:
+            raise NotFound(f"rollout {rollout_id!r} has no attempt {cursor.attempt_id!r}")
         wanted = None if attempt_id is None else attempt_id + ":"
         kind_set = None if kinds is None else set(kinds)
         name_set = None if names is None else set(names)
@@ -569,7 +574,14 @@ class RedisLightningStore(LightningStore):
             and (name_set is None or s.name in name_set)
             and (after_sequence_id is None or s.sequence_id > after_sequence_id)
         ]
-        spans.sort(key=lambda s: (order.get(s.attempt_id, 0), s.sequence_id, s.start_time))
+
+        def key(span: Span) -> tuple[int, int, float, str]:
+            return (order.get(span.attempt_id, 0), span.sequence_id, span.start_time, span.span_id)
+
+        if cursor is not None:
+            start = cursor.key(order[cursor.attempt_id])
+            spans = [s for s in spans if key(s) > start]
+        spans.sort(key=key)
         return spans if limit is None else spans[:limit]
 
     # ------------------------------------------------------------------ resources

@@ -38,6 +38,7 @@ from agent_lightning.types import (
     SpanKind,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
+from agent_lightning.types.spans import SpanCursor
 from pydantic import TypeAdapter
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
@@ -63,6 +64,7 @@ _RESOURCES = TypeAdapter(dict[str, Resource])
 _CHUNK = 500  # ids per IN (...) list
 _SPAN_KEY = ("rollout_id", "attempt_id", "span_id")
 _OWNERS_KEPT = 100_000
+_SPAN_ORDER = (SPANS.c.attempt_seq, SPANS.c.sequence_id, SPANS.c.start_time, SPANS.c.span_id)
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
@@ -700,8 +702,10 @@ class SqlLightningStore(LightningStore):
         names: Sequence[str] | None = None,
         after_sequence_id: int | None = None,
         limit: int | None = None,
+        after: Span | SpanCursor | None = None,
     ) -> list[Span]:
         tr.check_pagination(limit)
+        cursor = None if after is None else SpanCursor.after(after)
 
         def work(conn: Connection) -> list[Span]:
             if not self._rollout_exists(conn, rollout_id):
@@ -722,7 +726,10 @@ class SqlLightningStore(LightningStore):
                 query = query.where(SPANS.c.name.in_(list(names)))
             if after_sequence_id is not None:
                 query = query.where(SPANS.c.sequence_id > after_sequence_id)
-            query = query.order_by(SPANS.c.attempt_seq, SPANS.c.sequence_id, SPANS.c.start_time)
+            if cursor is not None:
+                start = cursor.key(self._attempt(conn, rollout_id, cursor.attempt_id).sequence)
+                query = query.where(sa.tuple_(*_SPAN_ORDER) > sa.tuple_(*start))
+            query = query.order_by(*_SPAN_ORDER)
             if limit is not None:
                 query = query.limit(limit)
             return [codec.span_from_row(row) for row in conn.execute(query)]

@@ -492,6 +492,7 @@ def create_app(
                 names=body.names,
                 after_sequence_id=body.after_sequence_id,
                 limit=body.limit,
+                after=body.after,
             )
             return _SPANS.dump_json(spans)
 

@@ -62,6 +62,7 @@ from agent_lightning.types import (
     SpanKind,
 )
 from agent_lightning.types.rollouts import new_id
+from agent_lightning.types.spans import SpanCursor
 
 _T = TypeVar("_T")
 _ROLLOUTS = TypeAdapter(list[Rollout])
@@ -476,6 +477,7 @@ class HttpLightningStore(LightningStore):
         names: Sequence[str] | None = None,
         after_sequence_id: int | None = None,
         limit: int | None = None,
+        after: Span | SpanCursor | None = None,
     ) -> list[Span]:
         payload = _dumps(
             {
@@ -485,6 +487,7 @@ class HttpLightningStore(LightningStore):
                 "names": names,
                 "after_sequence_id": after_sequence_id,
                 "limit": limit,
+                "after": None if after is None else SpanCursor.after(after),
             }
         )
         return _SPANS.validate_json(await self._post("query_spans", payload, raw=True))

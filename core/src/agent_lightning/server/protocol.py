@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound, StoreError, StoreUnavailable
 from agent_lightning.types import Resource, RolloutMode, RolloutRequest, RolloutStatus, SpanKind
+from agent_lightning.types.spans import SpanCursor
 
 API_PREFIX = "/v1"
 API_KEY_ENV = "AGL_STORE_API_KEY"
@@ -130,6 +131,7 @@ class QuerySpansRequest(_Body):
     names: list[str] | None = None
     after_sequence_id: int | None = None
     limit: int | None = None
+    after: SpanCursor | None = Field(default=None, description="the position to continue after (a page's last span)")
 
 
 class AddResourcesRequest(_Body):

@@ -17,7 +17,8 @@ Rules every backend follows (the conformance suite in
   has had ``config.max_attempts`` attempts, then marked ``failed``.
 * ``add_spans`` is idempotent on ``(rollout_id, attempt_id, span_id)``: sending
   a span again (a retry) replaces it instead of duplicating it.
-* Spans come back ordered by ``sequence_id``; rollouts by creation time.
+* Spans come back ordered by ``(attempt, sequence_id, start_time, span_id)``; rollouts by
+  creation time. ``query_spans(after=last_span)`` pages through them across attempts.
 * A finished rollout (``succeeded`` or ``failed``) is delivered to each
   subscription group once; a delivery that is not acknowledged within its
   visibility timeout is delivered again (at-least-once under crashes).
@@ -51,6 +52,7 @@ from agent_lightning.types import (
     Span,
     SpanKind,
 )
+from agent_lightning.types.spans import SpanCursor
 
 LATEST: Literal["latest"] = "latest"
 """Pass as ``attempt_id`` to ``query_spans`` to read only the newest attempt's spans."""
@@ -200,10 +202,16 @@ class LightningStore(ABC):
         names: Sequence[str] | None = None,
         after_sequence_id: int | None = None,
         limit: int | None = None,
+        after: Span | SpanCursor | None = None,
     ) -> list[Span]:
-        """Spans of a rollout ordered by ``(attempt, sequence_id)``.
+        """Spans of a rollout ordered by ``(attempt, sequence_id, start_time, span_id)``.
 
         ``attempt_id=None`` reads every attempt; :data:`LATEST` only the newest.
+        ``after_sequence_id`` keeps spans whose ``sequence_id`` is larger, in every attempt read
+        (sequence ids start again in each attempt). To page through spans across attempts, pass the
+        last span of a page (or its :class:`~agent_lightning.types.spans.SpanCursor`) as ``after``:
+        the next page starts right after it. A cursor naming an attempt the rollout does not have
+        raises :class:`~agent_lightning.errors.NotFound`.
         """
 
     # ------------------------------------------------------------------ resources

@@ -29,7 +29,7 @@ from agent_lightning.types import (
     SpanKind,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
-from agent_lightning.types.spans import copy_span
+from agent_lightning.types.spans import SpanCursor, copy_span
 
 _RESOURCES = TypeAdapter(dict[str, Resource])
 _M = TypeVar("_M", bound=BaseModel)
@@ -304,8 +304,10 @@ class InMemoryLightningStore(LightningStore):
         names: Sequence[str] | None = None,
         after_sequence_id: int | None = None,
         limit: int | None = None,
+        after: Span | SpanCursor | None = None,
     ) -> list[Span]:
         tr.check_pagination(limit)
+        cursor = None if after is None else SpanCursor.after(after)
         with self._lock:
             self._rollout(rollout_id)
             attempts = self._attempts.get(rollout_id, [])
@@ -316,6 +318,8 @@ class InMemoryLightningStore(LightningStore):
             elif attempt_id is not None:
                 self._attempt(rollout_id, attempt_id)
             order = {a.attempt_id: a.sequence for a in attempts}
+            if cursor is not None:
+                start = cursor.key(self._attempt(rollout_id, cursor.attempt_id)[1].sequence)
             spans = [
                 s
                 for s in self._spans.get(rollout_id, {}).values()
@@ -324,7 +328,13 @@ class InMemoryLightningStore(LightningStore):
                 and (names is None or s.name in names)
                 and (after_sequence_id is None or s.sequence_id > after_sequence_id)
             ]
-        spans.sort(key=lambda s: (order.get(s.attempt_id, 0), s.sequence_id, s.start_time))
+
+        def key(span: Span) -> tuple[int, int, float, str]:
+            return (order.get(span.attempt_id, 0), span.sequence_id, span.start_time, span.span_id)
+
+        if cursor is not None:
+            spans = [s for s in spans if key(s) > start]
+        spans.sort(key=key)
         return [copy_span(s) for s in (spans if limit is None else spans[:limit])]
 
     # ------------------------------------------------------------------ resources

@@ -63,6 +63,7 @@ from agent_lightning.types import (
     new_span_id,
     new_trace_id,
 )
+from agent_lightning.types.spans import SpanCursor
 
 __all__ = ["StoreConformanceSuite", "snapshot", "store_test"]
 
@@ -739,6 +740,52 @@ class StoreConformanceSuite:
             await store.query_spans(rollout.rollout_id, "no-such-attempt")
         with pytest.raises(NotFound):
             await store.query_spans("no-such-rollout")
+
+    @store_test
+    async def test_query_spans_pages_across_attempts_with_a_cursor(self, store: LightningStore) -> None:
+        rollout = await store.enqueue_rollout("x", config=RolloutConfig(max_attempts=3, lease_seconds=3600))
+        rid = rollout.rollout_id
+        attempts: list[str] = []
+        for n in range(3):  # sequence ids start again at 1 in each attempt
+            item = await store.claim_rollout(f"w{n}")
+            assert item is not None
+            attempts.append(item.attempt_id)
+            batch = [make_span(rid, item.attempt_id, seq, kind="llm" if seq % 2 else "tool") for seq in (1, 2, 3, 4)]
+            batch.append(make_span(rid, item.attempt_id, 2, kind="llm"))  # a tie on (sequence_id, start_time)
+            random.Random(n).shuffle(batch)
+            await store.add_spans(batch)
+            if n < 2:
+                await store.complete_attempt(rid, item.attempt_id, "failed")
+        everything = await store.query_spans(rid)
+        rank = {attempt_id: n for n, attempt_id in enumerate(attempts)}
+        keys = [(rank[s.attempt_id], s.sequence_id, s.start_time, s.span_id) for s in everything]
+        assert len(everything) == 15 and keys == sorted(keys), "ordered by (attempt, sequence_id, start_time, span_id)"
+
+        async def pages(size: int, **filters: Any) -> list[Span]:
+            got: list[Span] = []
+            cursor: Span | SpanCursor | None = None
+            while True:
+                page = await store.query_spans(rid, limit=size, after=cursor, **filters)
+                assert len(page) <= size
+                if not page:
+                    return got
+                got.extend(page)
+                cursor = page[-1] if len(got) % 2 else SpanCursor.after(page[-1])  # a span or its cursor
+
+        for size in (1, 2, 4, 7, 100):
+            assert await pages(size) == everything, f"pages of {size} skipped or repeated spans"
+        assert await pages(2, kinds=["llm"]) == [s for s in everything if s.kind == "llm"]
+        assert await pages(3, attempt_id=LATEST) == await store.query_spans(rid, LATEST)
+        assert await pages(2, after_sequence_id=2) == [s for s in everything if s.sequence_id > 2]
+        middle = everything[7]
+        assert await store.query_spans(rid, after=middle) == everything[8:]
+        assert await store.query_spans(rid, after=middle, limit=2) == everything[8:10]
+        assert await store.query_spans(rid, after=everything[-1]) == []
+        between = SpanCursor(attempt_id=attempts[0], sequence_id=3, start_time=0.0, span_id="0" * 16)  # no span there
+        later = [s for s in everything if rank[s.attempt_id] > 0 or s.sequence_id >= 3]
+        assert await store.query_spans(rid, after=between) == later
+        with pytest.raises(NotFound):
+            await store.query_spans(rid, after=middle.model_copy(update={"attempt_id": "no-such-attempt"}))
 
     @store_test
     async def test_spans_of_unknown_rollouts_or_attempts_store_nothing(self, store: LightningStore) -> None:

@@ -137,6 +137,37 @@ class Span(BaseModel):
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+class SpanCursor(BaseModel):
+    """Where a page of ``query_spans`` ended; pass it (or the page's last span) as ``after=`` for the next.
+
+    Stores order a rollout's spans by ``(attempt, sequence_id, start_time, span_id)``: the attempt
+    first (sequence ids start again in each attempt), ``span_id`` last so the order is total. A
+    cursor names a position in that order, so pages neither skip nor repeat a span across attempts.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attempt_id: str = Field(min_length=1)
+    sequence_id: int
+    start_time: float
+    span_id: str
+
+    @classmethod
+    def after(cls, span: Span | SpanCursor) -> SpanCursor:
+        """The cursor just past ``span``."""
+        if isinstance(span, SpanCursor):
+            return span
+        if not isinstance(span, Span):
+            raise TypeError(f"after= takes a Span or a SpanCursor, not a {type(span).__name__}")
+        return cls(
+            attempt_id=span.attempt_id, sequence_id=span.sequence_id, start_time=span.start_time, span_id=span.span_id
+        )
+
+    def key(self, attempt_sequence: int) -> tuple[int, int, float, str]:
+        """The cursor's sort key, given the sequence number of its attempt."""
+        return (attempt_sequence, self.sequence_id, self.start_time, self.span_id)
+
+
 # --------------------------------------------------------------------------- fast paths for stores
 # Stores check every span they are given again (one built with ``model_construct`` skipped validation)
 # and copy it, so the caller's objects never alias what they hold. Pydantic's validation plus a deep copy
