@@ -256,7 +256,7 @@ _VARIANTS: list[dict[str, object]] = [
 def test_stores_check_spans_exactly_like_the_model(changes: dict[str, object]) -> None:
     """``checked_copy`` (what every store runs on ``add_spans``) accepts what the model accepts, no more."""
     from agent_lightning.types import Span, SpanStatus
-    from agent_lightning.types.spans import checked_copy
+    from agent_lightning.types.spans import checked, checked_copy
 
     if changes.get("status") == "bogus-status":  # a status instance that skipped validation too
         changes = {**changes, "status": SpanStatus.model_construct(code="bogus", message=None)}
@@ -269,11 +269,16 @@ def test_stores_check_spans_exactly_like_the_model(changes: dict[str, object]) -
     except ValueError:
         with pytest.raises(ValueError):
             checked_copy(sneaky)
+        with pytest.raises(ValueError):
+            checked(sneaky)
         return
     copied = checked_copy(sneaky)
     assert copied == expected.model_copy(update={"attributes": copied.attributes})
     assert _as_json(copied.attributes) == _as_json(expected.attributes)
     assert copied.attributes is not sneaky.attributes
+    same = checked(sneaky)  # the same checks without the copy
+    assert same == expected.model_copy(update={"attributes": same.attributes})
+    assert _as_json(same.attributes) == _as_json(expected.attributes)
 
 
 def test_checked_copies_alias_nothing() -> None:
@@ -293,3 +298,23 @@ def _as_json(value: object) -> str:
     import json
 
     return json.dumps(value, sort_keys=True)
+
+
+def test_memory_store_keeps_spans_that_json_cannot_hold() -> None:
+    """Spans are kept as JSON bytes (out of the garbage collector's way); a lone surrogate is kept as a copy."""
+    from agent_lightning.types import RolloutConfig, RolloutRequest, Span
+
+    async def main() -> None:
+        store = InMemoryLightningStore()
+        item = await store.start_rollout(RolloutRequest(config=RolloutConfig(lease_seconds=3600)), "w")
+        fields = {**_fields(), "rollout_id": item.rollout_id, "attempt_id": item.attempt_id}
+        odd = Span(**{**fields, "attributes": {"text": "half a pair: \ud800", "big": 2**70}})  # type: ignore[arg-type]
+        plain = Span(**{**fields, "span_id": "c" * 16, "sequence_id": 4})  # type: ignore[arg-type]
+        await store.add_spans([odd, plain])
+        got = await store.query_spans(item.rollout_id)
+        assert got[0] == odd and got[0].attributes["big"] == 2**70
+        assert _as_json(got[1].attributes) == _as_json(plain.attributes)
+        got[0].attributes["text"] = "changed"
+        assert (await store.query_spans(item.rollout_id))[0] == odd
+
+    asyncio.run(main())

@@ -2,7 +2,7 @@
 
 Writing checks what a model built without validation (``model_construct``)
 could carry into the database: non-JSON values, NaN, malformed ids (spans with
-:func:`agent_lightning.types.spans.checked_copy`, the rules of the model). Reading
+:func:`agent_lightning.types.spans.checked`, the rules of the model). Reading
 builds spans without validating them again; they were checked on the way in.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span
-from agent_lightning.types.spans import checked_copy, trusted_span, trusted_status
+from agent_lightning.types.spans import checked, trusted_span, trusted_status
 
 try:
     import orjson as _orjson
@@ -137,7 +137,7 @@ def dumps_attributes(attributes: dict[str, Any], span_id: str) -> str:
 def span_row(span: Span) -> list[Any]:
     """A span's row in :data:`SPAN_COLUMNS` order (``attempt_seq`` is ``None``: the caller's), after
     checking it again exactly like :class:`Span`'s validation does (``ValueError`` naming the field)."""
-    fields = checked_copy(span).__dict__
+    fields = checked(span).__dict__
     status = fields["status"]
     return [
         fields["rollout_id"],

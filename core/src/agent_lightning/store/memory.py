@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound
 from agent_lightning.store import transitions as tr
@@ -29,7 +30,7 @@ from agent_lightning.types import (
     SpanKind,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
-from agent_lightning.types.spans import SpanCursor, copy_span
+from agent_lightning.types.spans import SpanCursor, copy_span, span_fields_json, trusted_span
 
 _RESOURCES = TypeAdapter(dict[str, Resource])
 _M = TypeVar("_M", bound=BaseModel)
@@ -38,6 +39,33 @@ _M = TypeVar("_M", bound=BaseModel)
 def _copy(model: _M) -> _M:
     """A deep copy: what callers get or give never aliases what the store holds."""
     return model.model_copy(deep=True)
+
+
+_Record = tuple[str, int, float, str, str, str, Any]
+"""A stored span: attempt id, sequence id, start time, span id, kind, name (what queries filter and sort
+on), then the span as JSON bytes. Bytes are invisible to the garbage collector, which otherwise walks
+every span object a long-lived store holds, and reading them back is as cheap as a deep copy."""
+
+
+def _freeze(span: Span) -> tuple[str, _Record]:
+    try:
+        body: bytes | Span = to_json(span_fields_json(span))
+    except PydanticSerializationError:  # a string JSON cannot hold (a lone surrogate): keep a copy
+        body = copy_span(span)
+    return span.rollout_id, (
+        span.attempt_id,
+        span.sequence_id,
+        span.start_time,
+        span.span_id,
+        span.kind,
+        span.name,
+        body,
+    )
+
+
+def _thaw(record: _Record) -> Span:
+    body = record[6]
+    return trusted_span(from_json(body)) if type(body) is bytes else copy_span(body)
 
 
 @dataclass
@@ -66,7 +94,7 @@ class InMemoryLightningStore(LightningStore):
         self._queue: deque[str] = deque()  # claimable rollout ids, oldest first
         self._attempts: dict[str, list[Attempt]] = {}
         self._running: dict[str, None] = {}  # rollouts whose newest attempt runs (an ordered set): what reaping checks
-        self._spans: dict[str, dict[tuple[str, str], Span]] = {}  # rollout -> (attempt, span id) -> span
+        self._spans: dict[str, dict[tuple[str, str], _Record]] = {}  # rollout -> (attempt, span id) -> span
         self._resources: dict[str, ResourcesSnapshot] = {}
         self._latest_resources: str | None = None
         self._groups: dict[str, _Group] = {}
@@ -282,18 +310,18 @@ class InMemoryLightningStore(LightningStore):
 
     # ------------------------------------------------------------------ spans
     async def add_spans(self, spans: Sequence[Span]) -> int:
-        copies = tr.check_spans_batch(spans)
+        stored = [_freeze(span) for span in tr.check_spans_batch(spans)]
         with self._lock:
             known: set[tuple[str, str]] = set()
-            for span in copies:
-                owner = (span.rollout_id, span.attempt_id)
+            for rollout_id, record in stored:
+                owner = (rollout_id, record[0])
                 if owner not in known:
                     self._attempt(*owner)  # raises NotFound before anything is stored
                     known.add(owner)
-            for span in copies:
-                self._spans.setdefault(span.rollout_id, {})[(span.attempt_id, span.span_id)] = span
+            for rollout_id, record in stored:
+                self._spans.setdefault(rollout_id, {})[(record[0], record[3])] = record
         self._changed.notify_all()
-        return len(spans)
+        return len(stored)
 
     async def query_spans(
         self,
@@ -320,22 +348,22 @@ class InMemoryLightningStore(LightningStore):
             order = {a.attempt_id: a.sequence for a in attempts}
             if cursor is not None:
                 start = cursor.key(self._attempt(rollout_id, cursor.attempt_id)[1].sequence)
-            spans = [
-                s
-                for s in self._spans.get(rollout_id, {}).values()
-                if (attempt_id is None or s.attempt_id == attempt_id)
-                and (kinds is None or s.kind in kinds)
-                and (names is None or s.name in names)
-                and (after_sequence_id is None or s.sequence_id > after_sequence_id)
+            records = [
+                r
+                for r in self._spans.get(rollout_id, {}).values()
+                if (attempt_id is None or r[0] == attempt_id)
+                and (kinds is None or r[4] in kinds)
+                and (names is None or r[5] in names)
+                and (after_sequence_id is None or r[1] > after_sequence_id)
             ]
 
-        def key(span: Span) -> tuple[int, int, float, str]:
-            return (order.get(span.attempt_id, 0), span.sequence_id, span.start_time, span.span_id)
+        def key(record: _Record) -> tuple[int, int, float, str]:
+            return (order.get(record[0], 0), record[1], record[2], record[3])
 
         if cursor is not None:
-            spans = [s for s in spans if key(s) > start]
-        spans.sort(key=key)
-        return [copy_span(s) for s in (spans if limit is None else spans[:limit])]
+            records = [r for r in records if key(r) > start]
+        records.sort(key=key)
+        return [_thaw(r) for r in (records if limit is None else records[:limit])]
 
     # ------------------------------------------------------------------ resources
     async def add_resources(

@@ -17,7 +17,7 @@ from agent_lightning.types.rollouts import (
     check_rollout_transition,
     new_id,
 )
-from agent_lightning.types.spans import checked_copy
+from agent_lightning.types.spans import checked
 
 
 def new_rollout(request: RolloutRequest, now: float) -> Rollout:
@@ -134,24 +134,25 @@ def check_spans_batch(spans: Sequence[Span]) -> list[Span]:
     """Reject a batch with an invalid span or one id twice, before any span of it is stored.
 
     Each span is checked again, so one built with ``model_construct`` (or changed after it
-    was made) cannot slip a NaN or a malformed id into a store. Returns deep copies of the
-    spans as validated (what a store keeps: they alias nothing of the caller's).
+    was made) cannot slip a NaN or a malformed id into a store. Returns the spans as validated:
+    the same objects where they were valid as they are (nothing is copied; a store encodes or
+    copies them before keeping them), pydantic's coerced copies where the model converts a value.
     """
     seen: set[tuple[str, str, str]] = set()
-    copies: list[Span] = []
+    valid: list[Span] = []
     for index, span in enumerate(spans):
         if not isinstance(span, Span):
             raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
         try:
-            checked = checked_copy(span)
+            span = checked(span)
         except ValueError as exc:
             raise ValueError(f"spans[{index}] (span {span.__dict__.get('span_id')!r}) is invalid: {exc}") from exc
-        key = (checked.rollout_id, checked.attempt_id, checked.span_id)
+        key = (span.rollout_id, span.attempt_id, span.span_id)
         if key in seen:
-            raise ValueError(f"span {checked.span_id} appears twice in one batch")
+            raise ValueError(f"span {span.span_id} appears twice in one batch")
         seen.add(key)
-        copies.append(checked)
-    return copies
+        valid.append(span)
+    return valid
 
 
 def check_pagination(limit: int | None, offset: int = 0) -> None:

@@ -229,52 +229,100 @@ def _new_span(fields: dict[str, Any], fields_set: set[str] | None = None) -> Spa
     return span
 
 
-def checked_copy(span: Span) -> Span:
-    """A deep copy of ``span`` after checking every rule of :class:`Span`'s validation again.
+def _fields_ok(fields: dict[str, Any]) -> bool:
+    """Whether a span's fields other than ``attributes`` pass the model's rules with exact types."""
+    if fields.keys() != _SPAN_FIELDS:
+        return False
+    span_id = fields["span_id"]
+    parent_id = fields["parent_id"]
+    start = fields["start_time"]
+    end = fields["end_time"]
+    status = fields["status"]
+    return bool(
+        type(fields["rollout_id"]) is str
+        and fields["rollout_id"]
+        and type(fields["attempt_id"]) is str
+        and fields["attempt_id"]
+        and type(fields["name"]) is str
+        and fields["name"]
+        and type(fields["sequence_id"]) is int
+        and fields["sequence_id"] >= 0
+        and _hex(fields["trace_id"], 32)
+        and _hex(span_id, 16)
+        and (parent_id is None or (_hex(parent_id, 16) and parent_id != span_id))
+        and type(fields["kind"]) is str
+        and fields["kind"] in _KINDS
+        and _finite(start)
+        and (end is None or (_finite(end) and end >= start))
+        and type(status) is SpanStatus
+        and status.__dict__.keys() == _STATUS_FIELDS
+        and type(status.code) is str
+        and status.code in _STATUS_CODES
+        and (status.message is None or type(status.message) is str)
+        and type(fields["attributes"]) is dict
+    )
+
+
+def _json_check(value: Any) -> None:
+    """:func:`_json_copy`'s checks without the copy."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return
+    if kind is float:
+        if value - value == 0.0:
+            return
+        raise _Unusual
+    if kind is list or kind is tuple:
+        kinds = set(map(type, value))
+        if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, value))):
+            return
+        for item in value:
+            _json_check(item)
+        return
+    if kind is dict:
+        if not set(map(type, value)) <= _STR:
+            raise _Unusual
+        for item in value.values():
+            if type(item) not in _PLAIN:
+                _json_check(item)
+        return
+    raise _Unusual
+
+
+def _validated(span: Span) -> Span:
+    """Pydantic's validation of a span's fields (``ValueError`` naming the field if one is invalid)."""
+    unchecked = dict(span.__dict__)
+    if isinstance(unchecked.get("status"), SpanStatus):  # pydantic would take an instance as it is
+        unchecked["status"] = dict(unchecked["status"].__dict__)
+    return Span.model_validate(unchecked)
+
+
+def checked(span: Span) -> Span:
+    """``span`` itself if it passes every rule of :class:`Span`'s validation, checked again.
 
     Raises ``ValueError`` (pydantic's, naming the field) for a span that would not validate; a span
-    whose fields pydantic would coerce (an ``int`` time, a ``str`` subclass) comes back coerced.
+    whose fields pydantic would coerce (an ``int`` time, a ``str`` subclass) comes back as a new,
+    coerced span. Nothing is copied: a store encodes or copies the result before keeping it.
     """
     fields = span.__dict__
     try:
-        if fields.keys() != _SPAN_FIELDS:
+        if not _fields_ok(fields):
             raise _Unusual
-        span_id = fields["span_id"]
-        parent_id = fields["parent_id"]
-        start = fields["start_time"]
-        end = fields["end_time"]
-        status = fields["status"]
-        if not (
-            type(fields["rollout_id"]) is str
-            and fields["rollout_id"]
-            and type(fields["attempt_id"]) is str
-            and fields["attempt_id"]
-            and type(fields["name"]) is str
-            and fields["name"]
-            and type(fields["sequence_id"]) is int
-            and fields["sequence_id"] >= 0
-            and _hex(fields["trace_id"], 32)
-            and _hex(span_id, 16)
-            and (parent_id is None or (_hex(parent_id, 16) and parent_id != span_id))
-            and type(fields["kind"]) is str
-            and fields["kind"] in _KINDS
-            and _finite(start)
-            and (end is None or (_finite(end) and end >= start))
-            and type(status) is SpanStatus
-            and status.__dict__.keys() == _STATUS_FIELDS
-            and type(status.code) is str
-            and status.code in _STATUS_CODES
-            and (status.message is None or type(status.message) is str)
-            and type(fields["attributes"]) is dict
-        ):
+        _json_check(fields["attributes"])
+    except _Unusual:
+        return _validated(span)
+    return span
+
+
+def checked_copy(span: Span) -> Span:
+    """A deep copy of ``span`` after the checks of :func:`checked` (the same errors)."""
+    fields = span.__dict__
+    try:
+        if not _fields_ok(fields):
             raise _Unusual
         attributes = _json_copy(fields["attributes"])
     except _Unusual:
-        unchecked = dict(fields)
-        if isinstance(unchecked.get("status"), SpanStatus):  # pydantic would take an instance as it is
-            unchecked["status"] = dict(unchecked["status"].__dict__)
-        validated = Span.model_validate(unchecked)  # raises the model's own ValueError
-        return validated.model_copy(deep=True)
+        return _validated(span).model_copy(deep=True)
     return _new_span({**fields, "attributes": attributes}, set(span.__pydantic_fields_set__))
 
 
