@@ -30,11 +30,13 @@ in between (its replay memory is gone):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -125,6 +127,17 @@ def _forget(session: aiohttp.ClientSession) -> None:
             connector._close()  # the synchronous part of close(); the loop's sockets went with it
 
 
+_OPEN: weakref.WeakSet[HttpLightningStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close the pools of stores nobody closed (their loops may still run in daemon threads), so that
+    aiohttp does not report them as left open while the interpreter shuts down."""
+    for store in list(_OPEN):
+        store._close_now()
+
+
 def _resent(exc: BaseException) -> bool:
     """Whether the call that raised ``exc`` was sent more than once (so a first try may have done it)."""
     return bool(getattr(exc, "agl_resent", False))
@@ -198,6 +211,7 @@ class HttpLightningStore(LightningStore):
         self._clients: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._batchers: dict[asyncio.AbstractEventLoop, SpanBatcher] = {}
         self._urls: dict[str, URL] = {}
+        _OPEN.add(self)
         self._timeout = aiohttp.ClientTimeout(self.timeout, connect=self.connect_timeout)
 
     def __repr__(self) -> str:
@@ -304,7 +318,24 @@ class HttpLightningStore(LightningStore):
             if loop is current:
                 await client.close()
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(client.close(), loop)
+                closing = asyncio.run_coroutine_threadsafe(client.close(), loop)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(closing), 2.0)
+                except Exception:  # that loop is stopping or stuck: drop its connections with it
+                    _forget(client)
+            else:
+                _forget(client)
+
+    def _close_now(self) -> None:
+        """Close every connection pool from outside any event loop (at interpreter exit)."""
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        for loop, client in clients.items():
+            if loop.is_running() and not loop.is_closed():
+                try:
+                    asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=1.0)
+                except Exception:
+                    _forget(client)
             else:
                 _forget(client)
 
