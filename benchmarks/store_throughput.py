@@ -18,7 +18,8 @@ store URL; for ``memory://``, which cannot be shared between processes, N tasks 
 6. query      each runner reads back every rollout it wrote in step 3 (``query_spans``); spans returned/s
 
 A figure is the total count over every runner divided by the wall time from the moment all
-runners are released (a barrier) until the last one finishes. Backends that are not installed or
+runners are released (a barrier) until the last one finishes; every runner then waits at a second
+barrier, so no runner prepares the next phase while another is still timing this one. Backends that are not installed or
 whose server is not running are skipped with a note. ``--reference`` also times the reference
 implementation (agentlightning 0.3.0's in-memory store and its HTTP server) in the same run, in a
 separate virtual environment (created with pip if missing).
@@ -132,6 +133,7 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
         for i in range(work.share(work.tasks, runner)):
             await store.enqueue_rollout({"task": i}, task_type="bench", config=config)
         out["enqueue"] = (work.share(work.tasks, runner), began, time.monotonic())
+        await _barrier(barrier)  # every phase ends for all runners before any prepares the next
 
         await _barrier(barrier)
         began, claimed = time.monotonic(), 0
@@ -139,6 +141,7 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
             await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
             claimed += 1
         out["claim"] = (claimed, began, time.monotonic())
+        await _barrier(barrier)
 
         single, single_ids = await _span_work(store, work, runner)
         await _barrier(barrier)
@@ -147,6 +150,7 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
             for span in group:
                 await store.add_span(span)
         out["spans"] = (sum(map(len, single)), began, time.monotonic())
+        await _barrier(barrier)
 
         batched, _ = await _span_work(store, work, runner)
         await _barrier(barrier)
@@ -155,6 +159,7 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
             for start in range(0, len(group), work.batch_size):
                 await store.add_spans(group[start : start + work.batch_size])
         out["batched"] = (sum(map(len, batched)), began, time.monotonic())
+        await _barrier(barrier)
 
         emit_url = f"memory://bench-emit-{os.getpid()}" if url == "memory://" else url
         await asyncio.to_thread(_emit, emit_url, 1)  # a long-lived runner has loaded its adapters already
@@ -162,6 +167,7 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
         began = time.monotonic()
         emitted = await asyncio.to_thread(_emit, emit_url, work.share(work.spans, runner))
         out["emitted"] = (emitted, began, time.monotonic())
+        await _barrier(barrier)
 
         await _barrier(barrier)
         began, read = time.monotonic(), 0
