@@ -22,6 +22,7 @@ from agent_lightning.types import (
     Span,
     SpanKind,
 )
+from agent_lightning.types.spans import SpanCursor
 
 T = TypeVar("T")
 
@@ -196,11 +197,19 @@ class SyncStore:
         names: Sequence[str] | None = None,
         after_sequence_id: int | None = None,
         limit: int | None = None,
+        after: Span | SpanCursor | None = None,
     ) -> list[Span]:
-        """Spans of a rollout ordered by ``(attempt, sequence_id)``; ``attempt_id="latest"`` for the newest only."""
+        """Spans of a rollout ordered by ``(attempt, sequence_id, start_time, span_id)``; ``attempt_id="latest"``
+        for the newest only; ``after`` (a span or :class:`SpanCursor`) pages across attempts."""
         return self._call(
             self.store.query_spans(
-                rollout_id, attempt_id, kinds=kinds, names=names, after_sequence_id=after_sequence_id, limit=limit
+                rollout_id,
+                attempt_id,
+                kinds=kinds,
+                names=names,
+                after_sequence_id=after_sequence_id,
+                limit=limit,
+                after=after,
             )
         )
 
