@@ -36,6 +36,7 @@ from typing import Any, Union
 
 import torch
 
+from ..batching import shared_prefix_length
 from .sampling import LogprobsMode, SamplingParams, pick_token
 from .text import CompletionText
 from .weights import WeightsSource, copy_weights, read_state_dict
@@ -476,8 +477,8 @@ class GenerationEngine:
             longer = best is None or len(key) > len(best)
             if len(key) <= room and longer and all(tuple(p[: len(key)]) == key for p in prompts):
                 best = key
-        if best is None and len(prompts) > 1:
-            common = self._common_prefix(prompts, room)
+        if best is None:
+            common = shared_prefix_length(prompts)  # 0 for a single row
             if common >= self.min_prefix_tokens:
                 best = self._compute_prefix(tuple(prompts[0][:common]))
         if best is None:
@@ -487,17 +488,6 @@ class GenerationEngine:
         if len(rows) > 1:
             cache.batch_repeat_interleave(len(rows))
         return len(best), cache
-
-    @staticmethod
-    def _common_prefix(prompts: list[list[int]], limit: int) -> int:
-        first = prompts[0]
-        length = limit
-        for other in prompts[1:]:
-            n = 0
-            while n < length and first[n] == other[n]:
-                n += 1
-            length = n
-        return length
 
     def _compute_prefix(self, tokens: tuple[int, ...]) -> tuple[int, ...] | None:
         ids = torch.tensor([tokens], dtype=torch.long, device=self._device)
