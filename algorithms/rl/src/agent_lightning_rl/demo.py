@@ -51,10 +51,9 @@ DEFAULT_ALGORITHM_CONFIG: dict[str, Any] = {
 bf16 autocast makes the update about 3.5x faster on a CPU with bf16 instructions (``benchmarks/train_throughput.py``);
 the agents' worked examples make prompts about 20x longer than the completions trained on, a prefix that the policy
 server and the learner each compute once per batch. Measured with these defaults on the 32 held-out tasks: 53.1% ->
-90.6% (12 fixed, 0 broken), 87.5% (11 fixed, 0 broken; 915 s in all) and 81.2% (9 fixed, 0 broken; 931 s). Before the
-agents had
-worked examples (the model never called the calculator), fp32 runs gave 43.8% -> 59.4% and 46.9%, within noise,
-and a learning rate of 8e-5 collapsed the policy."""
+90.6% (12 fixed, 0 broken), 87.5% (11 fixed, 0 broken; 915 s in all) and 81.2% (9 fixed, 0 broken; 931 s). Before
+the agents had worked examples (the model never called the calculator), fp32 runs gave 43.8% -> 59.4% and 46.9%,
+within noise, and a learning rate of 8e-5 collapsed the policy."""
 EXAMPLES_ENV = "AGL_EXAMPLES_DIR"
 EVAL_TASK_TYPE = "calc"
 
