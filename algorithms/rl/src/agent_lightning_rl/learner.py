@@ -101,6 +101,10 @@ class PolicyModule(nn.Module):
         )
         prefix = getattr(base, "base_model_prefix", "")
         self._share_prefix = True
+        backbone = getattr(base, prefix, None)
+        # newer transformers renamed ``past_key_values`` to ``cache`` (input and output)
+        takes_cache = backbone is not None and "cache" in inspect.signature(backbone.forward).parameters
+        self._cache_kwarg = "cache" if takes_cache else "past_key_values"
         self.fused = (
             fused
             and type(head) is nn.Linear
@@ -120,11 +124,10 @@ class PolicyModule(nn.Module):
             batch.shared_prefix if self._share_prefix and not getattr(backbone, "gradient_checkpointing", False) else 0
         )
         if shared:
-            cache_kwarg = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
             prefix = backbone(
                 input_ids=batch.input_ids[:1, :shared], position_ids=batch.position_ids[:1, :shared], use_cache=True
             )
-            cache = prefix.get(cache_kwarg) if cache_kwarg in prefix else prefix.get("past_key_values")
+            cache = prefix.get(self._cache_kwarg) if self._cache_kwarg in prefix else prefix.get("past_key_values")
             layers = getattr(cache, "layers", None)
             if isinstance(layers, list) and layers and all(type(x).__name__ == "DynamicLayer" for x in layers):
                 cache.batch_repeat_interleave(batch.input_ids.shape[0])
@@ -133,7 +136,7 @@ class PolicyModule(nn.Module):
                     attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids[:, shared:],
                     use_cache=True,
-                    **{cache_kwarg: cache},
+                    **{self._cache_kwarg: cache},
                 )
                 return out.last_hidden_state, shared
             self._share_prefix = False  # a cache that cannot be repeated (sliding windows, recurrent state)
