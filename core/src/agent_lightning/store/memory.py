@@ -323,6 +323,11 @@ class InMemoryLightningStore(LightningStore):
         self._changed.notify_all()
         return len(stored)
 
+    async def add_span(self, span: Span) -> Span:
+        """Store one span at once: in memory there is nothing to gain by writing behind."""
+        await self.add_spans([span])
+        return span
+
     async def query_spans(
         self,
         rollout_id: str,

@@ -185,8 +185,12 @@ class SyncStore:
         return self._call(self.store.add_spans(spans))
 
     def add_span(self, span: Span) -> Span:
-        """Store one span."""
+        """Store one span, written behind (durable once :meth:`flush` returns)."""
         return self._call(self.store.add_span(span))
+
+    def flush(self) -> None:
+        """Return once every span ``add_span`` accepted is stored."""
+        self._call(self.store.flush())
 
     def query_spans(
         self,

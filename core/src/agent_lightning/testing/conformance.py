@@ -668,6 +668,69 @@ class StoreConformanceSuite:
         assert await store.query_spans(empty.rollout_id) == []
 
     @store_test
+    async def test_add_span_refuses_a_bad_span_at_once(self, store: LightningStore) -> None:
+        """add_span writes behind, but what add_spans would refuse it refuses itself, storing nothing."""
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        await store.add_span(make_span(item.rollout_id, item.attempt_id, 1))
+        await store.add_span(make_span(item.rollout_id, item.attempt_id, 2))  # the attempt is known now
+        await assert_rejected(store, NotFound, lambda: store.add_span(make_span("no-such-rollout", item.attempt_id, 3)))
+        await assert_rejected(store, NotFound, lambda: store.add_span(make_span(item.rollout_id, "no-such-attempt", 3)))
+        sneaky = Span.model_construct(
+            **{**make_span(item.rollout_id, item.attempt_id, 3).__dict__, "start_time": math.nan}
+        )
+        await assert_rejected(store, ValueError, lambda: store.add_span(sneaky))
+        await store.flush()
+        assert [s.sequence_id for s in await store.query_spans(item.rollout_id)] == [1, 2]
+
+    @store_test
+    async def test_add_span_one_by_one_keeps_every_span_once(self, store: LightningStore) -> None:
+        """Many add_span calls without a pause: every span stored once, a re-sent one replaced, none aliased."""
+        items = [await store.start_rollout(RolloutRequest(config=LONG), "w") for _ in range(3)]
+        sent: dict[str, list[Span]] = {item.rollout_id: [] for item in items}
+        for seq in range(1, 801):
+            for item in items:
+                span = make_span(item.rollout_id, item.attempt_id, seq, attributes={"n": seq})
+                assert await store.add_span(span) is span
+                sent[item.rollout_id].append(span)
+        first = items[0]
+        resent = sent[first.rollout_id][5].model_copy(update={"attributes": {"n": "resent"}})
+        await store.add_span(resent)
+        sent[first.rollout_id][5] = resent
+        sent[first.rollout_id][6].attributes["n"] = "changed after add_span"  # the store kept its own copy
+        for item in items:  # read right away, before any flush: this store object sees its own spans
+            got = await store.query_spans(item.rollout_id)
+            assert [s.sequence_id for s in got] == list(range(1, 801))
+            assert [s.attributes["n"] for s in got[:8]] == [1, 2, 3, 4, 5, "resent" if item is first else 6, 7, 8]
+        await store.flush()
+
+    @store_test
+    async def test_spans_added_one_by_one_are_stored_when_the_attempt_completes(self, store: LightningStore) -> None:
+        """Another store object on the same data sees every span once the runner completes its attempt or flushes."""
+        if not self.supports_multiprocess:
+            pytest.skip(f"{type(self).__name__}.supports_multiprocess is False: no second store object to read with")
+        from agent_lightning.store import open_store
+
+        done = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        flushed = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        for item in (flushed, done):
+            for seq in range(1, 501):  # fewer than a batch: nothing makes the writer start before complete_attempt
+                await store.add_span(make_span(item.rollout_id, item.attempt_id, seq))
+        await store.complete_attempt(done.rollout_id, done.attempt_id, "succeeded")
+        assert store.unflushed_spans == 0, "complete_attempt returned before the spans add_span queued were stored"
+        other = open_store(self.process_store_url(store))
+        try:
+            got = await other.query_spans(done.rollout_id)
+            assert [s.sequence_id for s in got] == list(range(1, 501))
+            for seq in range(501, 1601):
+                await store.add_span(make_span(flushed.rollout_id, flushed.attempt_id, seq))
+            await store.flush()
+            got = await other.query_spans(flushed.rollout_id)
+            assert [s.sequence_id for s in got] == list(range(1, 1601)), "flush returned before its spans were stored"
+            assert store.unflushed_spans == 0
+        finally:
+            await other.close()
+
+    @store_test
     async def test_add_spans_is_idempotent(self, store: LightningStore) -> None:
         item = await store.start_rollout(RolloutRequest(config=LONG), "w")
         spans = [make_span(item.rollout_id, item.attempt_id, seq) for seq in range(4)]
