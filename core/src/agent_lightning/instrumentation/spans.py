@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_lightning import semconv
 from agent_lightning.types import Reward, RewardValue, Span, SpanKind, SpanStatus, new_span_id
-from agent_lightning.types.spans import AttributeValue, _check_json_finite
+from agent_lightning.types.spans import AttributeValue, _check_json_finite, span_from_fields
+
+_UNSET = SpanStatus()
+_OK = SpanStatus(code="ok")  # frozen models: one instance serves every span
 
 if TYPE_CHECKING:
     from agent_lightning.instrumentation.context import TrainingContext
@@ -48,7 +51,7 @@ class ActiveSpan:
         self.parent_id = parent_id
         self.start_time = time.time() if start_time is None else start_time
         self.end_time: float | None = None
-        self.status = SpanStatus()
+        self.status = _UNSET
         self.attributes: dict[str, AttributeValue] = {}
         self.sequence_id = context.next_sequence_id() if context is not None else 0
         self._token: contextvars.Token[ActiveSpan | None] | None = None
@@ -100,19 +103,21 @@ class ActiveSpan:
             return None
         with self._lock:
             attributes = dict(self.attributes)
-        return Span(
-            rollout_id=self.context.rollout_id,
-            attempt_id=self.context.attempt_id,
-            sequence_id=self.sequence_id,
-            trace_id=self.context.trace_id,
-            span_id=self.id,
-            parent_id=self.parent_id,
-            name=self.name,
-            kind=self.kind,
-            attributes=attributes,
-            start_time=self.start_time,
-            end_time=self.end_time,
-            status=self.status,
+        return span_from_fields(
+            {
+                "rollout_id": self.context.rollout_id,
+                "attempt_id": self.context.attempt_id,
+                "sequence_id": self.sequence_id,
+                "trace_id": self.context.trace_id,
+                "span_id": self.id,
+                "parent_id": self.parent_id,
+                "name": self.name,
+                "kind": self.kind,
+                "attributes": attributes,
+                "start_time": self.start_time,
+                "end_time": self.end_time,
+                "status": self.status,
+            }
         )
 
     def end(self, end_time: float | None = None) -> Span | None:
@@ -121,7 +126,7 @@ class ActiveSpan:
             return None
         self.end_time = max(self.start_time, time.time() if end_time is None else end_time)
         if self.status.code == "unset":
-            self.status = SpanStatus(code="ok")
+            self.status = _OK
         record = self.to_span()
         if record is not None and self.context is not None:
             self.context.on_span_ended(record)

@@ -337,6 +337,14 @@ def checked(span: Span) -> Span:
     return span
 
 
+def span_from_fields(fields: dict[str, Any]) -> Span:
+    """``Span(**fields)``, with the same checks and errors, much cheaper for well-typed fields.
+
+    The dict becomes the span's own (pass a fresh one).
+    """
+    return checked(_new_span(fields, set(fields)))
+
+
 def checked_copy(span: Span) -> Span:
     """A deep copy of ``span`` after the checks of :func:`checked` (the same errors)."""
     fields = span.__dict__
