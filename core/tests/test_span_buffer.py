@@ -66,20 +66,20 @@ def test_spans_queued_when_asyncio_run_ends_are_written_before_the_loop_closes()
         client = HttpLightningStore(server.url)
 
         async def main() -> int:
-            for seq in range(1, 301):
+            for seq in range(1, 101):  # fewer than yield_every: add_span itself never waits here
                 await client.add_span(make_span(item.rollout_id, item.attempt_id, seq))
             return client.unflushed_spans  # returns without flush or close
 
         assert asyncio.run(main()) > 0, "the test needs spans still queued when the loop ends"
-        assert _stored(backing, item.rollout_id) == list(range(1, 301))
+        assert _stored(backing, item.rollout_id) == list(range(1, 101))
         assert client.unflushed_spans == 0
 
         async def later() -> None:  # the same store object on a new event loop still works
-            await client.add_span(make_span(item.rollout_id, item.attempt_id, 301))
+            await client.add_span(make_span(item.rollout_id, item.attempt_id, 101))
             await client.close()
 
         asyncio.run(later())
-    assert _stored(backing, item.rollout_id)[-1] == 301
+    assert _stored(backing, item.rollout_id)[-1] == 101
 
 
 def test_a_span_the_store_refuses_at_write_time_is_reported_and_the_others_are_stored(
@@ -131,3 +131,28 @@ def test_add_span_waits_when_too_many_spans_are_queued() -> None:
     assert most <= 200, f"{most} spans were queued at once, over max_pending"
     assert batches >= 2000 // 50
     assert _stored(backing, item.rollout_id) == list(range(0, 2001))
+
+
+def test_the_client_still_sends_spans_after_its_sending_task_was_cancelled_before_it_ran() -> None:
+    """As when an event loop ends: asyncio.run cancels every task, some before they ever ran. Such a task
+    used to stay recorded as the sender, so every later ``add_spans`` of that loop waited forever."""
+    backing = InMemoryLightningStore()
+    item = _started(backing)
+    with StoreServer(backing) as server:
+        client = HttpLightningStore(server.url)
+
+        async def main() -> int:
+            first = asyncio.create_task(client.add_spans([make_span(item.rollout_id, item.attempt_id, 1)]))
+            await asyncio.sleep(0)  # `first` runs up to its wait; the task that would send it is created, not run
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task() and task is not first:
+                    task.cancel()
+            assert await asyncio.wait_for(first, timeout=10) == 1, "the waiting caller must be served, not left hanging"
+            stored = await asyncio.wait_for(
+                client.add_spans([make_span(item.rollout_id, item.attempt_id, 2)]), timeout=10
+            )
+            await client.close()
+            return stored
+
+        assert asyncio.run(main()) == 1
+    assert _stored(backing, item.rollout_id) == [1, 2]

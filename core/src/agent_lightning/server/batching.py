@@ -31,8 +31,20 @@ class SpanBatcher:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((spans, future))
         if self._draining is None:
-            self._draining = asyncio.create_task(self._drain())
+            self._start()
         return await future
+
+    def _start(self) -> None:
+        self._draining = asyncio.get_running_loop().create_task(self._drain())
+        self._draining.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        """Runs however the task ended, even cancelled before it started (its ``finally`` never ran)."""
+        if self._draining is not task:
+            return
+        self._draining = None
+        if any(not future.done() for _, future in self._pending):  # arrived while finishing: start again
+            self._start()
 
     def _take(self) -> list[tuple[list[Span], asyncio.Future[int]]]:
         taken: list[tuple[list[Span], asyncio.Future[int]]] = []
@@ -45,17 +57,12 @@ class SpanBatcher:
         return taken
 
     async def _drain(self) -> None:
-        try:
-            while self._pending:
-                group = self._take()
-                if len(group) == 1:
-                    await self._one(*group[0])
-                elif group:
-                    await self._many(group)
-        finally:
-            self._draining = None
-            if self._pending:  # arrived while finishing: start again
-                self._draining = asyncio.create_task(self._drain())
+        while self._pending:
+            group = self._take()
+            if len(group) == 1:
+                await self._one(*group[0])
+            elif group:
+                await self._many(group)
 
     async def _one(self, spans: list[Span], future: asyncio.Future[int]) -> None:
         self.requests += 1
