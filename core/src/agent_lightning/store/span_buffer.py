@@ -41,6 +41,7 @@ _Key = tuple[str, str, str]
 Write = Callable[[Sequence[Span]], Awaitable[int]]
 
 
+_LOGGED_REFUSALS = 10
 _LIVE: weakref.WeakSet[SpanBuffer] = weakref.WeakSet()
 
 
@@ -88,6 +89,8 @@ class SpanBuffer:
         self.name = name
         self.max_batch = max_batch
         self.yield_every = 128
+        self.shutdown_seconds = 5.0
+        """How long the writer tries to store what is queued when its event loop ends."""
         self.max_pending = max_pending
         self.retry_seconds = retry_seconds
         self._known_limit = known_attempts
@@ -103,6 +106,8 @@ class SpanBuffer:
         self._error: BaseException | None = None
         self.batches = 0
         """``add_spans`` calls made (for statistics and tests)."""
+        self.refused = 0
+        """Spans the store refused when they were written (each logged, up to a limit, and raised by a flush)."""
         _LIVE.add(self)
 
     @property
@@ -227,8 +232,8 @@ class SpanBuffer:
                 rest = self._inflight + [self._queue.popitem(last=False)[1] for _ in range(len(self._queue))]
                 self._inflight = rest
             if rest:
-                with contextlib.suppress(Exception):
-                    await self._write([span for _, span in rest])
+                with contextlib.suppress(Exception):  # bounded: what the write needs may be ending too
+                    await asyncio.wait_for(self._write([span for _, span in rest]), self.shutdown_seconds)
                     with self._lock:
                         self._inflight = []
                     self._done_upto(rest[-1][0])
@@ -281,7 +286,11 @@ class SpanBuffer:
                 return True
 
     def _refused(self, span: Span, error: BaseException) -> None:
-        logger.error("the store refused span %s of rollout %s: %s", span.span_id, span.rollout_id, error)
+        self.refused += 1
+        if self.refused <= _LOGGED_REFUSALS:
+            logger.error("the store refused span %s of rollout %s: %s", span.span_id, span.rollout_id, error)
+        elif self.refused == _LOGGED_REFUSALS + 1:
+            logger.error("the store refused more spans; only the first %d are logged", _LOGGED_REFUSALS)
         if self._error is None:
             self._error = error
 
