@@ -156,3 +156,57 @@ def test_the_client_still_sends_spans_after_its_sending_task_was_cancelled_befor
 
         assert asyncio.run(main()) == 1
     assert _stored(backing, item.rollout_id) == [1, 2]
+
+
+def test_a_span_sent_again_while_in_flight_when_the_loop_ends_is_stored_in_its_newer_version() -> None:
+    backing = InMemoryLightningStore()
+    item = _started(backing)
+    with StoreServer(backing) as server:
+        client = HttpLightningStore(server.url)
+
+        async def main() -> None:
+            await client.add_span(make_span(item.rollout_id, item.attempt_id, 1))
+            second = make_span(item.rollout_id, item.attempt_id, 2, attributes={"v": 1})
+            await client.add_span(second)  # starts the writer, which takes it and sends it
+            for seq in range(3, 60):
+                await client.add_span(make_span(item.rollout_id, item.attempt_id, seq))
+            await client.add_span(second.model_copy(update={"attributes": {"v": 2}}))
+            # returns without flush: the writer is cancelled with one version in flight, the other queued
+
+        asyncio.run(main())
+    got = asyncio.run(backing.query_spans(item.rollout_id))
+    assert [s.sequence_id for s in got] == list(range(1, 60))
+    assert got[1].attributes == {"v": 2}
+
+
+def test_close_during_an_outage_returns_promptly_and_says_how_many_spans_were_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backing = InMemoryLightningStore()
+    item = _started(backing)
+    server = StoreServer(backing).start()
+    client = HttpLightningStore(server.url, retry_timeout=0.2, connect_timeout=0.5)
+    client.close_flush_timeout = 1.0  # the writer alone would retry for span_retry_seconds (30 s)
+
+    async def main() -> tuple[float, int]:
+        await client.add_span(make_span(item.rollout_id, item.attempt_id, 1))
+        server.stop()
+        for seq in range(2, 41):
+            await client.add_span(make_span(item.rollout_id, item.attempt_id, seq))
+        buffer = client.__dict__["_span_buffer"]
+        began = time.monotonic()
+        with caplog.at_level(logging.ERROR):
+            await client.close()
+        took = time.monotonic() - began
+        back = StoreServer(backing, port=server.port).start()
+        try:
+            await asyncio.sleep(4)  # a writer still retrying would now store what close reported as lost
+        finally:
+            back.stop()
+        return took, buffer.refused
+
+    took, refused = asyncio.run(main())
+    assert took < 5
+    assert refused == 0, "the writer must stop when the store closes, not report every span as refused"
+    assert "39 span(s) added with add_span could not be stored" in caplog.text
+    assert _stored(backing, item.rollout_id) == [1], "spans reported lost at close were written afterwards"

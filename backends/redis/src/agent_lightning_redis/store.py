@@ -202,6 +202,7 @@ class RedisLightningStore(LightningStore):
     @_translate_errors
     async def purge(self) -> int:
         """Delete every key under this store's prefix; returns how many were deleted."""
+        await self._settle_spans()
         client = self._conn().client
         deleted = 0
         batch: list[str] = []

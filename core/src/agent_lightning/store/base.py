@@ -20,8 +20,9 @@ Rules every backend follows (the conformance suite in
   at once, raising what ``add_spans`` would, then queues it; queued spans are
   written in batches, in order, and are durable once :meth:`LightningStore.flush`
   returns. This store object's ``query_spans`` sees them at once, and its
-  ``complete_attempt``, ``cancel_rollout`` and ``close`` write them first, so a
-  finished rollout never misses a span its runner added. Other processes see them
+  ``add_spans``, ``complete_attempt``, ``cancel_rollout`` and ``close`` write them
+  first, so a finished rollout never misses a span its runner added and an older
+  version of a span never lands after a newer one. Other processes see them
   once written (normally within milliseconds; at the latest at the next
   ``flush``). Every subclass gets this without writing any of it.
 * ``add_spans`` is idempotent on ``(rollout_id, attempt_id, span_id)``: sending
@@ -43,6 +44,7 @@ Rules every backend follows (the conformance suite in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -50,7 +52,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from agent_lightning.store.span_buffer import SpanBuffer
+from agent_lightning.store.span_buffer import SpanBuffer, writing
 from agent_lightning.types import (
     Attempt,
     AttemptedRollout,
@@ -86,7 +88,7 @@ def _writes_spans_first(
     @functools.wraps(method)
     async def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         buffer: SpanBuffer | None = self.__dict__.get("_span_buffer")
-        if buffer is not None and buffer.pending:
+        if buffer is not None and buffer.pending and not writing():  # the buffer's own write must not wait for it
             await buffer.flush()
         return await method(self, *args, **kwargs)
 
@@ -111,16 +113,21 @@ def _notes_attempt(
 
 
 async def _close_after_spans(store: LightningStore, close: Callable[[], Awaitable[None]]) -> None:
-    buffer: SpanBuffer | None = store.__dict__.get("_span_buffer")
-    if buffer is not None and buffer.pending:
-        try:
-            await asyncio.wait_for(buffer.flush(), timeout=LightningStore.close_flush_timeout)
-        except Exception as exc:
+    buffer: SpanBuffer | None = store.__dict__.pop("_span_buffer", None)  # a later add_span starts a new one
+    if buffer is not None:
+        error: BaseException | None = None
+        if buffer.pending and not writing():
+            try:
+                await asyncio.wait_for(buffer.flush(), timeout=store.close_flush_timeout)
+            except Exception as exc:
+                error = exc
+        lost = buffer.abandon()  # the writer stops: it must not write into a closed store
+        if lost:
             logger.error(
-                "closing the store at %s: %d span(s) added with add_span could not be stored: %s",
-                store.url,
-                buffer.pending,
-                exc or type(exc).__name__,
+                "closing %s: %d span(s) added with add_span could not be stored: %s",
+                buffer.name,
+                lost,
+                (str(error) or type(error).__name__) if error is not None else "closed before they were written",
             )
     await close()
 
@@ -136,7 +143,8 @@ class LightningStore(ABC):
 
     span_retry_seconds: float = 30.0
     """How long spans ``add_span`` queued are retried while the store is unavailable before
-    ``flush`` raises :class:`~agent_lightning.errors.StoreUnavailable` (they stay queued)."""
+    ``flush`` raises :class:`~agent_lightning.errors.StoreUnavailable` (they stay queued). Read when
+    the store object's first span is added."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -144,7 +152,7 @@ class LightningStore(ABC):
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "__agl_notes_attempts__", False):
                 setattr(cls, name, _notes_attempt(method))
-        for name in ("query_spans", "complete_attempt", "cancel_rollout"):
+        for name in ("add_spans", "query_spans", "complete_attempt", "cancel_rollout"):
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "__agl_writes_spans_first__", False):
                 setattr(cls, name, _writes_spans_first(method))
@@ -295,6 +303,14 @@ class LightningStore(ABC):
                 SpanBuffer(self.add_spans, name=self.url or type(self).__name__, retry_seconds=self.span_retry_seconds),
             )
         return buffer
+
+    async def _settle_spans(self) -> None:
+        """For a backend about to delete data (``purge``): store what ``add_span`` queued, forget known attempts."""
+        buffer: SpanBuffer | None = self.__dict__.get("_span_buffer")
+        if buffer is not None:
+            with contextlib.suppress(Exception):  # it is about to be deleted anyway
+                await buffer.flush()
+            buffer.forget_attempts()
 
     @property
     def unflushed_spans(self) -> int:

@@ -704,6 +704,19 @@ class StoreConformanceSuite:
         await store.flush()
 
     @store_test
+    async def test_add_spans_after_add_span_keeps_the_newer_version(self, store: LightningStore) -> None:
+        """A span queued by add_span and sent again with add_spans: the later call's version is the one stored."""
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        spans = [make_span(item.rollout_id, item.attempt_id, seq, attributes={"v": 1}) for seq in range(1, 6)]
+        for span in spans:
+            await store.add_span(span)
+        newer = spans[2].model_copy(update={"attributes": {"v": 2}})
+        await store.add_spans([newer])
+        await store.flush()
+        got = await store.query_spans(item.rollout_id)
+        assert [s.attributes["v"] for s in got] == [1, 1, 2, 1, 1]
+
+    @store_test
     async def test_spans_added_one_by_one_are_stored_when_the_attempt_completes(self, store: LightningStore) -> None:
         """Another store object on the same data sees every span once the runner completes its attempt or flushes."""
         if not self.supports_multiprocess:
@@ -713,7 +726,7 @@ class StoreConformanceSuite:
         done = await store.start_rollout(RolloutRequest(config=LONG), "w")
         flushed = await store.start_rollout(RolloutRequest(config=LONG), "w")
         for item in (flushed, done):
-            for seq in range(1, 501):  # fewer than a batch: nothing makes the writer start before complete_attempt
+            for seq in range(1, 501):
                 await store.add_span(make_span(item.rollout_id, item.attempt_id, seq))
         await store.complete_attempt(done.rollout_id, done.attempt_id, "succeeded")
         assert store.unflushed_spans == 0, "complete_attempt returned before the spans add_span queued were stored"

@@ -300,7 +300,7 @@ def _validated(span: Span) -> Span:
     return Span.model_validate(unchecked)
 
 
-_TRUSTED: ContextVar[frozenset[int]] = ContextVar("agl_trusted_spans", default=frozenset())
+_TRUSTED: ContextVar[dict[int, Span] | None] = ContextVar("agl_trusted_spans", default=None)
 
 
 @contextlib.contextmanager
@@ -310,7 +310,7 @@ def trusted_spans(spans: Sequence[Span]) -> Iterator[None]:
     Only for spans that came out of :func:`checked_copy` and that nothing else can reach (the
     write-behind queue of ``add_span``): checking them again could not find anything new.
     """
-    token = _TRUSTED.set(frozenset(map(id, spans)))
+    token = _TRUSTED.set({id(span): span for span in spans})  # holding them: no other object can take their ids
     try:
         yield
     finally:
@@ -325,7 +325,7 @@ def checked(span: Span) -> Span:
     coerced span. Nothing is copied: a store encodes or copies the result before keeping it.
     """
     trusted = _TRUSTED.get()
-    if trusted and id(span) in trusted:
+    if trusted is not None and trusted.get(id(span)) is span:
         return span
     fields = span.__dict__
     try:
