@@ -221,7 +221,7 @@ def test_connections_killed_while_pooled_are_replaced_without_an_error(
                 name="op",
             )
             assert kill_store_connections() >= 1
-            assert await store.add_span(span) == span  # idempotent: retried on a fresh connection
+            assert await store.add_spans([span]) == 1  # idempotent: retried on a fresh connection
             assert kill_store_connections() >= 1
             claimed = await store.claim_rollout("w2")  # failed before its commit: retried
             assert claimed is not None and claimed.rollout_id == queued.rollout_id
