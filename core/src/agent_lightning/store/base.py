@@ -80,6 +80,12 @@ DELIVERED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
 """Rollout statuses that subscriptions deliver."""
 
 
+def _buffer_of(store: LightningStore) -> SpanBuffer | None:
+    """The store object's ``add_span`` queue, if it has one yet."""
+    buffer: SpanBuffer | None = store.__dict__.get("_span_buffer")
+    return buffer
+
+
 def _writes_spans_first(
     method: Callable[Concatenate[_S, _P], Awaitable[_R]],
 ) -> Callable[Concatenate[_S, _P], Awaitable[_R]]:
@@ -87,7 +93,7 @@ def _writes_spans_first(
 
     @functools.wraps(method)
     async def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        buffer: SpanBuffer | None = self.__dict__.get("_span_buffer")
+        buffer = _buffer_of(self)
         if buffer is not None and buffer.pending and not writing():  # the buffer's own write must not wait for it
             await buffer.flush()
         return await method(self, *args, **kwargs)
@@ -296,7 +302,7 @@ class LightningStore(ABC):
         return await self._spans_buffer().add(span)
 
     def _spans_buffer(self) -> SpanBuffer:
-        buffer: SpanBuffer | None = self.__dict__.get("_span_buffer")
+        buffer = _buffer_of(self)
         if buffer is None:
             buffer = self.__dict__.setdefault(
                 "_span_buffer",
@@ -306,7 +312,7 @@ class LightningStore(ABC):
 
     async def _settle_spans(self) -> None:
         """For a backend about to delete data (``purge``): store what ``add_span`` queued, forget known attempts."""
-        buffer: SpanBuffer | None = self.__dict__.get("_span_buffer")
+        buffer = _buffer_of(self)
         if buffer is not None:
             with contextlib.suppress(Exception):  # it is about to be deleted anyway
                 await buffer.flush()
@@ -315,14 +321,14 @@ class LightningStore(ABC):
     @property
     def unflushed_spans(self) -> int:
         """Spans ``add_span`` accepted on this store object that are not stored yet."""
-        buffer: SpanBuffer | None = self.__dict__.get("_span_buffer")
+        buffer = _buffer_of(self)
         return 0 if buffer is None else buffer.pending
 
     async def flush(self) -> None:
         """Return once every span ``add_span`` accepted is stored; raises what kept one out
         (:class:`~agent_lightning.errors.StoreUnavailable` after retrying for a while, or the
         store's refusal of a span)."""
-        buffer: SpanBuffer | None = self.__dict__.get("_span_buffer")
+        buffer = _buffer_of(self)
         if buffer is not None:
             await buffer.flush()
 

@@ -31,9 +31,9 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 from agent_lightning.errors import StoreError, StoreUnavailable
+from agent_lightning.store.notify import ChangeNotifier
 from agent_lightning.types import Span
 from agent_lightning.types.spans import checked_copy, trusted_spans
 
@@ -75,11 +75,8 @@ def _report_unwritten() -> None:
             )
 
 
-@dataclass
-class _Waiter:
-    upto: int
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
+def _key(span: Span) -> _Key:
+    return (span.rollout_id, span.attempt_id, span.span_id)
 
 
 class SpanBuffer:
@@ -121,7 +118,7 @@ class SpanBuffer:
         self._writer_loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0  # a writer whose generation is not the current one has been replaced
         self._inflight: list[_Item] = []  # taken from the queue by the writer, not yet stored
-        self._waiters: list[_Waiter] = []
+        self._changed = ChangeNotifier()  # a batch was stored, or the writer stopped
         self._unavailable: BaseException | None = None  # why the last writer gave up
         self._refusals: list[tuple[int, BaseException]] = []  # not yet raised by a flush
         self._closed = False
@@ -147,10 +144,10 @@ class SpanBuffer:
         except ValueError as exc:
             raise ValueError(f"span {span.__dict__.get('span_id')!r} is invalid: {exc}") from exc
         owner = (copy.rollout_id, copy.attempt_id)
-        key = (copy.rollout_id, copy.attempt_id, copy.span_id)
+        key = _key(copy)
         if not self._knows(owner):  # written now, so that an unknown id is refused now
             with self._lock:
-                queued = key in self._queue or any(k == key for k in self._inflight_keys())
+                queued = key in self._queue or any(_key(s) == key for _, s in self._inflight)
             if queued:  # an older version of this span waits: it must not land after this one
                 await self.flush()
             with _as_writer():  # nothing of this attempt is queued: the store need not flush first
@@ -173,9 +170,6 @@ class SpanBuffer:
         elif size % self.yield_every == 0:
             await asyncio.sleep(0)  # a caller that never waits would keep the writer's I/O from progressing
         return span
-
-    def _inflight_keys(self) -> Iterator[_Key]:
-        return ((s.rollout_id, s.attempt_id, s.span_id) for _, s in self._inflight)
 
     def _knows(self, owner: tuple[str, str]) -> bool:
         if owner in self._known:
@@ -222,21 +216,16 @@ class SpanBuffer:
 
     async def _wait_for(self, upto: int) -> None:
         """Wait until the spans up to ``upto`` are stored, or the writer gave up (the store is down)."""
-        loop = asyncio.get_running_loop()
-        while True:
+        self._start_writer()  # none runs (it gave up, or its event loop ended): this loop writes
+
+        def settled() -> bool | None:
             with self._lock:
-                if self._written >= upto:
-                    return
-                waiter = _Waiter(upto, loop, loop.create_future())
-                self._waiters.append(waiter)
-            self._start_writer()  # none runs (it gave up, or its event loop ended): this loop writes
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter.future), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass  # look at the writer again
-            with self._lock:
-                if self._closed or (self._unavailable is not None and self._writer is None):
-                    return  # the caller says so
+                if self._written >= upto or self._closed or (self._unavailable is not None and self._writer is None):
+                    return True
+            self._start_writer()  # its event loop may have ended while this one waited
+            return None
+
+        await self._changed.wait_for(settled, None)
 
     def _writer_is_gone(self) -> bool:
         """Whether the writer can no longer run: its task ended, or its event loop is closed or stopped."""
@@ -269,29 +258,12 @@ class SpanBuffer:
     async def _drain(self, generation: int) -> None:
         _WRITING.set(True)  # this task's own context: the store's methods must not wait for this writer
         try:
-            while True:
-                with self._lock:
-                    if generation != self._generation or not self._queue:
-                        if generation == self._generation:
-                            self._writer = None
-                        return
-                    batch = self._take_locked(self.max_batch)
-                stored = await self._write_batch(batch)
-                with self._lock:
-                    if generation != self._generation:
-                        return  # replaced while writing: the new writer owns the state
-                    self._inflight = []
-                    if not stored:
-                        self._requeue_locked(batch)  # kept: the next add_span or flush tries again
-                        self._writer = None
-                if not stored:
-                    self._wake_all()
-                    return
-                self._done_upto(batch[-1][0])
+            if not await self._write_queued(generation):
+                self._changed.notify_all()  # flush says the store is unavailable
         except asyncio.CancelledError:
             # The event loop is ending (asyncio.run cancels what is left), or the store closes.
             if not self._closed and generation == self._generation:
-                await self._write_rest()
+                await self._write_rest(generation)
             raise
         except Exception:  # a bug, not the store's answer: keep the spans and say so
             logger.exception("the span writer of %s failed", self.name)
@@ -301,34 +273,45 @@ class SpanBuffer:
                     self._inflight = []
                     self._writer = None
                     self._unavailable = StoreError(f"the span writer of {self.name} failed; see the log")
-            self._wake_all()
+            self._changed.notify_all()
 
-    async def _write_rest(self) -> None:
-        """Write what is in flight and queued once, in batches, within ``shutdown_seconds``."""
+    async def _write_queued(self, generation: int) -> bool:
+        """Write the queue in batches until it is empty; False when the store stayed unavailable."""
+        while True:
+            with self._lock:
+                if generation != self._generation or not self._queue:
+                    if generation == self._generation:
+                        self._writer = None
+                    return True
+                batch = self._take_locked(self.max_batch)
+            stored = await self._write_batch(batch)
+            with self._lock:
+                if generation != self._generation:
+                    return True  # replaced while writing: the new writer owns the state
+                self._inflight = []
+                if not stored:
+                    self._requeue_locked(batch)  # kept: the next add_span or flush tries again
+                    self._writer = None
+                    return False
+            self._done_upto(batch[-1][0])
+
+    async def _write_rest(self, generation: int) -> None:
+        """Write what is in flight and queued once, within ``shutdown_seconds``."""
         with self._lock:
             self._requeue_locked(self._inflight)  # a newer queued version of a span wins over the one in flight
             self._inflight = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.shutdown_seconds
-        with contextlib.suppress(Exception):  # bounded: what the write needs may be ending too
-            while True:
-                with self._lock:
-                    if not self._queue:
-                        break
-                    batch = self._take_locked(self.max_batch)
-                with trusted_spans([span for _, span in batch]):
-                    await asyncio.wait_for(self._write([s for _, s in batch]), max(0.0, deadline - loop.time()))
-                with self._lock:
-                    self._inflight = []
-                self._done_upto(batch[-1][0])
-        with self._lock:
-            self._requeue_locked(self._inflight)
-            self._inflight = []
-            self._writer = None
+        try:
+            with contextlib.suppress(Exception):  # bounded: what the write needs may be ending too
+                await asyncio.wait_for(self._write_queued(generation), self.shutdown_seconds)
+        finally:
+            with self._lock:
+                self._requeue_locked(self._inflight)
+                self._inflight = []
+                self._writer = None
 
     def _requeue_locked(self, batch: list[_Item]) -> None:
         for seq, span in reversed(batch):
-            key = (span.rollout_id, span.attempt_id, span.span_id)
+            key = _key(span)
             if key not in self._queue:  # else a newer version was added since: it wins
                 self._queue[key] = (seq, span)
                 self._queue.move_to_end(key, last=False)
@@ -374,25 +357,7 @@ class SpanBuffer:
     def _done_upto(self, seq: int) -> None:
         with self._lock:
             self._written = max(self._written, seq)
-            ready = [w for w in self._waiters if w.upto <= self._written]
-            self._waiters = [w for w in self._waiters if w.upto > self._written]
-        for waiter in ready:
-            self._resolve(waiter)
-
-    def _wake_all(self) -> None:
-        with self._lock:
-            waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            self._resolve(waiter)
-
-    @staticmethod
-    def _resolve(waiter: _Waiter) -> None:
-        def set_done() -> None:
-            if not waiter.future.done():
-                waiter.future.set_result(None)
-
-        with contextlib.suppress(RuntimeError):  # that loop is closed: its waiter is gone too
-            waiter.loop.call_soon_threadsafe(set_done)
+        self._changed.notify_all()
 
     # ------------------------------------------------------------------ closing
     def abandon(self) -> int:
@@ -406,5 +371,5 @@ class SpanBuffer:
             with contextlib.suppress(RuntimeError):
                 if loop is not None:
                     loop.call_soon_threadsafe(writer.cancel)
-        self._wake_all()
+        self._changed.notify_all()
         return lost
