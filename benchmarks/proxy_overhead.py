@@ -72,7 +72,7 @@ async def fast_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def _serve_upstream(ports: Any) -> None:
-    from agent_lightning.proxy.serving import ServerThread
+    from agent_lightning_proxy.serving import ServerThread
 
     server = ServerThread(fast_upstream, "127.0.0.1", 0, name="bench-upstream").start()
     ports.put(server.port)
@@ -80,9 +80,9 @@ def _serve_upstream(ports: Any) -> None:
 
 
 def _serve_proxy(upstream: str, ports: Any) -> None:
-    from agent_lightning.proxy import LLMProxy
     from agent_lightning.store import InMemoryLightningStore
     from agent_lightning.types import RolloutRequest
+    from agent_lightning_proxy import LLMProxy
 
     store = InMemoryLightningStore()
     attempted = asyncio.run(store.start_rollout(RolloutRequest(input=None), worker_id="bench"))

@@ -253,7 +253,7 @@ def _installed(scheme: str) -> None:
 
 
 def _reachable(url: str) -> None:
-    from agent_lightning.testing.services import is_reachable
+    from agent_lightning_testkit.services import is_reachable
 
     if not is_reachable(url):
         raise Skip(f"server not reachable at {url}")

@@ -12,10 +12,10 @@ import httpx
 import openai
 import pytest
 from agent_lightning import semconv
-from agent_lightning.proxy import LLMProxy
 from agent_lightning.store import InMemoryLightningStore
-from agent_lightning.testing.scripted_llm import ByteBPETokenizer, Reply, ScriptCall, ScriptedLLM, ToolCall
 from agent_lightning.types import AttemptedRollout, RolloutRequest, Span
+from agent_lightning_proxy import LLMProxy
+from agent_lightning_testkit.scripted_llm import ByteBPETokenizer, Reply, ScriptCall, ScriptedLLM, ToolCall
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -476,7 +476,7 @@ def test_malformed_request_is_a_400(proxy, store) -> None:
 def test_upstream_without_token_ids_is_recorded_as_such_and_warned_about(store, caplog) -> None:
     attempted = start(store)
     with ScriptedLLM("plain text", token_ids=False, model_version=None) as bare, LLMProxy(store, bare.url) as proxy:
-        with caplog.at_level(logging.WARNING, logger="agent_lightning.proxy"):
+        with caplog.at_level(logging.WARNING, logger="agent_lightning_proxy"):
             for stream in (False, True):
                 response = client(proxy.base_url(attempted.rollout_id)).chat.completions.create(
                     model="p", messages=user("x"), stream=stream

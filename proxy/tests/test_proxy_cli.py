@@ -11,20 +11,20 @@ import sys
 
 import openai
 import pytest
-from agent_lightning.testing.scripted_llm import ScriptedLLM
+from agent_lightning_testkit.scripted_llm import ScriptedLLM
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_plugin_import_is_light() -> None:
-    code = "import sys, agent_lightning.proxy.plugin; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+    code = "import sys, agent_lightning_proxy.plugin; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
         "{'fastapi', 'starlette', 'uvicorn', 'httpx', 'orjson', 'aiohttp', 'yarl'}))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_plugin_registers_agl_proxy() -> None:
-    from agent_lightning.proxy.plugin import agl_register_commands
+    from agent_lightning_proxy.plugin import agl_register_commands
 
     parser = argparse.ArgumentParser(prog="agl")
     agl_register_commands(parser.add_subparsers(dest="command"))
@@ -35,7 +35,7 @@ def test_plugin_registers_agl_proxy() -> None:
 def test_agl_proxy_serves_until_interrupted() -> None:
     code = (
         "import argparse, sys\n"
-        "from agent_lightning.proxy.plugin import agl_register_commands\n"
+        "from agent_lightning_proxy.plugin import agl_register_commands\n"
         "p = argparse.ArgumentParser(); agl_register_commands(p.add_subparsers())\n"
         "args = p.parse_args(sys.argv[1:]); sys.exit(args.func(args))\n"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from agent_lightning.testing.scripted_llm import ByteBPETokenizer, Reply, ScriptedLLM, ToolCall, scripted_logprob
+from agent_lightning_testkit.scripted_llm import ByteBPETokenizer, Reply, ScriptedLLM, ToolCall, scripted_logprob
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,11 +10,11 @@ import agent_lightning as agl
 import pytest
 from agent_lightning import semconv
 from agent_lightning.instrumentation import adapter as adapters
-from agent_lightning.testing.scripted_llm import ScriptCall
+from agent_lightning.instrumentation.scoping import RESOURCES_VERSION
 from agent_lightning.types import LLM, PromptTemplate
 from agent_lightning_autogen import AutoGenAdapter
-from agent_lightning_openai.scoping import RESOURCES_VERSION
-from agent_lightning_openai.testing import MODEL, ProxyEnv, SpanTree, calculator_script, scripted_proxy
+from agent_lightning_testkit.adapters import MODEL, ProxyEnv, SpanTree, calculator_script, scripted_proxy
+from agent_lightning_testkit.scripted_llm import ScriptCall
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
 from autogen_agentchat.base import Response
 from autogen_agentchat.conditions import MaxMessageTermination

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from agent_lightning_openai.testing import fresh_adapters
+from agent_lightning_testkit.adapters import fresh_adapters
 
 
 @pytest.fixture(autouse=True)

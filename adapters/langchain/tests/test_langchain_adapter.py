@@ -20,7 +20,6 @@ if Version(importlib.metadata.version("langchain")) < Version("1"):
 import agent_lightning as agl
 from agent_lightning import semconv
 from agent_lightning.instrumentation import adapter as adapters
-from agent_lightning.testing.scripted_llm import ScriptCall
 from agent_lightning.types import PromptTemplate
 from agent_lightning_langchain import LangChainAdapter
 from agent_lightning_langchain.handler import (
@@ -31,7 +30,8 @@ from agent_lightning_langchain.handler import (
     RETRIEVER_QUERY,
     RUN_TYPE,
 )
-from agent_lightning_openai.testing import MODEL, ProxyEnv, SpanTree, scripted_proxy
+from agent_lightning_testkit.adapters import MODEL, ProxyEnv, SpanTree, scripted_proxy
+from agent_lightning_testkit.scripted_llm import ScriptCall
 from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document

@@ -13,11 +13,11 @@ import openai
 import pytest
 from agent_lightning import semconv
 from agent_lightning.instrumentation import adapter as adapters
-from agent_lightning.testing.scripted_llm import Reply, ScriptedCall
+from agent_lightning.instrumentation.scoping import RESOURCES_VERSION
 from agent_lightning.types import PromptTemplate
 from agent_lightning_openai import OpenAIAdapter
-from agent_lightning_openai.scoping import RESOURCES_VERSION
-from agent_lightning_openai.testing import MODEL, ProxyEnv, reset_adapters, scripted_proxy
+from agent_lightning_testkit.adapters import MODEL, ProxyEnv, reset_adapters, scripted_proxy
+from agent_lightning_testkit.scripted_llm import Reply, ScriptedCall
 
 TOOLS = [
     {

@@ -14,10 +14,9 @@ import torch
 from agent_lightning import semconv
 from agent_lightning.cli import build_parser
 from agent_lightning.instrumentation.context import TrainingContext
-from agent_lightning.proxy.server import LLMProxy
 from agent_lightning.store.memory import InMemoryLightningStore
 from agent_lightning.store.sync import SyncStore
-from agent_lightning.testing.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
+from agent_lightning_proxy.server import LLMProxy
 from agent_lightning_rl.demo import (
     EvalReport,
     PairedComparison,
@@ -27,6 +26,7 @@ from agent_lightning_rl.demo import (
     load_example,
     run_demo,
 )
+from agent_lightning_testkit.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
 from conftest import build_tokenizer
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from agent_lightning import InMemoryLightningStore, Trainer, semconv
 from agent_lightning.agent import ScriptAgent
-from agent_lightning.proxy import LLMProxy
-from agent_lightning.proxy.protocol import PARENT_SPAN_HEADER
 from agent_lightning.store.sync import SyncStore
 from agent_lightning.types import LLM
+from agent_lightning_proxy import LLMProxy
+from agent_lightning_proxy.protocol import PARENT_SPAN_HEADER
 from agent_lightning_rl.config import GRPOConfig
 from agent_lightning_rl.grpo import GroupRelativePolicyOptimization
 from agent_lightning_rl.models import load_policy

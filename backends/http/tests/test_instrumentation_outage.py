@@ -17,9 +17,9 @@ import agent_lightning as agl
 import pytest
 from agent_lightning import semconv
 from agent_lightning.instrumentation.emitter import SpanEmitter
-from agent_lightning.server import HttpLightningStore, StoreServer
 from agent_lightning.store.sync import EventLoopThread, SyncStore
-from agent_lightning.testing.server_faults import free_port
+from agent_lightning_http import HttpLightningStore, StoreServer
+from agent_lightning_testkit.server_faults import free_port
 
 
 def quick_client(url: str) -> HttpLightningStore:
@@ -178,7 +178,7 @@ def test_interpreter_exit_reports_what_could_not_be_delivered_within_a_bounded_t
     script = textwrap.dedent(
         f"""
         import agent_lightning as agl
-        from agent_lightning.server import HttpLightningStore
+        from agent_lightning_http import HttpLightningStore
 
         store = HttpLightningStore("http://127.0.0.1:{free_port()}", retry_timeout=0.3, connect_timeout=0.3)
         with agl.TrainingContext(task_id="exit", store=store, flush_timeout=0.2, instrument=False):

@@ -12,10 +12,10 @@ import time
 
 import pytest
 from agent_lightning.errors import StoreUnavailable
-from agent_lightning.server import HttpLightningStore, StoreServer
 from agent_lightning.store import InMemoryLightningStore
-from agent_lightning.testing.conformance import make_span
 from agent_lightning.types import AttemptedRollout, RolloutConfig, RolloutRequest
+from agent_lightning_http import HttpLightningStore, StoreServer
+from agent_lightning_testkit.conformance import make_span
 
 LONG = RolloutConfig(lease_seconds=3600)
 

@@ -16,13 +16,13 @@ import httpx
 import pytest
 from agent_lightning import plugins
 from agent_lightning.errors import DuplicateId, StoreError
-from agent_lightning.server import HttpLightningStore, StoreAuthError, StoreServer
-from agent_lightning.server import plugin as server_plugin
-from agent_lightning.server.protocol import API_KEY_ENV
 from agent_lightning.store import InMemoryLightningStore, open_store, store_schemes
 from agent_lightning.store.base import LightningStore
-from agent_lightning.testing import snapshot
 from agent_lightning.types import RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
+from agent_lightning_http import HttpLightningStore, StoreAuthError, StoreServer
+from agent_lightning_http import plugin as server_plugin
+from agent_lightning_http.protocol import API_KEY_ENV
+from agent_lightning_testkit import snapshot
 
 KEY = "s3cret-key"
 LONG = RolloutConfig(lease_seconds=3600)
@@ -297,7 +297,7 @@ def test_plugin_opens_http_urls_and_registers_the_serve_command(server: StoreSer
 def test_serve_command_runs_until_terminated(tmp_path: Any) -> None:
     env = {**os.environ, API_KEY_ENV: KEY}
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent_lightning.server", "--store", "memory://", "--port", "0"],
+        [sys.executable, "-m", "agent_lightning_http", "--store", "memory://", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -320,7 +320,7 @@ def test_serve_command_runs_until_terminated(tmp_path: Any) -> None:
 
 def test_the_plugin_module_imports_no_web_stack() -> None:
     code = (
-        "import sys, agent_lightning, agent_lightning.server, agent_lightning.server.plugin; "
+        "import sys, agent_lightning, agent_lightning_http, agent_lightning_http.plugin; "
         "print(sorted(m for m in ('fastapi', 'httpx', 'uvicorn', 'starlette', 'orjson') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
@@ -354,8 +354,8 @@ class CountingApp:
 
 def test_concurrent_add_span_calls_share_requests_and_stay_all_or_nothing(store: LightningStore) -> None:
     from agent_lightning.errors import NotFound
-    from agent_lightning.proxy.serving import ServerThread
-    from agent_lightning.server import create_app
+    from agent_lightning_http import create_app
+    from agent_lightning_proxy.serving import ServerThread
 
     counting = CountingApp(create_app(store))
     thread = ServerThread(counting, "127.0.0.1", 0).start()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from agent_lightning.plugins import DEFAULT_PLUGINS
-from agent_lightning.server import HttpLightningStore, StoreServer
 from agent_lightning.store import InMemoryLightningStore
 from agent_lightning.store.base import LightningStore
-from agent_lightning.testing import StoreConformanceSuite
+from agent_lightning_http import HttpLightningStore, StoreServer
+from agent_lightning_testkit import StoreConformanceSuite
 
 
 class ServedStore(HttpLightningStore):
@@ -26,9 +25,8 @@ class ServedStore(HttpLightningStore):
 class TestHttpStoreConformance(StoreConformanceSuite):
     # Each call is an HTTP round trip: leave a loaded CI machine room inside a lease.
     short_lease = 1.0
-    # Child processes open the server's URL with open_store, which needs the http:// plugin
-    # registered as a built-in (agent_lightning.plugins.DEFAULT_PLUGINS).
-    supports_multiprocess = "agent_lightning.server.plugin" in DEFAULT_PLUGINS
+    # Child processes open the server's URL with open_store: the http:// plugin is found through its entry point.
+    supports_multiprocess = True
 
     async def create_store(self) -> LightningStore:
         server = await asyncio.to_thread(StoreServer(InMemoryLightningStore()).start)

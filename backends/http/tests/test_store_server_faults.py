@@ -1,7 +1,7 @@
 """Faults: the server gone, and the server restarted while a runner writes (no acknowledged span is lost).
 
 The SIGKILLed server process over a durable database is tested by the SQLite and PostgreSQL packages with the
-same scenario (``agent_lightning.testing.server_faults``).
+same scenario (``agent_lightning_testkit.server_faults``).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 
 import pytest
 from agent_lightning.errors import StoreUnavailable
-from agent_lightning.server import HttpLightningStore, StoreServer
 from agent_lightning.store import InMemoryLightningStore
-from agent_lightning.testing.server_faults import (
+from agent_lightning_http import HttpLightningStore, StoreServer
+from agent_lightning_testkit.server_faults import (
     check_nothing_acknowledged_was_lost,
     free_port,
     restart_while_writing,

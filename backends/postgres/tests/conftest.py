@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from agent_lightning.testing.services import require_postgres
+from agent_lightning_testkit.services import require_postgres
 from pg_schemas import SchemaFactory, drop_schemas
 
 

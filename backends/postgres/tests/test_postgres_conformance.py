@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 from agent_lightning.store.base import LightningStore
-from agent_lightning.testing import StoreConformanceSuite
 from agent_lightning_postgres import PostgresLightningStore
+from agent_lightning_testkit import StoreConformanceSuite
 from pg_schemas import SchemaFactory
 
 

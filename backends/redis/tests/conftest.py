@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from agent_lightning.testing.services import require_redis
 from agent_lightning_redis.url import parse_url
+from agent_lightning_testkit.services import require_redis
 
 
 def _delete_prefix(url: str) -> None:

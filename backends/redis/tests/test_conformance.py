@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 from agent_lightning.store import LightningStore, open_store
-from agent_lightning.testing import StoreConformanceSuite
 from agent_lightning_redis import RedisLightningStore
+from agent_lightning_testkit import StoreConformanceSuite
 
 
 class TestRedisStore(StoreConformanceSuite):

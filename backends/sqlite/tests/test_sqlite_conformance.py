@@ -7,8 +7,8 @@ import uuid
 from pathlib import Path
 
 from agent_lightning.store.base import LightningStore
-from agent_lightning.testing import StoreConformanceSuite
 from agent_lightning_sqlite import SqliteLightningStore
+from agent_lightning_testkit import StoreConformanceSuite
 
 _ROOT = Path(tempfile.mkdtemp(prefix="agl-sqlite-conformance-"))
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from agent_lightning.errors import StoreError, StoreUnavailable
 from agent_lightning.store import open_store, store_schemes
-from agent_lightning.testing.server_faults import killed_server_loses_no_acknowledged_write
 from agent_lightning.types import RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
 from agent_lightning_sql import SCHEMA_VERSION, SchemaTooNew
 from agent_lightning_sql.testing import sigkill_scenario
 from agent_lightning_sqlite import SqliteLightningStore, parse_sqlite_url
+from agent_lightning_testkit.server_faults import killed_server_loses_no_acknowledged_write
 
 
 def test_url_forms() -> None:

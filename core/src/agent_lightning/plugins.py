@@ -22,11 +22,7 @@ from agent_lightning import hookspecs
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "agent_lightning"
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "agent_lightning.store.memory_plugin",
-    "agent_lightning.proxy.plugin",
-    "agent_lightning.server.plugin",
-)
+DEFAULT_PLUGINS: tuple[str, ...] = ("agent_lightning.store.memory_plugin",)
 
 
 @dataclass(frozen=True)

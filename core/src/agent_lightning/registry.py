@@ -59,8 +59,8 @@ KNOWN_PACKAGES: dict[str, str] = {
     "postgres": "agent-lightning-postgres",
     "redis": "agent-lightning-redis",
     "rediss": "agent-lightning-redis",
-    "http": "agent-lightning[server]",
-    "https": "agent-lightning[server]",
+    "http": "agent-lightning-http",
+    "https": "agent-lightning-http",
     # adapters
     "langchain": "agent-lightning-langchain",
     "autogen": "agent-lightning-autogen",

@@ -28,13 +28,14 @@ from typing import Any
 import aiohttp
 import orjson
 import yarl
+from agent_lightning.types import Span, new_span_id, new_trace_id
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agent_lightning.proxy.attribution import AttributionError, Attributor
-from agent_lightning.proxy.protocol import (
+from agent_lightning_proxy.attribution import AttributionError, Attributor
+from agent_lightning_proxy.protocol import (
     ATTEMPT_HEADER,
     MODEL_VERSION_HEADER,
     NO_TOKEN_IDS_WARNING,
@@ -44,7 +45,7 @@ from agent_lightning.proxy.protocol import (
     SPAN_ID_HEADER,
     error_body,
 )
-from agent_lightning.proxy.records import (
+from agent_lightning_proxy.records import (
     CallContext,
     ChoiceRecord,
     Operation,
@@ -53,9 +54,8 @@ from agent_lightning.proxy.records import (
     build_spans,
     response_choices,
 )
-from agent_lightning.types import Span, new_span_id, new_trace_id
 
-logger = logging.getLogger("agent_lightning.proxy")
+logger = logging.getLogger("agent_lightning_proxy")
 
 _PATH = re.compile(r"^(?:/rollout/(?P<rollout>[^/]+)(?:/attempt/(?P<attempt>[^/]+))?)?/v1/(?P<endpoint>.+)$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -84,7 +84,7 @@ class ProxyStats:
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """How the proxy forwards (see :class:`~agent_lightning.proxy.LLMProxy` for the meaning)."""
+    """How the proxy forwards (see :class:`~agent_lightning_proxy.LLMProxy` for the meaning)."""
 
     upstream: str
     model_map: Mapping[str, str] | None = None

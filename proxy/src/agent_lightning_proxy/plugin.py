@@ -12,8 +12,9 @@ logger = logging.getLogger(__name__)
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    from agent_lightning.proxy import LLMProxy
     from agent_lightning.store import open_store
+
+    from agent_lightning_proxy import LLMProxy
 
     model_map: dict[str, str] = {}
     for item in args.model_map or []:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent_lightning import semconv
-from agent_lightning.proxy.protocol import LLM_WARNING, NO_TOKEN_IDS_WARNING
 from agent_lightning.types import Span, SpanStatus
+
+from agent_lightning_proxy.protocol import LLM_WARNING, NO_TOKEN_IDS_WARNING
 
 Operation = Literal["chat", "text_completion"]
 

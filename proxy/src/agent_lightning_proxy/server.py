@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from agent_lightning.proxy.app import ProxyHandler, ProxySettings, ProxyStats, create_app
-from agent_lightning.proxy.attribution import Attributor
-from agent_lightning.proxy.serving import ServerThread
 from agent_lightning.store.base import LightningStore
 from agent_lightning.types import LLM
+
+from agent_lightning_proxy.app import ProxyHandler, ProxySettings, ProxyStats, create_app
+from agent_lightning_proxy.attribution import Attributor
+from agent_lightning_proxy.serving import ServerThread
 
 
 class LLMProxy:

@@ -1,4 +1,4 @@
-"""Test helpers shipped with the core: the store conformance suite and service checks.
+"""Agent Lightning's test kit: the store conformance suite, the scripted upstream, fault and service helpers.
 
 ``StoreConformanceSuite`` needs pytest; it is loaded on first use so that importing
 other helpers of this package does not.
@@ -10,10 +10,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent_lightning.testing.conformance import StoreConformanceSuite, snapshot, store_test
+    from agent_lightning_testkit.conformance import StoreConformanceSuite, snapshot, store_test
 
 __all__ = ["StoreConformanceSuite", "snapshot", "store_test"]
-_SUITE = "agent_lightning.testing.conformance"
+_SUITE = "agent_lightning_testkit.conformance"
 
 
 def __getattr__(name: str) -> Any:
@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
         pytest = sys.modules.get("pytest")
         if pytest is not None and _SUITE not in sys.modules:
             pytest.register_assert_rewrite(_SUITE)  # failed asserts then show their values
-        from agent_lightning.testing import conformance
+        from agent_lightning_testkit import conformance
 
         return getattr(conformance, name)
-    raise AttributeError(f"module 'agent_lightning.testing' has no attribute {name!r}")
+    raise AttributeError(f"module 'agent_lightning_testkit' has no attribute {name!r}")

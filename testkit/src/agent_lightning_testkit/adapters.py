@@ -1,6 +1,6 @@
 """Test helpers shared by the adapters' test suites: span trees, and a scripted model behind the proxy.
 
-Needs ``agent-lightning[server]`` (the proxy); imported only by tests.
+Imported only by tests.
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ _QUESTION = re.compile(r"What is (.+?)\?")
 
 
 def calculator_script(call: Any) -> Any:
-    """A :class:`~agent_lightning.testing.scripted_llm.ScriptedLLM` script for a calculator agent.
+    """A :class:`~agent_lightning_testkit.scripted_llm.ScriptedLLM` script for a calculator agent.
 
     Asked "What is 25 * 17?", it calls ``calculator(expression="25 * 17")``; given the tool's
     result, it answers "The answer is <result>.". Deterministic per question, so concurrent
     rollouts each get their own answers.
     """
-    from agent_lightning.testing.scripted_llm import Reply, ToolCall
+    from agent_lightning_testkit.scripted_llm import Reply, ToolCall
 
     last = call.messages[-1] if call.messages else {}
     if last.get("role") == "tool":
@@ -158,9 +158,10 @@ def scripted_proxy(
     model: str = MODEL,
 ) -> Iterator[ProxyEnv]:
     """Start a ScriptedLLM and an LLMProxy in front of it, with an in-memory store holding the resources."""
-    from agent_lightning.proxy import LLMProxy
     from agent_lightning.store.memory import InMemoryLightningStore
-    from agent_lightning.testing.scripted_llm import ScriptedLLM
+    from agent_lightning_proxy import LLMProxy
+
+    from agent_lightning_testkit.scripted_llm import ScriptedLLM
 
     store = InMemoryLightningStore()
     with ScriptedLLM(script) as upstream, LLMProxy(store, upstream.url) as proxy:

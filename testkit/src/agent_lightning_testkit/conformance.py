@@ -3,7 +3,7 @@
 A backend's test module subclasses :class:`StoreConformanceSuite` and says how
 to make a fresh, empty store::
 
-    from agent_lightning.testing import StoreConformanceSuite
+    from agent_lightning_testkit import StoreConformanceSuite
 
     class TestSqliteStore(StoreConformanceSuite):
         async def create_store(self) -> LightningStore:
@@ -43,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import pytest  # type: ignore[import-not-found, unused-ignore]
-
 from agent_lightning import semconv
 from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound
 from agent_lightning.store.base import LATEST, LightningStore

@@ -4,7 +4,7 @@ It speaks the token-id protocol of the Agent Lightning proxy (``prompt_token_ids
 ``token_ids``, logprobs, ``x-agl-model-version``) with a tiny byte-level BPE-ish tokenizer, and
 answers from a *script* instead of a model::
 
-    from agent_lightning.testing.scripted_llm import Reply, ScriptedLLM, ToolCall
+    from agent_lightning_testkit.scripted_llm import Reply, ScriptedLLM, ToolCall
 
     def script(call):                      # call.messages, call.tools, call.choice_index, …
         if call.messages[-1]["role"] == "tool":
@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from agent_lightning.proxy.serving import ServerThread
+from agent_lightning_proxy.serving import ServerThread
 
 __all__ = [
     "DEFAULT_MERGES",

@@ -1,9 +1,9 @@
 """Fault scenario for store servers: a runner keeps writing while the server is restarted.
 
-Used by core (the HTTP layer restarted over one in-memory store) and by the durable backends
+Used by agent-lightning-http (the HTTP layer restarted over one in-memory store) and by the durable backends
 (the ``agl store serve`` process SIGKILLed and started again over the same database), so each
 shows the same guarantee: every span whose ``add_spans`` call was acknowledged is stored exactly
-once, and every completion that was acknowledged stands. Needs ``agent-lightning[server]``.
+once, and every completion that was acknowledged stands. Needs ``agent-lightning-http``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _spans(rollout_id: str, attempt_id: str, first: int, count: int) -> list[Spa
 
 async def _runner(url: str, stop: threading.Event, progress: WriteProgress) -> None:
     """Enqueue, claim, write spans in batches and complete, over and over, like a runner does."""
-    from agent_lightning.server import HttpLightningStore
+    from agent_lightning_http import HttpLightningStore
 
     client = HttpLightningStore(url, retry_timeout=30.0, timeout=10.0)
     try:
@@ -141,7 +141,7 @@ def restart_while_writing(url: str, restart: Callable[[], None], restarts: int) 
 
 async def check_nothing_acknowledged_was_lost(url: str, progress: WriteProgress) -> None:
     """Every acknowledged span is stored once; every acknowledged completion stands."""
-    from agent_lightning.server import HttpLightningStore
+    from agent_lightning_http import HttpLightningStore
 
     client = HttpLightningStore(url, retry_timeout=10.0)
     try:
@@ -161,11 +161,11 @@ async def check_nothing_acknowledged_was_lost(url: str, progress: WriteProgress)
 
 
 def spawn_store_server(store_url: str, port: int, within: float = 60.0) -> subprocess.Popen[str]:
-    """Start ``python -m agent_lightning.server --store URL --port N`` and wait until it answers."""
+    """Start ``python -m agent_lightning_http --store URL --port N`` and wait until it answers."""
     import httpx
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent_lightning.server", "--store", store_url, "--port", str(port)],
+        [sys.executable, "-m", "agent_lightning_http", "--store", store_url, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agent_lightning_openai.jsonable import bounded, jsonable
+from agent_lightning.instrumentation.jsonable import bounded, jsonable
 
 
 def _function_call(call: Any) -> dict[str, Any]:

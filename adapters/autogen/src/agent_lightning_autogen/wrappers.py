@@ -15,9 +15,9 @@ from typing import Any
 
 from agent_lightning import semconv
 from agent_lightning.instrumentation.context import current_context
+from agent_lightning.instrumentation.jsonable import bounded, jsonable
+from agent_lightning.instrumentation.scoping import inherited_agent_name, scope_attributes
 from agent_lightning.instrumentation.spans import ActiveSpan, current_span, start_span
-from agent_lightning_openai.jsonable import bounded, jsonable
-from agent_lightning_openai.scoping import inherited_agent_name, scope_attributes
 
 from agent_lightning_autogen import messages as convert
 

@@ -18,10 +18,10 @@ from uuid import UUID
 
 from agent_lightning import semconv
 from agent_lightning.instrumentation.context import TrainingContext, current_context
+from agent_lightning.instrumentation.jsonable import bounded, jsonable
+from agent_lightning.instrumentation.scoping import scope_attributes
 from agent_lightning.instrumentation.spans import ActiveSpan, current_span, set_current_span
 from agent_lightning.types import SpanKind
-from agent_lightning_openai.jsonable import bounded, jsonable
-from agent_lightning_openai.scoping import scope_attributes
 from langchain_core.callbacks import BaseCallbackHandler
 
 logger = logging.getLogger(__name__)

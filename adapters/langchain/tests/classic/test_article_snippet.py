@@ -23,7 +23,7 @@ if Version(importlib.metadata.version("langchain")) >= Version("1"):
 from agent_lightning import semconv
 from agent_lightning.instrumentation.tracer import configure
 from agent_lightning_langchain.handler import OUTPUTS
-from agent_lightning_openai.testing import MODEL, ProxyEnv, scripted_proxy
+from agent_lightning_testkit.adapters import MODEL, ProxyEnv, scripted_proxy
 from langchain.agents import create_tool_calling_agent
 from langchain.agents.agent import RunnableMultiActionAgent
 from langchain_core.prompts import ChatPromptTemplate

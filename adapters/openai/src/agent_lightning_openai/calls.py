@@ -15,10 +15,10 @@ from typing import Any
 
 from agent_lightning import semconv
 from agent_lightning.instrumentation.context import TrainingContext, current_context
+from agent_lightning.instrumentation.jsonable import jsonable, omitted
+from agent_lightning.instrumentation.scoping import inherited_agent_name, message_texts, scope_attributes
 from agent_lightning.instrumentation.spans import ActiveSpan, current_span, start_span
 
-from agent_lightning_openai.jsonable import jsonable, omitted
-from agent_lightning_openai.scoping import inherited_agent_name, message_texts, scope_attributes
 from agent_lightning_openai.streams import StreamState
 
 logger = logging.getLogger(__name__)

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 from agent_lightning import semconv
-
-from agent_lightning_openai.jsonable import jsonable
+from agent_lightning.instrumentation.jsonable import jsonable
 
 if TYPE_CHECKING:
     from agent_lightning_openai.calls import LLMCall

@@ -338,7 +338,7 @@ class RLAlgorithm(Algorithm):
         try:
             if self._dist.is_main:
                 try:
-                    from agent_lightning.proxy import LLMProxy
+                    from agent_lightning_proxy import LLMProxy
 
                     from .policy import PolicyServer
 

@@ -290,7 +290,7 @@ def _final_text(spans: Sequence[Span]) -> str | None:
 @contextmanager
 def serve_policy(store: LightningStore, model: str, *, max_batch_size: int = 8) -> Iterator[Any]:
     """Load ``model`` and serve it behind the recording proxy; yields the proxy."""
-    from agent_lightning.proxy.server import LLMProxy
+    from agent_lightning_proxy.server import LLMProxy
 
     from agent_lightning_rl.models import load_policy
     from agent_lightning_rl.policy import PolicyServer

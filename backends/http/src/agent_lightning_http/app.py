@@ -12,13 +12,16 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
+from agent_lightning.errors import AgentLightningError
+from agent_lightning.store.base import LightningStore
+from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span, SpanStatus
+from agent_lightning.types.spans import trusted_span, trusted_status
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 
-from agent_lightning.errors import AgentLightningError
-from agent_lightning.server.protocol import (
+from agent_lightning_http.protocol import (
     API_KEY_HEADER,
     API_PREFIX,
     DEFAULT_MAX_BODY_BYTES,
@@ -44,11 +47,8 @@ from agent_lightning.server.protocol import (
     WaitForRolloutsRequest,
     error_type,
 )
-from agent_lightning.store.base import LightningStore
-from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span, SpanStatus
-from agent_lightning.types.spans import trusted_span, trusted_status
 
-logger = logging.getLogger("agent_lightning.server")
+logger = logging.getLogger("agent_lightning_http")
 
 OPEN_PATHS = frozenset({"/health"})
 """Paths served without an API key (liveness checks; they reveal nothing about the store)."""
@@ -278,7 +278,7 @@ def create_app(
     max_wait: float = MAX_WAIT_SECONDS,
     close_store: bool = False,
 ) -> FastAPI:
-    """A FastAPI app serving ``store`` under ``/v1`` (see :mod:`agent_lightning.server.protocol`).
+    """A FastAPI app serving ``store`` under ``/v1`` (see :mod:`agent_lightning_http.protocol`).
 
     :param api_key: when set, every request (but ``GET /health``) must send it as
         ``Authorization: Bearer KEY`` or ``x-api-key: KEY``, or it gets 401.

@@ -4,7 +4,7 @@ Batching
 --------
 ``add_spans`` sends a whole batch in one request; concurrent ``add_spans``/``add_span`` calls of
 one event loop that arrive while a request is in flight go out together in the next one
-(:class:`~agent_lightning.server.batching.SpanBatcher`), each call still all-or-nothing.
+(:class:`~agent_lightning_http.batching.SpanBatcher`), each call still all-or-nothing.
 
 Retries
 -------
@@ -43,13 +43,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from pydantic import TypeAdapter
-from pydantic_core import PydanticSerializationError, to_json
-from yarl import URL
-
 from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
-from agent_lightning.server.batching import SpanBatcher
-from agent_lightning.server.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
 from agent_lightning.store.base import LightningStore
 from agent_lightning.types import (
     Attempt,
@@ -65,6 +59,12 @@ from agent_lightning.types import (
 )
 from agent_lightning.types.rollouts import new_id
 from agent_lightning.types.spans import SpanCursor
+from pydantic import TypeAdapter
+from pydantic_core import PydanticSerializationError, to_json
+from yarl import URL
+
+from agent_lightning_http.batching import SpanBatcher
+from agent_lightning_http.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
 
 _T = TypeVar("_T")
 _ROLLOUTS = TypeAdapter(list[Rollout])

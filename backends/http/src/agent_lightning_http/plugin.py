@@ -1,4 +1,4 @@
-"""Built-in plugin: ``http://`` / ``https://`` store URLs (the client) and ``agl store serve`` (the server).
+"""Plugin: ``http://`` / ``https://`` store URLs (the client) and ``agl store serve`` (the server).
 
 Imports nothing of the web stack until a store is opened or the server runs.
 """
@@ -25,7 +25,7 @@ def agl_store_schemes() -> list[str]:
 def agl_open_store(url: str, options: Mapping[str, Any]) -> LightningStore | None:
     if url.split("://", 1)[0].lower() not in SCHEMES:
         return None
-    from agent_lightning.server.client import OPTIONS, HttpLightningStore
+    from agent_lightning_http.client import OPTIONS, HttpLightningStore
 
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
@@ -34,8 +34,8 @@ def agl_open_store(url: str, options: Mapping[str, Any]) -> LightningStore | Non
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from agent_lightning.server.protocol import API_KEY_ENV
-    from agent_lightning.server.serve import serve
+    from agent_lightning_http.protocol import API_KEY_ENV
+    from agent_lightning_http.serve import serve
 
     serve(
         args.store,
@@ -49,8 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``agl store serve`` (also ``python -m agent_lightning.server``)."""
-    from agent_lightning.server.protocol import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
+    """The options of ``agl store serve`` (also ``python -m agent_lightning_http``)."""
+    from agent_lightning_http.protocol import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
 
     parser.add_argument("--store", required=True, help="the backend to serve: memory://, sqlite:///runs.db, …")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")

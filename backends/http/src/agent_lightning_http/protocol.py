@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound, StoreError, StoreUnavailable
 from agent_lightning.types import Resource, RolloutMode, RolloutRequest, RolloutStatus, SpanKind
 from agent_lightning.types.spans import SpanCursor
+from pydantic import BaseModel, ConfigDict, Field
 
 API_PREFIX = "/v1"
 API_KEY_ENV = "AGL_STORE_API_KEY"

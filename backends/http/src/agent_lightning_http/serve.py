@@ -9,12 +9,13 @@ import sys
 import threading
 from typing import Any
 
-from agent_lightning.proxy.serving import ServerThread
-from agent_lightning.server.app import create_app
-from agent_lightning.server.protocol import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
 from agent_lightning.store.base import LightningStore
+from agent_lightning_proxy.serving import ServerThread
 
-logger = logging.getLogger("agent_lightning.server")
+from agent_lightning_http.app import create_app
+from agent_lightning_http.protocol import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
+
+logger = logging.getLogger("agent_lightning_http")
 
 DEFAULT_PORT = 4747
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -97,7 +98,6 @@ def serve(
 ) -> None:
     """Open ``store_url`` and serve it until SIGINT/SIGTERM, then close the store."""
     import uvicorn
-
     from agent_lightning.store import open_store
 
     store = open_store(store_url)

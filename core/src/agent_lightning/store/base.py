@@ -6,7 +6,7 @@ contract is asynchronous; :class:`~agent_lightning.store.sync.SyncStore`
 wraps any store for synchronous scripts.
 
 Rules every backend follows (the conformance suite in
-:mod:`agent_lightning.testing` checks each one):
+``agent-lightning-testkit`` checks each one):
 
 * Ids that do not exist raise :class:`~agent_lightning.errors.NotFound`.
 * Invalid input raises ``ValueError`` (or a subclass) naming the field, and
