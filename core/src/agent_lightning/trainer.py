@@ -95,7 +95,7 @@ class Trainer:
                 raise
             raise PluginError(
                 f"the Trainer's default store is {url}, which needs the SQLite backend: "
-                "`pip install agent-lightning-sqlite` (agent-lightning-rl installs it), or pass store= "
+                "`pip install agent-lightning-sqlite`, or pass store= "
                 f"(a LightningStore, 'memory://', 'postgresql://…', 'redis://…'). {exc}"
             ) from exc
 
