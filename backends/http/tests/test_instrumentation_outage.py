@@ -24,7 +24,7 @@ from agent_lightning_testkit.server_faults import free_port
 
 def quick_client(url: str) -> HttpLightningStore:
     """A client that gives up on an unreachable server after about a second (the default is 15 s)."""
-    return HttpLightningStore(url, retry_timeout=0.5, connect_timeout=0.5, coalesce_spans=False)
+    return HttpLightningStore(url, retry_timeout=0.5, connect_timeout=0.5)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

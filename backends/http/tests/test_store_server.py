@@ -338,7 +338,7 @@ def test_store_error_of_an_unexpected_server_answer_names_the_server() -> None:
     run(main())
 
 
-# ---------------------------------------------------------------------- batching
+# ---------------------------------------------------------------------- add_spans requests
 class CountingApp:
     """An ASGI wrapper that counts the span requests the server receives."""
 
@@ -352,7 +352,7 @@ class CountingApp:
         await self.app(scope, receive, send)
 
 
-def test_concurrent_add_span_calls_share_requests_and_stay_all_or_nothing(store: LightningStore) -> None:
+def test_add_spans_sends_one_request_per_call_and_a_refused_call_fails_alone(store: LightningStore) -> None:
     from agent_lightning.errors import NotFound
     from agent_lightning_http import create_app
     from agent_lightning_proxy.serving import ServerThread
@@ -361,27 +361,28 @@ def test_concurrent_add_span_calls_share_requests_and_stay_all_or_nothing(store:
     thread = ServerThread(counting, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{thread.port}"
     item = run(store.start_rollout(RolloutRequest(config=LONG), "w"))
-    spans = [span(item.rollout_id, item.attempt_id, n) for n in range(200)]
+    spans = [span(item.rollout_id, item.attempt_id, n) for n in range(201)]
     bad = span("no-such-rollout", item.attempt_id, 999)
 
-    async def main() -> list[Any]:
+    async def main() -> tuple[int, int, list[Any]]:
         client = HttpLightningStore(url)
         try:
-            calls = [client.add_span(one) for one in spans[:100]]
-            calls.insert(50, client.add_spans([spans[100], bad]))  # refused: must fail alone, storing nothing
-            calls += [client.add_spans(spans[101 + 10 * n : 111 + 10 * n]) for n in range(9)]
-            return await asyncio.gather(*calls, return_exceptions=True)
+            whole = await client.add_spans(spans[:100])
+            requests = counting.span_requests
+            calls = [client.add_spans(spans[100 + 10 * n : 110 + 10 * n]) for n in range(10)]
+            calls.insert(5, client.add_spans([spans[200], bad]))  # refused: must fail alone, storing nothing
+            return whole, requests, await asyncio.gather(*calls, return_exceptions=True)
         finally:
             await client.close()
 
     try:
-        results = run(main())
+        whole, requests, results = run(main())
     finally:
         thread.stop()
+    assert whole == 100 and requests == 1, "one call's spans travel in one request"
+    assert counting.span_requests == 12, "each concurrent call is a request of its own"
     refused = [r for r in results if isinstance(r, BaseException)]
     assert len(refused) == 1 and isinstance(refused[0], NotFound), refused
-    assert results[:50] == spans[:50] and results[51:101] == spans[50:100]
-    assert results[101:] == [10] * 9
+    assert results[:5] == [10] * 5 and results[6:] == [10] * 5
     stored = {s.span_id for s in run(store.query_spans(item.rollout_id))}
-    assert stored == {s.span_id for s in spans[:100] + spans[101:191]}, "only the refused call's spans are missing"
-    assert counting.span_requests < 40, f"{counting.span_requests} requests for 110 concurrent calls"
+    assert stored == {s.span_id for s in spans[:200]}, "only the refused call's spans are missing"

@@ -2,9 +2,8 @@
 
 Batching
 --------
-``add_spans`` sends a whole batch in one request; concurrent ``add_spans``/``add_span`` calls of
-one event loop that arrive while a request is in flight go out together in the next one
-(:class:`~agent_lightning_http.batching.SpanBatcher`), each call still all-or-nothing.
+``add_spans`` sends the spans of one call in one request, all-or-nothing; batching spans across
+calls is the instrumentation emitter's job, upstream of any store.
 
 Retries
 -------
@@ -63,7 +62,6 @@ from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
 from yarl import URL
 
-from agent_lightning_http.batching import SpanBatcher
 from agent_lightning_http.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
 
 _T = TypeVar("_T")
@@ -86,8 +84,6 @@ OPTIONS = frozenset(
         "retry_timeout",
         "max_connections",
         "long_poll",
-        "coalesce_spans",
-        "max_batch_spans",
     }
 )
 
@@ -168,9 +164,6 @@ class HttpLightningStore(LightningStore):
     :param retry_timeout: how long to keep retrying an unreachable server before raising ``StoreUnavailable``.
     :param max_connections: connections per event loop.
     :param long_poll: the longest one long-poll request waits; longer waits are split.
-    :param coalesce_spans: send the spans of concurrent ``add_spans`` calls (of one event loop) that
-        arrive while a request is in flight together in the next request; each call stays all-or-nothing.
-    :param max_batch_spans: the most spans one coalesced request carries (one call's batch is never split).
     """
 
     def __init__(
@@ -183,8 +176,6 @@ class HttpLightningStore(LightningStore):
         retry_timeout: float = 15.0,
         max_connections: int = 64,
         long_poll: float = MAX_WAIT_SECONDS - 5.0,
-        coalesce_spans: bool = True,
-        max_batch_spans: int = 5000,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -200,8 +191,6 @@ class HttpLightningStore(LightningStore):
         self.retry_timeout = float(retry_timeout)
         self.max_connections = int(max_connections)
         self.long_poll = float(long_poll)
-        self.coalesce_spans = bool(coalesce_spans)
-        self.max_batch_spans = int(max_batch_spans)
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         self._headers = {"content-type": "application/json", "user-agent": "agent-lightning-store-client"}
         if key:
@@ -209,7 +198,6 @@ class HttpLightningStore(LightningStore):
         self._trust_env = parts.hostname not in ("127.0.0.1", "localhost", "::1")
         self._lock = threading.Lock()
         self._clients: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
-        self._batchers: dict[asyncio.AbstractEventLoop, SpanBatcher] = {}
         self._urls: dict[str, URL] = {}
         _OPEN.add(self)
         self._timeout = aiohttp.ClientTimeout(self.timeout, connect=self.connect_timeout)
@@ -227,7 +215,6 @@ class HttpLightningStore(LightningStore):
         with self._lock:
             for other in [lp for lp in self._clients if lp.is_closed()]:
                 _forget(self._clients.pop(other))  # its loop is gone, and its sockets with it
-                self._batchers.pop(other, None)
             session = self._clients.get(loop)
             if session is None:
                 session = self._clients[loop] = aiohttp.ClientSession(
@@ -309,7 +296,6 @@ class HttpLightningStore(LightningStore):
         """Close the connection pools (the store can still be used afterwards; it reconnects)."""
         with self._lock:
             clients, self._clients = self._clients, {}
-            self._batchers = {}
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -484,16 +470,6 @@ class HttpLightningStore(LightningStore):
                 raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
         if not spans:
             return 0
-        if not self.coalesce_spans:
-            return await self._send_spans(spans)
-        loop = asyncio.get_running_loop()
-        batcher = self._batchers.get(loop)
-        if batcher is None:
-            with self._lock:
-                batcher = self._batchers.setdefault(loop, SpanBatcher(self._send_spans, self.max_batch_spans))
-        return await batcher.add(spans)
-
-    async def _send_spans(self, spans: list[Span]) -> int:
         # Field by field, so a non-finite float travels as NaN/Infinity and is refused by the
         # server, instead of arriving as null.
         data = await self._post("add_spans", _dumps([span.__dict__ for span in spans]))
