@@ -33,12 +33,21 @@ AGENT_FRAMEWORKS = (
 
 
 def _packages() -> dict[str, Path]:
-    """Every package folder in the monorepo, by short name (core, sqlite, langchain, rl, …)."""
-    found = {"core": ROOT / "core"}
-    for group in ("backends", "adapters", "algorithms"):
-        for folder in sorted((ROOT / group).glob("*/pyproject.toml")):
-            found[folder.parent.name] = folder.parent
-    return found
+    """Every package folder in the monorepo, by short name (core, sqlite, langchain, proxy, testkit, rl, …).
+
+    A package is a top-level folder with a ``pyproject.toml`` (``core/``, ``proxy/``, ``testkit/``) or a folder one
+    level down in a group (``backends/*``, ``adapters/*``, ``algorithms/*``, any other such group).
+    """
+    found: dict[str, Path] = {}
+    for top in sorted(p for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        candidates = (
+            [top] if (top / "pyproject.toml").exists() else sorted(f.parent for f in top.glob("*/pyproject.toml"))
+        )
+        for folder in candidates:
+            if folder.name in found:
+                raise RuntimeError(f"two packages named {folder.name}: {found[folder.name]} and {folder}")
+            found[folder.name] = folder
+    return {"core": found.pop("core"), **found}
 
 
 PACKAGES = _packages()
@@ -51,40 +60,51 @@ def _metadata(folder: Path) -> dict:
 _DIST_TO_FOLDER = {_metadata(f)["name"]: f for f in PACKAGES.values()}
 
 
-def _local_closure(folder: Path) -> list[Path]:
-    """The package and every monorepo package it depends on, dependencies first."""
-    ordered: list[Path] = []
+def _requirement_name(requirement: str) -> str:
+    name = requirement.split(";")[0].split("[")[0]
+    for op in "<>=!~ ":
+        name = name.split(op)[0]
+    return name.strip()
 
-    def visit(current: Path) -> None:
+
+def _local_closure(folder: Path, extras: str = "") -> list[Path]:
+    """The package and every monorepo package it needs, dependencies first.
+
+    Follows the dependencies of every package reached, and the root package's ``extras`` (comma-separated): the
+    local packages a test extra names (the test kit, …) are not published, so they must come from the repository.
+    """
+    ordered: list[Path] = []
+    seen: set[Path] = set()
+
+    def visit(current: Path, extra_names: list[str]) -> None:
+        seen.add(current)
         meta = _metadata(current)
         requirements = list(meta.get("dependencies", []))
+        for extra in extra_names:
+            requirements += meta.get("optional-dependencies", {}).get(extra, [])
         for requirement in requirements:
-            name = requirement.split(";")[0].split("[")[0]
-            for op in "<>=!~ ":
-                name = name.split(op)[0]
-            dep = _DIST_TO_FOLDER.get(name.strip())
-            if dep is not None and dep not in ordered:
-                visit(dep)
-        if current not in ordered:
-            ordered.append(current)
+            dep = _DIST_TO_FOLDER.get(_requirement_name(requirement))
+            if dep is not None and dep not in seen:
+                visit(dep, [])
+        ordered.append(current)
 
-    visit(folder)
+    visit(folder, [e.strip() for e in extras.split(",") if e.strip()])
     return ordered
 
 
-def _needs_torch(folder: Path) -> bool:
+def _needs_torch(folder: Path, extras: str = "") -> bool:
     return any(
-        "torch" in r.split("=")[0].split(">")[0].split("<")[0]
-        for f in _local_closure(folder)
+        _requirement_name(r) == "torch"
+        for f in _local_closure(folder, extras)
         for r in _metadata(f).get("dependencies", [])
     )
 
 
 def _install(session: nox.Session, folder: Path, extras: str = "test") -> None:
-    if _needs_torch(folder):
+    if _needs_torch(folder, extras):
         session.install(TORCH)
     args: list[str] = []
-    for dep in _local_closure(folder):
+    for dep in _local_closure(folder, extras):
         extra = f"[{extras}]" if dep == folder and extras else ""
         args += ["-e", f"{dep}{extra}"]
     session.install(*args)
@@ -98,7 +118,7 @@ def _install_demo(session: nox.Session, extras: str) -> None:
     session.install(TORCH)  # the CPU build, pinned: never let a resolver pick a CUDA torch
     args: list[str] = []
     for name in DEMO_PACKAGES:
-        for dep in _local_closure(PACKAGES[name]):
+        for dep in _local_closure(PACKAGES[name], extras if name == "rl" else ""):
             target = f"{dep}[{extras}]" if dep == PACKAGES["rl"] else str(dep)
             if target not in args:
                 args += ["-e", target]
@@ -135,8 +155,8 @@ def langchain_classic(session: nox.Session) -> None:
     """The LangChain adapter against classic LangChain 0.3 (the article's AgentExecutor snippet, verbatim)."""
     folder = PACKAGES["langchain"]
     args: list[str] = []
-    for dep in _local_closure(folder):
-        args += ["-e", f"{dep}[server]" if dep == PACKAGES["core"] else str(dep)]
+    for dep in _local_closure(folder, "test"):
+        args += ["-e", str(dep)]
     session.install(
         *args,
         "langchain>=0.3,<1",
@@ -160,8 +180,8 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy: strict on core."""
-    _install(session, ROOT / "core", extras="server")  # the proxy and store server are typed against their libraries
-    session.install("mypy>=1.10", "pytest>=8")
+    _install(session, ROOT / "core", extras="")
+    session.install("mypy>=1.10")
     session.run("mypy", "--strict", "core/src/agent_lightning")
 
 
