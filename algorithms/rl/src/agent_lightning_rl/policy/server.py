@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from types import TracebackType
 from typing import Any
 
@@ -54,14 +51,12 @@ class PolicyServer:
             batch_wait_s=batch_wait_s,
             logprobs_mode=logprobs_mode,
         )
-        self._uvicorn: Any = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._http: Any = None  # agent_lightning_proxy.serving.ServerThread, once started
 
     @property
     def url(self) -> str:
         """The OpenAI ``base_url`` (``http://host:port/v1``); the port is known once started."""
-        if self._socket is None:
+        if self._http is None:
             raise RuntimeError("the policy server is not started; call start() first")
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)  # wildcard: reach it via loopback
         host = host if ":" not in host else f"[{host}]"
@@ -86,48 +81,29 @@ class PolicyServer:
 
     def start(self, timeout: float = 30.0) -> PolicyServer:
         """Start the generation worker and the HTTP server; returns when it accepts connections."""
-        if self._thread is not None:
+        if self._http is not None:
             return self
-        import uvicorn
+        from agent_lightning_proxy.serving import ServerThread
 
         from .app import create_app
 
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(f"policy server cannot listen on {self.host}:{self.port}: {exc}") from exc
-        self.port = sock.getsockname()[1]
-        self._socket = sock
         self.engine.start()
         app = create_app(self.engine, self.model_name, default_max_tokens=self.default_max_tokens)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
-        self._uvicorn = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._uvicorn.run, kwargs={"sockets": [sock]}, name="agl-policy-http", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._uvicorn.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"policy server did not start on {self.host}:{self.port} within {timeout} s")
-            time.sleep(0.01)
+        http = ServerThread(app, self.host, self.port, name="agl-policy-http", graceful_shutdown=5.0)
+        try:
+            http.start(timeout)
+        except BaseException:
+            self.engine.stop()
+            raise
+        self._http, self.port = http, http.port
         return self
 
     def stop(self) -> None:
         """Stop HTTP serving and the generation worker (waiting requests get an error)."""
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        if self._http is not None:
+            self._http.stop(timeout=15)
         self.engine.stop()
-        if self._socket is not None:
-            self._socket.close()
-        self._uvicorn, self._thread, self._socket = None, None, None
+        self._http = None
 
     def __enter__(self) -> PolicyServer:
         return self.start()
