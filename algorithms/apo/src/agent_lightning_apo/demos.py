@@ -12,6 +12,7 @@ random search), with no optimizer model.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, ClassVar
 
@@ -46,8 +47,9 @@ class DemonstrationSearch(PromptSearch):
         k = min(cfg.max_demos, len(self.demos))
         tried = set()
         wanted = cfg.num_candidates or session.num_iterations
+        wanted = min(wanted, math.comb(len(self.demos), k))  # distinct subsets only
         attempts = 0
-        while len(self.candidates) - 1 < wanted and attempts < wanted * 10:
+        while len(self.candidates) - 1 < wanted and attempts < wanted * 20:
             attempts += 1
             chosen = list(range(k)) if not tried else sorted(rng.sample(range(len(self.demos)), k))
             if tuple(chosen) in tried:
