@@ -45,7 +45,7 @@ class DemonstrationSearch(PromptSearch):
         score = seed.mean()
         self.log({"val/reward_mean": score, "apo/candidate_val": score, "apo/best_val": score}, session)
         k = min(cfg.max_demos, len(self.demos))
-        tried = set()
+        tried: set[tuple[int, ...]] = set()
         wanted = cfg.num_candidates or session.num_iterations
         wanted = min(wanted, math.comb(len(self.demos), k))  # distinct subsets only
         attempts = 0

@@ -45,7 +45,7 @@ class Candidate:
 
     def mean(self, indices: Sequence[int] | None = None) -> float:
         keys = list(self.scores) if indices is None else list(indices)
-        return sum(self.scores[i] for i in keys) / len(keys) if keys else math.nan
+        return float(sum(self.scores[i] for i in keys) / len(keys)) if keys else math.nan
 
 
 @dataclass
@@ -63,7 +63,7 @@ def sign_test(fixed: int, broken: int) -> float:
     n = fixed + broken
     if n == 0:
         return 1.0
-    return sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2**n
+    return sum(math.comb(n, k) for k in range(fixed, n + 1)) / (1 << n)
 
 
 class PromptSearch(Algorithm):

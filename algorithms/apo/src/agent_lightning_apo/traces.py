@@ -24,7 +24,8 @@ def _tool_calls(raw: Any) -> list[dict[str, Any]]:
     for call in raw if isinstance(raw, list) else []:
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        nested = call.get("function")
+        function: dict[str, Any] = nested if isinstance(nested, dict) else call
         name, arguments = function.get("name"), function.get("arguments", function.get("args", {}))
         if not isinstance(name, str):
             continue
