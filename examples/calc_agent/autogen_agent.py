@@ -1,4 +1,5 @@
-"""The calculator agent as an AutoGen AssistantAgent. Links to training: the base URL and the reward."""
+"""The calculator agent as an AutoGen AssistantAgent. Links to training: the base URL, the reward, and (when the
+rollout's resources have them) the system prompt and worked examples."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from autogen_core.models import (
     UserMessage,
 )
 from autogen_ext.models.openai import OpenAIChatCompletionClient
-from tasks import EXAMPLES, SYSTEM_PROMPT, compute_reward
+from tasks import Shot, compute_reward, system_prompt
 from tasks import calculator as evaluate
+from tasks import worked_examples as shots
 
 
 async def calculator(expression: str) -> str:
@@ -26,20 +28,21 @@ async def calculator(expression: str) -> str:
     return evaluate(expression)
 
 
-def worked_examples() -> list[LLMMessage]:
-    """The few-shot conversations: question, calculator call, its result, final answer."""
+def worked_examples(examples: list[Shot] | None = None) -> list[LLMMessage]:
+    """The few-shot conversations (default: ``tasks.EXAMPLES``): question, calculator call, its result, final answer."""
     messages: list[LLMMessage] = []
-    for i, (question, expression) in enumerate(EXAMPLES):
-        result = evaluate(expression)
-        call = FunctionCall(id=f"call_{i}", name="calculator", arguments=json.dumps({"expression": expression}))
-        messages += [
-            UserMessage(content=question, source="user"),
-            AssistantMessage(content=[call], source="calc"),
-            FunctionExecutionResultMessage(
-                content=[FunctionExecutionResult(content=result, name="calculator", call_id=call.id, is_error=False)]
-            ),
-            AssistantMessage(content=f"ANSWER: {result}", source="calc"),
-        ]
+    for i, (question, expression, result, final) in enumerate(shots() if examples is None else examples):
+        messages.append(UserMessage(content=question, source="user"))
+        if expression is not None:
+            call = FunctionCall(id=f"call_{i}", name="calculator", arguments=json.dumps({"expression": expression}))
+            execution = FunctionExecutionResult(
+                content=result or "", name="calculator", call_id=call.id, is_error=False
+            )
+            messages += [
+                AssistantMessage(content=[call], source="calc"),
+                FunctionExecutionResultMessage(content=[execution]),
+            ]
+        messages.append(AssistantMessage(content=final, source="calc"))
     return messages
 
 
@@ -62,8 +65,8 @@ async def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
         "calc",
         model_client=client,
         tools=[calculator],
-        system_message=SYSTEM_PROMPT,
-        model_context=UnboundedChatCompletionContext(initial_messages=worked_examples()),
+        system_message=system_prompt(ctx),
+        model_context=UnboundedChatCompletionContext(initial_messages=worked_examples(shots(ctx))),
         reflect_on_tool_use=True,
         max_tool_iterations=2,
     )

@@ -1,4 +1,5 @@
-"""The calculator agent as a LangChain tool-calling agent. Links to training: the base URL and the reward."""
+"""The calculator agent as a LangChain tool-calling agent. Links to training: the base URL, the reward, and (when the
+rollout's resources have them) the system prompt and worked examples."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from tasks import EXAMPLES, SYSTEM_PROMPT, compute_reward
+from tasks import Shot, compute_reward, system_prompt
 from tasks import calculator as evaluate
+from tasks import worked_examples as shots
 
 
 @tool
@@ -19,18 +21,15 @@ def calculator(expression: str) -> str:
     return evaluate(expression)
 
 
-def worked_examples() -> list[BaseMessage]:
-    """The few-shot conversations: question, calculator call, its result, final answer."""
+def worked_examples(examples: list[Shot] | None = None) -> list[BaseMessage]:
+    """The few-shot conversations (default: ``tasks.EXAMPLES``): question, calculator call, its result, final answer."""
     messages: list[BaseMessage] = []
-    for i, (question, expression) in enumerate(EXAMPLES):
-        result = evaluate(expression)
-        call = {"name": "calculator", "args": {"expression": expression}, "id": f"call_{i}"}
-        messages += [
-            HumanMessage(question),
-            AIMessage("", tool_calls=[call]),
-            ToolMessage(result, tool_call_id=call["id"]),
-            AIMessage(f"ANSWER: {result}"),
-        ]
+    for i, (question, expression, result, final) in enumerate(shots() if examples is None else examples):
+        messages.append(HumanMessage(question))
+        if expression is not None:
+            call = {"name": "calculator", "args": {"expression": expression}, "id": f"call_{i}"}
+            messages += [AIMessage("", tool_calls=[call]), ToolMessage(result or "", tool_call_id=call["id"])]
+        messages.append(AIMessage(final))
     return messages
 
 
@@ -40,6 +39,7 @@ def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
     model = ChatOpenAI(
         base_url=llm.endpoint, api_key=llm.api_key or "unused", model=llm.model, max_retries=0, **sampling
     )
-    graph = create_agent(model, tools=[calculator], system_prompt=SYSTEM_PROMPT)
-    state = graph.invoke({"messages": [*worked_examples(), HumanMessage(task["question"])]}, {"recursion_limit": 8})
+    graph = create_agent(model, tools=[calculator], system_prompt=system_prompt(ctx))
+    messages = [*worked_examples(shots(ctx)), HumanMessage(task["question"])]
+    state = graph.invoke({"messages": messages}, {"recursion_limit": 8})
     agl.emit_reward(compute_reward(str(state["messages"][-1].content), task["answer"]))

@@ -1,4 +1,5 @@
-"""The calculator agent with the plain OpenAI SDK. Its only links to training: the base URL and the reward."""
+"""The calculator agent with the plain OpenAI SDK. Its links to training: the base URL, the reward, and (when the
+rollout's resources have them) the system prompt and worked examples."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import agent_lightning as agl
 from openai import OpenAI
-from tasks import EXAMPLES, SYSTEM_PROMPT, calculator, compute_reward
+from tasks import SYSTEM_PROMPT, Shot, calculator, compute_reward, system_prompt
+from tasks import worked_examples as shots
 
 TOOLS = [
     {
@@ -25,27 +27,36 @@ TOOLS = [
 ]
 
 
-def worked_examples() -> list[dict[str, Any]]:
-    """The few-shot conversations: question, calculator call, its result, final answer."""
+def worked_examples(examples: list[Shot] | None = None) -> list[dict[str, Any]]:
+    """The few-shot conversations (default: ``tasks.EXAMPLES``): question, calculator call, its result, final answer."""
     messages: list[dict[str, Any]] = []
-    for i, (question, expression) in enumerate(EXAMPLES):
-        arguments = json.dumps({"expression": expression})
-        call = {"id": f"call_{i}", "type": "function", "function": {"name": "calculator", "arguments": arguments}}
-        result = calculator(expression)
-        messages += [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": call["id"], "content": result},
-            {"role": "assistant", "content": f"ANSWER: {result}"},
-        ]
+    for i, (question, expression, result, final) in enumerate(shots() if examples is None else examples):
+        messages.append({"role": "user", "content": question})
+        if expression is not None:
+            arguments = json.dumps({"expression": expression})
+            call = {"id": f"call_{i}", "type": "function", "function": {"name": "calculator", "arguments": arguments}}
+            messages += [
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": call["id"], "content": result or ""},
+            ]
+        messages.append({"role": "assistant", "content": final})
     return messages
 
 
-def solve(client: OpenAI, model: str, question: str, max_turns: int = 3, **sampling: Any) -> str:
+def solve(
+    client: OpenAI,
+    model: str,
+    question: str,
+    max_turns: int = 3,
+    *,
+    system: str = SYSTEM_PROMPT,
+    examples: list[Shot] | None = None,
+    **sampling: Any,
+) -> str:
     """An ordinary tool-calling loop; ``sampling`` (temperature, max_tokens, …) goes to every call."""
     messages: list[dict[str, Any]] = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        *worked_examples(),
+        {"role": "system", "content": system},
+        *worked_examples(examples),
         {"role": "user", "content": question},
     ]
     reply = ""
@@ -71,5 +82,5 @@ def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
     llm = ctx.llm()
     client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
     sampling = {"max_tokens": 96, **llm.sampling_parameters}  # the endpoint's settings: greedy when evaluating
-    result = solve(client, llm.model, task["question"], **sampling)
+    result = solve(client, llm.model, task["question"], system=system_prompt(ctx), examples=shots(ctx), **sampling)
     agl.emit_reward(compute_reward(result, task["answer"]))

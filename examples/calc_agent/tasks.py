@@ -1,7 +1,8 @@
-"""Arithmetic word problems with known answers, generated deterministically."""
+"""Arithmetic word problems with known answers, generated deterministically; the agents' prompt and examples."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from typing import Any
@@ -84,3 +85,55 @@ EXAMPLES = [
 A 135M model never calls a tool from the instruction alone; with these three solved conversations it calls the
 calculator about half the time, often enough for training to reinforce the calls that work. No example question
 is produced by :func:`make_tasks` (its templates and number ranges differ)."""
+
+PROMPT_RESOURCE = "system_prompt"
+"""The resource (a ``PromptTemplate``) that replaces :data:`SYSTEM_PROMPT` when the rollout's resources have it."""
+EXAMPLES_RESOURCE = "worked_examples"
+"""The resource (a ``ToolConfig`` with ``config["examples"]``, each ``{"messages": [OpenAI chat messages]}``) that
+replaces :data:`EXAMPLES` when the rollout's resources have it; an empty list means no worked examples."""
+
+Shot = tuple[str, str | None, str | None, str]
+"""One worked example: question, calculator expression (``None``: answered without it), its result, final reply."""
+
+
+def _resource(ctx: Any, name: str) -> Any:
+    snapshot = getattr(ctx, "resources", None)
+    return getattr(snapshot, "resources", {}).get(name) if snapshot is not None else None
+
+
+def system_prompt(ctx: Any = None) -> str:
+    """The system prompt: the rollout's ``system_prompt`` resource if it has one, else :data:`SYSTEM_PROMPT`."""
+    template = getattr(_resource(ctx, PROMPT_RESOURCE), "template", None)
+    return template if isinstance(template, str) else SYSTEM_PROMPT
+
+
+def worked_examples(ctx: Any = None) -> list[Shot]:
+    """The worked examples: the rollout's ``worked_examples`` resource if it has one, else :data:`EXAMPLES`."""
+    config = getattr(_resource(ctx, EXAMPLES_RESOURCE), "config", None)
+    if not isinstance(config, dict) or not isinstance(config.get("examples"), list):
+        return [(q, e, calculator(e), f"ANSWER: {calculator(e)}") for q, e in EXAMPLES]
+    shots = [_shot(example.get("messages") or []) for example in config["examples"] if isinstance(example, dict)]
+    return [shot for shot in shots if shot is not None]
+
+
+def _shot(messages: list[dict[str, Any]]) -> Shot | None:
+    """A conversation (question, one calculator call and its result, final reply) as a :data:`Shot`."""
+    question = next((m.get("content") for m in messages if m.get("role") == "user"), None)
+    final = next((m for m in reversed(messages) if m.get("role") == "assistant" and not m.get("tool_calls")), None)
+    if not isinstance(question, str) or final is None:
+        return None
+    expression = result = None
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            arguments = (call.get("function") or {}).get("arguments")
+            try:
+                arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except json.JSONDecodeError:
+                arguments = None
+            if expression is None and isinstance(arguments, dict) and "expression" in arguments:
+                expression = str(arguments["expression"])
+        if message.get("role") == "tool" and result is None:
+            result = str(message.get("content") or "")
+    if expression is not None and result is None:
+        result = calculator(expression)
+    return question, expression, result if expression is not None else None, str(final.get("content") or "")

@@ -1,0 +1,71 @@
+"""The calculator agent reads its system prompt and worked examples from the rollout's resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import agent_lightning as agl
+from agent_lightning import semconv
+from agent_lightning.runner import Runner
+
+
+def test_each_rollout_records_the_resources_version_it_ran(calc: Any, served: Any) -> None:
+    tasks, openai_agent = calc
+    task = {"question": "A shelf holds 20 books. 7 books are taken away. How many books are left?", "answer": 13,
+            "expression": "20 - 7"}  # fmt: skip
+    store, proxy = served([task])
+    sync = agl.SyncStore(store)
+    llm = sync.get_latest_resources().resources["main_llm"]  # type: ignore[union-attr]
+    shot = {"messages": [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "4"}]}
+    first = sync.add_resources({"main_llm": llm, "system_prompt": agl.PromptTemplate(template="Prompt one.")})
+    second = sync.add_resources(
+        {
+            "main_llm": llm,
+            "system_prompt": agl.PromptTemplate(template="Prompt two. ALWAYS call the calculator."),
+            "worked_examples": agl.ToolConfig(config={"examples": [shot]}),
+        }
+    )
+    ids = [
+        sync.enqueue_rollout(task, resources_id=snapshot.resources_id).rollout_id  # type: ignore[call-arg]
+        for snapshot in (first, second)
+    ]
+    Runner(openai_agent.agent, store).run(max_rollouts=2)
+    proxy.flush()
+    seen = {}
+    for rollout_id, snapshot in zip(ids, (first, second), strict=True):
+        rollout = sync.get_rollout(rollout_id)
+        assert rollout.status == "succeeded" and rollout.resources_id == snapshot.resources_id
+        spans = sync.query_spans(rollout_id)
+        roots = [s for s in spans if s.attributes.get(semconv.GEN_AI_OPERATION_NAME) == "invoke_agent"]
+        assert [s.attributes.get(semconv.RESOURCES_ID) for s in roots] == [snapshot.resources_id]
+        prompts = [s.attributes[semconv.GEN_AI_INPUT_MESSAGES] for s in spans if s.kind == "llm"]
+        seen[snapshot.version] = (prompts[0], [s.reward for s in spans if s.reward is not None])
+    (prompt_one, reward_one), (prompt_two, reward_two) = seen[first.version], seen[second.version]
+    assert prompt_one[0] == {"role": "system", "content": "Prompt one."}
+    assert len(prompt_one) == 2 + 4 * len(tasks.EXAMPLES)  # no examples resource: the default worked examples
+    assert prompt_two[0]["content"].startswith("Prompt two.")
+    assert [m["role"] for m in prompt_two] == ["system", "user", "assistant", "user"]  # the one resource example
+    assert prompt_two[1]["content"] == "What is 2 plus 2?"
+    assert reward_one == reward_two == [1.0]
+
+
+def test_shots_from_trace_conversations(calc: Any) -> None:
+    tasks, _ = calc
+    call = {"id": "c", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "6 * 7"}'}}
+    conversation = [
+        {"role": "user", "content": "What is 6 times 7?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c", "content": "42"},
+        {"role": "assistant", "content": "ANSWER: 42"},
+    ]
+
+    class Ctx:
+        resources = agl.ResourcesSnapshot(
+            resources_id="r",
+            version=1,
+            resources={"worked_examples": agl.ToolConfig(config={"examples": [{"messages": conversation}]})},
+        )
+
+    assert tasks.worked_examples(Ctx()) == [("What is 6 times 7?", "6 * 7", "42", "ANSWER: 42")]
+    assert tasks.system_prompt(Ctx()) == tasks.SYSTEM_PROMPT
+    assert len(tasks.worked_examples(None)) == len(tasks.EXAMPLES)
