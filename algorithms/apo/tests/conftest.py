@@ -10,7 +10,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-
 from agent_lightning_proxy import LLMProxy
 from agent_lightning_testkit.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
 
