@@ -127,6 +127,14 @@ def test_pip_installed_third_party_plugin_is_discovered(tmp_path: Path) -> None:
         text=True,
     )
     assert "throwaway" not in json.loads(limited.stdout)["store_schemes"]
+    left_out = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.cli", "runs", "--store", "throwaway://x"],
+        env={**env, "AGL_PLUGINS": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert left_out.returncode == 1
+    assert "the plugin 'throwaway' (agl-throwaway) is installed but AGL_PLUGINS leaves it out" in left_out.stderr
 
 
 def test_unknown_scheme_is_a_clear_error_naming_what_to_install() -> None:
@@ -140,11 +148,11 @@ def test_unknown_scheme_is_a_clear_error_naming_what_to_install() -> None:
         open_store("not a url")
 
 
-def test_missing_algorithm_names_the_plugins_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_algorithm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGL_PLUGINS", "")
     plugins.reset()
     try:
-        with pytest.raises(ImportError, match=r"not enabled by AGL_PLUGINS: .*rl \(agent-lightning-rl\)"):
+        with pytest.raises(ImportError, match=r"install the algorithm plugin .*`agent-lightning-<name>`"):
             from agent_lightning.algorithms import ProximalPolicyOptimization  # noqa: F401
         with pytest.raises(AttributeError, match="no installed algorithm plugin provides 'PPOConfig'"):
             agl.PPOConfig  # noqa: B018
@@ -270,3 +278,11 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "broken" in result.stdout and "FAILED" in result.stdout
+    opened = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.cli", "runs", "--store", "broken://x"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert opened.returncode == 1
+    assert "plugin 'broken' (agl-broken) is installed but failed to load: ModuleNotFoundError" in opened.stderr

@@ -183,23 +183,30 @@ def not_enabled_plugins() -> list[PluginInfo]:
 def install_hint(kind: str, name: str) -> str:
     """Where the plugin providing ``name`` (a store scheme, adapter or algorithm) may come from.
 
-    Built from the entry points: plugins that failed to load or that ``AGL_PLUGINS`` left out
-    are named with their distributions; otherwise the packaging convention is suggested.
+    Built from the entry points: an installed plugin that failed to load or that ``AGL_PLUGINS``
+    leaves out is named with its distribution; otherwise the packaging convention is suggested.
     """
-    hints = []
-    failed = [p for p in list_plugins() if p.error]
+
+    def matches(info: PluginInfo) -> bool:  # e.g. the "postgres" entry point for "postgresql"
+        return name.lower().startswith(info.name.lower()) or (info.package or "").lower().endswith(name.lower())
+
+    failed = [p for p in list_plugins() if p.error and matches(p)]
     if failed:
-        named = "; ".join(f"{p.name} ({p.package or p.module}): {p.error}" for p in failed)
-        hints.append(f"plugins that failed to load: {named}")
+        return "; ".join(
+            f"plugin {p.name!r} ({p.package or p.module}) is installed but failed to load: {p.error}" for p in failed
+        )
     left_out = not_enabled_plugins()
-    if left_out:
-        names = ", ".join(f"{p.name} ({p.package or p.module})" for p in left_out)
-        hints.append(f"installed but not enabled by AGL_PLUGINS: {names}")
-    hints.append(
+    relevant = [p for p in left_out if matches(p)]
+    if relevant:
+        names = ", ".join(f"{p.name!r} ({p.package or p.module})" for p in relevant)
+        return f"the plugin {names} is installed but AGL_PLUGINS leaves it out"
+    hint = (
         f"install the {kind} plugin that provides {name!r} (packages are named `agent-lightning-<name>` "
         "by convention; `agl plugins` lists what is installed)"
     )
-    return "; ".join(hints)
+    if left_out:
+        hint += f"; AGL_PLUGINS leaves out {', '.join(p.name for p in left_out)}"
+    return hint
 
 
 def register(plugin: object, name: str | None = None) -> None:
