@@ -74,8 +74,9 @@ def agl_register_adapters(register: Callable[[Adapter], None]) -> None:
     when a :class:`~agent_lightning.TrainingContext` opens, so an unchanged
     agent emits spans. See :class:`~agent_lightning.instrumentation.adapter.Adapter`.
 
-    :param register: call it once per adapter object; registering imports nothing heavy,
-        the adapter imports its framework in ``instrument()``.
+    :param register: call it once per :class:`~agent_lightning.instrumentation.adapter.Adapter`
+        instance; registering imports nothing heavy, the adapter imports its framework in ``_instrument()``.
+        A non-``Adapter`` object is a :class:`~agent_lightning.errors.PluginError`.
     :return: nothing; the return value is ignored.
 
     Called once when the adapter registry is first needed (the first context opens, or
