@@ -9,16 +9,14 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import agent_lightning as agl
 import pytest
 from agent_lightning import plugins
 from agent_lightning.errors import PluginError
-from agent_lightning.registry import install_hint
-from agent_lightning.store import open_store
-from agent_lightning.store.sync import SyncStore
+from agent_lightning.store import open_store, store_schemes
 
 PLUGIN_SOURCE = '''
 """A throwaway third-party plugin: a store backend and an algorithm."""
@@ -43,15 +41,8 @@ class CountingAlgorithm(Algorithm):
 
 
 @hookimpl
-def agl_store_schemes():
-    return ["throwaway"]
-
-
-@hookimpl
-def agl_open_store(url, options):
-    if url.startswith("throwaway://"):
-        return ThrowawayStore(url)
-    return None
+def agl_register_stores(register):
+    register(schemes=["throwaway"], opener=lambda url, options, create: ThrowawayStore(url))
 
 
 @hookimpl
@@ -136,116 +127,142 @@ def test_pip_installed_third_party_plugin_is_discovered(tmp_path: Path) -> None:
         text=True,
     )
     assert "throwaway" not in json.loads(limited.stdout)["store_schemes"]
+    left_out = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.cli", "runs", "--store", "throwaway://x"],
+        env={**env, "AGL_PLUGINS": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert left_out.returncode == 1
+    assert "the plugin 'throwaway' (agl-throwaway) is installed but AGL_PLUGINS leaves it out" in left_out.stderr
 
 
 def test_unknown_scheme_is_a_clear_error_naming_what_to_install() -> None:
-    with pytest.raises(PluginError, match="no installed store backend handles nosuch://"):
+    with pytest.raises(PluginError) as caught:
         open_store("nosuch://x")
+    message = str(caught.value)
+    assert "no installed plugin opens nosuch:// URLs" in message
+    assert f"installed schemes: {', '.join(store_schemes())}" in message and "memory" in message
+    assert "agent-lightning-<name>" in message
     with pytest.raises(ValueError, match="scheme://"):
         open_store("not a url")
-    assert install_hint("postgresql") == "install it with `pip install agent-lightning-postgres`"
 
 
-def test_missing_algorithm_says_which_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_algorithm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGL_PLUGINS", "")
     plugins.reset()
     try:
-        with pytest.raises(ImportError, match="pip install agent-lightning-rl"):
+        with pytest.raises(ImportError, match=r"install the algorithm plugin .*`agent-lightning-<name>`"):
             from agent_lightning.algorithms import ProximalPolicyOptimization  # noqa: F401
-        with pytest.raises(AttributeError, match="agent-lightning-rl"):
+        with pytest.raises(AttributeError, match="no installed algorithm plugin provides 'PPOConfig'"):
             agl.PPOConfig  # noqa: B018
     finally:
         monkeypatch.delenv("AGL_PLUGINS")
         plugins.reset()
 
 
-class Observer:
-    """Records every observer hook call, with the state each hook was given."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self.started_spans: list[agl.Span] = []
-        self.finished: list[tuple[agl.Rollout, agl.Attempt, str, str | None]] = []
+class _SchemeClaimer:
+    def __init__(self, scheme: str) -> None:
+        self.scheme = scheme
 
     @agl.hookimpl
-    def agl_rollout_started(self, rollout: agl.Rollout, attempt: agl.Attempt) -> None:
-        self.events.append(f"start {rollout.task_type} {rollout.status}/{attempt.status}")
-
-    @agl.hookimpl
-    def agl_span_started(self, span: agl.Span) -> None:
-        self.started_spans.append(span)
-        self.events.append(f"open {span.name}")
-
-    @agl.hookimpl
-    def agl_span_ended(self, span: agl.Span) -> None:
-        self.events.append(f"span {span.name}")
-
-    @agl.hookimpl
-    def agl_reward_emitted(self, reward: agl.Reward, span: agl.Span) -> None:
-        self.events.append(f"reward {reward.total}")
-
-    @agl.hookimpl
-    def agl_rollout_finished(self, rollout: agl.Rollout, attempt: agl.Attempt, status: str, error: str | None) -> None:
-        self.finished.append((rollout, attempt, status, error))
-        self.events.append(f"finish {status}")
+    def agl_register_stores(self, register: Any) -> None:
+        register(schemes=[self.scheme], opener=lambda url, options, create: agl.InMemoryLightningStore(url))
 
 
-@pytest.fixture
-def observer() -> Iterator[Observer]:
-    observing = Observer()
-    plugins.register(observing, name="observer")
+def test_in_process_plugin_opens_its_scheme_and_two_claims_of_one_scheme_name_both_plugins() -> None:
+    plugins.register(_SchemeClaimer("claimed"), name="first-claimer")
     try:
-        yield observing
+        assert "claimed" in store_schemes()
+        assert isinstance(open_store("CLAIMED://x"), agl.InMemoryLightningStore)
+        plugins.register(_SchemeClaimer("claimed"), name="second-claimer")
+        try:
+            with pytest.raises(PluginError) as caught:
+                open_store("claimed://x")
+            assert "claimed:// is registered by two plugins" in str(caught.value)
+            assert "'first-claimer'" in str(caught.value) and "'second-claimer'" in str(caught.value)
+        finally:
+            plugins.unregister("second-claimer")
+        assert isinstance(open_store("claimed://x"), agl.InMemoryLightningStore)
     finally:
-        plugins.unregister("observer")
+        plugins.unregister("first-claimer")
+    assert "claimed" not in store_schemes()
 
 
-def test_plugin_registered_in_process_observes_lifecycle_hooks(observer: Observer) -> None:
-    with agl.TrainingContext(task_id="observed", store=agl.InMemoryLightningStore()) as ctx:
-        with agl.span("step") as step:
-            agl.emit_reward(0.5)
-    assert observer.events == [
-        "start observed running/running",
-        "open observed",
-        "open step",
-        "open reward",
-        "span reward",
-        "reward 0.5",
-        "span step",
-        "span observed",
-        "finish succeeded",
-    ]
-    opened = {s.name: s for s in observer.started_spans}
-    assert opened["step"].span_id == step.id and opened["step"].end_time is None
-    assert opened["step"].parent_id == ctx.root_span_id and opened["step"].attempt_id == ctx.attempt_id
-    ((rollout, attempt, status, error),) = observer.finished
-    assert (rollout.status, attempt.status, status, error) == ("succeeded", "succeeded", "succeeded", None)
-    assert rollout.ended_at is not None and attempt.ended_at is not None
-    assert attempt.attempt_id == ctx.attempt_id
+def test_a_built_in_scheme_claimed_again_is_an_error_naming_the_built_in() -> None:
+    plugins.register(_SchemeClaimer("memory"), name="impostor")
+    try:
+        with pytest.raises(PluginError, match="memory:// is registered by two plugins") as caught:
+            open_store("memory://")
+        assert "'agent_lightning.store.memory_plugin' (agent-lightning)" in str(caught.value)
+        assert "'impostor'" in str(caught.value)
+    finally:
+        plugins.unregister("impostor")
 
 
-def test_rollout_finished_gets_the_final_state_of_a_failed_attempt(observer: Observer) -> None:
-    store = agl.InMemoryLightningStore()
-    with pytest.raises(RuntimeError, match="tool broke"):
-        with agl.TrainingContext(task_id="last-try", store=store, config=agl.RolloutConfig(max_attempts=1)):
-            raise RuntimeError("tool broke")
-    with pytest.raises(RuntimeError, match="tool broke"):
-        with agl.TrainingContext(task_id="will-retry", store=store):
-            raise RuntimeError("tool broke")
-    (last, _, status, error), (retried, retried_attempt, _, _) = observer.finished
-    assert (last.status, status, error) == ("failed", "failed", "RuntimeError: tool broke")
-    assert last.error is not None and "tool broke" in last.error
-    assert retried.status == "requeuing" and retried_attempt.status == "failed"
+class _Misspelled:
+    @agl.hookimpl
+    def agl_register_adaptor(self, register: Any) -> None:  # sic: the hook is agl_register_adapters
+        raise AssertionError("never called")
 
 
-def test_rollout_finished_reports_the_store_status_when_the_attempt_was_ended_elsewhere(observer: Observer) -> None:
-    store = agl.InMemoryLightningStore()
-    sync = SyncStore(store)
-    with agl.TrainingContext(task_id="cancelled", store=store) as ctx:
-        sync.cancel_rollout(ctx.rollout_id)  # e.g. an operator cancels the run while the agent works
-    ((rollout, attempt, status, error),) = observer.finished
-    assert rollout.status == "cancelled"
-    assert (attempt.status, status) == ("failed", "failed") and error == "rollout cancelled"
+class _MisspelledUndecorated:
+    def agl_register_algorithm(self, register: Any) -> None:  # sic, and the decorator forgotten
+        raise AssertionError("never called")
+
+
+@pytest.mark.parametrize(
+    ("plugin", "function", "suggestion"),
+    [
+        (_Misspelled(), "agl_register_adaptor", "agl_register_adapters"),
+        (_MisspelledUndecorated(), "agl_register_algorithm", "agl_register_algorithms"),
+    ],
+)
+def test_a_misspelled_hook_is_an_error_naming_plugin_and_function(
+    plugin: object, function: str, suggestion: str
+) -> None:
+    with pytest.raises(PluginError) as caught:
+        plugins.register(plugin, name="typo-plugin")
+    message = str(caught.value)
+    assert f"plugin 'typo-plugin' defines {function}()" in message
+    assert f"did you mean {suggestion}?" in message
+    assert not plugins.get_plugin_manager().has_plugin("typo-plugin")  # not left half-registered
+
+
+def test_an_installed_plugin_with_a_misspelled_hook_stops_agl_with_its_name(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "agl_typo-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: agl-typo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[agent_lightning]\ntypo = agl_typo\n")
+    (site / "agl_typo.py").write_text(
+        "from agent_lightning.hookspecs import hookimpl\n\n@hookimpl\ndef agl_register_store(register):\n    pass\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    env.pop("AGL_PLUGINS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.cli", "plugins"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stdout
+    assert "plugin 'typo' defines agl_register_store()" in result.stderr
+    assert "did you mean agl_register_stores?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_hook_spec_is_implemented_by_one_of_the_projects_packages() -> None:
+    import ast
+
+    from agent_lightning import hookspecs
+
+    repo = Path(__file__).resolve().parents[2]
+    implemented = set()
+    sources = [*repo.glob("core/src/**/*.py"), *repo.glob("*/*/src/**/*.py")]
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("agl_") and node.decorator_list:
+                implemented.add(node.name)
+    specs = {name for name in vars(hookspecs) if name.startswith("agl_")}
+    assert specs and implemented >= specs, f"hook specs nothing implements: {sorted(specs - implemented)}"
 
 
 def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
@@ -261,3 +278,11 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "broken" in result.stdout and "FAILED" in result.stdout
+    opened = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.cli", "runs", "--store", "broken://x"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert opened.returncode == 1
+    assert "plugin 'broken' (agl-broken) is installed but failed to load: ModuleNotFoundError" in opened.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import agent_lightning as agl
 import pytest
@@ -22,16 +24,50 @@ def test_the_contract_has_the_methods_this_test_expects() -> None:
 
 
 @pytest.mark.parametrize("name", CONTRACT)
-def test_every_store_method_has_a_sync_twin_with_the_same_parameters(name: str) -> None:
-    sync_method = getattr(SyncStore, name, None)
-    assert sync_method is not None, f"SyncStore lacks {name}; add it, mirroring LightningStore.{name}"
+def test_every_store_method_is_a_blocking_call_with_the_contracts_parameters(name: str) -> None:
+    sync_method = getattr(SyncStore, name)
     assert not inspect.iscoroutinefunction(sync_method)
-    expected = list(inspect.signature(getattr(LightningStore, name)).parameters.values())
-    actual = list(inspect.signature(sync_method).parameters.values())
-    if name == "close":  # SyncStore.close also stops its loop; same (empty) parameters
-        assert [p.name for p in actual] == [p.name for p in expected]
-        return
-    assert actual == expected, f"SyncStore.{name}{inspect.signature(sync_method)} differs from the store's"
+    assert [p.name for p in inspect.signature(sync_method).parameters.values()] == [
+        p.name for p in inspect.signature(getattr(LightningStore, name)).parameters.values()
+    ]
+
+
+_CONTRACT_WITH_ONE_MORE_METHOD = '''
+import importlib, inspect
+from agent_lightning.store import base, sync
+from agent_lightning.store.memory import InMemoryLightningStore
+
+async def count_rollouts(self, *, task_type: str) -> int:
+    """How many rollouts of a task type there are."""
+    return len(await self.query_rollouts(task_types=[task_type]))
+
+base.LightningStore.count_rollouts = count_rollouts
+sync = importlib.reload(sync)  # SyncStore's definition, evaluated against the longer contract
+with sync.SyncStore(InMemoryLightningStore()) as store:
+    store.enqueue_rollout(1, task_type="math")
+    store.enqueue_rollout(2, task_type="math")
+    method = sync.SyncStore.count_rollouts
+    print(store.count_rollouts(task_type="math"), inspect.signature(method), method.__doc__)
+'''
+
+
+def test_a_method_added_to_the_contract_appears_on_sync_store_without_code() -> None:
+    result = subprocess.run([sys.executable, "-c", _CONTRACT_WITH_ONE_MORE_METHOD], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2 (self, *, task_type: str) -> int How many rollouts of a task type there are."
+
+
+def test_a_backends_override_is_what_the_blocking_call_runs() -> None:
+    class Counting(agl.InMemoryLightningStore):
+        calls = 0
+
+        async def get_latest_resources(self) -> agl.ResourcesSnapshot | None:
+            Counting.calls += 1
+            return await super().get_latest_resources()
+
+    with SyncStore(Counting()) as sync:
+        assert sync.get_latest_resources() is None
+    assert Counting.calls == 1
 
 
 def test_sync_calls_run_the_store_contract() -> None:

@@ -360,7 +360,7 @@ def test_agent_classes_defined_later_are_patched(env: ProxyEnv) -> None:
     loud_class = define_agent(echo_class, "ECHO: ")  # defined while off: found by the next instrument()
     assert not hasattr(loud_class.on_messages, "__agl_original__")
     agl.instrument("autogen")
-    adapter.instrument()  # a second call rescans without wrapping twice
+    adapter.instrument()  # already on: a no-op, nothing is wrapped twice
     for cls in (echo_class, loud_class):
         original = cls.__dict__["on_messages"].__agl_original__
         assert not hasattr(original, "__agl_original__")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,33 +49,40 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(url: str) -> Any:
+def _open(url: str, *, create: bool = True) -> Any:
     from agent_lightning.store import open_store
 
-    return open_store(url)
+    return open_store(url, create=create)
 
 
 def _runs(args: argparse.Namespace) -> int:
     async def main() -> int:
-        store = _open(args.store)
+        store = _open(args.store, create=False)
         try:
             rollouts = await store.query_rollouts(
                 status=args.status or None, task_types=args.task_type or None, limit=args.limit, offset=args.offset
             )
-            print(f"{'rollout':<36} {'task type':<16} {'mode':<5} {'status':<10} {'att':>3} {'spans':>5}  reward")
+            rows = []
             for rollout in rollouts:
                 spans = await store.query_spans(rollout.rollout_id, "latest")
                 rewards = [s.reward for s in spans if s.kind == "reward" and s.reward is not None]
                 reward = f"{sum(rewards):.3f}" if rewards else "-"
-                print(
-                    f"{rollout.rollout_id:<36} {rollout.task_type[:16]:<16} {rollout.mode:<5} "
-                    f"{rollout.status:<10} {rollout.attempt_count:>3} {len(spans):>5}  {reward}"
-                )
-            if not rollouts:
-                print("(no rollouts)")
-            return 0
+                rows.append((rollout, len(spans), reward))
         finally:
             await store.close()
+        # columns as wide as their longest value: two task types never print alike
+        id_width = max([len(r.rollout_id) for r, _, _ in rows] + [len("rollout")])
+        type_width = max([len(r.task_type) for r, _, _ in rows] + [len("task type")])
+        header = f"{'rollout':<{id_width}} {'task type':<{type_width}} {'mode':<5} {'status':<10}"
+        print(f"{header} {'att':>3} {'spans':>5}  reward")
+        for rollout, span_count, reward in rows:
+            print(
+                f"{rollout.rollout_id:<{id_width}} {rollout.task_type:<{type_width}} {rollout.mode:<5} "
+                f"{rollout.status:<10} {rollout.attempt_count:>3} {span_count:>5}  {reward}"
+            )
+        if not rows:
+            print("(no rollouts)")
+        return 0
 
     return asyncio.run(main())
 
@@ -83,7 +91,7 @@ def _spans(args: argparse.Namespace) -> int:
     from agent_lightning import semconv
 
     async def main() -> int:
-        store = _open(args.store)
+        store = _open(args.store, create=False)
         try:
             spans = await store.query_spans(args.rollout_id, None if args.all_attempts else "latest")
         finally:
@@ -245,23 +253,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGPIPE_EXIT_STATUS = 141
+"""What a shell reports for a process ended by SIGPIPE (128 + 13), as ``agl runs | head`` gets."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``agl``."""
+    """Entry point of ``agl``: exit status 0 on success, 1 on an error (printed without a traceback),
+    2 on a usage error, 141 when the reader of the output went away (``agl … | head``)."""
     import logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     from agent_lightning.errors import AgentLightningError
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
-    except (AgentLightningError, ValueError, FileNotFoundError) as exc:
-        print(f"agl: error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            status = int(args.func(args) or 0)
+        except (AgentLightningError, ValueError, FileNotFoundError) as exc:
+            print(f"agl: error: {exc}", file=sys.stderr)
+            status = 1
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return status
+    except BrokenPipeError:
+        # the reader stopped reading: end quietly, and let the interpreter's last flush go nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT_STATUS
 
 
 if __name__ == "__main__":

@@ -8,19 +8,24 @@ decorated with :data:`hookimpl`. Packages publish plugins through the
     my_backend = "my_package.plugin"
 
 Agent Lightning's own features (the ``memory://`` store, …) are registered
-through the same hooks, so built-ins and third-party plugins take one path.
+through the same hooks, so built-ins and third-party plugins take one path;
+every hook below is implemented by one of the project's own packages.
 
 Hooks that take ``register`` let a plugin hand over any number of things
-without the core knowing their types in advance. Hooks marked ``firstresult``
-stop at the first implementation that returns something other than ``None``;
-for the others every implementation is called. Implementations may accept
-fewer parameters than the spec (pluggy passes only those they name).
+without the core knowing their types in advance (as ``llm``'s
+``register_models``); every implementation of a hook is called.
+Implementations may accept fewer parameters than the spec (pluggy passes only
+those they name).
+
+Every ``agl_*`` function of a plugin must match a spec below: a misspelled
+one (``agl_register_adaptor``) makes loading fail with a
+:class:`~agent_lightning.errors.PluginError` naming the plugin and the function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -29,8 +34,7 @@ if TYPE_CHECKING:
 
     from agent_lightning.instrumentation.adapter import Adapter
     from agent_lightning.registry import AlgorithmEntry
-    from agent_lightning.store.base import LightningStore
-    from agent_lightning.types import Attempt, Reward, Rollout, Span
+    from agent_lightning.store import RegisterStore
 
 PROJECT = "agent_lightning"
 
@@ -40,33 +44,24 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # --------------------------------------------------------------------------- stores
 @hookspec
-def agl_store_schemes() -> list[str]:  # type: ignore[empty-body]
-    """Return the URL schemes this plugin's store backends accept.
+def agl_register_stores(register: RegisterStore) -> None:
+    """Register store backends by calling ``register(schemes=[...], opener=callable)`` for each.
 
-    Used by ``agl plugins`` to list backends, and by
-    :func:`~agent_lightning.store.open_store` to list the installed schemes when
-    no backend handles a URL.
+    :func:`~agent_lightning.store.open_store` dispatches a URL to the backend registered for its
+    scheme (the part before ``://``, compared case-insensitively). Two plugins registering the
+    same scheme is a :class:`~agent_lightning.errors.PluginError` naming both.
 
-    :return: scheme names without ``://`` (``["postgresql", "postgres"]``). The results
-        of all implementations are merged (deduplicated, sorted).
+    :param register: ``register(schemes, opener)``; ``schemes`` are names without ``://``
+        (``["postgresql", "postgres"]``), ``opener`` a
+        :class:`~agent_lightning.store.StoreOpener`: ``opener(url, options, create=...)`` returns an
+        open store, raising ``ValueError`` naming any option it does not take. With
+        ``create=False`` it must not create a store that does not exist yet (a read-only command
+        opening a mistyped path): it raises :class:`~agent_lightning.errors.NotFound` or
+        ``FileNotFoundError`` instead. Registering must not import the backend's driver.
+    :return: nothing; the return value is ignored.
 
-    Called whenever the list of backends is needed (cheap; must not import the backend's driver).
-    """
-
-
-@hookspec(firstresult=True)
-def agl_open_store(url: str, options: Mapping[str, Any]) -> LightningStore | None:
-    """Open a store for ``url`` if this plugin handles its scheme, else return ``None``.
-
-    :param url: the store URL as the user gave it (``sqlite:///runs.db``).
-    :param options: backend-specific keyword options (pool sizes, timeouts, …); raise
-        ``ValueError`` naming any option the backend does not take.
-    :return: an open :class:`~agent_lightning.store.base.LightningStore`, or ``None`` to
-        let another plugin try.
-
-    Stops at the first non-``None`` result (``firstresult``). Called by
-    :func:`~agent_lightning.store.open_store`, e.g. when a ``TrainingContext`` or the CLI
-    gets a store URL.
+    Called once when a store URL is first opened or the schemes are listed (``agl plugins``),
+    and again after :func:`agent_lightning.plugins.register`/``unregister``.
     """
 
 
@@ -79,8 +74,9 @@ def agl_register_adapters(register: Callable[[Adapter], None]) -> None:
     when a :class:`~agent_lightning.TrainingContext` opens, so an unchanged
     agent emits spans. See :class:`~agent_lightning.instrumentation.adapter.Adapter`.
 
-    :param register: call it once per adapter object; registering imports nothing heavy,
-        the adapter imports its framework in ``instrument()``.
+    :param register: call it once per :class:`~agent_lightning.instrumentation.adapter.Adapter`
+        instance; registering imports nothing heavy, the adapter imports its framework in ``_instrument()``.
+        A non-``Adapter`` object is a :class:`~agent_lightning.errors.PluginError`.
     :return: nothing; the return value is ignored.
 
     Called once when the adapter registry is first needed (the first context opens, or
@@ -116,82 +112,4 @@ def agl_register_commands(subparsers: argparse._SubParsersAction[argparse.Argume
     :return: nothing; the return value is ignored.
 
     Called by :func:`agent_lightning.cli.build_parser`, each time the CLI starts.
-    """
-
-
-# --------------------------------------------------------------------------- lifecycle observers
-# Observers run inline in the agent's process and must be fast; an exception raised by one
-# propagates to the code that triggered it.
-
-
-@hookspec
-def agl_rollout_started(rollout: Rollout, attempt: Attempt) -> None:
-    """An attempt of a rollout started running in this process.
-
-    :param rollout: the rollout as the store returned it (status ``running``).
-    :param attempt: the attempt this process now runs (status ``running``).
-    :return: nothing; the return value is ignored.
-
-    Called once per root :class:`~agent_lightning.TrainingContext`, as soon as the store
-    has created (or the runner has claimed) the attempt and its resources are loaded:
-    normally before the context's body runs; if the store answered only after
-    ``open_timeout``, later, from the tracer's background thread.
-    """
-
-
-@hookspec
-def agl_rollout_finished(rollout: Rollout, attempt: Attempt, status: str, error: str | None) -> None:
-    """The attempt run in this process ended; ``rollout`` and ``attempt`` are their final state in the store.
-
-    :param rollout: the rollout after the attempt ended: ``succeeded``, ``requeuing`` (a
-        failed attempt with retries left), ``failed``, or ``cancelled``.
-    :param attempt: the ended attempt, with ``status``, ``ended_at`` and ``error`` set.
-    :param status: the attempt's final status: ``succeeded`` or ``failed`` as the context
-        completed it, or ``lost``/``timeout``/``failed`` when the store had ended it first
-        (lease expired, timed out, rollout cancelled).
-    :param error: why the attempt failed (``"ValueError: …"``), else ``None``.
-    :return: nothing; the return value is ignored.
-
-    Called once per root context that completes its own attempt (not for a script that
-    joined a runner's attempt), after its spans were flushed and the store confirmed the
-    completion, from the tracer's background thread. Normally that is before the ``with``
-    block exits; if the store was unreachable, whenever the completion finally lands.
-    """
-
-
-@hookspec
-def agl_span_started(span: Span) -> None:
-    """A span opened in a :class:`~agent_lightning.TrainingContext`.
-
-    :param span: the span as recorded so far (``span.end_time`` is ``None``).
-    :return: nothing; the return value is ignored.
-
-    Called inline in the thread that opened the span, for every span (``agl.span``,
-    adapters' spans, reward spans, the context's own root span). Only when at least one
-    plugin implements this hook is the record built, so it costs nothing otherwise.
-    """
-
-
-@hookspec
-def agl_span_ended(span: Span) -> None:
-    """A span closed, before it is queued for the store.
-
-    :param span: the finished span (``end_time`` and ``status`` set).
-    :return: nothing; the return value is ignored.
-
-    Called inline in the thread that ended the span, for every span of every context.
-    Must be fast: it runs on the agent's critical path.
-    """
-
-
-@hookspec
-def agl_reward_emitted(reward: Reward, span: Span) -> None:
-    """A reward was recorded with :func:`agl.emit_reward <agent_lightning.emit_reward>`.
-
-    :param reward: the validated reward (``reward.total`` is its scalar value;
-        ``reward.span_id`` the span it judges, ``None`` for the whole attempt).
-    :param span: the ``reward`` span that records it.
-    :return: nothing; the return value is ignored.
-
-    Called inline, right after ``agl_span_ended`` for the reward span.
     """

@@ -50,33 +50,3 @@ class AlgorithmEntry:
             out[self.config.rpartition(":")[2].rpartition(".")[2]] = self.config
         out.update(self.exports)
         return out
-
-
-KNOWN_PACKAGES: dict[str, str] = {
-    # URL schemes
-    "sqlite": "agent-lightning-sqlite",
-    "postgresql": "agent-lightning-postgres",
-    "postgres": "agent-lightning-postgres",
-    "redis": "agent-lightning-redis",
-    "rediss": "agent-lightning-redis",
-    "http": "agent-lightning-http",
-    "https": "agent-lightning-http",
-    # adapters
-    "langchain": "agent-lightning-langchain",
-    "autogen": "agent-lightning-autogen",
-    "openai": "agent-lightning-openai",
-    # algorithms and their public names
-    "ppo": "agent-lightning-rl",
-    "grpo": "agent-lightning-rl",
-    "ProximalPolicyOptimization": "agent-lightning-rl",
-    "PPOConfig": "agent-lightning-rl",
-    "GroupRelativePolicyOptimization": "agent-lightning-rl",
-    "GRPOConfig": "agent-lightning-rl",
-}
-"""Which published package provides a scheme, adapter or algorithm (for install hints)."""
-
-
-def install_hint(name: str) -> str:
-    """How to get the plugin that provides ``name`` (a store scheme, adapter or algorithm): a pip command if known."""
-    package = KNOWN_PACKAGES.get(name)
-    return f"install it with `pip install {package}`" if package else "install the plugin package that provides it"

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
+from agent_lightning.instrumentation.adapter import Adapter
 
 from agent_lightning_autogen import wrappers
 
@@ -38,7 +36,7 @@ def _subclasses(root: type) -> Iterator[type]:
         stack.extend(cls.__subclasses__())
 
 
-class AutoGenAdapter:
+class AutoGenAdapter(Adapter):
     """Records AgentChat agent turns, team runs, speaker selection, model calls and tool runs.
 
     Every agent turn is an ``agent`` span named ``invoke_agent {agent}`` carrying
@@ -47,22 +45,17 @@ class AutoGenAdapter:
     """
 
     name = "autogen"
-    supported_versions = ">=0.7,<0.8"
-    """``autogen-agentchat`` versions."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._patched: list[tuple[type, str, Any]] = []
         self._hooked: list[tuple[type, Any]] = []
         self._roots: list[tuple[type, tuple[tuple[str, Callable[[Any], Any]], ...]]] = []
         self._lock = threading.RLock()
         """Reentrant: a class defined while patching (an import) runs the subclass hook."""
 
-    def is_available(self) -> bool:
-        try:
-            version = Version(importlib.metadata.version("autogen-agentchat"))
-        except (importlib.metadata.PackageNotFoundError, InvalidVersion):
-            return False
-        return version in SpecifierSet(self.supported_versions)
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ["autogen-agentchat>=0.7,<0.8"]
 
     def _plan(self) -> list[tuple[type, tuple[tuple[str, Callable[[Any], Any]], ...]]]:
         from autogen_agentchat.agents import BaseChatAgent
@@ -120,9 +113,9 @@ class AutoGenAdapter:
         root.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
         self._hooked.append((root, own))
 
-    def instrument(self) -> None:
-        """Patch every target class defined so far (a rescan on each call: idempotent), and hook the roots so
-        that classes defined while instrumented are patched when they are defined."""
+    def _instrument(self) -> None:
+        """Patch every target class defined so far, and hook the roots so that classes defined while
+        instrumented are patched when they are defined."""
         with self._lock:
             for module in _OPTIONAL_MODULES:
                 try:
@@ -133,13 +126,10 @@ class AutoGenAdapter:
             for root, _methods in self._roots:
                 for cls in _subclasses(root):
                     self._patch_class(cls)
-            hooked = {root for root, _own in self._hooked}
-            for root, _methods in self._roots:
-                if root not in hooked:
-                    self._hook_subclasses(root)
+                self._hook_subclasses(root)
             wrappers.enabled.set()
 
-    def uninstrument(self) -> None:
+    def _uninstrument(self) -> None:
         with self._lock:
             wrappers.enabled.clear()
             for root, own in reversed(self._hooked):

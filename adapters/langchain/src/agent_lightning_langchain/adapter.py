@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import threading
+from collections.abc import Collection
 from typing import Any
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
+from agent_lightning.instrumentation.adapter import Adapter
 
 
 class _HandlerSwitch:
@@ -26,39 +24,29 @@ class _HandlerSwitch:
 
 _switch = _HandlerSwitch()
 _registered = False
-_lock = threading.Lock()
 
 
-class LangChainAdapter:
+class LangChainAdapter(Adapter):
     """Records chains, agents, LangGraph nodes, chat models, LLMs, tools and retrievers as spans."""
 
     name = "langchain"
-    supported_versions = ">=0.3,<2"
-    """``langchain-core`` versions (LangChain 0.3 and 1.x, LangGraph through it)."""
 
-    def is_available(self) -> bool:
-        try:
-            version = Version(importlib.metadata.version("langchain-core"))
-        except (importlib.metadata.PackageNotFoundError, InvalidVersion):
-            return False
-        return version in SpecifierSet(self.supported_versions)
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ["langchain-core>=0.3,<2"]  # LangChain 0.3 and 1.x, LangGraph through it
 
-    def instrument(self) -> None:
+    def _instrument(self) -> None:
         global _registered
         from langchain_core.tracers.context import register_configure_hook
 
         from agent_lightning_langchain.handler import LightningCallbackHandler
 
-        with _lock:
-            if not _registered:
-                register_configure_hook(_switch, inheritable=True)  # type: ignore[arg-type]
-                _registered = True
-            if _switch.handler is None:
-                _switch.handler = LightningCallbackHandler()
+        if not _registered:  # LangChain has no way to remove a configure hook: it stays, reading the switch
+            register_configure_hook(_switch, inheritable=True)  # type: ignore[arg-type]
+            _registered = True
+        _switch.handler = LightningCallbackHandler()
 
-    def uninstrument(self) -> None:
-        with _lock:
-            _switch.handler = None
+    def _uninstrument(self) -> None:
+        _switch.handler = None
 
     @property
     def handler(self) -> Any:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+from agent_lightning.instrumentation.adapter import Adapter
 from agent_lightning.instrumentation.context import current_context
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
 
 from agent_lightning_openai.calls import LLMCall
 
@@ -80,7 +78,7 @@ def _async_wrapper(original: Callable[..., Any], operation: str) -> Callable[...
     return wrapper
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(Adapter):
     """Records every chat completion, text completion and Responses call of the OpenAI SDK.
 
     Sync and async clients, streaming included. Each call becomes an ``llm`` span; the
@@ -88,41 +86,29 @@ class OpenAIAdapter:
     """
 
     name = "openai"
-    supported_versions = ">=1.40,<4"
 
     def __init__(self) -> None:
+        super().__init__()
         self._patched: list[tuple[type, str, Any]] = []
-        self._lock = threading.Lock()
 
-    def is_available(self) -> bool:
-        try:
-            version = Version(importlib.metadata.version("openai"))
-        except (importlib.metadata.PackageNotFoundError, InvalidVersion):
-            return False
-        return version in SpecifierSet(self.supported_versions)
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ["openai>=1.40,<4"]
 
-    def instrument(self) -> None:
-        with self._lock:
-            if not self._patched:
-                for module_name, class_name, method, operation, is_async in TARGETS:
-                    try:
-                        cls = getattr(importlib.import_module(module_name), class_name)
-                        original = cls.__dict__[method]
-                    except (ImportError, AttributeError, KeyError):
-                        logger.debug("openai SDK has no %s.%s.%s; not instrumented", module_name, class_name, method)
-                        continue
-                    make = _async_wrapper if is_async else _sync_wrapper
-                    setattr(cls, method, make(original, operation))
-                    self._patched.append((cls, method, original))
-            _enabled.set()
+    def _instrument(self) -> None:
+        for module_name, class_name, method, operation, is_async in TARGETS:
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+                original = cls.__dict__[method]
+            except (ImportError, AttributeError, KeyError):
+                logger.debug("openai SDK has no %s.%s.%s; not instrumented", module_name, class_name, method)
+                continue
+            make = _async_wrapper if is_async else _sync_wrapper
+            setattr(cls, method, make(original, operation))
+            self._patched.append((cls, method, original))
+        _enabled.set()
 
-    def uninstrument(self) -> None:
-        with self._lock:
-            _enabled.clear()
-            for cls, method, original in reversed(self._patched):
-                setattr(cls, method, original)
-            self._patched.clear()
-
-    @property
-    def is_instrumented(self) -> bool:
-        return _enabled.is_set()
+    def _uninstrument(self) -> None:
+        _enabled.clear()
+        for cls, method, original in reversed(self._patched):
+            setattr(cls, method, original)
+        self._patched.clear()

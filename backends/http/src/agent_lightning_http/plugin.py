@@ -11,26 +11,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent_lightning.hookspecs import hookimpl
+from agent_lightning.store import RegisterStore
 from agent_lightning.store.base import LightningStore
 
 SCHEMES = ("http", "https")
 
 
-@hookimpl
-def agl_store_schemes() -> list[str]:
-    return list(SCHEMES)
-
-
-@hookimpl
-def agl_open_store(url: str, options: Mapping[str, Any]) -> LightningStore | None:
-    if url.split("://", 1)[0].lower() not in SCHEMES:
-        return None
+def open_http_store(url: str, options: Mapping[str, Any], *, create: bool) -> LightningStore:
+    """A client of the store server at ``url`` (the server's store exists; ``create`` changes nothing)."""
     from agent_lightning_http.client import OPTIONS, HttpLightningStore
 
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
         raise ValueError(f"http:// stores take the options {sorted(OPTIONS)}, not {unknown}")
     return HttpLightningStore(url, **options)
+
+
+@hookimpl
+def agl_register_stores(register: RegisterStore) -> None:
+    register(schemes=SCHEMES, opener=open_http_store)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -6,21 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent_lightning.hookspecs import hookimpl
+from agent_lightning.store import RegisterStore
 from agent_lightning.store.base import LightningStore
 
 from agent_lightning_redis.url import SCHEMES
 
 
-@hookimpl
-def agl_store_schemes() -> list[str]:
-    return list(SCHEMES)
-
-
-@hookimpl
-def agl_open_store(url: str, options: Mapping[str, Any]) -> LightningStore | None:
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in SCHEMES:
-        return None
+def open_redis_store(url: str, options: Mapping[str, Any], *, create: bool) -> LightningStore:
+    """A store under the URL's key prefix (keys are created as written; ``create`` changes nothing)."""
     from agent_lightning_redis.store import RedisLightningStore
 
     return RedisLightningStore(url, **dict(options))
+
+
+@hookimpl
+def agl_register_stores(register: RegisterStore) -> None:
+    register(schemes=SCHEMES, opener=open_redis_store)

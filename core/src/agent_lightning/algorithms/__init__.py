@@ -2,7 +2,7 @@
 
 ``from agent_lightning.algorithms import ProximalPolicyOptimization`` imports
 the class from whichever installed plugin package registered it, and says
-which package to install when none did.
+where to look for it when none did.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from agent_lightning.errors import PluginError
-from agent_lightning.registry import AlgorithmEntry, import_object, install_hint
+from agent_lightning.registry import AlgorithmEntry, import_object
 
 _lock = threading.Lock()
 _entries: dict[str, AlgorithmEntry] | None = None
@@ -52,10 +52,12 @@ def resolve_name(name: str) -> Any:
         reference = entry.names().get(name)
         if reference is not None:
             return import_object(reference)
+    from agent_lightning.plugins import install_hint
+
     available = sorted({n for e in entries.values() for n in [e.name, *e.names()]})
     raise PluginError(
-        f"no installed algorithm plugin provides {name!r}; {install_hint(name)}. "
-        f"Available: {', '.join(available) or 'none'}"
+        f"no installed algorithm plugin provides {name!r} (available: {', '.join(available) or 'none'}); "
+        f"{install_hint('algorithm', name)}"
     )
 
 

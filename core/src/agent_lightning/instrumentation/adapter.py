@@ -8,37 +8,107 @@ opens, unless it was turned off with :func:`uninstrument` or the
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
-from typing import Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from collections.abc import Collection
 
 from agent_lightning.errors import PluginError
-from agent_lightning.registry import install_hint
 
 logger = logging.getLogger(__name__)
 
 
-@runtime_checkable
-class Adapter(Protocol):
-    """What a framework adapter provides (in the style of OpenTelemetry instrumentors)."""
+def dependency_conflicts(requirements: Collection[str]) -> list[str]:
+    """Which of the PEP 508 ``requirements`` (``"openai>=1.40,<4"``) the installed distributions do not meet.
+
+    :return: one line per unmet requirement (``"openai>=1.40,<4: 0.28.1 is installed"``); empty when all are met.
+    """
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+
+    conflicts = []
+    for text in requirements:
+        requirement = Requirement(text)
+        try:
+            installed = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            conflicts.append(f"{text}: not installed")
+            continue
+        try:
+            ok = requirement.specifier.contains(Version(installed), prereleases=True)
+        except InvalidVersion:
+            ok = False
+        if not ok:
+            conflicts.append(f"{text}: {installed} is installed")
+    return conflicts
+
+
+class Adapter(ABC):
+    """Instruments a framework so that an unchanged agent emits spans (OpenTelemetry's ``BaseInstrumentor``).
+
+    :meth:`instrument` and :meth:`uninstrument` own idempotence, thread safety and the
+    framework version check; a subclass names its framework's distributions in
+    :meth:`instrumentation_dependencies` and writes :meth:`_instrument` / :meth:`_uninstrument`.
+    """
 
     name: str
     """Short name: ``"langchain"``, ``"autogen"``, ``"openai"``."""
-    supported_versions: str
-    """The framework versions it supports, as a PEP 440 specifier (``">=0.3,<2"``)."""
+
+    def __init__(self) -> None:
+        self._instrumented = False
+        self._state_lock = threading.RLock()
+
+    @abstractmethod
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The framework distributions it supports, as PEP 508 requirements (``["openai>=1.40,<4"]``)."""
+
+    @abstractmethod
+    def _instrument(self) -> None:
+        """Start emitting spans for the framework's operations (called once per switch-on)."""
+
+    @abstractmethod
+    def _uninstrument(self) -> None:
+        """Stop emitting spans and restore the framework (called once per switch-off)."""
+
+    def dependency_conflicts(self) -> list[str]:
+        """The unmet :meth:`instrumentation_dependencies` (empty when the framework is usable)."""
+        return dependency_conflicts(self.instrumentation_dependencies())
 
     def is_available(self) -> bool:
-        """Whether the framework is importable at a supported version."""
-        ...
+        """Whether the framework is installed at a supported version."""
+        return not self.dependency_conflicts()
+
+    @property
+    def is_instrumented(self) -> bool:
+        """Whether the adapter is switched on."""
+        return self._instrumented
 
     def instrument(self) -> None:
-        """Start emitting spans for the framework's operations. Idempotent."""
-        ...
+        """Switch on (a no-op when already on).
+
+        :raises PluginError: the framework is missing or at an unsupported version.
+        """
+        with self._state_lock:
+            if self._instrumented:
+                return
+            conflicts = self.dependency_conflicts()
+            if conflicts:
+                raise PluginError(
+                    f"adapter {self.name!r} cannot instrument: its framework is missing or unsupported "
+                    f"({'; '.join(conflicts)})"
+                )
+            self._instrument()
+            self._instrumented = True
 
     def uninstrument(self) -> None:
-        """Stop emitting spans and restore the framework. Idempotent."""
-        ...
+        """Switch off and restore the framework (a no-op when already off)."""
+        with self._state_lock:
+            if not self._instrumented:
+                return
+            self._uninstrument()
+            self._instrumented = False
 
 
 _lock = threading.RLock()
@@ -71,7 +141,7 @@ def adapters() -> dict[str, Adapter]:
 
             def register(adapter: Adapter) -> None:
                 if not isinstance(adapter, Adapter):
-                    raise PluginError(f"{adapter!r} does not implement the Adapter protocol")
+                    raise PluginError(f"{adapter!r} is not an agent_lightning.instrumentation.adapter.Adapter")
                 found[adapter.name] = adapter
 
             plugins.hook().agl_register_adapters(register=register)
@@ -82,9 +152,11 @@ def adapters() -> dict[str, Adapter]:
 def _get(name: str) -> Adapter:
     found = adapters()
     if name not in found:
+        from agent_lightning.plugins import install_hint
+
         raise PluginError(
-            f"no adapter named {name!r} is installed; {install_hint(name)}. "
-            f"Installed: {', '.join(sorted(found)) or 'none'}"
+            f"no adapter named {name!r} is installed (installed: {', '.join(sorted(found)) or 'none'}); "
+            f"{install_hint('adapter', name)}"
         )
     return found[name]
 
@@ -101,16 +173,10 @@ def instrument(name: str) -> None:
     """Switch an adapter on now and keep it on until :func:`uninstrument`."""
     with _lock:
         adapter = _get(name)
-        if not adapter.is_available():
-            raise PluginError(
-                f"adapter {name!r} is installed but its framework is missing or unsupported "
-                f"(needs {adapter.supported_versions})"
-            )
+        adapter.instrument()  # raises PluginError when the framework is missing or unsupported
         _disabled.discard(name)
         _explicit.add(name)
-        if name not in _active:
-            adapter.instrument()
-            _active.add(name)
+        _active.add(name)
 
 
 def uninstrument(name: str) -> None:

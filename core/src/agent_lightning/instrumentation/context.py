@@ -9,7 +9,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
@@ -25,7 +24,6 @@ from agent_lightning.types import (
     AttemptedRollout,
     ResourcesSnapshot,
     Reward,
-    Rollout,
     RolloutConfig,
     RolloutMode,
     RolloutRequest,
@@ -141,8 +139,6 @@ class _Lifecycle:
                 self.tracer.keep_alive(attempted.rollout_id, attempted.attempt_id, lease)
             self.stage = "loading resources"
             ctx._resources = self._load_resources(attempted.rollout.resources_id)
-            if ctx._hook is not None:
-                ctx._hook.agl_rollout_started(rollout=attempted.rollout, attempt=attempted.attempt)
             self.ready.set()
             self.stage = "running"
             self.closed.wait()
@@ -235,14 +231,13 @@ class _Lifecycle:
         rollout_id, attempt_id = attempted.rollout_id, attempted.attempt_id
         while True:
             try:
-                rollout = self.tracer.call(
+                self.tracer.call(
                     store.complete_attempt(rollout_id, attempt_id, status, error), timeout=STORE_CALL_TIMEOUT
                 )
             except InvalidTransition as exc:  # the store ended it first: lease lost, timed out, or cancelled
                 logger.warning(
                     "could not complete attempt %s of rollout %s as %s: %s", attempt_id, rollout_id, status, exc
                 )
-                self._finished(attempted, None)
                 return
             except Exception as exc:
                 if is_permanent(exc):
@@ -252,27 +247,7 @@ class _Lifecycle:
                     return
                 backoff = min(backoff * 2, 5.0)
             else:
-                self._finished(attempted, rollout)
                 return
-
-    def _finished(self, attempted: AttemptedRollout, rollout: Rollout | None) -> None:
-        """Call ``agl_rollout_finished`` with the rollout and attempt as the store now has them."""
-        hook = self.ctx._hook
-        if hook is None or not hook.agl_rollout_finished.get_hookimpls():
-            return
-        store, status, error = self.tracer.store, *self.outcome
-        try:
-            if rollout is None:
-                rollout = self.tracer.call(store.get_rollout(attempted.rollout_id), timeout=STORE_CALL_TIMEOUT)
-            attempts = self.tracer.call(store.get_attempts(attempted.rollout_id), timeout=STORE_CALL_TIMEOUT)
-            attempt = next(a for a in attempts if a.attempt_id == attempted.attempt_id)
-        except Exception as exc:
-            if rollout is None:
-                logger.warning("agl_rollout_finished not called for rollout %s: %s", attempted.rollout_id, exc)
-                return
-            ended = rollout.ended_at or time.time()
-            attempt = attempted.attempt.model_copy(update={"status": status, "ended_at": ended, "error": error})
-        hook.agl_rollout_finished(rollout=rollout, attempt=attempt, status=attempt.status, error=attempt.error)
 
 
 class TrainingContext:
@@ -349,7 +324,6 @@ class TrainingContext:
         self._span_token: contextvars.Token[ActiveSpan | None] | None = None
         self._lifecycle: _Lifecycle | None = None
         self._lost_at_open = 0
-        self._hook: Any = None
         self._owns_attempt = True
         self._parent_span_id: str | None = None
 
@@ -440,18 +414,11 @@ class TrainingContext:
         """Called by :class:`ActiveSpan` when it opens."""
         root = self._parent or self
         root._span_ids.add(span.id)
-        # building the record costs a validation; skip it when no plugin observes span starts
-        if root._hook is not None and root._hook.agl_span_started.get_hookimpls():
-            record = span.to_span()
-            if record is not None:
-                root._hook.agl_span_started(span=root._with_ids(record))
 
     def on_span_ended(self, span: Span) -> None:
-        """Called by :class:`ActiveSpan` when it closes: observers, then the emitter."""
+        """Called by :class:`ActiveSpan` when it closes: queues it for the store."""
         root = self._parent or self
         root.spans_emitted += 1
-        if root._hook is not None:
-            root._hook.agl_span_ended(span=root._with_ids(span))
         if root.tracer is not None:
             with root._ids_lock:  # either the emitter still holds the placeholder, or the ids are fixed here
                 root.tracer.emitter.emit(root._with_ids(span))
@@ -462,8 +429,6 @@ class TrainingContext:
         root.rewards.append(reward)
         if self is not root:
             self.rewards.append(reward)
-        if root._hook is not None:
-            root._hook.agl_reward_emitted(reward=reward, span=root._with_ids(span))
 
     def _with_ids(self, span: Span) -> Span:
         """``span`` with the real attempt id if it was built with the placeholder before the attempt existed."""
@@ -496,9 +461,6 @@ class TrainingContext:
         if self._given is None and outer is not None and outer.is_open:
             self._open_nested(outer)
             return
-        from agent_lightning import plugins
-
-        self._hook = plugins.hook()
         self.tracer = get_tracer(self._store_arg)
         stats = self.tracer.emitter.stats()
         self._lost_at_open = stats.dropped + stats.rejected

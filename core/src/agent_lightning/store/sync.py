@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from agent_lightning.store.base import LightningStore
-from agent_lightning.types import (
-    Attempt,
-    AttemptedRollout,
-    Resource,
-    ResourcesSnapshot,
-    Rollout,
-    RolloutConfig,
-    RolloutMode,
-    RolloutRequest,
-    RolloutStatus,
-    Span,
-    SpanKind,
-)
-from agent_lightning.types.spans import SpanCursor
 
 T = TypeVar("T")
+_P = ParamSpec("_P")
+_C = TypeVar("_C", bound=type)
 
 
 class EventLoopThread:
@@ -59,16 +49,88 @@ class EventLoopThread:
             self.loop.close()
 
 
+def contract_methods(contract: type = LightningStore) -> dict[str, Callable[..., Any]]:
+    """The public coroutine methods of a store contract, by name."""
+    return {
+        name: member
+        for name, member in inspect.getmembers(contract, inspect.iscoroutinefunction)
+        if not name.startswith("_")
+    }
+
+
+def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of the wrapped store (a backend's override included), run to completion on the loop."""
+
+    def call(self: SyncStore, /, *args: Any, **kwargs: Any) -> Any:
+        return self._loop.run(getattr(self.store, name)(*args, **kwargs))
+
+    functools.update_wrapper(call, method)  # name, docstring, and the contract's signature for help()
+    return call
+
+
+def with_blocking_methods(contract: type) -> Callable[[_C], _C]:
+    """Class decorator: give the class a blocking twin of every public coroutine method of ``contract``
+    that it does not define itself."""
+
+    def decorate(cls: _C) -> _C:
+        for name, method in contract_methods(contract).items():
+            if name not in cls.__dict__:
+                blocking = _blocking(name, method)
+                blocking.__qualname__ = f"{cls.__qualname__}.{name}"
+                setattr(cls, name, blocking)
+        return cls
+
+    return decorate
+
+
+if TYPE_CHECKING:
+
+    class _Blocking(Generic[_P, T]):
+        """For type checkers: a store coroutine method seen as the blocking call ``SyncStore`` makes of it."""
+
+        def __init__(self, method: Callable[Concatenate[Any, _P], Awaitable[T]]) -> None: ...
+        def __get__(self, obj: object, owner: type | None = None) -> Callable[_P, T]: ...
+
+
+@with_blocking_methods(LightningStore)
 class SyncStore:
-    """Every method of :class:`~agent_lightning.store.base.LightningStore`, as a blocking call.
+    """Every public method of :class:`~agent_lightning.store.base.LightningStore`, as a blocking call.
 
     >>> store = SyncStore(InMemoryLightningStore())
     >>> rollout = store.enqueue_rollout({"question": "2+2"})
 
-    Calls run on one private event loop thread (or ``loop_thread``), so a store whose
-    connections belong to one loop is always used from that loop. For a backend's own
-    extra coroutines, use :meth:`run`: ``sync.run(sync.store.extra())``.
+    The blocking methods are derived from the contract when the class is defined: each calls the
+    wrapped store's method of the same name with the same arguments. Calls run on one private
+    event loop thread (or ``loop_thread``), so a store whose connections belong to one loop is
+    always used from that loop. For a backend's own extra coroutines, use :meth:`run`:
+    ``sync.run(sync.store.extra())``.
     """
+
+    if TYPE_CHECKING:
+        # The static view for mypy: parameters and result types come from the contract's signatures.
+        # At run time the decorator derives every method, one not listed here included.
+        enqueue_rollouts = _Blocking(LightningStore.enqueue_rollouts)
+        enqueue_rollout = _Blocking(LightningStore.enqueue_rollout)
+        start_rollout = _Blocking(LightningStore.start_rollout)
+        claim_rollout = _Blocking(LightningStore.claim_rollout)
+        heartbeat = _Blocking(LightningStore.heartbeat)
+        complete_attempt = _Blocking(LightningStore.complete_attempt)
+        cancel_rollout = _Blocking(LightningStore.cancel_rollout)
+        reap_expired = _Blocking(LightningStore.reap_expired)
+        get_rollout = _Blocking(LightningStore.get_rollout)
+        query_rollouts = _Blocking(LightningStore.query_rollouts)
+        get_attempts = _Blocking(LightningStore.get_attempts)
+        wait_for_rollouts = _Blocking(LightningStore.wait_for_rollouts)
+        add_spans = _Blocking(LightningStore.add_spans)
+        add_span = _Blocking(LightningStore.add_span)
+        flush = _Blocking(LightningStore.flush)
+        query_spans = _Blocking(LightningStore.query_spans)
+        add_resources = _Blocking(LightningStore.add_resources)
+        get_resources = _Blocking(LightningStore.get_resources)
+        get_latest_resources = _Blocking(LightningStore.get_latest_resources)
+        subscribe = _Blocking(LightningStore.subscribe)
+        pull_completed = _Blocking(LightningStore.pull_completed)
+        ack_completed = _Blocking(LightningStore.ack_completed)
 
     def __init__(self, store: LightningStore, *, loop_thread: EventLoopThread | None = None) -> None:
         self.store = store
@@ -79,183 +141,6 @@ class SyncStore:
     def url(self) -> str:
         """The wrapped store's URL."""
         return self.store.url
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run(coro)
-
-    # ------------------------------------------------------------------ rollouts
-    def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
-        """Queue many rollouts atomically; returns them in request order."""
-        return self._call(self.store.enqueue_rollouts(requests))
-
-    def enqueue_rollout(
-        self,
-        input: Any = None,
-        *,
-        task_type: str = "default",
-        mode: RolloutMode = "train",
-        resources_id: str | None = None,
-        config: RolloutConfig | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        rollout_id: str | None = None,
-    ) -> Rollout:
-        """Queue one rollout for a worker to claim."""
-        return self._call(
-            self.store.enqueue_rollout(
-                input,
-                task_type=task_type,
-                mode=mode,
-                resources_id=resources_id,
-                config=config,
-                metadata=metadata,
-                rollout_id=rollout_id,
-            )
-        )
-
-    def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
-        """Create a rollout that is already running, with its first attempt."""
-        return self._call(self.store.start_rollout(request, worker_id))
-
-    def claim_rollout(
-        self,
-        worker_id: str,
-        *,
-        task_types: Sequence[str] | None = None,
-        modes: Sequence[RolloutMode] | None = None,
-    ) -> AttemptedRollout | None:
-        """Claim the oldest claimable rollout; ``None`` when nothing is claimable."""
-        return self._call(self.store.claim_rollout(worker_id, task_types=task_types, modes=modes))
-
-    def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
-        """Extend the attempt's lease."""
-        return self._call(self.store.heartbeat(rollout_id, attempt_id))
-
-    def complete_attempt(
-        self,
-        rollout_id: str,
-        attempt_id: str,
-        status: Literal["succeeded", "failed"],
-        error: str | None = None,
-    ) -> Rollout:
-        """Finish an attempt; a failed one requeues the rollout while attempts remain."""
-        return self._call(self.store.complete_attempt(rollout_id, attempt_id, status, error))
-
-    def cancel_rollout(self, rollout_id: str) -> Rollout:
-        """Cancel a rollout that has not finished."""
-        return self._call(self.store.cancel_rollout(rollout_id))
-
-    def reap_expired(self, now: float | None = None) -> list[Attempt]:
-        """Mark overrun attempts ``lost``/``timeout``; returns them."""
-        return self._call(self.store.reap_expired(now))
-
-    def get_rollout(self, rollout_id: str) -> Rollout:
-        """One rollout by id."""
-        return self._call(self.store.get_rollout(rollout_id))
-
-    def query_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-        rollout_ids: Sequence[str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Rollout]:
-        """Rollouts matching every given filter, oldest first, paginated by ``limit``/``offset``."""
-        return self._call(
-            self.store.query_rollouts(
-                status=status, task_types=task_types, mode=mode, rollout_ids=rollout_ids, limit=limit, offset=offset
-            )
-        )
-
-    def get_attempts(self, rollout_id: str) -> list[Attempt]:
-        """The attempts of a rollout, first first."""
-        return self._call(self.store.get_attempts(rollout_id))
-
-    def wait_for_rollouts(
-        self, rollout_ids: Sequence[str], timeout: float | None = None, poll_interval: float = 0.05
-    ) -> list[Rollout]:
-        """Wait until the rollouts are terminal or ``timeout`` passes; returns the terminal ones."""
-        return self._call(self.store.wait_for_rollouts(rollout_ids, timeout, poll_interval))
-
-    # ------------------------------------------------------------------ spans
-    def add_spans(self, spans: Sequence[Span]) -> int:
-        """Store spans atomically (all or none); returns how many were written."""
-        return self._call(self.store.add_spans(spans))
-
-    def add_span(self, span: Span) -> Span:
-        """Store one span, written behind (durable once :meth:`flush` returns)."""
-        return self._call(self.store.add_span(span))
-
-    def flush(self) -> None:
-        """Return once every span ``add_span`` accepted is stored."""
-        self._call(self.store.flush())
-
-    def query_spans(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        kinds: Sequence[SpanKind] | None = None,
-        names: Sequence[str] | None = None,
-        after_sequence_id: int | None = None,
-        limit: int | None = None,
-        after: Span | SpanCursor | None = None,
-    ) -> list[Span]:
-        """Spans of a rollout ordered by ``(attempt, sequence_id, start_time, span_id)``; ``attempt_id="latest"``
-        for the newest only; ``after`` (a span or :class:`SpanCursor`) pages across attempts."""
-        return self._call(
-            self.store.query_spans(
-                rollout_id,
-                attempt_id,
-                kinds=kinds,
-                names=names,
-                after_sequence_id=after_sequence_id,
-                limit=limit,
-                after=after,
-            )
-        )
-
-    # ------------------------------------------------------------------ resources
-    def add_resources(
-        self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
-    ) -> ResourcesSnapshot:
-        """Store a new immutable snapshot; it becomes the latest."""
-        return self._call(self.store.add_resources(resources, metadata))
-
-    def get_resources(self, resources_id: str) -> ResourcesSnapshot:
-        """One snapshot by id."""
-        return self._call(self.store.get_resources(resources_id))
-
-    def get_latest_resources(self) -> ResourcesSnapshot | None:
-        """The newest snapshot, or ``None`` when there is none."""
-        return self._call(self.store.get_latest_resources())
-
-    # ------------------------------------------------------------------ publish–subscribe
-    def subscribe(self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False) -> None:
-        """Create (idempotently) a subscription group to finished rollouts."""
-        return self._call(self.store.subscribe(group, task_types=task_types, from_beginning=from_beginning))
-
-    def pull_completed(
-        self,
-        group: str,
-        *,
-        consumer: str = "default",
-        max_count: int = 100,
-        timeout: float = 0.0,
-        visibility_timeout: float = 300.0,
-    ) -> list[Rollout]:
-        """Take up to ``max_count`` undelivered finished rollouts for ``group``."""
-        return self._call(
-            self.store.pull_completed(
-                group, consumer=consumer, max_count=max_count, timeout=timeout, visibility_timeout=visibility_timeout
-            )
-        )
-
-    def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
-        """Acknowledge deliveries; returns how many were pending."""
-        return self._call(self.store.ack_completed(group, rollout_ids))
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, awaitable: Awaitable[T]) -> T:
