@@ -259,6 +259,8 @@ class CallContext:
             value = body.get(key)
             if value is not None:
                 attributes[name] = value
+        if body.get("stream") is True:
+            attributes["gen_ai.request.stream"] = True
         stop = body.get("stop")
         if stop is not None:
             attributes[semconv.GEN_AI_REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else stop
