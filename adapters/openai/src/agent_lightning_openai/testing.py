@@ -56,8 +56,9 @@ class SpanTree:
         assert len(llms) == calls, f"{len(llms)} llm spans for {calls} calls:\n{self.render()}"
         for span in llms:
             self.proxy_record(span)
-            operation, model = span.attributes.get(semconv.GEN_AI_OPERATION_NAME), span.attributes.get(
-                semconv.GEN_AI_REQUEST_MODEL
+            operation, model = (
+                span.attributes.get(semconv.GEN_AI_OPERATION_NAME),
+                span.attributes.get(semconv.GEN_AI_REQUEST_MODEL),
             )
             assert span.name == f"{operation} {model}", span.name
             if adapter is not None:
