@@ -358,3 +358,48 @@ def test_an_uninstrument_does_not_leak_into_the_next_test(env: ProxyEnv) -> None
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert adapters.active_adapters() == []
     assert len(env.tree(ctx.rollout_id).client_llm_spans("openai")) == 1
+
+
+def _two_calls(store: Any, base_url: str | None = None) -> agl.TrainingContext:
+    with agl.TrainingContext(task_id="ids", store=store) as ctx:
+        client = openai.OpenAI(base_url=base_url or ctx.llm().endpoint, api_key="unused", max_retries=0)
+        for question in ("hi", "again"):
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}])
+        agl.emit_reward(1.0)
+    return ctx
+
+
+def test_a_bypassed_proxy_is_reported_per_call_in_the_agents_process(
+    env: ProxyEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        ctx = _two_calls(env.store, base_url=env.upstream.url)  # straight to the model, not through the proxy
+    (printed,) = [r.getMessage() for r in caplog.records if "did not go through the proxy" in r.getMessage()]
+    assert printed.startswith(f"agent-lightning: 2 LLM call(s) of rollout {ctx.rollout_id}")
+    assert "ctx.llm().endpoint" in printed
+    tree = env.tree(ctx.rollout_id)
+    assert [s.attributes.get(semconv.RECORDED_BY) for s in tree.of_kind("llm")] == [None, None]  # adapter's own
+    rollout = asyncio.run(env.store.get_rollout(ctx.rollout_id))
+    (warning,) = agl.build_episode(rollout, tree.spans).warnings
+    assert warning.startswith("2 LLM call(s) without token ids were skipped: the call did not go through the proxy")
+
+
+def test_an_upstream_without_token_ids_is_reported_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    from agent_lightning.proxy import LLMProxy
+    from agent_lightning.store.memory import InMemoryLightningStore
+    from agent_lightning.testing.scripted_llm import ScriptedLLM
+    from agent_lightning.types import LLM
+
+    store = InMemoryLightningStore()
+    with ScriptedLLM("no ids", token_ids=False) as upstream, LLMProxy(store, upstream.url) as proxy:
+        asyncio.run(store.add_resources({"policy": LLM(endpoint=proxy.url, model=MODEL)}))
+        with caplog.at_level("WARNING"):
+            ctx = _two_calls(store)
+        spans = asyncio.run(store.query_spans(ctx.rollout_id))
+    assert not [r for r in caplog.records if "did not go through the proxy" in r.getMessage()]
+    llms = [s for s in spans if s.kind == "llm"]
+    assert [s.attributes.get(semconv.RECORDED_BY) for s in llms] == ["proxy", "proxy"]  # one span per call
+    rollout = asyncio.run(store.get_rollout(ctx.rollout_id))
+    (warning,) = agl.build_episode(rollout, spans).warnings
+    assert warning.startswith("2 LLM call(s) without token ids were skipped: the upstream returned no token ids")
+    assert "return_token_ids" in warning
