@@ -8,9 +8,10 @@ import pytest
 from agent_lightning import semconv
 from agent_lightning.errors import NoTrainingData
 from agent_lightning.trajectory import (
+    BYPASSED_PROXY_FIX,
     EMPTY_COMPLETION_FIX,
-    NO_TOKEN_IDS_FIX,
     PROMPT_TOO_LONG_FIX,
+    UPSTREAM_NO_IDS_FIX,
     build_episode,
     ensure_training_data,
 )
@@ -156,7 +157,8 @@ def test_agent_filter_keeps_only_selected_agents_calls() -> None:
 
 def test_missing_token_ids_empty_completions_and_long_prompts_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     t = Trace()
-    t.add("llm", "chat gpt", t.root)  # no token ids, no proxy record below it
+    t.add("llm", "chat gpt", t.root)  # an adapter's own span: the call did not go through the proxy
+    t.add("llm", "chat policy", t.root, **{semconv.RECORDED_BY: "proxy"})  # the upstream returned no ids
     t.llm(None, [1], [])
     t.llm(None, list(range(50)), [1])
     t.llm(None, [1], [2])
@@ -170,8 +172,9 @@ def test_missing_token_ids_empty_completions_and_long_prompts_are_reported(caplo
     (record,) = [r for r in caplog.records if r.name == "agent_lightning.trajectory"]  # once per episode
     assert record.levelname == "WARNING"
     message = record.getMessage()
-    assert message.startswith("rollout ro-1 (attempt at-1): 1 of 4 LLM call(s) usable for training")
-    assert NO_TOKEN_IDS_FIX in message  # each problem comes with its fix
+    assert message.startswith("rollout ro-1 (attempt at-1): 1 of 5 LLM call(s) usable for training")
+    assert "1 LLM call(s) without token ids were skipped: " + BYPASSED_PROXY_FIX in message  # each with its fix
+    assert "1 LLM call(s) without token ids were skipped: " + UPSTREAM_NO_IDS_FIX in message
     assert "1 LLM call(s) with an empty completion were skipped: " + EMPTY_COMPLETION_FIX in message
     assert "prompts over max_prompt_tokens=10 were skipped: " + PROMPT_TOO_LONG_FIX in message
 
@@ -186,13 +189,47 @@ def test_a_clean_episode_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     assert not [r for r in caplog.records if r.name == "agent_lightning.trajectory"]
 
 
-def test_client_span_with_proxy_child_is_not_reported_missing() -> None:
+def _timed(t: Trace, span_id: str, start: float, end: float) -> None:
+    t.spans = [
+        s.model_copy(update={"start_time": start, "end_time": end}) if s.span_id == span_id else s for s in t.spans
+    ]
+
+
+def test_a_step_reward_credits_the_unplaced_calls_made_while_the_step_was_open() -> None:
+    """Calls made with a client no adapter covers are the proxy's root records: time places them in the step."""
     t = Trace()
-    client = t.add("llm", "chat client", t.root)
-    t.llm(client, [1], [2])
-    t.reward(1.0)
+    step = t.add("agent", "step", t.root)
+    inside = t.llm(None, [1], [2])
+    under_root = t.llm(t.root, [3], [4])
+    after = t.llm(None, [5], [6])
+    _timed(t, step, 101.0, 110.0)
+    _timed(t, inside, 102.0, 103.0)
+    _timed(t, under_root, 104.0, 105.0)
+    _timed(t, after, 111.0, 112.0)
+    t.spans = [s.model_copy(update={"parent_id": None}) if s.span_id == inside else s for s in t.spans]
+    t.reward(1.0, target=step)
+    t.spans[-1] = t.spans[-1].model_copy(update={"start_time": 113.0, "end_time": 113.0})
     episode = build_episode(ROLLOUT, t.spans)
-    assert len(episode.samples) == 1 and not episode.warnings
+    assert [s.reward for s in episode.samples] == [1.0, 1.0, 0.0]
+    assert episode.reward == 1.0
+
+
+def test_a_step_reward_does_not_credit_a_concurrent_steps_calls() -> None:
+    t = Trace()
+    step_a = t.add("agent", "a", t.root)
+    step_b = t.add("agent", "b", t.root)
+    call_a = t.llm(step_a, [1], [2])
+    call_b = t.llm(step_b, [3], [4])
+    for span_id, (start, end) in {
+        step_a: (101, 110),
+        step_b: (101, 110),
+        call_a: (102, 103),
+        call_b: (104, 105),
+    }.items():
+        _timed(t, span_id, start, end)
+    t.reward(1.0, target=step_a)
+    episode = build_episode(ROLLOUT, t.spans)
+    assert [s.reward for s in episode.samples] == [1.0, 0.0]  # call_b is placed under step b, time aside
 
 
 def test_no_reward_and_no_llm_spans_raise_no_training_data_with_the_fix() -> None:

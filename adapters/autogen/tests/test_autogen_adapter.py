@@ -66,7 +66,8 @@ def assert_model_call(tree: SpanTree, span: Any, agent: str) -> None:
     assert span.attributes[semconv.AGENT_NAME] == agent
     assert span.attributes[semconv.RESOURCE_NAMES] == ["policy"]
     assert span.status.code == "ok"
-    tree.proxy_record(span)
+    assert span.attributes["agl.autogen.model_client"] == "OpenAIChatCompletionClient"  # joined from AutoGen's span
+    tree.proxy_record(span)  # the one span of the call: the proxy's record, with the token ids
 
 
 def test_found_through_entry_point_and_available() -> None:
@@ -89,11 +90,12 @@ def test_assistant_agent_with_tool(env: ProxyEnv) -> None:
     assert turn.attributes[semconv.GEN_AI_INPUT_MESSAGES][0]["content"] == "What is 25 * 17?"
     assert turn.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
     first, run, second = tree.children(turn)
+    tree.assert_one_span_per_call(env.upstream_calls, adapter="autogen")
     assert_model_call(tree, first, "solver")
     assert first.attributes[semconv.GEN_AI_TOOL_DEFINITIONS][0]["function"]["name"] == "calculator"
     call = first.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["tool_calls"][0]
     assert call["function"]["name"] == "calculator"
-    assert first.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["function_calls"]
+    assert first.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ["tool_calls"]  # as the upstream said
     assert run.kind == "tool" and run.name == "execute_tool calculator"
     assert run.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] == {"expression": "25 * 17"}
     assert run.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] == "425"
@@ -184,6 +186,7 @@ def test_streaming_model_client(env: ProxyEnv) -> None:
     tree = env.tree(ctx.rollout_id)
     turn = tree.child(tree.root, kind="agent")
     first, run, second = tree.children(turn)
+    tree.assert_one_span_per_call(env.upstream_calls, adapter="autogen")
     for span in (first, second):
         assert span.attributes["gen_ai.request.stream"] is True
         assert_model_call(tree, span, "solver")
@@ -267,7 +270,7 @@ def test_system_message_template_scopes_the_agents_model_calls() -> None:
             system = span.attributes[semconv.GEN_AI_INPUT_MESSAGES][0]
             assert system == {"role": "system", "content": newer.format(style="careful")}
             assert span.attributes[semconv.RESOURCE_NAMES] == ["policy", "solver_prompt"]
-            assert span.attributes[semconv.RESOURCES_ID] == snapshot.resources_id
+            assert span.attributes[semconv.RESOURCES_ID] == env.upstream.model_version  # the weights that answered
             assert span.attributes[RESOURCES_VERSION] == 2
         (checker_call,) = by_agent["checker"]
         assert checker_call.attributes[semconv.RESOURCE_NAMES] == ["policy"]  # its system message is no template

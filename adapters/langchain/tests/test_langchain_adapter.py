@@ -80,7 +80,8 @@ def assert_model_call(tree: SpanTree, node: Any, agent: str) -> Any:
     assert llm.attributes[semconv.AGENT_NAME] == agent
     assert "policy" in llm.attributes[semconv.RESOURCE_NAMES]
     assert llm.status.code == "ok"
-    tree.proxy_record(llm)  # token ids live on the proxy's record, a child of this span
+    assert llm.attributes["agl.langchain.run_id"]  # what LangChain knew, joined onto the proxy's record
+    tree.proxy_record(llm)  # the one span of the call: the proxy's record, with the token ids
     return llm
 
 
@@ -97,6 +98,7 @@ def test_create_agent_tool_calling_span_tree(env: ProxyEnv) -> None:
     assert graph.attributes[semconv.ADAPTER] == "langchain"
     model_1, tools, model_2 = tree.children(graph)
     assert [model_1.name, tools.name, model_2.name] == ["model", "tools", "model"]
+    tree.assert_one_span_per_call(env.upstream_calls, adapter="langchain")
     assert all(s.kind == "agent" and s.attributes[LANGGRAPH_NODE] == s.name for s in (model_1, tools, model_2))
 
     first = assert_model_call(tree, model_1, "calc_agent")
@@ -168,6 +170,7 @@ def test_langgraph_nodes_are_agents_and_can_be_selected() -> None:
         assert graph.name == "LangGraph"
         router, solver = tree.children(graph)
         assert (router.name, solver.name) == ("router", "solver")
+        tree.assert_one_span_per_call(env.upstream_calls, adapter="langchain")
         router_llm = assert_model_call(tree, router, "router")
         solver_llm = assert_model_call(tree, solver, "solver")
         assert router_llm.attributes[semconv.RESOURCE_NAMES] == ["policy", "router_prompt"]
@@ -277,16 +280,16 @@ def test_uninstrument_records_no_langchain_spans(env: ProxyEnv) -> None:
     assert graph.name == "calc_agent"
     assert [s.name for s in tree.children(graph)] == ["model", "tools", "model"]
     assert len(tree.client_llm_spans("langchain")) == 2
-    assert tree.client_llm_spans("openai") == []  # inside LangChain's model span the OpenAI adapter adds no span
+    assert tree.client_llm_spans("openai") == []  # the OpenAI adapter sends LangChain's model span to the proxy
 
 
 @pytest.mark.parametrize(
     ("selection", "active", "recorded_by"),
     [
-        ("openai", ["openai"], {"openai", None}),
+        ("openai", ["openai"], {"openai"}),
         ("none", [], {None}),
-        # both: inside LangChain's model span the OpenAI adapter links the call and adds no span of its own
-        (" langchain , openai ", ["langchain", "openai"], {"langchain", None}),
+        # both: the proxy's record is LangChain's model span (the OpenAI adapter sends it along, adds none)
+        (" langchain , openai ", ["langchain", "openai"], {"langchain"}),
     ],
 )
 def test_agl_adapters_environment_variable_selects_adapters(
@@ -300,9 +303,10 @@ def test_agl_adapters_environment_variable_selects_adapters(
         )
     assert adapters.active_adapters() == []
     spans = [s for s in env.spans(ctx.rollout_id) if s.span_id != ctx.root_span_id]
-    assert {s.attributes.get(semconv.ADAPTER) for s in spans} == recorded_by  # None: the proxy's records
-    # the proxy's two token-id records are there whatever the selection
-    assert len([s for s in spans if s.kind == "llm" and s.attributes.get(semconv.PROMPT_TOKEN_IDS)]) == 2
+    assert {s.attributes.get(semconv.ADAPTER) for s in spans} == recorded_by  # None: the proxy's bare records
+    # one span per call, the proxy's token-id record, whatever the selection
+    llms = [s for s in spans if s.kind == "llm"]
+    assert len(llms) == 2 and all(s.attributes.get(semconv.PROMPT_TOKEN_IDS) for s in llms)
 
 
 def test_concurrent_async_rollouts_stay_separate(env: ProxyEnv) -> None:
@@ -397,14 +401,11 @@ def test_streaming_model_is_one_llm_span_linked_to_its_token_ids() -> None:
             assert len([c for c in chunks if c]) > 1  # really streamed, in several chunks
             assert "".join(chunks) == "The answer is 425."
         tree = env.tree(ctx.rollout_id)
-        llms = tree.client_llm_spans("langchain")
-        assert len(llms) == 2  # one span per streamed call, not one per chunk
-        assert tree.client_llm_spans("openai") == []  # the OpenAI adapter links the call into LangChain's span
+        llms = tree.assert_one_span_per_call(2, adapter="langchain")  # per streamed call, not per chunk
         sequence = tree.child(tree.root, kind="agent")
         assert llms[0].parent_id == sequence.span_id and llms[1].parent_id == tree.root.span_id
         for span, sampled in zip(llms, env.upstream.calls, strict=True):
             assert span.end_time is not None and span.status.code == "ok"
             assert span.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
-            record = tree.proxy_record(span)  # its child, the proxy's token-id record, linked both ways
-            assert record.attributes[semconv.COMPLETION_TOKEN_IDS] == sampled.choices[0].token_ids
+            assert span.attributes[semconv.COMPLETION_TOKEN_IDS] == sampled.choices[0].token_ids
             assert sampled.body["stream"] is True

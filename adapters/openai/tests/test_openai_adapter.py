@@ -71,7 +71,8 @@ def test_tool_calling_agent_span_tree(env: ProxyEnv) -> None:
 
     tree = env.tree(ctx.rollout_id)
     assert tree.root.name == "math" and tree.root.kind == "agent"
-    first, second = tree.children(tree.root, kind="llm")
+    first, second = tree.assert_one_span_per_call(env.upstream_calls, adapter="openai")
+    assert [first, second] == tree.children(tree.root, kind="llm")
     for span in (first, second):
         assert span.name == f"chat {MODEL}"
         assert span.status.code == "ok"
@@ -82,11 +83,9 @@ def test_tool_calling_agent_span_tree(env: ProxyEnv) -> None:
         assert span.attributes[semconv.AGENT_NAME] == "solver"
         assert span.attributes[semconv.RESOURCE_NAMES] == ["policy", "system_prompt"]
         assert ctx.resources is not None
-        assert span.attributes[semconv.RESOURCES_ID] == ctx.resources.resources_id
+        assert span.attributes[semconv.RESOURCES_ID] == "scripted-v1"  # the weights version that answered
         assert span.attributes[RESOURCES_VERSION] == ctx.resources.version == 1
-        record = tree.proxy_record(span)  # the proxy's token-id record is the child, not duplicated
-        assert record.rollout_id == ctx.rollout_id
-        assert record.attributes[semconv.GEN_AI_REQUEST_MODEL] == MODEL
+        assert span.rollout_id == ctx.rollout_id
     assert first.attributes[semconv.GEN_AI_INPUT_MESSAGES][1] == {"role": "user", "content": "What is 25 * 17?"}
     call = first.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["tool_calls"][0]
     assert call["function"] == {"name": "calculator", "arguments": '{"expression": "25 * 17"}'}
@@ -94,13 +93,11 @@ def test_tool_calling_agent_span_tree(env: ProxyEnv) -> None:
     assert second.attributes[semconv.GEN_AI_INPUT_MESSAGES][-1]["role"] == "tool"
     assert second.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
     assert second.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
-    # the link: each client span's proxy record is its child and holds exactly what the upstream sampled for it
+    # the one span of each call holds exactly what the upstream sampled for it
     for span, sampled in zip((first, second), env.upstream.calls, strict=True):
-        record = tree.proxy_record(span)
-        assert record.parent_id == span.span_id
-        assert record.attributes[semconv.PROMPT_TOKEN_IDS] == sampled.prompt_token_ids[0]
-        assert record.attributes[semconv.COMPLETION_TOKEN_IDS] == sampled.choices[0].token_ids
-    # the proxy consumes the link headers: the upstream never sees them
+        assert span.attributes[semconv.PROMPT_TOKEN_IDS] == sampled.prompt_token_ids[0]
+        assert span.attributes[semconv.COMPLETION_TOKEN_IDS] == sampled.choices[0].token_ids
+    # the proxy consumes the join headers: the upstream never sees them
     assert not [h for call in env.upstream.calls for h in call.headers if h.startswith("x-agl-")]
 
 
@@ -129,7 +126,8 @@ def test_streaming_sync_and_async(env: ProxyEnv) -> None:
 
     assert text == "I can only do arithmetic."
     tree = env.tree(ctx.rollout_id)
-    sync_span, async_span = tree.children(tree.root, kind="llm")
+    sync_span, async_span = tree.assert_one_span_per_call(2, adapter="openai")
+    assert [sync_span, async_span] == tree.children(tree.root, kind="llm")
     assert sync_span.end_time is not None and sync_span.status.code == "ok"
     assert sync_span.attributes[semconv.GEN_AI_OUTPUT_MESSAGES] == [
         {"role": "assistant", "content": "I can only do arithmetic."}
@@ -156,7 +154,8 @@ def test_text_completion(env: ProxyEnv) -> None:
         client = openai.OpenAI(base_url=ctx.llm().endpoint, api_key="unused", max_retries=0)
         result = client.completions.create(model=MODEL, prompt="What is 1 + 1?", max_tokens=64)
     tree = env.tree(ctx.rollout_id)
-    span = tree.child(tree.root, kind="llm")
+    (span,) = tree.assert_one_span_per_call(1, adapter="openai")
+    assert span.parent_id == tree.root.span_id
     assert span.name == f"text_completion {MODEL}"
     assert span.attributes[semconv.GEN_AI_OPERATION_NAME] == "text_completion"
     assert span.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == result.choices[0].text
@@ -170,11 +169,12 @@ def test_upstream_failure_is_an_error_span_and_the_rollout_fails() -> None:
                 client = openai.OpenAI(base_url=ctx.llm().endpoint, api_key="unused", max_retries=0)
                 client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         tree = env.tree(ctx.rollout_id)
-        span = tree.children(tree.root, kind="llm")[0]
+        (span,) = tree.of_kind("llm")  # one span for the failed call: the proxy's record of the error
+        assert span.parent_id == tree.root.span_id
+        assert span.attributes[semconv.RECORDED_BY] == "proxy"
         assert span.attributes[semconv.ADAPTER] == "openai"
-        assert span.status.code == "error"
-        assert span.attributes[semconv.ERROR_TYPE] == "InternalServerError"
-        assert "exception.stacktrace" in span.attributes
+        assert span.status.code == "error" and "engine crashed" in (span.status.message or "")
+        assert span.attributes[semconv.ERROR_TYPE] == "500"
         attempts = asyncio.run(env.store.get_attempts(ctx.rollout_id))
         assert attempts[-1].status == "failed"
 
@@ -254,7 +254,7 @@ def assert_responses_span(span: Any, sampled: ScriptedCall) -> None:
     assert span.attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] == len(sampled.prompt_token_ids[0])
     assert span.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == len(sampled.choices[0].token_ids)
     assert span.attributes[semconv.TOKEN_IDS_AVAILABLE] is False
-    assert semconv.PROXY_RECORD_ID not in span.attributes
+    assert semconv.RECORDED_BY not in span.attributes  # the proxy only forwards the Responses API
     assert semconv.COMPLETION_TOKEN_IDS not in span.attributes
 
 
@@ -358,3 +358,48 @@ def test_an_uninstrument_does_not_leak_into_the_next_test(env: ProxyEnv) -> None
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert adapters.active_adapters() == []
     assert len(env.tree(ctx.rollout_id).client_llm_spans("openai")) == 1
+
+
+def _two_calls(store: Any, base_url: str | None = None) -> agl.TrainingContext:
+    with agl.TrainingContext(task_id="ids", store=store) as ctx:
+        client = openai.OpenAI(base_url=base_url or ctx.llm().endpoint, api_key="unused", max_retries=0)
+        for question in ("hi", "again"):
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}])
+        agl.emit_reward(1.0)
+    return ctx
+
+
+def test_a_bypassed_proxy_is_reported_per_call_in_the_agents_process(
+    env: ProxyEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        ctx = _two_calls(env.store, base_url=env.upstream.url)  # straight to the model, not through the proxy
+    (printed,) = [r.getMessage() for r in caplog.records if "did not go through the proxy" in r.getMessage()]
+    assert printed.startswith(f"agent-lightning: 2 LLM call(s) of rollout {ctx.rollout_id}")
+    assert "ctx.llm().endpoint" in printed
+    tree = env.tree(ctx.rollout_id)
+    assert [s.attributes.get(semconv.RECORDED_BY) for s in tree.of_kind("llm")] == [None, None]  # adapter's own
+    rollout = asyncio.run(env.store.get_rollout(ctx.rollout_id))
+    (warning,) = agl.build_episode(rollout, tree.spans).warnings
+    assert warning.startswith("2 LLM call(s) without token ids were skipped: the call did not go through the proxy")
+
+
+def test_an_upstream_without_token_ids_is_reported_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    from agent_lightning.store.memory import InMemoryLightningStore
+    from agent_lightning.types import LLM
+    from agent_lightning_proxy import LLMProxy
+    from agent_lightning_testkit.scripted_llm import ScriptedLLM
+
+    store = InMemoryLightningStore()
+    with ScriptedLLM("no ids", token_ids=False) as upstream, LLMProxy(store, upstream.url) as proxy:
+        asyncio.run(store.add_resources({"policy": LLM(endpoint=proxy.url, model=MODEL)}))
+        with caplog.at_level("WARNING"):
+            ctx = _two_calls(store)
+        spans = asyncio.run(store.query_spans(ctx.rollout_id))
+    assert not [r for r in caplog.records if "did not go through the proxy" in r.getMessage()]
+    llms = [s for s in spans if s.kind == "llm"]
+    assert [s.attributes.get(semconv.RECORDED_BY) for s in llms] == ["proxy", "proxy"]  # one span per call
+    rollout = asyncio.run(store.get_rollout(ctx.rollout_id))
+    (warning,) = agl.build_episode(rollout, spans).warnings
+    assert warning.startswith("2 LLM call(s) without token ids were skipped: the upstream returned no token ids")
+    assert "return_token_ids" in warning

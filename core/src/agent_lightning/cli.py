@@ -110,7 +110,13 @@ def _spans(args: argparse.Namespace) -> int:
             extra = []
             if span.kind == "llm":
                 ids_ = span.attributes.get(semconv.COMPLETION_TOKEN_IDS)
-                extra.append(f"{len(ids_)} completion tokens" if isinstance(ids_, list) else "NO token ids")
+                if isinstance(ids_, list):
+                    extra.append(f"{len(ids_)} completion tokens")
+                elif span.status.code != "error":
+                    proxied = span.attributes.get(semconv.RECORDED_BY) == "proxy"
+                    extra.append(
+                        "NO token ids (" + ("the upstream returned none" if proxied else "not via the proxy") + ")"
+                    )
             if span.kind == "tool":
                 extra.append(f"args={json.dumps(span.attributes.get(semconv.GEN_AI_TOOL_CALL_ARGUMENTS))[:60]}")
             if span.kind == "reward":

@@ -1,16 +1,18 @@
 """Trajectory building: turn a rollout's span tree into an episode of training samples.
 
 Which spans matter
-    LLM-call spans (kind ``llm``) that carry the token ids the engine sampled
-    (``agl.llm.prompt_token_ids`` / ``agl.llm.completion_token_ids``, written by
-    the proxy). A client-side LLM span without ids whose child is the proxy's
-    record is represented by that record.
+    LLM-call spans (kind ``llm``, one per call) that carry the token ids the
+    engine sampled (``agl.llm.prompt_token_ids`` / ``agl.llm.completion_token_ids``,
+    written by the proxy, which records each call it answers with what the
+    adapter knew about it joined on).
 
 Where rewards go
-    A reward span judges its target span (``agl.reward.span_id``). It credits
-    the LLM calls *inside* that target (descendants, or the call itself); a
-    reward with no target, or targeting the root/agent span, credits every
-    call of the attempt.
+    A reward span judges its target span X (``agl.reward.span_id``). It credits
+    the LLM calls inside X (descendants, or the call itself) and the calls the
+    span tree places nowhere else (the proxy's records of calls made by a client
+    no adapter covers: root spans, or children of the attempt's root) made while
+    X was open (call start >= X start, call end <= X end). A reward with no
+    target, or targeting the root/agent span, credits every call of the attempt.
 
 How multi-step rewards propagate
     Calls are ordered in time. A reward is "received" after the last call it
@@ -48,11 +50,13 @@ logger = logging.getLogger(__name__)
 
 Aggregation = Literal["transition", "trajectory"]
 
-NO_TOKEN_IDS_FIX = (
-    "LLM calls were recorded without token ids, so they cannot be trained on. Point the agent's OpenAI "
-    "base_url at the Agent Lightning proxy (use `ctx.llm().endpoint` or the URL the runner hands the agent), "
-    "and make sure the upstream returns token ids (the local policy server does; for vLLM pass "
-    "`return_token_ids`)."
+BYPASSED_PROXY_FIX = (
+    "the call did not go through the proxy, so it has no token ids; point base_url at ctx.llm().endpoint "
+    "(or the URL the runner hands the agent)."
+)
+UPSTREAM_NO_IDS_FIX = (
+    "the upstream returned no token ids, so the proxy could not record them; for vLLM pass return_token_ids "
+    "(vLLM >= 0.10.2; the local policy server always returns them)."
 )
 NO_LLM_SPANS_FIX = (
     "the rollout has no LLM-call spans at all. The agent's model calls did not go through the proxy, or the "
@@ -122,6 +126,13 @@ def _is_descendant(span: Span, ancestor_id: str, by_id: dict[str, Span]) -> bool
     return False
 
 
+def _during(call: Span, target: Span, unplaced: set[str]) -> bool:
+    """Whether ``call``, placed nowhere in the span tree, was made while ``target`` was open."""
+    if call.span_id not in unplaced or target.end_time is None or call.end_time is None:
+        return False
+    return target.start_time <= call.start_time and call.end_time <= target.end_time
+
+
 def _latest_attempt(spans: Sequence[Span]) -> list[Span]:
     if not spans:
         return []
@@ -156,14 +167,16 @@ def build_episode(
     warnings: list[str] = []
 
     llm_spans = [s for s in spans if s.kind == "llm"]
-    with_ids = {s.span_id for s in llm_spans if _int_list(s.attributes.get(semconv.COMPLETION_TOKEN_IDS)) is not None}
-    parents_of_records = {by_id[s].parent_id for s in with_ids if by_id[s].parent_id}
     calls: list[_Call] = []
-    missing_ids = empty = too_long = 0
+    bypassed = no_ids = failed = empty = too_long = 0
     for span in sorted(llm_spans, key=lambda s: (s.start_time, s.sequence_id)):
-        if span.span_id not in with_ids:
-            if span.span_id not in parents_of_records:  # a client span whose proxy record is its child is fine
-                missing_ids += 1
+        if _int_list(span.attributes.get(semconv.COMPLETION_TOKEN_IDS)) is None:
+            if span.status.code == "error":
+                failed += 1
+            elif span.attributes.get(semconv.RECORDED_BY) == "proxy":
+                no_ids += 1
+            else:
+                bypassed += 1
             continue
         prompt = _int_list(span.attributes.get(semconv.PROMPT_TOKEN_IDS)) or []
         completion = _int_list(span.attributes.get(semconv.COMPLETION_TOKEN_IDS)) or []
@@ -190,8 +203,12 @@ def build_episode(
         )
     if not llm_spans:
         warnings.append(NO_LLM_SPANS_FIX)
-    if missing_ids:
-        warnings.append(f"{missing_ids} LLM span(s) without token ids were skipped: {NO_TOKEN_IDS_FIX}")
+    if bypassed:
+        warnings.append(f"{bypassed} LLM call(s) without token ids were skipped: {BYPASSED_PROXY_FIX}")
+    if no_ids:
+        warnings.append(f"{no_ids} LLM call(s) without token ids were skipped: {UPSTREAM_NO_IDS_FIX}")
+    if failed:
+        warnings.append(f"{failed} LLM call(s) failed and were skipped (their spans have the error).")
     if empty:
         warnings.append(f"{empty} LLM call(s) with an empty completion were skipped: {EMPTY_COMPLETION_FIX}")
     if too_long:
@@ -200,15 +217,16 @@ def build_episode(
             f"{PROMPT_TOO_LONG_FIX}"
         )
 
-    # Rewards: credit, in time order, the calls inside each reward's target.
+    # Rewards: credit, in time order, the calls inside each reward's target or unplaced and made while it was open.
     reward_spans = sorted(
         (s for s in spans if s.kind == "reward" and s.reward is not None), key=lambda s: s.sequence_id
     )
     returns = [0.0] * len(calls)
     step_rewards: dict[str, float] = {}
     total = 0.0
-    root_ids = {s.span_id for s in spans if s.parent_id is None}
+    root_ids = {s.span_id for s in spans if s.parent_id is None or s.parent_id not in by_id}
     call_ids = {c.span.span_id for c in calls}
+    unplaced = {c.span.span_id for c in calls if c.span.span_id in root_ids or c.span.parent_id in root_ids}
     for reward_span in reward_spans:
         value = reward_span.reward
         assert value is not None
@@ -220,7 +238,11 @@ def build_episode(
         credited = [
             i
             for i, call in enumerate(calls)
-            if (target is None or _is_descendant(call.span, target, by_id))
+            if (
+                target is None
+                or _is_descendant(call.span, target, by_id)
+                or _during(call.span, by_id[target], unplaced)
+            )
             and call.span.start_time <= reward_span.start_time
         ]
         if not credited:

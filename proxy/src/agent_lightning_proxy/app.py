@@ -10,17 +10,25 @@ Routes (``PREFIX`` is empty, ``/rollout/{rollout_id}`` or ``/rollout/{rollout_id
 
 Without a path prefix the call is attributed by the ``x-agl-rollout-id`` / ``x-agl-attempt-id``
 headers; a call attributed to nothing is forwarded but not recorded.
+
+A recorded call is stored before it is answered (a stream: before its last event), batched with the
+calls answered at the same time, so once the agent has the answer the store has the record; a store
+slower than ``store_timeout`` delays no answer longer (a warning names the call). An adapter that
+sends its span's id (``x-agl-span-id``), parent and attributes gets that one span back as the record,
+confirmed by the response's ``x-agl-span-id``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import re
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,11 +45,13 @@ from starlette.routing import Route
 from agent_lightning_proxy.attribution import AttributionError, Attributor
 from agent_lightning_proxy.protocol import (
     ATTEMPT_HEADER,
+    MAX_SPAN_ATTRIBUTES_BYTES,
     MODEL_VERSION_HEADER,
     NO_TOKEN_IDS_WARNING,
     PARENT_SPAN_HEADER,
     PROXY_SEQUENCE_BASE,
     ROLLOUT_HEADER,
+    SPAN_ATTRIBUTES_HEADER,
     SPAN_ID_HEADER,
     error_body,
 )
@@ -63,6 +73,13 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-
 _GENERATION = {"chat/completions": "chat", "completions": "text_completion"}
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 """What the upstream client raises when the upstream is unreachable, too slow or breaks off."""
+_OWN_PREFIXES = ("agl.llm.", "agl.reward.")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 _FORWARDED_REQUEST_HEADERS = ("authorization", "openai-organization", "openai-project", "x-request-id")
 
 
@@ -78,6 +95,8 @@ class ProxyStats:
     calls_without_token_ids: int = 0
     failed_calls: int = 0
     """Calls the upstream failed (HTTP error, timeout, unreachable, broken stream)."""
+    late_records: int = 0
+    """Calls answered before their record was stored (the store took longer than ``store_timeout``)."""
     refused_calls: int = 0
     """Calls refused before forwarding (unknown rollout or attempt, malformed request)."""
 
@@ -92,6 +111,7 @@ class ProxySettings:
     timeout: float = 300.0
     request_token_ids: bool = True
     max_connections: int = 512
+    store_timeout: float = 5.0
 
 
 class _Failure(Exception):
@@ -168,29 +188,20 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
         yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
-class _ThenResponse(Response):
-    """A response that runs ``then`` once it is sent (or its sending failed)."""
-
-    def __init__(self, *args: Any, then: Callable[[], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._then = then
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self._then is not None:
-                self._then()
-
-
 class ProxyHandler:
     """The request handling behind :func:`create_app`.
 
-    :param emit: queues a span for the store; must not block.
+    :param emit: queues a call's spans for the store without blocking; the future it returns is set
+        once they are stored (``True``) or refused (``False``).
     :param attributor: resolves rollout/attempt ids (``None``: calls are never recorded).
     """
 
-    def __init__(self, settings: ProxySettings, emit: Callable[[Span], object], attributor: Attributor | None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        emit: Callable[[Sequence[Span]], Future[bool]],
+        attributor: Attributor | None,
+    ) -> None:
         self.settings = settings
         self.base = upstream_base(settings.upstream)
         self.emit = emit
@@ -201,8 +212,7 @@ class ProxyHandler:
         self._traces: dict[str, str] = {}
         self._warned: set[str] = set()
         self._auth = {"authorization": f"Bearer {settings.upstream_api_key}"} if settings.upstream_api_key else {}
-        self._idle = threading.Condition()
-        self._unrecorded = 0
+        self._used_ids: OrderedDict[str, None] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
     def open_client(self) -> aiohttp.ClientSession:
@@ -247,6 +257,46 @@ class ProxyHandler:
             return model
         return mapping.get(model, mapping.get("*", model))
 
+    def _span_id(self, request: Request) -> str:
+        """The id the caller asked the record to take, if valid and unused; otherwise a new one."""
+        given = request.headers.get(SPAN_ID_HEADER)
+        if given is None:
+            return new_span_id()
+        if not _HEX16.match(given):
+            self._warn_once("span-id", "ignoring %s=%r: not 16 lowercase hex digits", SPAN_ID_HEADER, given)
+            return new_span_id()
+        if given in self._used_ids:  # a client retrying the call: the first try keeps its record
+            return new_span_id()
+        self._used_ids[given] = None
+        if len(self._used_ids) > 100_000:
+            self._used_ids.popitem(last=False)
+        return given
+
+    def _joined(self, request: Request) -> dict[str, Any]:
+        """The caller's attributes for the record (``x-agl-span-attributes``); invalid ones are ignored."""
+        raw = request.headers.get(SPAN_ATTRIBUTES_HEADER)
+        if raw is None:
+            return {}
+        if len(raw) > MAX_SPAN_ATTRIBUTES_BYTES:
+            self._warn_once(
+                "attributes-size",
+                "ignoring %s: %d bytes, over the limit of %d",
+                SPAN_ATTRIBUTES_HEADER,
+                len(raw),
+                MAX_SPAN_ATTRIBUTES_BYTES,
+            )
+            return {}
+        try:
+            value = json.loads(raw, parse_constant=_refuse_constant)
+        except ValueError as exc:
+            self._warn_once("attributes", "ignoring %s: not JSON (%s)", SPAN_ATTRIBUTES_HEADER, exc)
+            return {}
+        if not isinstance(value, dict):
+            self._warn_once("attributes", "ignoring %s: not a JSON object", SPAN_ATTRIBUTES_HEADER)
+            return {}
+        # what the proxy itself measures (token ids, rewards) is never taken from the caller
+        return {k: v for k, v in value.items() if not k.startswith(_OWN_PREFIXES)}
+
     def _trace(self, request: Request, attempt_id: str) -> tuple[str, str | None]:
         parent = request.headers.get(PARENT_SPAN_HEADER)
         if parent is not None and not _HEX16.match(parent):
@@ -274,21 +324,49 @@ class ProxyHandler:
             call.span_ids += [new_span_id() for _ in range(extra)]
             call.sequence_ids += self._sequence_ids(call.attempt_id, extra)
 
-    def _record(
+    async def _record(
         self,
         call: CallContext,
         info: ResponseInfo,
         choices: list[ChoiceRecord],
         error: tuple[str, str] | None = None,
-        ended: tuple[float, float] | None = None,
     ) -> None:
-        end, finished = ended or (time.time(), time.perf_counter())
+        """Store the call's spans, waiting at most ``store_timeout`` seconds for the store."""
+        stored = self._queue(call, info, choices, error)
+        done, _ = await asyncio.wait({asyncio.wrap_future(stored)}, timeout=self.settings.store_timeout)
+        if not done:
+            self.stats.late_records += 1
+            logger.warning(
+                "agent-lightning proxy: the store has not stored the record of call %s (rollout %s, attempt %s) "
+                "after store_timeout=%gs; answering anyway, the record is stored in the background",
+                call.span_ids[0],
+                call.rollout_id,
+                call.attempt_id,
+                self.settings.store_timeout,
+            )
+        elif not stored.result():
+            logger.warning(
+                "agent-lightning proxy: the store refused the record of call %s (rollout %s, attempt %s); "
+                "see the span emitter's warnings",
+                call.span_ids[0],
+                call.rollout_id,
+                call.attempt_id,
+            )
+
+    def _queue(
+        self,
+        call: CallContext,
+        info: ResponseInfo,
+        choices: list[ChoiceRecord],
+        error: tuple[str, str] | None = None,
+    ) -> Future[bool]:
+        """Build the call's spans and queue them for the store (never blocks)."""
+        end, finished = time.time(), time.perf_counter()
         latency = (finished - call.started) * 1000
         if error is None:
             self._extend_ids(call, len(choices))
         spans = build_spans(call, info, choices, max(end, call.start_time), latency, error=error)
-        for span in spans:
-            self.emit(span)
+        stored = self.emit(spans)
         stats = self.stats
         stats.recorded_calls += 1
         stats.recorded_spans += len(spans)
@@ -304,6 +382,7 @@ class ProxyHandler:
                 call.rollout_id,
                 NO_TOKEN_IDS_WARNING,
             )
+        return stored
 
     # ------------------------------------------------------------------ routes
     async def health(self, request: Request) -> Response:
@@ -385,7 +464,8 @@ class ProxyHandler:
                 attempt_id=attempt_id,
                 trace_id=trace_id,
                 parent_id=parent_id,
-                span_ids=[new_span_id() for _ in range(rows)],
+                span_ids=[self._span_id(request)] + [new_span_id() for _ in range(rows - 1)],
+                joined=self._joined(request),
                 sequence_ids=self._sequence_ids(attempt_id, rows),
                 request=body,
                 start_time=start_time,
@@ -433,57 +513,28 @@ class ProxyHandler:
                 raise _Failure(502, "upstream returned a JSON value that is not an object", "invalid_response", None)
         except (*_TRANSPORT_ERRORS, _Failure) as exc:
             failure = exc if isinstance(exc, _Failure) else self._transport_failure(exc)
-            return self._fail(call, failure)
+            return await self._fail(call, failure)
 
         out_headers: dict[str, str] = {}
         version = response.headers.get(MODEL_VERSION_HEADER)
         if version is not None:
             out_headers[MODEL_VERSION_HEADER] = version
-        after: Callable[[], None] | None = None
         if call is not None:
             info, choices = response_choices(operation, payload)
             info.resources_id = version
-            self._extend_ids(call, len(choices))
+            await self._record(call, info, choices)
             out_headers[SPAN_ID_HEADER] = ",".join(call.span_ids)
-            after = self._record_after_response(call, info, choices)
         if strip_ids or strip_logprobs:
             _strip(payload, strip_ids, strip_logprobs)
             raw_response = orjson.dumps(payload)
-        return _ThenResponse(raw_response, status_code=response.status, headers=out_headers,
-                             media_type="application/json", then=after)  # fmt: skip
+        return Response(raw_response, status_code=response.status, headers=out_headers,
+                        media_type="application/json")  # fmt: skip
 
-    def _record_after_response(
-        self, call: CallContext, info: ResponseInfo, choices: list[ChoiceRecord]
-    ) -> Callable[[], None]:
-        """Build and queue the call's spans once its response is sent: the agent does not wait for them.
-
-        :meth:`wait_recorded` (and so ``LLMProxy.flush``) waits for calls answered but not yet recorded.
-        """
-        ended = (time.time(), time.perf_counter())
-        with self._idle:
-            self._unrecorded += 1
-
-        def record() -> None:
-            try:
-                self._record(call, info, choices, ended=ended)
-            finally:
-                with self._idle:
-                    self._unrecorded -= 1
-                    if not self._unrecorded:
-                        self._idle.notify_all()
-
-        return record
-
-    def wait_recorded(self, timeout: float | None = None) -> bool:
-        """Wait until every call answered so far has queued its spans; ``False`` on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._unrecorded, timeout)
-
-    def _fail(self, call: CallContext | None, failure: _Failure) -> Response:
+    async def _fail(self, call: CallContext | None, failure: _Failure) -> Response:
         headers: dict[str, str] = {}
         if call is not None:
             call.span_ids, call.sequence_ids = call.span_ids[:1], call.sequence_ids[:1]
-            self._record(call, ResponseInfo(), [], error=(failure.error_type, failure.message))
+            await self._record(call, ResponseInfo(), [], error=(failure.error_type, failure.message))
             headers[SPAN_ID_HEADER] = call.span_ids[0]
         else:
             self.stats.failed_calls += 1
@@ -504,15 +555,15 @@ class ProxyHandler:
         try:
             response = await self.client.post(url, data=content, headers=headers)
         except _TRANSPORT_ERRORS as exc:
-            return self._fail(call, self._transport_failure(exc))
+            return await self._fail(call, self._transport_failure(exc))
         if response.status >= 400:
             try:
                 error_content = await response.read()
             except _TRANSPORT_ERRORS as exc:
-                return self._fail(call, self._transport_failure(exc))
+                return await self._fail(call, self._transport_failure(exc))
             finally:
                 response.release()
-            return self._fail(call, _upstream_error(response.status, error_content))
+            return await self._fail(call, _upstream_error(response.status, error_content))
 
         version = response.headers.get(MODEL_VERSION_HEADER)
         out_headers = {"cache-control": "no-cache"}
@@ -527,14 +578,17 @@ class ProxyHandler:
         async def events() -> AsyncIterator[bytes]:
             recorded = False
 
-            def record(error: tuple[str, str] | None) -> None:
+            async def record(error: tuple[str, str] | None, wait: bool = True) -> None:
                 nonlocal recorded
                 if call is not None and not recorded:
                     recorded = True
                     if error is None and accumulator.error is not None:
                         message = str(accumulator.error.get("message") or "the upstream stream reported an error")
                         error = (str(accumulator.error.get("type") or "upstream_error"), message)
-                    self._record(call, accumulator.info, accumulator.records(), error=error)
+                    if wait:
+                        await self._record(call, accumulator.info, accumulator.records(), error=error)
+                    else:  # the client is gone: nobody waits for the answer
+                        self._queue(call, accumulator.info, accumulator.records(), error=error)
                 elif call is None and error is not None:
                     self.stats.failed_calls += 1
 
@@ -551,7 +605,7 @@ class ProxyHandler:
                     payload = b"\n".join(data)
                     data.clear()
                     if payload == b"[DONE]":
-                        record(None)
+                        await record(None)
                         yield b"data: [DONE]\n\n"
                         continue
                     try:
@@ -562,22 +616,22 @@ class ProxyHandler:
                     if isinstance(chunk, dict):
                         accumulator.feed(chunk)
                         if accumulator.error is not None:
-                            record(None)  # before the agent sees the error and hangs up
+                            await record(None)  # before the agent sees the error and hangs up
                         if strip:
                             _strip(chunk, strip_ids, strip_logprobs)
                             payload = orjson.dumps(chunk)
                     yield b"data: " + payload + b"\n\n"
                 if not accumulator.finished and accumulator.error is None:
-                    record(("incomplete_stream", "the upstream stream ended before every choice finished"))
+                    await record(("incomplete_stream", "the upstream stream ended before every choice finished"))
                 else:
-                    record(None)
+                    await record(None)
             except _TRANSPORT_ERRORS as exc:
                 failure = self._transport_failure(exc)
-                record((failure.error_type, failure.message))
+                await record((failure.error_type, failure.message))
                 logger.warning("agent-lightning proxy: %s", failure.message)
                 yield b"data: " + orjson.dumps(failure.body) + b"\n\n"
             except (asyncio.CancelledError, GeneratorExit):
-                record(("cancelled", "the client closed the stream before it ended"))
+                await record(("cancelled", "the client closed the stream before it ended"), wait=False)
                 raise
             finally:
                 response.release()

@@ -32,6 +32,7 @@ def _proxy(args: argparse.Namespace) -> int:
         upstream_api_key=args.upstream_api_key,
         timeout=args.timeout,
         request_token_ids=not args.no_token_ids,
+        store_timeout=args.store_timeout,
     )
     proxy.start()
     print(
@@ -59,5 +60,8 @@ def agl_register_commands(subparsers: argparse._SubParsersAction[argparse.Argume
     p.add_argument("--model-map", action="append", metavar="REQUESTED=SERVED", help="rename a model (repeatable)")
     p.add_argument("--upstream-api-key", help="API key sent upstream (default: the agent's own)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the upstream")
+    p.add_argument(
+        "--store-timeout", type=float, default=5.0, help="seconds an answer waits for its record to be stored"
+    )
     p.add_argument("--no-token-ids", action="store_true", help="do not ask the upstream for token ids")
     p.set_defaults(func=_proxy)

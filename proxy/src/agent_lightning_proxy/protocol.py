@@ -11,7 +11,13 @@ ATTEMPT_HEADER: Final = "x-agl-attempt-id"
 PARENT_SPAN_HEADER: Final = "x-agl-parent-span-id"
 """Request header: the proxy's record becomes a child of this span (16 hex digits)."""
 SPAN_ID_HEADER: Final = "x-agl-span-id"
-"""Response header: the proxy's record(s) of the call, comma-separated when ``n > 1``."""
+"""Request header: the span id the proxy's record takes (the caller's own span for the call, 16 hex digits).
+Response header: the proxy's record(s) of the call, comma-separated when ``n > 1``; it confirms the record,
+so the caller emits no span of its own for the call."""
+SPAN_ATTRIBUTES_HEADER: Final = "x-agl-span-attributes"
+"""Request header: a JSON object of attributes joined onto the proxy's record (agent name, framework run ids,
+resources); at most :data:`MAX_SPAN_ATTRIBUTES_BYTES` bytes, ASCII (``json.dumps`` escapes the rest)."""
+MAX_SPAN_ATTRIBUTES_BYTES: Final = 16_384
 MODEL_VERSION_HEADER: Final = "x-agl-model-version"
 """Upstream response header: the resources id / weights version that generated the answer."""
 

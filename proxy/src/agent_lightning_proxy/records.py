@@ -247,6 +247,8 @@ class CallContext:
     start_time: float
     started: float
     """``time.perf_counter()`` at the start, for the latency."""
+    joined: dict[str, Any] = field(default_factory=dict)
+    """The caller's attributes for the record (``x-agl-span-attributes``); the proxy's own take precedence."""
 
     def request_attributes(self) -> dict[str, Any]:
         body = self.request
@@ -258,6 +260,8 @@ class CallContext:
             value = body.get(key)
             if value is not None:
                 attributes[name] = value
+        if body.get("stream") is True:
+            attributes["gen_ai.request.stream"] = True
         stop = body.get("stop")
         if stop is not None:
             attributes[semconv.GEN_AI_REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else stop
@@ -287,11 +291,12 @@ def build_spans(
     *,
     error: tuple[str, str] | None = None,
 ) -> list[Span]:
-    """One ``llm`` span per span id of ``call`` (choice ``i`` → ``call.span_ids[i]``).
+    """One ``llm`` span per span id of ``call`` (choice ``i`` → ``call.span_ids[i]``), named ``{operation} {model}``.
 
     ``error`` is ``(error.type, message)`` when the call failed; the spans then keep what arrived.
     """
-    base = call.request_attributes()
+    base = {**call.joined, **call.request_attributes()}
+    base[semconv.RECORDED_BY] = "proxy"
     base[semconv.LATENCY_MS] = round(latency_ms, 3)
     if info.response_id is not None:
         base[semconv.GEN_AI_RESPONSE_ID] = info.response_id

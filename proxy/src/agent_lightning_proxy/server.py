@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -25,7 +24,8 @@ class LLMProxy:
 
     Calls are attributed to a rollout by URL (``/rollout/{id}[/attempt/{id}]/v1``) or by the
     ``x-agl-rollout-id`` / ``x-agl-attempt-id`` headers; unknown ids get an OpenAI-style 404.
-    Spans are queued on the store's span emitter, so requests never wait on the store.
+    A call's record is stored (through the store's span emitter, batched with concurrent calls) before
+    the call is answered, waiting at most ``store_timeout`` seconds for the store.
 
     :param store: where the ``llm`` spans go (any :class:`LightningStore`).
     :param upstream: the OpenAI-compatible server to forward to (``http://host:port[/v1]``).
@@ -36,6 +36,7 @@ class LLMProxy:
     :param request_token_ids: ask the upstream for token ids and logprobs (turn off for an upstream,
         like the OpenAI API, that rejects unknown request fields; calls are then recorded without ids).
     :param latest_attempt_ttl: how long ``/rollout/{id}/v1`` keeps resolving to the same latest attempt.
+    :param store_timeout: the longest a call's answer waits for its record to be stored.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class LLMProxy:
         request_token_ids: bool = True,
         max_connections: int = 512,
         latest_attempt_ttl: float = 1.0,
+        store_timeout: float = 5.0,
     ) -> None:
         from agent_lightning.instrumentation.tracer import get_tracer
 
@@ -65,9 +67,10 @@ class LLMProxy:
             timeout=timeout,
             request_token_ids=request_token_ids,
             max_connections=max_connections,
+            store_timeout=store_timeout,
         )
         attributor = Attributor(store, self._tracer.acall, latest_ttl=latest_attempt_ttl)
-        self.handler = ProxyHandler(settings, self._tracer.emitter.emit, attributor)
+        self.handler = ProxyHandler(settings, self._tracer.emitter.emit_stored, attributor)
         self.app = create_app(self.handler)
         self._server = ServerThread(self.app, host, port, name="agl-llm-proxy")
 
@@ -104,8 +107,7 @@ class LLMProxy:
         return LLM(endpoint=self.url, model=model, sampling_parameters=sampling_parameters)
 
     def stats(self) -> ProxyStats:
-        """A snapshot of the proxy's counters (once the calls answered so far are recorded)."""
-        self.handler.wait_recorded(5.0)
+        """A snapshot of the proxy's counters."""
         return replace(self.handler.stats)
 
     def start(self) -> LLMProxy:
@@ -114,12 +116,12 @@ class LLMProxy:
         return self
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until the spans of every call answered so far reached the store; ``False`` on timeout."""
-        began = time.monotonic()
-        if not self.handler.wait_recorded(timeout):
-            return False
-        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
-        return self._tracer.emitter.flush(left)
+        """Wait until every span queued so far reached the store; ``False`` on timeout.
+
+        A call's record is stored before the call is answered; this waits for the rest (records of
+        calls whose client hung up, or answered after ``store_timeout``).
+        """
+        return self._tracer.emitter.flush(timeout)
 
     def stop(self) -> None:
         """Stop serving and deliver the recorded spans (the store stays open)."""

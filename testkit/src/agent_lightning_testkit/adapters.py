@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,13 +40,30 @@ class SpanTree:
         return found[0]
 
     def proxy_record(self, llm_span: Span) -> Span:
-        """The proxy's token-id record under a client-side model-call span."""
-        record = self.child(llm_span, kind="llm")
-        assert record.attributes.get(semconv.PROMPT_TOKEN_IDS), f"proxy record without prompt ids: {record}"
-        assert record.attributes.get(semconv.COMPLETION_TOKEN_IDS), f"proxy record without completion ids: {record}"
-        assert llm_span.attributes.get(semconv.PROXY_RECORD_ID) == record.span_id
-        assert semconv.COMPLETION_TOKEN_IDS not in llm_span.attributes, "token ids duplicated on the client span"
-        return record
+        """``llm_span``, checked to be the one record of its call: the proxy's, with the token ids."""
+        assert llm_span.attributes.get(semconv.RECORDED_BY) == "proxy", f"not the proxy's record:\n{self.render()}"
+        assert llm_span.attributes.get(semconv.PROMPT_TOKEN_IDS), f"proxy record without prompt ids: {llm_span}"
+        assert llm_span.attributes.get(semconv.COMPLETION_TOKEN_IDS), f"record without completion ids: {llm_span}"
+        assert not self.children(llm_span, kind="llm"), f"a second span for the call:\n{self.render()}"
+        return llm_span
+
+    def assert_one_span_per_call(self, calls: int, *, adapter: str | None = None) -> list[Span]:
+        """Every ``llm`` span is the proxy's record of one call, ``calls`` of them, each once (by name too).
+
+        With ``adapter``, each carries that adapter's name (what the adapter knew was joined onto it).
+        """
+        llms = sorted(self.of_kind("llm"), key=lambda s: (s.start_time, s.sequence_id))
+        assert len(llms) == calls, f"{len(llms)} llm spans for {calls} calls:\n{self.render()}"
+        for span in llms:
+            self.proxy_record(span)
+            operation, model = (
+                span.attributes.get(semconv.GEN_AI_OPERATION_NAME),
+                span.attributes.get(semconv.GEN_AI_REQUEST_MODEL),
+            )
+            assert span.name == f"{operation} {model}", span.name
+            if adapter is not None:
+                assert span.attributes.get(semconv.ADAPTER) == adapter, f"{span.name}: {span.attributes}"
+        return llms
 
     def of_kind(self, kind: str) -> list[Span]:
         return [s for s in self.spans if s.kind == kind]
@@ -134,17 +150,15 @@ class ProxyEnv:
         """The proxy's root URL (no ``/v1``)."""
         return str(self.proxy.url).removesuffix("/v1")
 
-    def spans(self, rollout_id: str, timeout: float = 5.0) -> list[Span]:
-        """The rollout's spans, once every proxy record a client span links to has arrived."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.proxy.flush()
-            spans = asyncio.run(self.store.query_spans(rollout_id))
-            ids = {s.span_id for s in spans}
-            linked = [s.attributes.get(semconv.PROXY_RECORD_ID) for s in spans]
-            if all(v in ids for v in linked if isinstance(v, str)) or time.monotonic() > deadline:
-                return spans
-            time.sleep(0.02)
+    def spans(self, rollout_id: str) -> list[Span]:
+        """The rollout's spans (the proxy stores each record before answering; this flushes the rest)."""
+        self.proxy.flush()
+        return asyncio.run(self.store.query_spans(rollout_id))
+
+    @property
+    def upstream_calls(self) -> int:
+        """How many requests the scripted upstream has answered."""
+        return len(self.upstream.calls)
 
     def tree(self, rollout_id: str) -> SpanTree:
         return SpanTree(self.spans(rollout_id))

@@ -1,13 +1,16 @@
-"""One model call through the OpenAI SDK, recorded as an ``llm`` span.
+"""One model call through the OpenAI SDK, recorded as one ``llm`` span.
 
-The span is opened before the request, linked to the proxy's token-id record through
-request/response headers, and closed when the response arrives — for a stream, when
-the stream is exhausted or closed.
+The span is opened before the request, and its id, parent and attributes travel with the
+request. When the proxy answers the call, its record (with the token ids) is that span: the
+response's ``x-agl-span-id`` confirms it and the adapter emits nothing of its own. Otherwise (an
+API model, no proxy) the adapter's span is the record, closed when the response arrives — for a
+stream, when the stream is exhausted or closed.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -26,8 +29,15 @@ logger = logging.getLogger(__name__)
 ADAPTER_NAME = "openai"
 PARENT_SPAN_HEADER = "x-agl-parent-span-id"
 """Request header: the proxy makes its record a child of this span."""
-PROXY_SPAN_HEADER = "x-agl-span-id"
-"""Response header: the proxy's record(s), comma-separated when ``n > 1``."""
+SPAN_ID_HEADER = "x-agl-span-id"
+"""Request header: the id the proxy's record takes. Response header: the proxy's record(s), comma-separated
+when ``n > 1`` — the proxy stored the call, so the adapter's own span is not emitted."""
+SPAN_ATTRIBUTES_HEADER = "x-agl-span-attributes"
+"""Request header: the span's attributes (JSON) the proxy joins onto its record."""
+MAX_SPAN_ATTRIBUTES_BYTES = 16_384
+_NOT_JOINED = ("gen_ai.input.", "gen_ai.output.", "gen_ai.request.", "gen_ai.response.", "gen_ai.usage.",
+               "gen_ai.tool.definitions", "agl.llm.", "server.address")  # fmt: skip
+"""What the proxy reads from the call itself, so it is not sent along."""
 ROLLOUT_HEADER = "x-agl-rollout-id"
 ATTEMPT_HEADER = "x-agl-attempt-id"
 RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
@@ -242,6 +252,22 @@ def _logprobs(choice: Any) -> list[float] | None:
     return None
 
 
+def join_attributes(attributes: Mapping[str, Any], limit: int = MAX_SPAN_ATTRIBUTES_BYTES) -> str | None:
+    """The ``x-agl-span-attributes`` value for a span: what only the adapter knows, as ASCII JSON within ``limit``.
+
+    Attributes the proxy reads from the call itself are left out; when the rest is too long, the
+    longest values are left out first.
+    """
+    joined = {k: v for k, v in attributes.items() if not k.startswith(_NOT_JOINED)}
+    encoded = {k: json.dumps(v, ensure_ascii=True) for k, v in joined.items()}
+    while encoded:
+        text = "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in encoded.items()) + "}"
+        if len(text) <= limit:
+            return text
+        del encoded[max(encoded, key=lambda k: len(encoded[k]))]
+    return None
+
+
 def _is_raw_response(result: Any) -> bool:
     return hasattr(result, "http_response") and callable(getattr(result, "parse", None))
 
@@ -301,7 +327,13 @@ class LLMCall:
         else:
             headers[RAW_RESPONSE_HEADER] = "true"
             self._added_raw = True
-        ours = {PARENT_SPAN_HEADER: self.span.id}
+        span = self.span
+        ours = {SPAN_ID_HEADER: span.id}
+        if span.parent_id is not None:
+            ours[PARENT_SPAN_HEADER] = span.parent_id
+        attributes = join_attributes(span.attributes)
+        if attributes is not None:
+            ours[SPAN_ATTRIBUTES_HEADER] = attributes
         if self.context is not None:
             ours[ROLLOUT_HEADER] = self.context.rollout_id
             ours[ATTEMPT_HEADER] = self.context.attempt_id
@@ -312,20 +344,20 @@ class LLMCall:
 
     # ------------------------------------------------------------------ response
     def read_headers(self, headers: Any) -> None:
+        """Whether the proxy confirmed that it stored the call: then the span is handed over to its record."""
         try:
-            value = headers.get(PROXY_SPAN_HEADER) if headers is not None else None
+            value = headers.get(SPAN_ID_HEADER) if headers is not None else None
         except Exception:
             value = None
-        if not value:
-            return
-        ids = [v.strip() for v in str(value).split(",") if v.strip()]
-        if not ids:
+        if not value or not any(v.strip() for v in str(value).split(",")):
             return
         self.proxied = True
-        self.span.set_attribute(semconv.PROXY_RECORD_ID, ids[0] if len(ids) == 1 else ids)
+        self.span.hand_over()
 
     def record(self, response: Any) -> None:
-        """Set the response attributes (token ids only when no proxy recorded them)."""
+        """Set the response attributes, with the token ids, on a span the proxy did not record."""
+        if self.proxied:
+            return
         try:
             attributes = response_attributes(self.operation, response, with_token_ids=not self.proxied)
         except Exception:
@@ -337,6 +369,7 @@ class LLMCall:
         self.span.set_attributes(attributes)
 
     def fail(self, exc: BaseException) -> None:
+        self.read_headers(getattr(getattr(exc, "response", None), "headers", None))  # the proxy recorded the error
         if self.owned:
             self.span.record_exception(exc)
             self.span.end()

@@ -313,6 +313,8 @@ class TrainingContext:
         self.root_span_id: str | None = None
         self.rewards: list[Reward] = []
         self.spans_emitted = 0
+        self.calls_without_record = 0
+        """LLM calls an adapter recorded itself, without token ids: the proxy did not answer them."""
         self.is_open = False
         self._parent: TrainingContext | None = None
         self._root: ActiveSpan | None = None
@@ -419,6 +421,8 @@ class TrainingContext:
         """Called by :class:`ActiveSpan` when it closes: queues it for the store."""
         root = self._parent or self
         root.spans_emitted += 1
+        if span.kind == "llm" and semconv.COMPLETION_TOKEN_IDS not in span.attributes:
+            root.calls_without_record += 1  # an adapter's span for a call the proxy did not confirm
         if root.tracer is not None:
             with root._ids_lock:  # either the emitter still holds the placeholder, or the ids are fixed here
                 root.tracer.emitter.emit(root._with_ids(span))
@@ -583,6 +587,13 @@ class TrainingContext:
                 else f"last error: {stats.last_error}",
                 stats.pending,
                 stats.held,
+            )
+        if self.calls_without_record:
+            logger.warning(
+                "agent-lightning: %d LLM call(s) of rollout %s did not go through the proxy, so they have no token "
+                "ids and cannot be trained on; point the client's base_url at ctx.llm().endpoint",
+                self.calls_without_record,
+                self.rollout_id,
             )
         lost = stats.dropped + stats.rejected - self._lost_at_open
         if lost > 0:

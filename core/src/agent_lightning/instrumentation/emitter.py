@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from agent_lightning.errors import NotFound, StoreUnavailable
@@ -94,6 +95,7 @@ class SpanEmitter:
         self._emitted = self._delivered = self._retries = self._dropped = self._rejected = 0
         self._last_error: str | None = None
         self._warned_full = False
+        self._waiters: dict[int, tuple[Future[bool], list[int]]] = {}  # id(span) -> (future, its spans' ids)
         self._closed = False
         self._stopping = threading.Event()  # cuts a retry pause short when closing
         self._thread = threading.Thread(target=self._run, name="agl-span-emitter", daemon=True)
@@ -132,6 +134,40 @@ class SpanEmitter:
             if len(self._buffer) >= self._batch_size:
                 self._cond.notify_all()
         return True
+
+    def emit_stored(self, spans: Sequence[Span]) -> Future[bool]:
+        """Queue ``spans`` and return a future set once all of them are settled.
+
+        Its result is ``True`` when every span was stored, ``False`` when one was refused (full
+        buffer, invalid). Waiting spans are sent at once with whatever else is queued (a group
+        commit), without waiting for a batch to fill.
+        """
+        future: Future[bool] = Future()
+        with self._cond:  # a re-entrant lock: emit() takes it too, so no batch can go out before we wait on it
+            accepted = [span for span in spans if self.emit(span)]
+            if len(accepted) < len(spans) or not accepted:
+                future.set_result(len(accepted) == len(spans))
+                return future
+            keys = [id(span) for span in accepted]
+            for key in keys:
+                self._waiters[key] = (future, keys)
+            self._cond.notify_all()
+        return future
+
+    def _settle(self, spans: Sequence[Span], stored: bool) -> None:
+        """Resolve the waiters of ``spans`` (call with ``self._cond`` held)."""
+        if not self._waiters:
+            return
+        for span in spans:
+            waiter = self._waiters.pop(id(span), None)
+            if waiter is None:
+                continue
+            future, keys = waiter
+            keys.remove(id(span))
+            if not stored and not future.done():
+                future.set_result(False)
+            elif not keys and not future.done():
+                future.set_result(True)
 
     def hold(self, key: str) -> None:
         """Keep spans whose ``attempt_id`` is ``key`` (a placeholder) until :meth:`release` or :meth:`refuse`."""
@@ -225,15 +261,24 @@ class SpanEmitter:
                 if self._closed:
                     return None
                 self._cond.wait(self._flush_interval * 20)
-            if len(self._buffer) < self._batch_size and not self._closed:
-                self._cond.wait(self._flush_interval)  # let a batch build up
+            if len(self._buffer) < self._batch_size and not self._closed and not self._waiters:
+                self._cond.wait(self._flush_interval)  # let a batch build up (unless someone waits for it)
             batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
             self._inflight = len(batch)
             return batch
 
-    def _done(self, delivered: int, rejected: int, requeue: Sequence[Span] = (), error: str | None = None) -> bool:
+    def _done(
+        self,
+        delivered: int,
+        rejected: int,
+        requeue: Sequence[Span] = (),
+        error: str | None = None,
+        settled: Sequence[tuple[Sequence[Span], bool]] = (),
+    ) -> bool:
         """Record a batch's outcome; returns whether the emitter is closing."""
         with self._cond:
+            for spans, stored in settled:
+                self._settle(spans, stored)
             self._delivered += delivered
             self._rejected += rejected
             self._buffer.extendleft(reversed(requeue))
@@ -248,23 +293,24 @@ class SpanEmitter:
     def _send(self, spans: list[Span]) -> None:
         self._loop.run(self._store.add_spans(spans), timeout=self._call_timeout)
 
-    def _isolate(self, batch: list[Span]) -> tuple[int, int, list[Span], BaseException | None]:
+    def _isolate(self, batch: list[Span]) -> tuple[list[Span], list[Span], list[Span], BaseException | None]:
         """Send a rejected batch span by span so the valid spans still land.
 
         Returns ``(delivered, rejected, requeue, transient_error)``: at the first
         transient error, that span and the ones after it are requeued, not rejected.
         """
-        delivered = rejected = 0
+        delivered: list[Span] = []
+        rejected: list[Span] = []
         for index, span in enumerate(batch):
             try:
                 self._send([span])
             except Exception as exc:
                 if not is_permanent(exc):
                     return delivered, rejected, batch[index:], exc
-                rejected += 1
+                rejected.append(span)
                 logger.error("store %s rejected span %s (%s): %s", self.store_name, span.span_id, span.name, exc)
             else:
-                delivered += 1
+                delivered.append(span)
         return delivered, rejected, [], None
 
     def _run(self) -> None:
@@ -279,13 +325,14 @@ class SpanEmitter:
             except Exception as exc:
                 if is_permanent(exc):  # the batch is invalid; find the bad spans so the good ones still land
                     delivered, rejected, requeue, transient = self._isolate(batch)
-                    closing = self._done(delivered, rejected, requeue, repr(transient or exc))
+                    settled = ((delivered, True), (rejected, False))
+                    closing = self._done(len(delivered), len(rejected), requeue, repr(transient or exc), settled)
                 else:  # unreachable store: keep the batch and retry
                     transient = exc
                     closing = self._done(0, 0, batch, repr(exc))
             else:
                 backoff = 0.1
-                self._done(len(batch), 0)
+                self._done(len(batch), 0, settled=((batch, True),))
                 continue
             if transient is None:
                 continue

@@ -53,6 +53,8 @@ class ActiveSpan:
         self.end_time: float | None = None
         self.status = _UNSET
         self.attributes: dict[str, AttributeValue] = {}
+        self.handed_over = False
+        """Set by :meth:`hand_over`: another recorder stored this span's record."""
         self.sequence_id = context.next_sequence_id() if context is not None else 0
         self._token: contextvars.Token[ActiveSpan | None] | None = None
         self._lock = threading.Lock()
@@ -120,11 +122,20 @@ class ActiveSpan:
             }
         )
 
+    def hand_over(self) -> None:
+        """Another recorder (the proxy, for a model call) stored this span's record under its id.
+
+        The span stays usable as a parent and as a reward target; closing it emits nothing.
+        """
+        self.handed_over = True
+
     def end(self, end_time: float | None = None) -> Span | None:
-        """Close the span and queue it for the store (idempotent)."""
+        """Close the span and queue it for the store (idempotent; nothing is queued after :meth:`hand_over`)."""
         if self.end_time is not None:
             return None
         self.end_time = max(self.start_time, time.time() if end_time is None else end_time)
+        if self.handed_over:
+            return None
         if self.status.code == "unset":
             self.status = _OK
         record = self.to_span()
