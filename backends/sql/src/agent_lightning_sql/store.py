@@ -415,23 +415,28 @@ class SqlLightningStore(LightningStore):
         await self._run_unique(lambda conn: self._insert_rollouts(conn, rollouts, rows), rollouts)
         return rollouts
 
-    async def _run_unique(self, work: Callable[[Connection], T], rollouts: Sequence[Rollout]) -> T:
+    async def _run_unique(
+        self, work: Callable[[Connection], T], rollouts: Sequence[Rollout], attempt_id: str | None = None
+    ) -> T:
         try:
             return await self._run(work, write=True)
         except sa.exc.IntegrityError:  # a concurrent writer took an id between our check and our insert
-            raise DuplicateId(f"rollout ids already used: {sorted(r.rollout_id for r in rollouts)}") from None
+            also = f" or attempt id {attempt_id!r}" if attempt_id else ""
+            raise DuplicateId(f"rollout ids already used: {sorted(r.rollout_id for r in rollouts)}{also}") from None
 
-    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    async def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         now = time.time()
         rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
-        running, attempt = tr.start_attempt(rollout, worker_id, now)
+        running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
         row = codec.rollout_values(running)
 
         def work(conn: Connection) -> None:
             self._insert_rollouts(conn, [running], [row])
             self._save_attempt(conn, attempt, running.config.timeout_seconds, new=True)
 
-        await self._run_unique(work, [running])
+        await self._run_unique(work, [running], attempt_id)
         self._remember_owners({attempt.attempt_id: (running.rollout_id, attempt.sequence)})
         return AttemptedRollout(rollout=running, attempt=attempt)
 

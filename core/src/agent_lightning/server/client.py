@@ -362,10 +362,13 @@ class HttpLightningStore(LightningStore):
             raise
         return _ROLLOUTS.validate_python(data)
 
-    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    async def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         if not request.rollout_id:
             request = request.model_copy(update={"rollout_id": new_id("ro")})
-        payload = _dumps({"request": request, "worker_id": worker_id})
+        attempt_id = new_id("at") if attempt_id is None else attempt_id  # chosen here too, so a retry can recognise its own attempt
+        payload = _dumps({"request": request, "worker_id": worker_id, "attempt_id": attempt_id})
         try:
             data = await self._post("start_rollout", payload, key=True)
         except DuplicateId as exc:
@@ -373,7 +376,7 @@ class HttpLightningStore(LightningStore):
                 raise
             rollout = await self.get_rollout(request.rollout_id or "")
             attempts = await self.get_attempts(rollout.rollout_id)
-            if _same_request(rollout, request) and len(attempts) == 1 and attempts[0].worker_id == worker_id:
+            if _same_request(rollout, request) and len(attempts) == 1 and attempts[0].attempt_id == attempt_id:
                 return AttemptedRollout(rollout=rollout, attempt=attempts[0])
             raise
         return AttemptedRollout.model_validate(data)

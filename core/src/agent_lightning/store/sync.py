@@ -112,9 +112,11 @@ class SyncStore:
             )
         )
 
-    def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         """Create a rollout that is already running, with its first attempt."""
-        return self._call(self.store.start_rollout(request, worker_id))
+        return self._call(self.store.start_rollout(request, worker_id, attempt_id=attempt_id))
 
     def claim_rollout(
         self,
@@ -185,12 +187,8 @@ class SyncStore:
         return self._call(self.store.add_spans(spans))
 
     def add_span(self, span: Span) -> Span:
-        """Store one span, written behind (durable once :meth:`flush` returns)."""
+        """Store one span: ``add_spans([span])``; returns it."""
         return self._call(self.store.add_span(span))
-
-    def flush(self) -> None:
-        """Return once every span ``add_span`` accepted is stored."""
-        self._call(self.store.flush())
 
     def query_spans(
         self,
