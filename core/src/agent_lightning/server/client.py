@@ -367,7 +367,8 @@ class HttpLightningStore(LightningStore):
     ) -> AttemptedRollout:
         if not request.rollout_id:
             request = request.model_copy(update={"rollout_id": new_id("ro")})
-        attempt_id = new_id("at") if attempt_id is None else attempt_id  # chosen here too, so a retry can recognise its own attempt
+        if attempt_id is None:  # chosen here too, so a retry can recognise its own attempt
+            attempt_id = new_id("at")
         payload = _dumps({"request": request, "worker_id": worker_id, "attempt_id": attempt_id})
         try:
             data = await self._post("start_rollout", payload, key=True)

@@ -287,4 +287,3 @@ class LightningStore(ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-

@@ -29,11 +29,7 @@ def check_attempt_id(attempt_id: str | None) -> None:
     """Refuse a client-chosen attempt id that is not 1-128 letters, digits and ``._:-`` (``None`` is fine)."""
     if attempt_id is None:
         return
-    if (
-        not isinstance(attempt_id, str)
-        or len(attempt_id) > MAX_ID_LENGTH
-        or _ID_FORMAT.fullmatch(attempt_id) is None
-    ):
+    if not isinstance(attempt_id, str) or len(attempt_id) > MAX_ID_LENGTH or _ID_FORMAT.fullmatch(attempt_id) is None:
         raise ValueError(
             f"attempt_id must be 1-{MAX_ID_LENGTH} letters, digits and '._:-', starting with a letter or digit; "
             f"got {attempt_id!r:.80}"

@@ -334,14 +334,14 @@ class StoreConformanceSuite:
         await store.add_spans([make_span("ro-chosen", "at-chosen-1", 1)])
         assert [s.attempt_id for s in await store.query_spans("ro-chosen")] == ["at-chosen-1"]
         # An attempt id used by any rollout is a duplicate; nothing of the refused rollout is stored.
-        await assert_rejected(
-            store, DuplicateId, lambda: store.start_rollout(RolloutRequest(rollout_id="ro-other"), "w", attempt_id="at-chosen-1")
-        )
+        other = RolloutRequest(rollout_id="ro-other")
+        await assert_rejected(store, DuplicateId, lambda: store.start_rollout(other, "w", attempt_id="at-chosen-1"))
         with pytest.raises(NotFound):
             await store.get_rollout("ro-other")
+        bad_request = RolloutRequest(rollout_id="ro-bad")
         for bad in ("", " ", "has space", "x" * 300, "new\nline"):
             await assert_rejected(
-                store, ValueError, lambda bad=bad: store.start_rollout(RolloutRequest(rollout_id="ro-bad"), "w", attempt_id=bad)
+                store, ValueError, lambda bad=bad: store.start_rollout(bad_request, "w", attempt_id=bad)
             )
         with pytest.raises(NotFound):
             await store.get_rollout("ro-bad")
