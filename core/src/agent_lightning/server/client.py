@@ -48,6 +48,7 @@ from pydantic_core import PydanticSerializationError, to_json
 from yarl import URL
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
+from agent_lightning.retry import Backoff, async_retrying
 from agent_lightning.server.batching import SpanBatcher
 from agent_lightning.server.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
 from agent_lightning.store.base import LightningStore
@@ -136,6 +137,10 @@ def _close_at_exit() -> None:
     aiohttp does not report them as left open while the interpreter shuts down."""
     for store in list(_OPEN):
         store._close_now()
+
+
+class _Unanswered(Exception):
+    """A try that got no usable answer (connection refused, timed out, 502/503/504): retried."""
 
 
 def _resent(exc: BaseException) -> bool:
@@ -256,34 +261,35 @@ class HttpLightningStore(LightningStore):
             timeout = aiohttp.ClientTimeout(self.timeout + wait, connect=self.connect_timeout)
         url = self._url(method)
         began = time.monotonic()
-        delay, tries, resent = 0.05, 0, False
-        while True:
-            tries += 1
-            try:
-                async with client.post(url, data=payload, headers=headers, timeout=timeout) as response:
-                    status, content = response.status, await response.read()
-                    reason = response.reason or ""
-            except _NOT_SENT as exc:
-                problem, sent = _describe(exc), False
-            except _TRANSPORT_ERRORS as exc:
-                problem, sent = _describe(exc), True
-            else:
-                if status == 200:
-                    return content if raw else orjson.loads(content)
-                if status not in _RETRY_STATUSES:
-                    error = self._error(status, content, reason)
-                    error.agl_resent = resent  # type: ignore[attr-defined]
-                    raise error
-                problem, sent = f"HTTP {status}: {_message(content, reason)}", True
-            resent = resent or sent
-            elapsed = time.monotonic() - began
-            if elapsed + delay > self.retry_timeout:
-                raise StoreUnavailable(
-                    f"store server at {self.url} is not reachable: {problem} "
-                    f"(gave up {method} after {tries} tries in {elapsed:.1f}s)"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        tries, resent = 0, False
+        policy = Backoff(first=0.05, cap=1.0, deadline=self.retry_timeout)
+        try:
+            async for attempt in async_retrying(policy, retry_if=lambda exc: isinstance(exc, _Unanswered)):
+                with attempt:
+                    tries += 1
+                    try:
+                        async with client.post(url, data=payload, headers=headers, timeout=timeout) as response:
+                            status, content = response.status, await response.read()
+                            reason = response.reason or ""
+                    except _NOT_SENT as exc:
+                        raise _Unanswered(_describe(exc)) from exc
+                    except _TRANSPORT_ERRORS as exc:
+                        resent = True
+                        raise _Unanswered(_describe(exc)) from exc
+                    if status == 200:
+                        return content if raw else orjson.loads(content)
+                    if status not in _RETRY_STATUSES:
+                        error = self._error(status, content, reason)
+                        error.agl_resent = resent  # type: ignore[attr-defined]
+                        raise error
+                    resent = True
+                    raise _Unanswered(f"HTTP {status}: {_message(content, reason)}")
+        except _Unanswered as exc:
+            raise StoreUnavailable(
+                f"store server at {self.url} is not reachable: {exc} "
+                f"(gave up {method} after {tries} tries in {time.monotonic() - began:.1f}s)"
+            ) from None
+        raise AssertionError("unreachable: the retry loop returns or raises")
 
     def _error(self, status: int, content: bytes, reason: str) -> Exception:
         try:

@@ -340,14 +340,13 @@ class StoreConformanceSuite:
             await store.get_rollout("ro-other")
         bad_request = RolloutRequest(rollout_id="ro-bad")
         for bad in ("", " ", "has space", "x" * 300, "new\nline"):
-            await assert_rejected(
-                store, ValueError, lambda bad=bad: store.start_rollout(bad_request, "w", attempt_id=bad)
-            )
+            start_bad = functools.partial(store.start_rollout, bad_request, "w", attempt_id=bad)
+            await assert_rejected(store, ValueError, start_bad)
         with pytest.raises(NotFound):
             await store.get_rollout("ro-bad")
         generated = await store.start_rollout(RolloutRequest(config=LONG), "w")
         assert generated.attempt_id and generated.attempt_id != "at-chosen-1"
-        # A retry of the claim path still generates ids: the next attempt of a requeued rollout gets a new one.
+        # A claim still generates ids: the next attempt of a requeued rollout gets a new one.
         await store.complete_attempt("ro-chosen", "at-chosen-1", "failed")
         retry = await store.claim_rollout("w2")
         assert retry is not None and retry.rollout_id == "ro-chosen" and retry.attempt_id != "at-chosen-1"
