@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
+from agent_lightning.retry import Backoff, retrying
 from agent_lightning.store import transitions as tr
 from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore
 from agent_lightning.types import (
@@ -70,6 +71,14 @@ _SPAN_ORDER = (SPANS.c.attempt_seq, SPANS.c.sequence_id, SPANS.c.start_time, SPA
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class _TryAgain(Exception):
+    """A transaction that failed in a way a retry may fix (nothing of it was committed)."""
+
+    def __init__(self, error: sa.exc.DBAPIError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class SchemaTooNew(StoreError):
@@ -231,34 +240,45 @@ class SqlLightningStore(LightningStore):
         work run again when nothing can have been committed: it failed before the commit was sent,
         or the work is ``idempotent``. So no round trip is spent checking connections before use.
         """
-        tries = 0
-        while True:
-            tries += 1
-            committing = autocommit
-            try:
-                with self._guard(write), engine.connect() as conn:
-                    if autocommit:
-                        conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return work(conn)
-                    with conn.begin():
-                        self._begin(conn, write)
-                        result = work(conn)
-                        committing = True
-                    return result
-            except sa.exc.IntegrityError:
-                raise
-            except sa.exc.DBAPIError as exc:
-                kind = self._classify(exc)
-                if kind == "retry" and tries < 5:
-                    time.sleep(0.01 * tries)
-                    continue
-                if exc.connection_invalidated and (idempotent or not committing) and tries < 3:
-                    continue  # the pool dropped its stale connections; a fresh one is used
-                if kind == "unavailable":
-                    raise self._unavailable(exc.orig) from exc
-                if isinstance(exc, sa.exc.DataError):
-                    raise ValueError(f"the {self.backend_name} store rejected the data: {exc.orig}") from exc
-                raise StoreError(f"{self.backend_name} store at {self._redacted_url()}: {exc.orig}") from exc
+        policy = Backoff(first=0.01, cap=0.05, tries=5)
+        try:
+            for attempt in retrying(policy, retry_if=lambda exc: isinstance(exc, _TryAgain)):
+                with attempt:
+                    return self._transact_once(engine, work, write=write, autocommit=autocommit, idempotent=idempotent)
+        except _TryAgain as again:
+            raise self._translate(again.error) from again.error
+        raise AssertionError("unreachable: the retry loop returns or raises")
+
+    def _transact_once(
+        self, engine: Engine, work: Callable[[Connection], T], *, write: bool, autocommit: bool, idempotent: bool
+    ) -> T:
+        committing = autocommit
+        try:
+            with self._guard(write), engine.connect() as conn:
+                if autocommit:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return work(conn)
+                with conn.begin():
+                    self._begin(conn, write)
+                    result = work(conn)
+                    committing = True
+                return result
+        except sa.exc.IntegrityError:
+            raise
+        except sa.exc.DBAPIError as exc:
+            if self._classify(exc) == "retry":  # a serialization failure or deadlock: nothing was committed
+                raise _TryAgain(exc) from exc
+            if exc.connection_invalidated and (idempotent or not committing):
+                raise _TryAgain(exc) from exc  # the pool dropped its stale connections; a fresh one is used
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sa.exc.DBAPIError) -> Exception:
+        """The store error a database error that retrying did not fix stands for."""
+        if self._classify(exc) == "unavailable":
+            return self._unavailable(exc.orig)
+        if isinstance(exc, sa.exc.DataError):
+            return ValueError(f"the {self.backend_name} store rejected the data: {exc.orig}")
+        return StoreError(f"{self.backend_name} store at {self._redacted_url()}: {exc.orig}")
 
     def _transact(
         self, work: Callable[[Connection], T], *, write: bool, autocommit: bool = False, idempotent: bool = False
