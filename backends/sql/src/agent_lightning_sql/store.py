@@ -45,7 +45,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from agent_lightning_sql import codec
-from agent_lightning_sql.group_commit import GroupCommit, Pending
 from agent_lightning_sql.schema import (
     ATTEMPTS,
     DELIVERIES,
@@ -108,7 +107,6 @@ class SqlLightningStore(LightningStore):
         self._closed = False
         self._waker = Waker()
         self._span_sql: str | None = None
-        self._group_commit: tuple[int, GroupCommit] | None = None
         self._owners: dict[str, tuple[str, int]] = {}  # attempt id -> (rollout id, sequence), once committed
 
     # ------------------------------------------------------------------ dialect hooks
@@ -641,16 +639,7 @@ class SqlLightningStore(LightningStore):
         rows = codec.span_batch_rows(spans)
         if not rows:
             return 0
-        return await asyncio.to_thread(self._span_commits().submit, rows)
-
-    def _span_commits(self) -> GroupCommit:
-        group = self._group_commit
-        if group is None or group[0] != os.getpid():
-            with self._engine_lock:
-                group = self._group_commit
-                if group is None or group[0] != os.getpid():
-                    group = self._group_commit = (os.getpid(), GroupCommit(self._flush_spans))
-        return group[1]
+        return await asyncio.to_thread(self._write_spans, rows)
 
     def _span_upsert_sql(self, engine: Engine) -> str:
         """The span upsert (one row of values) in the driver's parameter style."""
@@ -668,8 +657,8 @@ class SqlLightningStore(LightningStore):
         """Upsert span rows (:data:`codec.SPAN_COLUMNS` order, no key twice); the default runs one per row."""
         conn.exec_driver_sql(self._span_upsert_sql(conn.engine), [tuple(row) for row in rows])
 
-    def _flush_spans(self, group: list[Pending]) -> None:
-        """Write the rows of every call in ``group`` (see :class:`GroupCommit`).
+    def _write_spans(self, rows: list[list[Any]]) -> int:
+        """Write span rows (:func:`codec.span_batch_rows`) all-or-nothing; durable when it returns.
 
         Dialects whose :meth:`_write_span_rows` is one statement (``span_rows_in_one_statement``)
         run it in autocommit mode: one statement is atomic, and durable once it returns, in one
@@ -680,31 +669,21 @@ class SqlLightningStore(LightningStore):
         def work(conn: Connection) -> None:
             learned.clear()
             owners = self._owners
-            unknown = list({row[1] for pending in group for row in pending.rows if row[1] not in owners})
+            unknown = list({row[1] for row in rows if row[1] not in owners})
             for chunk in _chunks(unknown):
                 query = sa.select(ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence)
                 for attempt_id, rollout_id, sequence in conn.execute(query.where(ATTEMPTS.c.attempt_id.in_(chunk))):
                     learned[attempt_id] = (rollout_id, sequence)
-            rows: dict[tuple[str, str, str], list[Any]] = {}  # a span sent by two callers at once: the later wins
-            for pending in group:
-                pending.error = None
-                for row in pending.rows:
-                    owner = owners.get(row[1]) or learned.get(row[1])
-                    if owner is None or owner[0] != row[0]:
-                        pending.error = self._unknown_owner(conn, row)
-                        break
-                    row[3] = owner[1]
-                else:
-                    for row in pending.rows:
-                        rows[(row[0], row[1], row[2])] = row
-            if rows:
-                self._write_span_rows(conn, list(rows.values()))
+            for row in rows:
+                owner = owners.get(row[1]) or learned.get(row[1])
+                if owner is None or owner[0] != row[0]:
+                    raise self._unknown_owner(conn, row)  # before anything is written
+                row[3] = owner[1]
+            self._write_span_rows(conn, rows)
 
         self._transact(work, write=True, autocommit=self.span_rows_in_one_statement, idempotent=True)
         self._remember_owners(learned)
-        for pending in group:
-            if pending.error is not None:
-                pending.fail(pending.error)
+        return len(rows)
 
     def _unknown_owner(self, conn: Connection, row: list[Any]) -> NotFound:
         rollout_id, attempt_id, span_id = row[0], row[1], row[2]
