@@ -230,7 +230,7 @@ def test_rollout_finished_gets_the_final_state_of_a_failed_attempt(observer: Obs
         with agl.TrainingContext(task_id="last-try", store=store, config=agl.RolloutConfig(max_attempts=1)):
             raise RuntimeError("tool broke")
     with pytest.raises(RuntimeError, match="tool broke"):
-        with agl.TrainingContext(task_id="will-retry", store=store):
+        with agl.TrainingContext(task_id="will-retry", store=store, config=agl.RolloutConfig(max_attempts=2)):
             raise RuntimeError("tool broke")
     (last, _, status, error), (retried, retried_attempt, _, _) = observer.finished
     assert (last.status, status, error) == ("failed", "failed", "RuntimeError: tool broke")
