@@ -10,9 +10,7 @@ store URL; for ``memory://``, which cannot be shared between processes, N tasks 
 1. enqueue    each runner enqueues tasks/N rollouts, one ``enqueue_rollout`` call each
 2. claim      runners claim and complete rollouts (``claim_rollout`` + ``complete_attempt``) until none is left
 3. spans      each runner writes spans/N spans into its own rollouts (``--spans-per-rollout`` each),
-              one ``add_span`` call per span, timed until ``flush()`` has returned: ``add_span`` writes
-              behind (the first span of each attempt at once, the rest in batches), so the phase ends
-              only once every span is stored
+              one ``add_span`` call per span (``add_spans([span])``: each is stored when it returns)
 4. batched    the same with ``add_spans`` batches of ``--batch-size``
 5. emitted    what an instrumented agent does: each runner opens one ``agl.TrainingContext`` on the URL and
               emits spans/N spans one by one with ``agl.span``; timed until the context has exited, that is
@@ -151,7 +149,6 @@ async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store:
         for group in single:
             for span in group:
                 await store.add_span(span)
-        await store.flush()  # add_span writes behind: the phase ends once every span is stored
         out["spans"] = (sum(map(len, single)), began, time.monotonic())
         await _barrier(barrier)
 

@@ -67,6 +67,46 @@ def test_exception_fails_attempt_and_is_recorded(store: agl.InMemoryLightningSto
     assert step.attributes[semconv.ERROR_TYPE] == "ZeroDivisionError"
 
 
+def test_standalone_context_that_raises_leaves_its_rollout_failed(store: agl.InMemoryLightningStore) -> None:
+    """No runner would retry a standalone context's rollout: it fails for good, not requeuing."""
+    with pytest.raises(ZeroDivisionError):
+        with agl.TrainingContext(task_id="alone", store=store) as ctx:
+            1 / 0  # noqa: B018
+    rollout = SyncStore(store).get_rollout(ctx.rollout_id)
+    assert (rollout.status, rollout.config.max_attempts) == ("failed", 1)
+    assert "ZeroDivisionError" in (rollout.error or "")
+    # A config the user gave is followed: with attempts left, the rollout waits for a runner to retry it.
+    with pytest.raises(ZeroDivisionError):
+        with agl.TrainingContext(task_id="alone", store=store, config=agl.RolloutConfig(max_attempts=2)) as ctx:
+            1 / 0  # noqa: B018
+    assert SyncStore(store).get_rollout(ctx.rollout_id).status == "requeuing"
+
+
+def test_runner_attempt_that_raises_follows_max_attempts(store: agl.InMemoryLightningStore) -> None:
+    """A context joining a runner's attempt does not change the rollout's config: a failed attempt requeues."""
+    sync = SyncStore(store)
+    sync.enqueue_rollout("task", config=agl.RolloutConfig(max_attempts=3))
+    claimed = sync.claim_rollout("runner")
+    assert claimed is not None
+    with pytest.raises(ZeroDivisionError):
+        with agl.TrainingContext(store=store, rollout=claimed):
+            1 / 0  # noqa: B018
+    rollout = sync.get_rollout(claimed.rollout_id)
+    assert (rollout.status, rollout.config.max_attempts) == ("requeuing", 3)
+
+
+def test_spans_carry_the_ids_the_context_chose_before_the_store_answered(store: agl.InMemoryLightningStore) -> None:
+    """The context names its rollout and attempt up front: every span, seen by plugins or stored, has those ids."""
+    ctx = agl.TrainingContext(task_id="ids", store=store)
+    chosen = (ctx.rollout_id, ctx.attempt_id)
+    with ctx:
+        with agl.span("step"):
+            pass
+    assert (ctx.rollout_id, ctx.attempt_id) == chosen
+    assert ctx.attempted is not None and (ctx.attempted.rollout_id, ctx.attempted.attempt_id) == chosen
+    assert {(s.rollout_id, s.attempt_id) for s in spans_of(store, ctx.rollout_id)} == {chosen}
+
+
 def test_dict_reward_and_default_target_is_current_span(store: agl.InMemoryLightningStore) -> None:
     with agl.TrainingContext(task_id="t", store=store) as ctx:
         with agl.span("answer") as answer:

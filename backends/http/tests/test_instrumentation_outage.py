@@ -52,7 +52,7 @@ def test_store_down_the_agent_runs_promptly_and_undelivered_spans_are_counted_an
         closed_in = time.monotonic() - closing
     assert body_started < 2.0, f"opening stalled the agent for {body_started:.1f}s (default open_timeout is 1s)"
     assert closed_in < 3.0, f"closing took {closed_in:.1f}s with flush_timeout=1"
-    assert ctx.attempted is None and ctx.attempt_id.startswith("at-pending-")
+    assert ctx.attempted is None and ctx.attempt_id.startswith("at-")  # its final id, chosen by the context
     stats = tracer.emitter.stats()
     assert stats.emitted == 12 and stats.held == 12 and stats.pending == 12  # root + 10 steps + reward
     assert stats.delivered == 0 and stats.rejected == 0 and stats.undelivered == 12
@@ -82,6 +82,7 @@ def test_store_back_after_an_outage_gets_the_rollout_its_spans_and_its_completio
             agl.emit_reward(1.0, span_id=step.id)
         assert time.monotonic() - began < 4.0
         assert ctx.attempted is None, "the store was down: the rollout cannot exist yet"
+        chosen = (ctx.rollout_id, ctx.attempt_id)
 
         server = StoreServer(memory, port=port).start()
         sync = SyncStore(memory)
@@ -95,7 +96,8 @@ def test_store_back_after_an_outage_gets_the_rollout_its_spans_and_its_completio
         assert ctx.attempted is not None
         spans = sync.query_spans(ctx.rollout_id)
         assert sorted(s.name for s in spans) == ["back", "reward", "step"]
-        assert {s.attempt_id for s in spans} == {ctx.attempt_id} and not ctx.attempt_id.startswith("at-pending")
+        assert (ctx.rollout_id, ctx.attempt_id) == chosen, "the ids the context chose are the stored ones"
+        assert {s.attempt_id for s in spans} == {ctx.attempt_id}
         root = next(s for s in spans if s.name == "back")
         assert root.attributes[semconv.ATTEMPT_ID] == ctx.attempt_id
         reward = next(s for s in spans if s.kind == "reward")

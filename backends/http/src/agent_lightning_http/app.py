@@ -364,7 +364,8 @@ def create_app(
         """Create a running rollout with its first attempt."""
 
         async def call() -> bytes:
-            return (await store.start_rollout(body.request, worker_id=body.worker_id)).model_dump_json().encode()
+            started = await store.start_rollout(body.request, worker_id=body.worker_id, attempt_id=body.attempt_id)
+            return started.model_dump_json().encode()
 
         return await answer(call, key)
 

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
+from agent_lightning.retry import Backoff, async_retrying
 from agent_lightning.store.base import LightningStore
 from agent_lightning.types import (
     Attempt,
@@ -132,6 +133,10 @@ def _close_at_exit() -> None:
     aiohttp does not report them as left open while the interpreter shuts down."""
     for store in list(_OPEN):
         store._close_now()
+
+
+class _Unanswered(Exception):
+    """A try that got no usable answer (connection refused, timed out, 502/503/504): retried."""
 
 
 def _resent(exc: BaseException) -> bool:
@@ -243,34 +248,35 @@ class HttpLightningStore(LightningStore):
             timeout = aiohttp.ClientTimeout(self.timeout + wait, connect=self.connect_timeout)
         url = self._url(method)
         began = time.monotonic()
-        delay, tries, resent = 0.05, 0, False
-        while True:
-            tries += 1
-            try:
-                async with client.post(url, data=payload, headers=headers, timeout=timeout) as response:
-                    status, content = response.status, await response.read()
-                    reason = response.reason or ""
-            except _NOT_SENT as exc:
-                problem, sent = _describe(exc), False
-            except _TRANSPORT_ERRORS as exc:
-                problem, sent = _describe(exc), True
-            else:
-                if status == 200:
-                    return content if raw else orjson.loads(content)
-                if status not in _RETRY_STATUSES:
-                    error = self._error(status, content, reason)
-                    error.agl_resent = resent  # type: ignore[attr-defined]
-                    raise error
-                problem, sent = f"HTTP {status}: {_message(content, reason)}", True
-            resent = resent or sent
-            elapsed = time.monotonic() - began
-            if elapsed + delay > self.retry_timeout:
-                raise StoreUnavailable(
-                    f"store server at {self.url} is not reachable: {problem} "
-                    f"(gave up {method} after {tries} tries in {elapsed:.1f}s)"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        tries, resent = 0, False
+        policy = Backoff(first=0.05, cap=1.0, deadline=self.retry_timeout)
+        try:
+            async for attempt in async_retrying(policy, retry_if=lambda exc: isinstance(exc, _Unanswered)):
+                with attempt:
+                    tries += 1
+                    try:
+                        async with client.post(url, data=payload, headers=headers, timeout=timeout) as response:
+                            status, content = response.status, await response.read()
+                            reason = response.reason or ""
+                    except _NOT_SENT as exc:
+                        raise _Unanswered(_describe(exc)) from exc
+                    except _TRANSPORT_ERRORS as exc:
+                        resent = True
+                        raise _Unanswered(_describe(exc)) from exc
+                    if status == 200:
+                        return content if raw else orjson.loads(content)
+                    if status not in _RETRY_STATUSES:
+                        error = self._error(status, content, reason)
+                        error.agl_resent = resent  # type: ignore[attr-defined]
+                        raise error
+                    resent = True
+                    raise _Unanswered(f"HTTP {status}: {_message(content, reason)}")
+        except _Unanswered as exc:
+            raise StoreUnavailable(
+                f"store server at {self.url} is not reachable: {exc} "
+                f"(gave up {method} after {tries} tries in {time.monotonic() - began:.1f}s)"
+            ) from None
+        raise AssertionError("unreachable: the retry loop returns or raises")
 
     def _error(self, status: int, content: bytes, reason: str) -> Exception:
         try:
@@ -348,10 +354,14 @@ class HttpLightningStore(LightningStore):
             raise
         return _ROLLOUTS.validate_python(data)
 
-    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    async def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         if not request.rollout_id:
             request = request.model_copy(update={"rollout_id": new_id("ro")})
-        payload = _dumps({"request": request, "worker_id": worker_id})
+        if attempt_id is None:  # chosen here too, so a retry can recognise its own attempt
+            attempt_id = new_id("at")
+        payload = _dumps({"request": request, "worker_id": worker_id, "attempt_id": attempt_id})
         try:
             data = await self._post("start_rollout", payload, key=True)
         except DuplicateId as exc:
@@ -359,7 +369,7 @@ class HttpLightningStore(LightningStore):
                 raise
             rollout = await self.get_rollout(request.rollout_id or "")
             attempts = await self.get_attempts(rollout.rollout_id)
-            if _same_request(rollout, request) and len(attempts) == 1 and attempts[0].worker_id == worker_id:
+            if _same_request(rollout, request) and len(attempts) == 1 and attempts[0].attempt_id == attempt_id:
                 return AttemptedRollout(rollout=rollout, attempt=attempts[0])
             raise
         return AttemptedRollout.model_validate(data)

@@ -81,6 +81,7 @@ class EnqueueRolloutsRequest(_Body):
 class StartRolloutRequest(_Body):
     request: RolloutRequest
     worker_id: str | None = None
+    attempt_id: str | None = None
 
 
 class ClaimRolloutRequest(_Body):

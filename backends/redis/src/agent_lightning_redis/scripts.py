@@ -6,6 +6,7 @@ Key layout under the store's prefix ``P`` (default ``agl:``):
   ``n`` attempt count, ``started``/``ended``/``error``, ``ver`` for compare-and-set, ``seq``
   creation order, ``tt`` task type, ``mode``, ``lease``/``tmo`` seconds)
 * ``P at:{id}``      hash: attempt id -> attempt JSON (``lease_expires_at`` is derived on read)
+* ``P aids``         hash: every attempt id -> its rollout id (attempt ids are unique across rollouts)
 * ``P sp:{id}``      hash: ``{attempt id}:{span id}`` -> span JSON
 * ``P rollouts``     zset: every rollout id by creation order
 * ``P st:{status}``  zset: rollout ids with that status, by creation order
@@ -56,6 +57,8 @@ local dups = {}
 for i = 0, count - 1 do
   local rid = ARGV[3 + i * 11]
   if redis.call('EXISTS', p .. 'ro:' .. rid) == 1 then table.insert(dups, rid) end
+  local aid = ARGV[3 + i * 11 + 8]
+  if aid ~= '' and redis.call('HEXISTS', p .. 'aids', aid) == 1 then table.insert(dups, 'attempt ' .. aid) end
 end
 if #dups > 0 then return {'dup', dups} end
 for i = 0, count - 1 do
@@ -71,6 +74,7 @@ for i = 0, count - 1 do
   reindex(p, rid, nil, status, tt, mode, seq)
   if aid ~= '' then
     redis.call('HSET', p .. 'at:' .. rid, aid, ajson)
+    redis.call('HSET', p .. 'aids', aid, rid)
     redis.call('ZADD', p .. 'leases', deadline, rid)
   end
 end
@@ -153,6 +157,7 @@ local attempt = '{"rollout_id":' .. cjson.encode(best_id) .. ',"attempt_id":"' .
   .. ',"worker_id":' .. worker .. ',"status":"running","started_at":' .. now .. ',"ended_at":null'
   .. ',"last_heartbeat_at":' .. now .. ',"error":null}'
 redis.call('HSET', p .. 'at:' .. best_id, aid, attempt)
+redis.call('HSET', p .. 'aids', aid, best_id)
 local deadline = tonumber(now) + tonumber(f[4])
 if f[5] ~= '' then deadline = math.min(deadline, tonumber(now) + tonumber(f[5])) end
 redis.call('ZADD', p .. 'leases', deadline, best_id)

@@ -202,7 +202,6 @@ class RedisLightningStore(LightningStore):
     @_translate_errors
     async def purge(self) -> int:
         """Delete every key under this store's prefix; returns how many were deleted."""
-        await self._settle_spans()
         client = self._conn().client
         deleted = 0
         batch: list[str] = []
@@ -303,7 +302,7 @@ class RedisLightningStore(LightningStore):
             ]
         outcome, duplicates = await self._conn().run("create", args)
         if outcome == "dup":
-            raise DuplicateId(f"rollout ids already used: {sorted(duplicates)}")
+            raise DuplicateId(f"ids already used: {sorted(duplicates)}")
 
     @_translate_errors
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
@@ -318,10 +317,12 @@ class RedisLightningStore(LightningStore):
         return rollouts
 
     @_translate_errors
-    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    async def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         now = time.time()
         rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
-        running, attempt = tr.start_attempt(rollout, worker_id, now)
+        running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
         await self._create([(running, attempt)])
         return AttemptedRollout(rollout=running, attempt=attempt)
 

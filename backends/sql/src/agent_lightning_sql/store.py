@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
+from agent_lightning.retry import Backoff, retrying
 from agent_lightning.store import transitions as tr
 from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore
 from agent_lightning.types import (
@@ -44,7 +45,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from agent_lightning_sql import codec
-from agent_lightning_sql.group_commit import GroupCommit, Pending
 from agent_lightning_sql.schema import (
     ATTEMPTS,
     DELIVERIES,
@@ -70,6 +70,14 @@ _SPAN_ORDER = (SPANS.c.attempt_seq, SPANS.c.sequence_id, SPANS.c.start_time, SPA
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class _TryAgain(Exception):
+    """A transaction that failed in a way a retry may fix (nothing of it was committed)."""
+
+    def __init__(self, error: sa.exc.DBAPIError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class SchemaTooNew(StoreError):
@@ -99,7 +107,6 @@ class SqlLightningStore(LightningStore):
         self._closed = False
         self._waker = Waker()
         self._span_sql: str | None = None
-        self._group_commit: tuple[int, GroupCommit] | None = None
         self._owners: dict[str, tuple[str, int]] = {}  # attempt id -> (rollout id, sequence), once committed
 
     # ------------------------------------------------------------------ dialect hooks
@@ -231,34 +238,45 @@ class SqlLightningStore(LightningStore):
         work run again when nothing can have been committed: it failed before the commit was sent,
         or the work is ``idempotent``. So no round trip is spent checking connections before use.
         """
-        tries = 0
-        while True:
-            tries += 1
-            committing = autocommit
-            try:
-                with self._guard(write), engine.connect() as conn:
-                    if autocommit:
-                        conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return work(conn)
-                    with conn.begin():
-                        self._begin(conn, write)
-                        result = work(conn)
-                        committing = True
-                    return result
-            except sa.exc.IntegrityError:
-                raise
-            except sa.exc.DBAPIError as exc:
-                kind = self._classify(exc)
-                if kind == "retry" and tries < 5:
-                    time.sleep(0.01 * tries)
-                    continue
-                if exc.connection_invalidated and (idempotent or not committing) and tries < 3:
-                    continue  # the pool dropped its stale connections; a fresh one is used
-                if kind == "unavailable":
-                    raise self._unavailable(exc.orig) from exc
-                if isinstance(exc, sa.exc.DataError):
-                    raise ValueError(f"the {self.backend_name} store rejected the data: {exc.orig}") from exc
-                raise StoreError(f"{self.backend_name} store at {self._redacted_url()}: {exc.orig}") from exc
+        policy = Backoff(first=0.01, cap=0.05, tries=5)
+        try:
+            for attempt in retrying(policy, retry_if=lambda exc: isinstance(exc, _TryAgain)):
+                with attempt:
+                    return self._transact_once(engine, work, write=write, autocommit=autocommit, idempotent=idempotent)
+        except _TryAgain as again:
+            raise self._translate(again.error) from again.error
+        raise AssertionError("unreachable: the retry loop returns or raises")
+
+    def _transact_once(
+        self, engine: Engine, work: Callable[[Connection], T], *, write: bool, autocommit: bool, idempotent: bool
+    ) -> T:
+        committing = autocommit
+        try:
+            with self._guard(write), engine.connect() as conn:
+                if autocommit:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return work(conn)
+                with conn.begin():
+                    self._begin(conn, write)
+                    result = work(conn)
+                    committing = True
+                return result
+        except sa.exc.IntegrityError:
+            raise
+        except sa.exc.DBAPIError as exc:
+            if self._classify(exc) == "retry":  # a serialization failure or deadlock: nothing was committed
+                raise _TryAgain(exc) from exc
+            if exc.connection_invalidated and (idempotent or not committing):
+                raise _TryAgain(exc) from exc  # the pool dropped its stale connections; a fresh one is used
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sa.exc.DBAPIError) -> Exception:
+        """The store error a database error that retrying did not fix stands for."""
+        if self._classify(exc) == "unavailable":
+            return self._unavailable(exc.orig)
+        if isinstance(exc, sa.exc.DataError):
+            return ValueError(f"the {self.backend_name} store rejected the data: {exc.orig}")
+        return StoreError(f"{self.backend_name} store at {self._redacted_url()}: {exc.orig}")
 
     def _transact(
         self, work: Callable[[Connection], T], *, write: bool, autocommit: bool = False, idempotent: bool = False
@@ -415,23 +433,28 @@ class SqlLightningStore(LightningStore):
         await self._run_unique(lambda conn: self._insert_rollouts(conn, rollouts, rows), rollouts)
         return rollouts
 
-    async def _run_unique(self, work: Callable[[Connection], T], rollouts: Sequence[Rollout]) -> T:
+    async def _run_unique(
+        self, work: Callable[[Connection], T], rollouts: Sequence[Rollout], attempt_id: str | None = None
+    ) -> T:
         try:
             return await self._run(work, write=True)
         except sa.exc.IntegrityError:  # a concurrent writer took an id between our check and our insert
-            raise DuplicateId(f"rollout ids already used: {sorted(r.rollout_id for r in rollouts)}") from None
+            also = f" or attempt id {attempt_id!r}" if attempt_id else ""
+            raise DuplicateId(f"rollout ids already used: {sorted(r.rollout_id for r in rollouts)}{also}") from None
 
-    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    async def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         now = time.time()
         rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
-        running, attempt = tr.start_attempt(rollout, worker_id, now)
+        running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
         row = codec.rollout_values(running)
 
         def work(conn: Connection) -> None:
             self._insert_rollouts(conn, [running], [row])
             self._save_attempt(conn, attempt, running.config.timeout_seconds, new=True)
 
-        await self._run_unique(work, [running])
+        await self._run_unique(work, [running], attempt_id)
         self._remember_owners({attempt.attempt_id: (running.rollout_id, attempt.sequence)})
         return AttemptedRollout(rollout=running, attempt=attempt)
 
@@ -616,16 +639,7 @@ class SqlLightningStore(LightningStore):
         rows = codec.span_batch_rows(spans)
         if not rows:
             return 0
-        return await asyncio.to_thread(self._span_commits().submit, rows)
-
-    def _span_commits(self) -> GroupCommit:
-        group = self._group_commit
-        if group is None or group[0] != os.getpid():
-            with self._engine_lock:
-                group = self._group_commit
-                if group is None or group[0] != os.getpid():
-                    group = self._group_commit = (os.getpid(), GroupCommit(self._flush_spans))
-        return group[1]
+        return await asyncio.to_thread(self._write_spans, rows)
 
     def _span_upsert_sql(self, engine: Engine) -> str:
         """The span upsert (one row of values) in the driver's parameter style."""
@@ -643,8 +657,8 @@ class SqlLightningStore(LightningStore):
         """Upsert span rows (:data:`codec.SPAN_COLUMNS` order, no key twice); the default runs one per row."""
         conn.exec_driver_sql(self._span_upsert_sql(conn.engine), [tuple(row) for row in rows])
 
-    def _flush_spans(self, group: list[Pending]) -> None:
-        """Write the rows of every call in ``group`` (see :class:`GroupCommit`).
+    def _write_spans(self, rows: list[list[Any]]) -> int:
+        """Write span rows (:func:`codec.span_batch_rows`) all-or-nothing; durable when it returns.
 
         Dialects whose :meth:`_write_span_rows` is one statement (``span_rows_in_one_statement``)
         run it in autocommit mode: one statement is atomic, and durable once it returns, in one
@@ -655,31 +669,21 @@ class SqlLightningStore(LightningStore):
         def work(conn: Connection) -> None:
             learned.clear()
             owners = self._owners
-            unknown = list({row[1] for pending in group for row in pending.rows if row[1] not in owners})
+            unknown = list({row[1] for row in rows if row[1] not in owners})
             for chunk in _chunks(unknown):
                 query = sa.select(ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence)
                 for attempt_id, rollout_id, sequence in conn.execute(query.where(ATTEMPTS.c.attempt_id.in_(chunk))):
                     learned[attempt_id] = (rollout_id, sequence)
-            rows: dict[tuple[str, str, str], list[Any]] = {}  # a span sent by two callers at once: the later wins
-            for pending in group:
-                pending.error = None
-                for row in pending.rows:
-                    owner = owners.get(row[1]) or learned.get(row[1])
-                    if owner is None or owner[0] != row[0]:
-                        pending.error = self._unknown_owner(conn, row)
-                        break
-                    row[3] = owner[1]
-                else:
-                    for row in pending.rows:
-                        rows[(row[0], row[1], row[2])] = row
-            if rows:
-                self._write_span_rows(conn, list(rows.values()))
+            for row in rows:
+                owner = owners.get(row[1]) or learned.get(row[1])
+                if owner is None or owner[0] != row[0]:
+                    raise self._unknown_owner(conn, row)  # before anything is written
+                row[3] = owner[1]
+            self._write_span_rows(conn, rows)
 
         self._transact(work, write=True, autocommit=self.span_rows_in_one_statement, idempotent=True)
         self._remember_owners(learned)
-        for pending in group:
-            if pending.error is not None:
-                pending.fail(pending.error)
+        return len(rows)
 
     def _unknown_owner(self, conn: Connection, row: list[Any]) -> NotFound:
         rollout_id, attempt_id, span_id = row[0], row[1], row[2]

@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
-import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from agent_lightning.retry import Backoff, retrying
 from agent_lightning_sql.schema import ROLLOUTS
 from agent_lightning_sql.store import SqlLightningStore
 from sqlalchemy import event
@@ -117,17 +116,10 @@ class SqliteLightningStore(SqlLightningStore):
         the same moment with "database is locked" at once, without its busy handler: processes
         opening a new file together hit that. So the switch is retried until ``busy_timeout``.
         """
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.001
-        while True:
-            try:
+        policy = Backoff(first=0.001, cap=0.05, deadline=self.busy_timeout)
+        for attempt in retrying(policy, retry_if=lambda exc: "locked" in str(exc).lower()):
+            with attempt:
                 cursor.execute("PRAGMA journal_mode = WAL").fetchone()
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc).lower() or time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
     def _begin(self, conn: Connection, write: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -15,9 +15,9 @@ from typing import Any, Literal, TypeVar
 from agent_lightning import semconv
 from agent_lightning.errors import DuplicateId, InvalidTransition
 from agent_lightning.instrumentation import adapter as adapters
-from agent_lightning.instrumentation.emitter import is_permanent
 from agent_lightning.instrumentation.spans import ActiveSpan, _current_span
 from agent_lightning.instrumentation.tracer import Tracer, get_tracer
+from agent_lightning.retry import Backoff, is_permanent, retrying
 from agent_lightning.store.base import LightningStore
 from agent_lightning.types import (
     LLM,
@@ -48,6 +48,8 @@ RESOURCES_TIMEOUT = 10.0
 """Seconds :meth:`TrainingContext.llm` waits for resources that opening did not get in time."""
 STORE_CALL_TIMEOUT = 30.0
 """The longest one background store call may take before it is treated as failed (and retried)."""
+STORE_BACKOFF = Backoff(first=0.2, cap=5.0)
+"""How a context retries creating and completing its rollout while the store is unreachable."""
 
 _current: contextvars.ContextVar[TrainingContext | None] = contextvars.ContextVar("agl_context", default=None)
 _open_lock = threading.Lock()
@@ -157,40 +159,51 @@ class _Lifecycle:
             if not self._gave_up:  # what gave up stays listed for the report at exit
                 self.tracer.untrack(self)
 
-    def _retry_wait(self, exc: BaseException, backoff: float) -> bool:
-        """Note a transient failure and pause; ``False`` when the tracer is shutting down (give up)."""
+    def _retrying(self, on_retry: Callable[[BaseException], None] | None = None) -> Any:
+        """Retry transient store errors until the tracer shuts down (then give up, noted for the exit report)."""
+
+        def note(exc: BaseException, pause: float) -> None:
+            if on_retry is not None:
+                on_retry(exc)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+        return retrying(STORE_BACKOFF, stop_event=self.tracer.stopping, before_sleep=note)
+
+    def _gave_up_on(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.tracer.stopping.wait(backoff):
-            self._gave_up = True
-            return False
-        return True
+        self._gave_up = True
 
     def _create(self, request: RolloutRequest) -> AttemptedRollout | None:
-        store, backoff = self.tracer.store, 0.2
-        while True:
-            try:
-                return self.tracer.call(store.start_rollout(request), timeout=STORE_CALL_TIMEOUT)
-            except DuplicateId as exc:  # an earlier try that timed out did create it
-                adopted = self._adopt(request)
-                if adopted is not None:
-                    return adopted
-                self._refuse(exc)
-                return None
-            except Exception as exc:
-                if is_permanent(exc):
-                    self._refuse(exc)
-                    return None
-                if self.last_error is None:
-                    logger.warning(
-                        "agent-lightning: could not create rollout %s in %s yet (%s); the agent runs on, its spans "
-                        "are buffered and sent once the store answers",
-                        request.rollout_id,
-                        store.url or type(store).__name__,
-                        exc,
+        store = self.tracer.store
+
+        def warn_once(exc: BaseException) -> None:
+            if self.last_error is None:
+                logger.warning(
+                    "agent-lightning: could not create rollout %s in %s yet (%s); the agent runs on, its spans "
+                    "are buffered and sent once the store answers",
+                    request.rollout_id,
+                    store.url or type(store).__name__,
+                    exc,
+                )
+
+        try:
+            for attempt in self._retrying(warn_once):
+                with attempt:
+                    started: AttemptedRollout = self.tracer.call(
+                        store.start_rollout(request, attempt_id=self.ctx._ids[1]), timeout=STORE_CALL_TIMEOUT
                     )
-                if not self._retry_wait(exc, backoff):
-                    return None
-                backoff = min(backoff * 2, 5.0)
+                    return started
+        except DuplicateId as exc:  # an earlier try that timed out did create it
+            adopted = self._adopt(request)
+            if adopted is not None:
+                return adopted
+            self._refuse(exc)
+        except Exception as exc:
+            if is_permanent(exc):
+                self._refuse(exc)
+            else:
+                self._gave_up_on(exc)
+        return None
 
     def _adopt(self, request: RolloutRequest) -> AttemptedRollout | None:
         store, rollout_id = self.tracer.store, request.rollout_id or ""
@@ -199,13 +212,13 @@ class _Lifecycle:
             attempts = self.tracer.call(store.get_attempts(rollout_id), timeout=STORE_CALL_TIMEOUT)
         except Exception:
             return None
-        if len(attempts) == 1 and rollout.task_type == request.task_type and rollout.input == request.input:
+        if len(attempts) == 1 and attempts[0].attempt_id == self.ctx._ids[1] and rollout.task_type == request.task_type:
             return AttemptedRollout(rollout=rollout, attempt=attempts[0])
         return None
 
     def _refuse(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
-        held = self.tracer.emitter.refuse(self.ctx._fallback_ids[1], self.last_error)
+        held = self.tracer.emitter.refuse(self.ctx._ids[1], self.last_error)
         logger.error(
             "agent-lightning: store %s refused to create rollout %s (%s); the agent runs on, but nothing of it is "
             "recorded: %d span(s) so far and every later one are counted as rejected",
@@ -227,27 +240,21 @@ class _Lifecycle:
             return None
 
     def _complete(self, attempted: AttemptedRollout, status: Literal["succeeded", "failed"], error: str | None) -> None:
-        store, backoff = self.tracer.store, 0.2
+        store = self.tracer.store
         rollout_id, attempt_id = attempted.rollout_id, attempted.attempt_id
-        while True:
-            try:
-                self.tracer.call(
-                    store.complete_attempt(rollout_id, attempt_id, status, error), timeout=STORE_CALL_TIMEOUT
-                )
-            except InvalidTransition as exc:  # the store ended it first: lease lost, timed out, or cancelled
-                logger.warning(
-                    "could not complete attempt %s of rollout %s as %s: %s", attempt_id, rollout_id, status, exc
-                )
-                return
-            except Exception as exc:
-                if is_permanent(exc):
-                    logger.error("could not complete attempt %s of rollout %s: %s", attempt_id, rollout_id, exc)
-                    return
-                if not self._retry_wait(exc, backoff):
-                    return
-                backoff = min(backoff * 2, 5.0)
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self.tracer.call(
+                        store.complete_attempt(rollout_id, attempt_id, status, error), timeout=STORE_CALL_TIMEOUT
+                    )
+        except InvalidTransition as exc:  # the store ended it first: lease lost, timed out, or cancelled
+            logger.warning("could not complete attempt %s of rollout %s as %s: %s", attempt_id, rollout_id, status, exc)
+        except Exception as exc:
+            if is_permanent(exc):
+                logger.error("could not complete attempt %s of rollout %s: %s", attempt_id, rollout_id, exc)
             else:
-                return
+                self._gave_up_on(exc)
 
 
 class TrainingContext:
@@ -258,7 +265,9 @@ class TrainingContext:
     ...         result = agent.run("What is 25 * 17?")
     ...     agl.emit_reward(1.0, span_id=step.id)
 
-    Outside a runner, entering creates a running rollout with ``task_type=task_id``.
+    Outside a runner, entering creates a running rollout with ``task_type=task_id``;
+    it gets one attempt (``max_attempts=1`` unless ``config`` says otherwise), since
+    no runner would retry it: a block that raises leaves it ``failed``.
     Under a runner (or inside another TrainingContext) it joins that attempt
     and records itself as an ``agent`` span. On exit, pending spans are
     flushed and the attempt is completed: ``failed`` if the block raised.
@@ -267,9 +276,10 @@ class TrainingContext:
     The store never stalls the agent for long. Entering waits at most
     ``open_timeout`` seconds for the store to create the rollout; if it has not
     answered by then, the agent runs anyway: its spans are buffered (bounded)
-    and sent once the rollout exists, and :attr:`attempt_id` is a placeholder
-    until then. Exiting waits at most ``flush_timeout`` seconds for the spans and
-    the attempt's completion; what is left continues in the background, and
+    and sent once the rollout exists. The context chooses the rollout and attempt
+    ids itself, so every span carries its final ids from the start. Exiting
+    waits at most ``flush_timeout`` seconds for the spans and the attempt's
+    completion; what is left continues in the background, and
     what is still undelivered at interpreter exit is logged as a warning (see
     :func:`agent_lightning.instrumentation.tracer.shutdown`).
 
@@ -300,7 +310,7 @@ class TrainingContext:
         self.mode: RolloutMode = mode
         self._store_arg = store
         self._given = rollout
-        self._config = config or RolloutConfig()
+        self._config = config
         self._metadata = dict(metadata or {})
         self.agent_name = agent_name
         self._instrument = instrument
@@ -320,7 +330,6 @@ class TrainingContext:
         self._root: ActiveSpan | None = None
         self._sequence = itertools.count(1)
         self._seq_lock = threading.Lock()
-        self._ids_lock = threading.Lock()
         self._span_ids: set[str] = set()
         self._token: contextvars.Token[TrainingContext | None] | None = None
         self._span_token: contextvars.Token[ActiveSpan | None] | None = None
@@ -346,21 +355,22 @@ class TrainingContext:
 
     @property
     def rollout_id(self) -> str:
-        """The rollout's id (known from the start, even before the store has created it)."""
+        """The rollout's id (final from the start, even before the store has created it)."""
         if self._parent is not None:
             return self._parent.rollout_id
-        return self._attempted.rollout_id if self._attempted else self._fallback_ids[0]
+        return self._attempted.rollout_id if self._attempted else self._ids[0]
 
     @property
     def attempt_id(self) -> str:
-        """The attempt's id; ``at-pending-…`` until the store has created it (spans are then rewritten)."""
+        """The attempt's id (final from the start: the context chooses it when it creates the rollout)."""
         if self._parent is not None:
             return self._parent.attempt_id
-        return self._attempted.attempt_id if self._attempted else self._fallback_ids[1]
+        return self._attempted.attempt_id if self._attempted else self._ids[1]
 
     @functools.cached_property
-    def _fallback_ids(self) -> tuple[str, str]:
-        return new_id("ro"), new_id("at-pending")
+    def _ids(self) -> tuple[str, str]:
+        """The rollout and attempt ids this context asks the store to create."""
+        return new_id("ro"), new_id("at")
 
     @property
     def store(self) -> LightningStore:
@@ -424,8 +434,7 @@ class TrainingContext:
         if span.kind == "llm" and semconv.COMPLETION_TOKEN_IDS not in span.attributes:
             root.calls_without_record += 1  # an adapter's span for a call the proxy did not confirm
         if root.tracer is not None:
-            with root._ids_lock:  # either the emitter still holds the placeholder, or the ids are fixed here
-                root.tracer.emitter.emit(root._with_ids(span))
+            root.tracer.emitter.emit(span)
 
     def on_reward(self, reward: Reward, span: Span) -> None:
         """Called by :func:`agl.emit_reward` with the reward and its span."""
@@ -434,28 +443,11 @@ class TrainingContext:
         if self is not root:
             self.rewards.append(reward)
 
-    def _with_ids(self, span: Span) -> Span:
-        """``span`` with the real attempt id if it was built with the placeholder before the attempt existed."""
-        if self._attempted is None or span.attempt_id != self._fallback_ids[1]:
-            return span
-        return self._rewrite(span)
-
-    def _rewrite(self, span: Span) -> Span:
-        attempted = self._attempted
-        assert attempted is not None
-        attributes = span.attributes
-        if attributes.get(semconv.ATTEMPT_ID) == span.attempt_id:
-            attributes = {**attributes, semconv.ATTEMPT_ID: attempted.attempt_id}
-        return span.model_copy(
-            update={"rollout_id": attempted.rollout_id, "attempt_id": attempted.attempt_id, "attributes": attributes}
-        )
-
     def _attach(self, attempted: AttemptedRollout) -> None:
-        """The store created the attempt: use its ids from now on and send the spans held so far."""
+        """The store created the attempt: send the spans held until it existed."""
         assert self.tracer is not None
-        with self._ids_lock:
-            self._attempted = attempted
-            self.tracer.emitter.release(self._fallback_ids[1], self._rewrite)
+        self._attempted = attempted
+        self.tracer.emitter.release(attempted.attempt_id)
 
     # ------------------------------------------------------------------ lifecycle
     def _open(self) -> None:
@@ -478,11 +470,11 @@ class TrainingContext:
                 input=self.input,
                 task_type=self.task_id,
                 mode=self.mode,
-                config=self._config,
+                config=self._config or RolloutConfig(max_attempts=1),  # no runner would retry it
                 metadata={**self._metadata, "task_id": self.task_id},
-                rollout_id=self._fallback_ids[0],
+                rollout_id=self._ids[0],
             )
-            self.tracer.emitter.hold(self._fallback_ids[1])
+            self.tracer.emitter.hold(self._ids[1])
         self._lifecycle = _Lifecycle(self, self.tracer, request)
         self._lifecycle.start()
         if not self._lifecycle.ready.wait(self._open_timeout):

@@ -1,9 +1,11 @@
 """Non-blocking span delivery: a bounded buffer flushed to the store in batches.
 
 ``emit`` never blocks and never raises. A background thread writes batches;
-when the store is unreachable it retries with exponential backoff. Spans of an
-attempt that does not exist in the store yet (its rollout is still being
-created) are *held* and queued once the attempt exists (:meth:`SpanEmitter.hold`,
+when the store is unreachable it retries with exponential backoff. A span is
+sent at most ``flush_interval`` (50 ms) after it was emitted, with whatever else
+came meanwhile (up to ``batch_size``). Spans of an attempt that does not exist in
+the store yet (its rollout is still being created) are *held*, with their final
+ids, and queued once the attempt exists (:meth:`SpanEmitter.hold`,
 :meth:`SpanEmitter.release`). If the buffer fills up, the newest spans are
 refused and counted, with a warning — never dropped silently.
 :meth:`SpanEmitter.stats` reports every count.
@@ -15,24 +17,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from agent_lightning.errors import NotFound, StoreUnavailable
+from agent_lightning.errors import StoreUnavailable
+from agent_lightning.retry import Backoff, is_permanent, retrying
 from agent_lightning.store.base import LightningStore
 from agent_lightning.store.sync import EventLoopThread
 from agent_lightning.types import Span
 
 logger = logging.getLogger(__name__)
-
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, NotFound)
-"""Store errors that a retry cannot fix (invalid input, unknown ids); anything else is retried."""
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """Whether ``exc`` from a store call means "invalid, never retry" rather than "try again later"."""
-    return isinstance(exc, PERMANENT_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ class SpanEmitter:
 
     :param max_buffer: the most spans kept (buffered, in flight and held together); more are dropped and counted.
     :param batch_size: the most spans sent in one ``add_spans`` call.
-    :param flush_interval: how long a small batch waits for more spans before it is sent.
+    :param flush_interval: the longest a span waits for more spans to join its batch before it is sent.
     :param max_backoff: the longest pause between retries while the store is unreachable.
     :param call_timeout: the longest one ``add_spans`` call may take before it counts as failed and is retried.
     """
@@ -96,6 +91,7 @@ class SpanEmitter:
         self._last_error: str | None = None
         self._warned_full = False
         self._waiters: dict[int, tuple[Future[bool], list[int]]] = {}  # id(span) -> (future, its spans' ids)
+        self._hurry = False  # flush() asked: send what is buffered without waiting for a batch to fill
         self._closed = False
         self._stopping = threading.Event()  # cuts a retry pause short when closing
         self._thread = threading.Thread(target=self._run, name="agl-span-emitter", daemon=True)
@@ -131,7 +127,7 @@ class SpanEmitter:
                 self._held_count += 1
                 return True
             self._buffer.append(span)
-            if len(self._buffer) >= self._batch_size:
+            if len(self._buffer) == 1 or len(self._buffer) >= self._batch_size:  # start its timer, or send now
                 self._cond.notify_all()
         return True
 
@@ -170,16 +166,17 @@ class SpanEmitter:
                 future.set_result(True)
 
     def hold(self, key: str) -> None:
-        """Keep spans whose ``attempt_id`` is ``key`` (a placeholder) until :meth:`release` or :meth:`refuse`."""
+        """Keep spans whose ``attempt_id`` is ``key`` (an attempt being created) until :meth:`release` or
+        :meth:`refuse`."""
         with self._cond:
             self._held.setdefault(key, [])
 
-    def release(self, key: str, rewrite: Callable[[Span], Span]) -> int:
-        """Queue the spans held under ``key``, each passed through ``rewrite`` (which sets the real ids)."""
+    def release(self, key: str) -> int:
+        """The attempt ``key`` exists: queue the spans held for it, and send later ones at once."""
         with self._cond:
             spans = self._held.pop(key, [])
             self._held_count -= len(spans)
-            self._buffer.extend(rewrite(span) for span in spans)
+            self._buffer.extend(spans)
             self._cond.notify_all()
         return len(spans)
 
@@ -198,6 +195,7 @@ class SpanEmitter:
         """Wait until everything emitted so far is delivered or refused; ``False`` on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            self._hurry = True
             self._cond.notify_all()
             while self._buffer or self._inflight or self._held_count:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -260,87 +258,81 @@ class SpanEmitter:
             while not self._buffer:
                 if self._closed:
                     return None
-                self._cond.wait(self._flush_interval * 20)
-            if len(self._buffer) < self._batch_size and not self._closed and not self._waiters:
-                self._cond.wait(self._flush_interval)  # let a batch build up (unless someone waits for it)
+                self._hurry = False
+                self._cond.wait()  # emit() wakes this when the buffer stops being empty
+            send_by = time.monotonic() + self._flush_interval  # let a batch build up, briefly
+            while len(self._buffer) < self._batch_size and not (self._closed or self._hurry or self._waiters):
+                remaining = send_by - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
             self._inflight = len(batch)
             return batch
 
-    def _done(
-        self,
-        delivered: int,
-        rejected: int,
-        requeue: Sequence[Span] = (),
-        error: str | None = None,
-        settled: Sequence[tuple[Sequence[Span], bool]] = (),
-    ) -> bool:
-        """Record a batch's outcome; returns whether the emitter is closing."""
+    def _count(self, delivered: Sequence[Span] = (), rejected: Sequence[Span] = ()) -> None:
         with self._cond:
-            for spans, stored in settled:
-                self._settle(spans, stored)
-            self._delivered += delivered
-            self._rejected += rejected
-            self._buffer.extendleft(reversed(requeue))
-            self._inflight = 0
-            if error is not None:
-                self._last_error = error
-            if requeue:
-                self._retries += 1
+            self._settle(delivered, True)
+            self._settle(rejected, False)
+            self._delivered += len(delivered)
+            self._rejected += len(rejected)
+            self._inflight -= len(delivered) + len(rejected)
             self._cond.notify_all()
-            return self._closed
 
     def _send(self, spans: list[Span]) -> None:
         self._loop.run(self._store.add_spans(spans), timeout=self._call_timeout)
 
-    def _isolate(self, batch: list[Span]) -> tuple[list[Span], list[Span], list[Span], BaseException | None]:
-        """Send a rejected batch span by span so the valid spans still land.
+    def _deliver(self, pending: list[Span]) -> None:
+        """Send ``pending``, emptying it as spans land or are refused; raises a transient error to retry the rest.
 
-        Returns ``(delivered, rejected, requeue, transient_error)``: at the first
-        transient error, that span and the ones after it are requeued, not rejected.
+        A batch the store refuses as invalid is sent again span by span, so its valid spans still land.
         """
-        delivered: list[Span] = []
-        rejected: list[Span] = []
-        for index, span in enumerate(batch):
+        try:
+            self._send(pending)
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+        else:
+            self._count(delivered=pending)
+            pending.clear()
+            return
+        while pending:
+            span = pending[0]
             try:
                 self._send([span])
             except Exception as exc:
                 if not is_permanent(exc):
-                    return delivered, rejected, batch[index:], exc
-                rejected.append(span)
+                    raise
                 logger.error("store %s rejected span %s (%s): %s", self.store_name, span.span_id, span.name, exc)
+                with self._cond:
+                    self._last_error = repr(exc)
+                self._count(rejected=[span])
             else:
-                delivered.append(span)
-        return delivered, rejected, [], None
+                self._count(delivered=[span])
+            pending.pop(0)
+
+    def _note_retry(self, error: BaseException, pause: float) -> None:
+        with self._cond:
+            self._retries += 1
+            self._last_error = repr(error)
+        if isinstance(error, StoreUnavailable) or pause >= 1:
+            logger.warning("span delivery to %s failed (%s); retrying in %.1fs", self.store_name, error, pause)
 
     def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(first=0.1, cap=self._max_backoff)
         while True:
             batch = self._take()
             if batch is None:
                 return
-            transient: BaseException | None
             try:
-                self._send(batch)
-            except Exception as exc:
-                if is_permanent(exc):  # the batch is invalid; find the bad spans so the good ones still land
-                    delivered, rejected, requeue, transient = self._isolate(batch)
-                    settled = ((delivered, True), (rejected, False))
-                    closing = self._done(len(delivered), len(rejected), requeue, repr(transient or exc), settled)
-                else:  # unreachable store: keep the batch and retry
-                    transient = exc
-                    closing = self._done(0, 0, batch, repr(exc))
-            else:
-                backoff = 0.1
-                self._done(len(batch), 0, settled=((batch, True),))
-                continue
-            if transient is None:
-                continue
-            if closing:
-                return  # left pending: close() reports them
-            if isinstance(transient, StoreUnavailable) or backoff >= 1:
-                logger.warning(
-                    "span delivery to %s failed (%s); retrying in %.1fs", self.store_name, transient, backoff
-                )
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, self._max_backoff)
+                for attempt in retrying(backoff, stop_event=self._stopping, before_sleep=self._note_retry):
+                    with attempt:
+                        self._deliver(batch)
+            except Exception as exc:  # closing: what is left stays pending, and close() reports it
+                with self._cond:
+                    self._last_error = repr(exc)
+                    self._buffer.extendleft(reversed(batch))
+                    self._settle(batch, False)  # nobody waits for a closing emitter
+                    self._inflight = 0
+                    self._cond.notify_all()
+                return

@@ -15,16 +15,13 @@ Rules every backend follows (the conformance suite in
 * A rollout is claimed by at most one worker at a time; leases that expire are
   reaped (attempt ``lost``/``timeout``), and the rollout is retried until it
   has had ``config.max_attempts`` attempts, then marked ``failed``.
-* ``add_spans`` is durable when it returns. ``add_span`` writes behind
-  (:mod:`agent_lightning.store.span_buffer`): it checks the span and its attempt
-  at once, raising what ``add_spans`` would, then queues it; queued spans are
-  written in batches, in order, and are durable once :meth:`LightningStore.flush`
-  returns. This store object's ``query_spans`` sees them at once, and its
-  ``add_spans``, ``complete_attempt``, ``cancel_rollout`` and ``close`` write them
-  first, so a finished rollout never misses a span its runner added and an older
-  version of a span never lands after a newer one. Other processes see them
-  once written (normally within milliseconds; at the latest at the next
-  ``flush``). Every subclass gets this without writing any of it.
+* ``add_spans`` is durable when it returns: a span is stored, or the call raised.
+  ``add_span(span)`` is ``add_spans([span])``. A store does not batch or queue
+  spans; the one place that batches them is the instrumentation's
+  :class:`~agent_lightning.instrumentation.emitter.SpanEmitter`.
+* ``start_rollout`` takes the attempt id the caller chose (``attempt_id=``), so a
+  client builds spans with their final ids before the store has answered; an
+  id already used by any attempt raises :class:`~agent_lightning.errors.DuplicateId`.
 * ``add_spans`` is idempotent on ``(rollout_id, attempt_id, span_id)``: sending
   a span again (a retry) replaces it instead of duplicating it.
 * Spans come back ordered by ``(attempt, sequence_id, start_time, span_id)``; rollouts by
@@ -44,15 +41,12 @@ Rules every backend follows (the conformance suite in
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
-from agent_lightning.store.span_buffer import SpanBuffer, writing
 from agent_lightning.types import (
     Attempt,
     AttemptedRollout,
@@ -69,9 +63,6 @@ from agent_lightning.types import (
 from agent_lightning.types.spans import SpanCursor
 
 logger = logging.getLogger(__name__)
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_S = TypeVar("_S", bound="LightningStore")
 
 LATEST: Literal["latest"] = "latest"
 """Pass as ``attempt_id`` to ``query_spans`` to read only the newest attempt's spans."""
@@ -80,97 +71,11 @@ DELIVERED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
 """Rollout statuses that subscriptions deliver."""
 
 
-def _buffer_of(store: LightningStore) -> SpanBuffer | None:
-    """The store object's ``add_span`` queue, if it has one yet."""
-    buffer: SpanBuffer | None = store.__dict__.get("_span_buffer")
-    return buffer
-
-
-def _writes_spans_first(
-    method: Callable[Concatenate[_S, _P], Awaitable[_R]],
-) -> Callable[Concatenate[_S, _P], Awaitable[_R]]:
-    """``method``, run after the spans ``add_span`` queued on the store object are written."""
-
-    @functools.wraps(method)
-    async def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        buffer = _buffer_of(self)
-        if buffer is not None and buffer.pending and not writing():  # the buffer's own write must not wait for it
-            await buffer.flush()
-        return await method(self, *args, **kwargs)
-
-    wrapper.__agl_writes_spans_first__ = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _notes_attempt(
-    method: Callable[Concatenate[_S, _P], Awaitable[AttemptedRollout | None]],
-) -> Callable[Concatenate[_S, _P], Awaitable[AttemptedRollout | None]]:
-    """``method``, noting the attempt it returns as one ``add_span`` need not check."""
-
-    @functools.wraps(method)
-    async def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> AttemptedRollout | None:
-        started = await method(self, *args, **kwargs)
-        if started is not None and type(self).add_span is LightningStore.add_span:
-            self._spans_buffer().remember_attempt(started.rollout_id, started.attempt_id)
-        return started
-
-    wrapper.__agl_notes_attempts__ = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-async def _close_after_spans(store: LightningStore, close: Callable[[], Awaitable[None]]) -> None:
-    buffer: SpanBuffer | None = store.__dict__.pop("_span_buffer", None)  # a later add_span starts a new one
-    if buffer is not None:
-        error: BaseException | None = None
-        if buffer.pending and not writing():
-            try:
-                await asyncio.wait_for(buffer.flush(), timeout=store.close_flush_timeout)
-            except Exception as exc:
-                error = exc
-        lost = buffer.abandon()  # the writer stops: it must not write into a closed store
-        if lost:
-            logger.error(
-                "closing %s: %d span(s) added with add_span could not be stored: %s",
-                buffer.name,
-                lost,
-                (str(error) or type(error).__name__) if error is not None else "closed before they were written",
-            )
-    await close()
-
-
 class LightningStore(ABC):
     """Abstract base class of all stores. Subclasses implement the abstract methods."""
 
     url: str = ""
     """The URL the store was opened from (for messages and ``agl plugins``)."""
-
-    close_flush_timeout: float = 10.0
-    """How long ``close`` waits for spans ``add_span`` queued to be written."""
-
-    span_retry_seconds: float = 30.0
-    """How long spans ``add_span`` queued are retried while the store is unavailable before
-    ``flush`` raises :class:`~agent_lightning.errors.StoreUnavailable` (they stay queued). Read when
-    the store object's first span is added."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in ("start_rollout", "claim_rollout"):
-            method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "__agl_notes_attempts__", False):
-                setattr(cls, name, _notes_attempt(method))
-        for name in ("add_spans", "query_spans", "complete_attempt", "cancel_rollout"):
-            method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "__agl_writes_spans_first__", False):
-                setattr(cls, name, _writes_spans_first(method))
-        close = cls.__dict__.get("close")
-        if close is not None and not getattr(close, "__agl_writes_spans_first__", False):
-
-            @functools.wraps(close)
-            async def close_after_spans(self: LightningStore) -> None:
-                await _close_after_spans(self, functools.partial(close, self))
-
-            close_after_spans.__agl_writes_spans_first__ = True  # type: ignore[attr-defined]
-            cls.close = close_after_spans  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ rollouts
     @abstractmethod
@@ -202,11 +107,16 @@ class LightningStore(ABC):
         return rollout
 
     @abstractmethod
-    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    async def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         """Create a rollout that is already running, with its first attempt (no queue).
 
         Used when an agent runs outside a runner, e.g. a script opening
-        ``agl.TrainingContext`` on its own.
+        ``agl.TrainingContext`` on its own. ``attempt_id`` names the attempt (checked by
+        :func:`~agent_lightning.store.transitions.check_attempt_id`; an id any attempt already has
+        raises :class:`~agent_lightning.errors.DuplicateId`); a new id by default. With
+        ``request.rollout_id`` too, the caller knows both ids before the store answers.
         """
 
     @abstractmethod
@@ -293,44 +203,9 @@ class LightningStore(ABC):
         """Store spans atomically (all or none); returns how many were written."""
 
     async def add_span(self, span: Span) -> Span:
-        """Store one span, written behind: checked now, written with the spans added after it.
-
-        Raises at once what ``add_spans`` would for this span (an invalid field, an unknown
-        rollout or attempt). The span is durable once :meth:`flush` returns; reads of this store
-        object see it at once. See :mod:`agent_lightning.store.span_buffer`.
-        """
-        return await self._spans_buffer().add(span)
-
-    def _spans_buffer(self) -> SpanBuffer:
-        buffer = _buffer_of(self)
-        if buffer is None:
-            buffer = self.__dict__.setdefault(
-                "_span_buffer",
-                SpanBuffer(self.add_spans, name=self.url or type(self).__name__, retry_seconds=self.span_retry_seconds),
-            )
-        return buffer
-
-    async def _settle_spans(self) -> None:
-        """For a backend about to delete data (``purge``): store what ``add_span`` queued, forget known attempts."""
-        buffer = _buffer_of(self)
-        if buffer is not None:
-            with contextlib.suppress(Exception):  # it is about to be deleted anyway
-                await buffer.flush()
-            buffer.forget_attempts()
-
-    @property
-    def unflushed_spans(self) -> int:
-        """Spans ``add_span`` accepted on this store object that are not stored yet."""
-        buffer = _buffer_of(self)
-        return 0 if buffer is None else buffer.pending
-
-    async def flush(self) -> None:
-        """Return once every span ``add_span`` accepted is stored; raises what kept one out
-        (:class:`~agent_lightning.errors.StoreUnavailable` after retrying for a while, or the
-        store's refusal of a span)."""
-        buffer = _buffer_of(self)
-        if buffer is not None:
-            await buffer.flush()
+        """Store one span: ``add_spans([span])``; returns it."""
+        await self.add_spans([span])
+        return span
 
     @abstractmethod
     async def query_spans(
@@ -404,15 +279,11 @@ class LightningStore(ABC):
 
     # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:
-        """Write what ``add_span`` queued, then release connections (subclasses release theirs)."""
-        await _close_after_spans(self, _nothing)
+        """Release connections (subclasses release theirs)."""
+        return None
 
     async def __aenter__(self) -> LightningStore:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-async def _nothing() -> None:
-    return None

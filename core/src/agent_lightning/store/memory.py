@@ -93,6 +93,7 @@ class InMemoryLightningStore(LightningStore):
         self._rollouts: dict[str, Rollout] = {}
         self._queue: deque[str] = deque()  # claimable rollout ids, oldest first
         self._attempts: dict[str, list[Attempt]] = {}
+        self._attempt_ids: set[str] = set()  # every attempt id, for client-chosen ids' uniqueness
         self._running: dict[str, None] = {}  # rollouts whose newest attempt runs (an ordered set): what reaping checks
         self._spans: dict[str, dict[tuple[str, str], _Record]] = {}  # rollout -> (attempt, span id) -> span
         self._resources: dict[str, ResourcesSnapshot] = {}
@@ -125,6 +126,7 @@ class InMemoryLightningStore(LightningStore):
                     break
             else:
                 attempts.append(attempt)
+                self._attempt_ids.add(attempt.attempt_id)
             if attempts[-1].status == "running":
                 self._running[rollout.rollout_id] = None
             else:
@@ -166,13 +168,17 @@ class InMemoryLightningStore(LightningStore):
         self._changed.notify_all()
         return [_copy(r) for r in rollouts]
 
-    async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+    async def start_rollout(
+        self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
+    ) -> AttemptedRollout:
         now = time.time()
         with self._lock:
             rollout = tr.new_rollout(_copy(RolloutRequest.model_validate(request)), now)
             if rollout.rollout_id in self._rollouts:
                 raise DuplicateId(f"rollout id already used: {rollout.rollout_id!r}")
-            running, attempt = tr.start_attempt(rollout, worker_id, now)
+            running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
+            if attempt_id is not None and attempt_id in self._attempt_ids:
+                raise DuplicateId(f"attempt id already used: {attempt_id!r}")
             self._created_order[rollout.rollout_id] = next(self._order)
             self._save(running, attempt)
         self._changed.notify_all()
@@ -322,11 +328,6 @@ class InMemoryLightningStore(LightningStore):
                 self._spans.setdefault(rollout_id, {})[(record[0], record[3])] = record
         self._changed.notify_all()
         return len(stored)
-
-    async def add_span(self, span: Span) -> Span:
-        """Store one span at once: in memory there is nothing to gain by writing behind."""
-        await self.add_spans([span])
-        return span
 
     async def query_spans(
         self,

@@ -123,7 +123,6 @@ class SyncStore:
         wait_for_rollouts = _Blocking(LightningStore.wait_for_rollouts)
         add_spans = _Blocking(LightningStore.add_spans)
         add_span = _Blocking(LightningStore.add_span)
-        flush = _Blocking(LightningStore.flush)
         query_spans = _Blocking(LightningStore.query_spans)
         add_resources = _Blocking(LightningStore.add_resources)
         get_resources = _Blocking(LightningStore.get_resources)

@@ -7,6 +7,7 @@ transaction, so the retry/lease rules live in exactly one place.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from agent_lightning.errors import InvalidTransition, LeaseLost
@@ -18,6 +19,21 @@ from agent_lightning.types.rollouts import (
     new_id,
 )
 from agent_lightning.types.spans import checked
+
+MAX_ID_LENGTH = 128
+"""The longest attempt id a client may choose."""
+_ID_FORMAT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+
+
+def check_attempt_id(attempt_id: str | None) -> None:
+    """Refuse a client-chosen attempt id that is not 1-128 letters, digits and ``._:-`` (``None`` is fine)."""
+    if attempt_id is None:
+        return
+    if not isinstance(attempt_id, str) or len(attempt_id) > MAX_ID_LENGTH or _ID_FORMAT.fullmatch(attempt_id) is None:
+        raise ValueError(
+            f"attempt_id must be 1-{MAX_ID_LENGTH} letters, digits and '._:-', starting with a letter or digit; "
+            f"got {attempt_id!r:.80}"
+        )
 
 
 def new_rollout(request: RolloutRequest, now: float) -> Rollout:
@@ -34,15 +50,21 @@ def new_rollout(request: RolloutRequest, now: float) -> Rollout:
     )
 
 
-def start_attempt(rollout: Rollout, worker_id: str | None, now: float) -> tuple[Rollout, Attempt]:
-    """Move a claimable rollout to ``running`` with a new attempt leased to ``worker_id``."""
+def start_attempt(
+    rollout: Rollout, worker_id: str | None, now: float, attempt_id: str | None = None
+) -> tuple[Rollout, Attempt]:
+    """Move a claimable rollout to ``running`` with a new attempt leased to ``worker_id``.
+
+    ``attempt_id`` is the id the caller chose (checked by :func:`check_attempt_id`); a new one by default.
+    """
+    check_attempt_id(attempt_id)
     if rollout.status not in CLAIMABLE_ROLLOUT_STATUSES:
         raise InvalidTransition(f"rollout {rollout.rollout_id!r} is {rollout.status}, not claimable")
     check_rollout_transition(rollout.rollout_id, rollout.status, "running")
     sequence = rollout.attempt_count + 1
     attempt = Attempt(
         rollout_id=rollout.rollout_id,
-        attempt_id=new_id("at"),
+        attempt_id=attempt_id or new_id("at"),
         sequence=sequence,
         worker_id=worker_id,
         status="running",

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
 from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -300,23 +297,6 @@ def _validated(span: Span) -> Span:
     return Span.model_validate(unchecked)
 
 
-_TRUSTED: ContextVar[dict[int, Span] | None] = ContextVar("agl_trusted_spans", default=None)
-
-
-@contextlib.contextmanager
-def trusted_spans(spans: Sequence[Span]) -> Iterator[None]:
-    """Within the block, :func:`checked` passes these span objects without checking them again.
-
-    Only for spans that came out of :func:`checked_copy` and that nothing else can reach (the
-    write-behind queue of ``add_span``): checking them again could not find anything new.
-    """
-    token = _TRUSTED.set({id(span): span for span in spans})  # holding them: no other object can take their ids
-    try:
-        yield
-    finally:
-        _TRUSTED.reset(token)
-
-
 def checked(span: Span) -> Span:
     """``span`` itself if it passes every rule of :class:`Span`'s validation, checked again.
 
@@ -324,9 +304,6 @@ def checked(span: Span) -> Span:
     whose fields pydantic would coerce (an ``int`` time, a ``str`` subclass) comes back as a new,
     coerced span. Nothing is copied: a store encodes or copies the result before keeping it.
     """
-    trusted = _TRUSTED.get()
-    if trusted is not None and trusted.get(id(span)) is span:
-        return span
     fields = span.__dict__
     try:
         if not _fields_ok(fields):
