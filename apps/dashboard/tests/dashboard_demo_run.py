@@ -84,10 +84,19 @@ def _span(
     span_id: str | None = None,
 ) -> Span:
     return Span(
-        rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=seq, trace_id=trace, span_id=span_id or new_span_id(),
-        parent_id=parent, name=name, kind=kind, attributes=attributes, start_time=start, end_time=end,
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=seq,
+        trace_id=trace,
+        span_id=span_id or new_span_id(),
+        parent_id=parent,
+        name=name,
+        kind=kind,
+        attributes=attributes,
+        start_time=start,
+        end_time=end,
         status=SpanStatus(code="ok"),
-    )  # fmt: skip
+    )
 
 
 def _llm_attributes(
@@ -100,11 +109,15 @@ def _llm_attributes(
     token_ids: bool = True,
 ) -> dict[str, object]:
     attributes: dict[str, object] = {
-        semconv.GEN_AI_OPERATION_NAME: "chat", semconv.GEN_AI_REQUEST_MODEL: "policy",
-        semconv.GEN_AI_RESPONSE_MODEL: "policy", semconv.GEN_AI_INPUT_MESSAGES: messages,
-        semconv.GEN_AI_OUTPUT_MESSAGES: [output], semconv.GEN_AI_RESPONSE_FINISH_REASONS: ["stop"],
-        semconv.LATENCY_MS: 412.5, semconv.RESOURCES_ID: resources_id,
-    }  # fmt: skip
+        semconv.GEN_AI_OPERATION_NAME: "chat",
+        semconv.GEN_AI_REQUEST_MODEL: "policy",
+        semconv.GEN_AI_RESPONSE_MODEL: "policy",
+        semconv.GEN_AI_INPUT_MESSAGES: messages,
+        semconv.GEN_AI_OUTPUT_MESSAGES: [output],
+        semconv.GEN_AI_RESPONSE_FINISH_REASONS: ["stop"],
+        semconv.LATENCY_MS: 412.5,
+        semconv.RESOURCES_ID: resources_id,
+    }
     prompt_ids, completion_ids = vocab.encode(prompt), vocab.encode(completion)
     attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] = len(prompt_ids)
     attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = len(completion_ids)
@@ -132,30 +145,97 @@ def agent_spans(
     """The spans of one calculator-agent attempt; returns them, the agent step's id and the reward."""
     trace = new_trace_id()
     question = f"What is {a} * {b}?"
-    root = _span(rollout_id, attempt_id, trace, 1, "calc_agent", "agent", t0, t0 + 1.0, None,
-                 {semconv.GEN_AI_OPERATION_NAME: "invoke_agent", semconv.RESOURCES_ID: resources_id,
-                  semconv.AGENT_NAME: "calculator"})  # fmt: skip
+    root = _span(
+        rollout_id,
+        attempt_id,
+        trace,
+        1,
+        "calc_agent",
+        "agent",
+        t0,
+        t0 + 1.0,
+        None,
+        {
+            semconv.GEN_AI_OPERATION_NAME: "invoke_agent",
+            semconv.RESOURCES_ID: resources_id,
+            semconv.AGENT_NAME: "calculator",
+        },
+    )
     step = _span(rollout_id, attempt_id, trace, 2, "agent_step", "agent", t0 + 0.01, t0 + 0.9, root.span_id, {})
     prompt1 = chat("system", SYSTEM) + chat("user", question) + "<|im_start|>assistant\n"
     completion1 = f'<tool_call> {{"expression": "{a}*{b}"}} </tool_call><|im_end|>'
     messages1 = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-    call = {"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": f'{{"expression": "{a}*{b}"}}'}}  # fmt: skip
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "calculator", "arguments": f'{{"expression": "{a}*{b}"}}'},
+    }
     output1 = {"role": "assistant", "content": None, "tool_calls": [call]}
-    llm1 = _span(rollout_id, attempt_id, trace, 3, "chat policy", "llm", t0 + 0.02, t0 + 0.45, step.span_id,
-                 _llm_attributes(vocab, prompt1, completion1, messages1, output1, resources_id, token_ids))  # fmt: skip
-    tool = _span(rollout_id, attempt_id, trace, 4, "execute_tool calculator", "tool", t0 + 0.46, t0 + 0.48,
-                 step.span_id, {semconv.GEN_AI_TOOL_NAME: "calculator", semconv.GEN_AI_TOOL_CALL_ID: "call_1",
-                                semconv.GEN_AI_TOOL_CALL_ARGUMENTS: {"expression": f"{a}*{b}"},
-                                semconv.GEN_AI_TOOL_CALL_RESULT: str(a * b)})  # fmt: skip
+    llm1 = _span(
+        rollout_id,
+        attempt_id,
+        trace,
+        3,
+        "chat policy",
+        "llm",
+        t0 + 0.02,
+        t0 + 0.45,
+        step.span_id,
+        _llm_attributes(vocab, prompt1, completion1, messages1, output1, resources_id, token_ids),
+    )
+    tool = _span(
+        rollout_id,
+        attempt_id,
+        trace,
+        4,
+        "execute_tool calculator",
+        "tool",
+        t0 + 0.46,
+        t0 + 0.48,
+        step.span_id,
+        {
+            semconv.GEN_AI_TOOL_NAME: "calculator",
+            semconv.GEN_AI_TOOL_CALL_ID: "call_1",
+            semconv.GEN_AI_TOOL_CALL_ARGUMENTS: {"expression": f"{a}*{b}"},
+            semconv.GEN_AI_TOOL_CALL_RESULT: str(a * b),
+        },
+    )
     prompt2 = prompt1 + completion1 + "\n" + chat("tool", f"RESULT {a * b}") + "<|im_start|>assistant\n"
     completion2 = f"ANSWER: {answer}<|im_end|>"
     messages2 = [*messages1, output1, {"role": "tool", "tool_call_id": "call_1", "content": f"RESULT {a * b}"}]
-    llm2 = _span(rollout_id, attempt_id, trace, 5, "chat policy", "llm", t0 + 0.5, t0 + 0.85, step.span_id,
-                 _llm_attributes(vocab, prompt2, completion2, messages2,
-                                 {"role": "assistant", "content": f"ANSWER: {answer}"}, resources_id, token_ids))  # fmt: skip
+    llm2 = _span(
+        rollout_id,
+        attempt_id,
+        trace,
+        5,
+        "chat policy",
+        "llm",
+        t0 + 0.5,
+        t0 + 0.85,
+        step.span_id,
+        _llm_attributes(
+            vocab,
+            prompt2,
+            completion2,
+            messages2,
+            {"role": "assistant", "content": f"ANSWER: {answer}"},
+            resources_id,
+            token_ids,
+        ),
+    )
     reward = 1.0 if answer == a * b else 0.0
-    reward_span = _span(rollout_id, attempt_id, trace, 6, "reward", "reward", t0 + 0.95, t0 + 0.95, step.span_id,
-                        {semconv.REWARD_VALUE: reward, semconv.REWARD_TARGET_SPAN_ID: step.span_id})  # fmt: skip
+    reward_span = _span(
+        rollout_id,
+        attempt_id,
+        trace,
+        6,
+        "reward",
+        "reward",
+        t0 + 0.95,
+        t0 + 0.95,
+        step.span_id,
+        {semconv.REWARD_VALUE: reward, semconv.REWARD_TARGET_SPAN_ID: step.span_id},
+    )
     return [root, step, llm1, tool, llm2, reward_span], step.span_id, reward
 
 
@@ -179,10 +259,13 @@ async def _fill(run: DemoRun, t0: float) -> None:
         for group, (a, b) in enumerate(PROBLEMS):
             snapshot = v1 if group == 0 else v2
             requests = [
-                RolloutRequest(input={"question": f"What is {a} * {b}?", "answer": a * b}, task_type="calc",
-                               resources_id=snapshot.resources_id)
+                RolloutRequest(
+                    input={"question": f"What is {a} * {b}?", "answer": a * b},
+                    task_type="calc",
+                    resources_id=snapshot.resources_id,
+                )
                 for _ in range(4)
-            ]  # fmt: skip
+            ]
             rollouts = await store.enqueue_rollouts(requests)
             for n, rollout in enumerate(rollouts):
                 claimed = await store.claim_rollout(f"runner-{n % 2}")
@@ -205,9 +288,15 @@ async def _fill(run: DemoRun, t0: float) -> None:
                     claimed = await store.claim_rollout("runner-1")
                     assert claimed is not None
                     spans, step_id, reward = agent_spans(
-                        run.vocab, rollout.rollout_id, claimed.attempt_id, a, b, ANSWERS[group][n],
-                        snapshot.resources_id, start + 1,
-                    )  # fmt: skip
+                        run.vocab,
+                        rollout.rollout_id,
+                        claimed.attempt_id,
+                        a,
+                        b,
+                        ANSWERS[group][n],
+                        snapshot.resources_id,
+                        start + 1,
+                    )
                 await store.add_spans(spans)
                 await store.complete_attempt(rollout.rollout_id, claimed.attempt_id, "succeeded")
                 run.rewards[rollout.rollout_id] = reward
@@ -221,8 +310,9 @@ async def _fill(run: DemoRun, t0: float) -> None:
         )
         claimed = await store.claim_rollout("runner-0")
         assert claimed is not None
-        spans, _, _ = agent_spans(run.vocab, rollout.rollout_id, claimed.attempt_id, 3, 3, 9, v2.resources_id, t0 + 30,
-                                  token_ids=False)  # fmt: skip
+        spans, _, _ = agent_spans(
+            run.vocab, rollout.rollout_id, claimed.attempt_id, 3, 3, 9, v2.resources_id, t0 + 30, token_ids=False
+        )
         await store.add_spans(spans)
         await store.complete_attempt(rollout.rollout_id, claimed.attempt_id, "succeeded")
         run.known["no_ids"] = rollout.rollout_id

@@ -9,10 +9,9 @@ import httpx
 import pytest
 from agent_lightning.store import InMemoryLightningStore
 from agent_lightning.types import RolloutRequest
+from agent_lightning_dashboard.queries import count_rollouts, grpo_advantages
 from conftest import API_KEY, Served
 from dashboard_demo_run import SYSTEM
-
-from agent_lightning_dashboard.queries import count_rollouts, grpo_advantages
 
 
 def get(served: Served, path: str, **params: object) -> dict:

@@ -188,7 +188,7 @@ def create_app(
             "runs": [run_summary(name, folder) for name, folder in sorted(found.items())],
             "resources": versions,
             "unversioned_rollouts": unversioned or {},
-            "indexed_rollouts": index.cursor,
+            "indexed_rollouts": index.indexed,
             "index_complete": index.complete,
         }
 

@@ -63,9 +63,9 @@ async def count_rollouts(store: LightningStore, **filters: Any) -> int:
 class Counter:
     """:func:`count_rollouts` with a short cache per filter."""
 
-    def __init__(self, store: LightningStore, ttl: float = COUNT_TTL) -> None:
+    def __init__(self, store: LightningStore, ttl: float | None = None) -> None:
         self.store = store
-        self.ttl = ttl
+        self.ttl = COUNT_TTL if ttl is None else ttl
         self._cache: dict[str, tuple[float, int]] = {}
 
     async def count(self, **filters: Any) -> int:
@@ -200,10 +200,20 @@ class RolloutIndex:
     groups: dict[str, list[str]] = field(default_factory=dict)
     complete: bool = False
     """Whether one pass has reached the newest rollout."""
+    rescan_after: float = 10.0
+    """Seconds after a pass reached the newest rollout before the next pass starts."""
+    _pass_ended: float = -math.inf
     _scan: int = 0
     _seen: set[str] = field(default_factory=set)
 
+    @property
+    def indexed(self) -> int:
+        """How many finished rollouts are indexed."""
+        return len(self._seen)
+
     async def advance(self, budget: float = 0.25) -> None:
+        if self._scan == self.cursor and time.monotonic() - self._pass_ended < self.rescan_after:
+            return
         deadline = time.monotonic() + budget
         while True:
             rollouts = await self.store.query_rollouts(limit=self.page_size, offset=self._scan)
@@ -221,6 +231,7 @@ class RolloutIndex:
             if len(rollouts) < self.page_size:
                 self.complete = True
                 self._scan = self.cursor
+                self._pass_ended = time.monotonic()
                 return
             if time.monotonic() >= deadline:
                 return

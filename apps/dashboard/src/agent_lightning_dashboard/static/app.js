@@ -231,7 +231,7 @@ async function trainingPage(id, params) {
         h("select", { onchange: (e) => toggle("aggregation", e.target.value) }, ["transition", "trajectory"].map((a) => h("option", { value: a, selected: a === aggregation }, a))),
         " ", h("label", {}, h("input", { type: "checkbox", checked: showIds, onchange: (e) => toggle("ids", e.target.checked ? "1" : "0") }), " show ids")),
       h("div", { class: "legend" }, h("span", { class: "tok trained" }, "trained token"), h("span", { class: "tok masked" }, "masked token (tool output, no loss)"), h("span", { class: "muted" }, "hover a token for its id, return, advantage, logprob"))),
-    samples.length ? samples : h("p", { class: "muted" }, "No samples: the trainer would skip this rollout."));
+    ...(samples.length ? samples : [h("p", { class: "muted" }, "No samples: the trainer would skip this rollout.")]));
 }
 
 // ------------------------------------------------------------------ training runs: metrics and resources
@@ -278,7 +278,7 @@ async function runsPage(params) {
       return chart(title, key, records);
     }));
     const current = extra.value;
-    extra.replaceChildren(h("option", { value: "" }, "another metric…"), keys.filter((k) => !shown.includes(k)).map((k) => h("option", { value: k, selected: k === current }, k)));
+    extra.replaceChildren(h("option", { value: "" }, "another metric…"), ...keys.filter((k) => !shown.includes(k)).map((k) => h("option", { value: k, selected: k === current }, k)));
     extraChart.replaceChildren(extra.value ? chart(extra.value, extra.value, records) : "");
   };
   extra.addEventListener("change", draw);
@@ -307,7 +307,7 @@ async function runsPage(params) {
       : h("p", { class: "muted" }, "No metrics.jsonl found (pass --metrics DIR)."),
     charts, h("div", { class: "filters" }, extra), extraChart,
     h("h3", {}, "Resources versions and the finished rollouts each produced"),
-    h("p", { class: "muted" }, `${data.indexed_rollouts.toLocaleString()} rollouts indexed` + (data.index_complete ? "" : " so far (reload for more)")),
+    h("p", { class: "muted" }, `${data.indexed_rollouts.toLocaleString()} finished rollouts indexed` + (data.index_complete ? "" : " so far (reload for more)")),
     h("table", { id: "resources" }, h("thead", {}, h("tr", {}, ["version", "id", "created", "resources (APO candidates: prompt templates)", "rollouts", "by status"].map((c) => h("th", {}, c)))), h("tbody", {}, versions)));
   await poll();
   timer = setInterval(() => poll().catch(() => {}), 2000);
