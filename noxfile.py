@@ -35,7 +35,7 @@ AGENT_FRAMEWORKS = (
 def _packages() -> dict[str, Path]:
     """Every package folder in the monorepo, by short name (core, sqlite, langchain, rl, …)."""
     found = {"core": ROOT / "core"}
-    for group in ("backends", "adapters", "algorithms"):
+    for group in ("backends", "adapters", "algorithms", "apps"):
         for folder in sorted((ROOT / group).glob("*/pyproject.toml")):
             found[folder.parent.name] = folder.parent
     return found
@@ -58,6 +58,8 @@ def _local_closure(folder: Path) -> list[Path]:
     def visit(current: Path) -> None:
         meta = _metadata(current)
         requirements = list(meta.get("dependencies", []))
+        if current == folder:  # monorepo packages its tests need (the dashboard's tests use the SQLite store)
+            requirements += meta.get("optional-dependencies", {}).get("test", [])
         for requirement in requirements:
             name = requirement.split(";")[0].split("[")[0]
             for op in "<>=!~ ":

@@ -28,7 +28,7 @@ from agent_lightning.store import open_store
 from agent_lightning.types import RolloutRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "dashboard" / "tests"))
-from dashboard_demo_run import Vocab, agent_spans  # noqa: E402
+from dashboard_demo_run import Vocab, agent_spans
 
 BLOCK = 1000
 
@@ -52,7 +52,7 @@ async def fill(url: str, rollouts: int, finished_blocks: int) -> dict[str, str]:
             task_type = "calc" if done else "bulk"
             requests = [
                 RolloutRequest(
-                    input={"question": f"What is {block} * {i % 10}?", "answer": block * (i % 10)},
+                    input={"question": f"What is {block} * {i // 4}?", "answer": block * (i // 4)},  # groups of 4
                     task_type=task_type,
                     resources_id=snapshot.resources_id,
                     mode="val" if i % 10 == 0 else "train",
@@ -64,7 +64,7 @@ async def fill(url: str, rollouts: int, finished_blocks: int) -> dict[str, str]:
                 for n, rollout in enumerate(enqueued):
                     claimed = await store.claim_rollout(f"runner-{n % 4}", task_types=["calc"])
                     assert claimed is not None and claimed.rollout_id == rollout.rollout_id
-                    a, b = block, n % 10
+                    a, b = block, n // 4
                     spans, _, _ = agent_spans(
                         vocab, rollout.rollout_id, claimed.attempt_id, a, b, a * b if n % 3 else a * b + 1,
                         snapshot.resources_id, time.time(),

@@ -32,6 +32,8 @@ STATUSES = ("queuing", "running", "requeuing", "succeeded", "failed", "cancelled
 MODES = ("train", "val", "test")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 _BULK_TAIL = 256
+MAX_GROUP = 64
+"""The most rollouts of a GRPO group the training view reads to compute advantages."""
 _EPS = 1e-6  # agent_lightning_rl.losses.EPS: the GRPO advantage's denominator guard
 
 
@@ -366,7 +368,7 @@ async def training_view(
     group = group_key(rollout)
     if episode.samples:
         await index.advance()
-        for sibling_id in index.groups.get(group, []):
+        for sibling_id in index.groups.get(group, [])[:MAX_GROUP]:
             if sibling_id == rollout_id:
                 continue
             sibling = await store.get_rollout(sibling_id)
@@ -428,15 +430,18 @@ def _score(samples: Sequence[Any]) -> float:
 async def queues(store: LightningStore, counter: Counter, index: RolloutIndex) -> dict[str, Any]:
     """Rollouts waiting, retrying and running per task type (and for all task types)."""
     await index.advance()
-    waiting = ["queuing", "requeuing"]
-    rows = []
-    for task_type in [None, *sorted(index.task_types)]:
-        types = None if task_type is None else [task_type]
-        counts = {}
-        for status in ("queuing", "requeuing", "running"):
-            counts[status] = await counter.count(status=[status], task_types=types, mode=None)
-        rows.append(
-            {"task_type": task_type, **counts, "depth": sum(counts[s] for s in waiting)},
+    live = ("queuing", "requeuing", "running")
+    totals = dict(
+        zip(
+            STATUSES,
+            await asyncio.gather(*(counter.count(status=[s], task_types=None, mode=None) for s in STATUSES)),
+            strict=True,
         )
-    totals = {status: await counter.count(status=[status], task_types=None, mode=None) for status in STATUSES}
+    )
+    rows: list[dict[str, Any]] = [{"task_type": None, **{s: totals[s] for s in live}}]
+    for task_type in sorted(index.task_types):
+        counts = await asyncio.gather(*(counter.count(status=[s], task_types=[task_type], mode=None) for s in live))
+        rows.append({"task_type": task_type, **dict(zip(live, counts, strict=True))})
+    for row in rows:
+        row["depth"] = row["queuing"] + row["requeuing"]
     return {"rows": rows, "totals": totals, "task_types_complete": index.complete}
