@@ -367,7 +367,7 @@ async def training_view(
     scores = {rollout_id: _score(episode.samples)} if episode.samples else {}
     group = group_key(rollout)
     if episode.samples:
-        await index.advance()
+        await index.advance(budget=0.1)
         for sibling_id in index.groups.get(group, [])[:MAX_GROUP]:
             if sibling_id == rollout_id:
                 continue
