@@ -29,6 +29,8 @@ class TestHttpStoreConformance(StoreConformanceSuite):
     # Child processes open the server's URL with open_store, which needs the http:// plugin
     # registered as a built-in (agent_lightning.plugins.DEFAULT_PLUGINS).
     supports_multiprocess = "agent_lightning.server.plugin" in DEFAULT_PLUGINS
+    # The server reaps by its own clock only: reap_expired(now=...) is refused.
+    supports_explicit_clock = False
 
     async def create_store(self) -> LightningStore:
         server = await asyncio.to_thread(StoreServer(InMemoryLightningStore()).start)

@@ -426,7 +426,10 @@ class HttpLightningStore(LightningStore):
         return Rollout.model_validate(data)
 
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
-        data = await self._post("reap_expired", _dumps({"now": now}), key=True)
+        """Reap by the server's clock; ``now`` is refused (the server does not trust a client's clock)."""
+        if now is not None:
+            raise ValueError("a store server reaps by its own clock; reap_expired(now=...) works in process only")
+        data = await self._post("reap_expired", b"{}", key=True)
         return _ATTEMPTS.validate_python(data)
 
     async def get_rollout(self, rollout_id: str) -> Rollout:

@@ -44,7 +44,7 @@ from typing import Any, Literal, TypeVar
 
 import pytest  # type: ignore[import-not-found, unused-ignore]
 
-from agent_lightning import semconv
+from agent_lightning import limits, semconv
 from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound
 from agent_lightning.store.base import LATEST, LightningStore
 from agent_lightning.store.sync import EventLoopThread, SyncStore
@@ -228,6 +228,10 @@ class StoreConformanceSuite:
     """Whether one store object may be used from several threads, each with its own event loop."""
     supports_multiprocess: bool = False
     """Whether ``open_store(self.process_store_url(store))`` in another process opens the same data."""
+    supports_explicit_clock: bool = True
+    """Whether ``reap_expired(now=...)`` reaps as of a given time (in process); a store server refuses it."""
+    property_examples: int = 15
+    """How many random operation sequences the ``hypothesis`` property test runs."""
 
     async def create_store(self) -> LightningStore:
         """A fresh, empty store. The suite closes it after each test."""
@@ -504,6 +508,10 @@ class StoreConformanceSuite:
         rollout = await store.enqueue_rollout("x", config=RolloutConfig(lease_seconds=60, max_attempts=2))
         item = await store.claim_rollout("w1")
         assert item is not None
+        if not self.supports_explicit_clock:
+            await assert_rejected(store, ValueError, lambda: store.reap_expired(now=time.time() + 120))
+            assert await store.reap_expired() == []
+            return
         assert await store.reap_expired(now=time.time()) == []
         (reaped,) = await store.reap_expired(now=time.time() + 120)
         assert (reaped.attempt_id, reaped.status) == (item.attempt_id, "lost")
@@ -1292,6 +1300,124 @@ class StoreConformanceSuite:
         again = await store.get_resources(snapshot_.resources_id)
         policy = again.get("policy")
         assert isinstance(policy, LLM) and policy.sampling_parameters == {"temperature": 0.5}
+
+    # ------------------------------------------------------------------ limits (agent_lightning.limits)
+    @store_test
+    async def test_inputs_nested_too_deep_are_refused_and_store_nothing(self, store: LightningStore) -> None:
+        kept = await store.enqueue_rollout(_nested(limits.MAX_JSON_DEPTH), metadata={"m": _nested(98)}, config=LONG)
+        assert (await store.get_rollout(kept.rollout_id)).input == _nested(limits.MAX_JSON_DEPTH)
+        for deep in (_nested(limits.MAX_JSON_DEPTH + 1), _nested(600)):
+            await assert_rejected(
+                store,
+                ValueError,
+                lambda deep=deep: store.enqueue_rollouts([RolloutRequest(input="ok"), RolloutRequest(input=deep)]),
+                match="nested too deep",
+            )
+            await assert_rejected(store, ValueError, lambda deep=deep: store.enqueue_rollout("x", metadata={"m": deep}))
+            await assert_rejected(store, ValueError, lambda deep=deep: store.start_rollout(RolloutRequest(input=deep)))
+        sneaky = RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "input": _nested(600)})
+        await assert_rejected(store, ValueError, lambda: store.enqueue_rollouts([sneaky]))
+        assert await store.query_rollouts() == [kept], "an unfiltered query still reads every rollout"
+        item = await store.claim_rollout("w")
+        assert item is not None and item.rollout_id == kept.rollout_id and await store.claim_rollout("w") is None
+
+    @store_test
+    async def test_span_attributes_nested_too_deep_are_refused(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        ok = make_span(item.rollout_id, item.attempt_id, 1, attributes={"a": _nested(limits.MAX_JSON_DEPTH - 1)})
+        await store.add_spans([ok])
+        for depth in (limits.MAX_JSON_DEPTH, 600):
+            with pytest.raises(ValueError, match="nested too deep"):
+                make_span(item.rollout_id, item.attempt_id, 2, attributes={"a": _nested(depth)})
+            fields = {**make_span(item.rollout_id, item.attempt_id, 2).__dict__, "attributes": {"a": _nested(depth)}}
+            sneaky = Span.model_construct(**fields)
+            await assert_rejected(store, ValueError, lambda sneaky=sneaky: store.add_spans([sneaky]))
+            with pytest.raises(ValueError):
+                await store.add_span(Span.model_construct(**fields))
+        await store.flush()
+        assert await store.query_spans(item.rollout_id) == [ok]
+
+    @store_test
+    async def test_ids_over_the_length_limit_are_refused(self, store: LightningStore) -> None:
+        longest = "r" * limits.MAX_ID_LENGTH
+        kept = await store.enqueue_rollout("x", rollout_id=longest, task_type="t" * limits.MAX_ID_LENGTH, config=LONG)
+        assert (await store.get_rollout(longest)).rollout_id == longest
+        for size in (limits.MAX_ID_LENGTH + 1, 260_000, 1_000_000):
+            too_long = "x" * size
+            await assert_rejected(
+                store, ValueError, lambda i=too_long: store.enqueue_rollout("x", rollout_id=i), match="characters"
+            )
+            for request in (
+                RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "rollout_id": too_long}),
+                RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "task_type": too_long}),
+                RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "resources_id": too_long}),
+            ):
+                await assert_rejected(store, ValueError, lambda r=request: store.enqueue_rollouts([r]))
+            await assert_rejected(store, ValueError, lambda i=too_long: store.start_rollout(RolloutRequest(), i))
+            await assert_rejected(store, ValueError, lambda i=too_long: store.claim_rollout(i))
+            await assert_rejected(store, ValueError, lambda i=too_long: store.subscribe(i))
+        assert await store.query_rollouts() == [kept]
+
+    @store_test
+    async def test_numbers_out_of_range_are_refused(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        await store.subscribe("g")
+        for lease in (math.inf, math.nan, -1.0, 0.0, limits.MAX_SECONDS * 2):
+            config = RolloutConfig.model_construct(max_attempts=3, lease_seconds=lease, timeout_seconds=None)
+            await assert_rejected(
+                store, ValueError, lambda c=config: store.enqueue_rollouts([RolloutRequest(config=c)])
+            )
+            timeout = RolloutConfig.model_construct(max_attempts=3, lease_seconds=60.0, timeout_seconds=lease)
+            await assert_rejected(
+                store, ValueError, lambda c=timeout: store.start_rollout(RolloutRequest(config=c), "w")
+            )
+        with pytest.raises(ValueError):
+            RolloutConfig(lease_seconds=math.inf)
+        for now in (math.inf, -math.inf, math.nan):
+            await assert_rejected(store, ValueError, lambda now=now: store.reap_expired(now=now))
+        for huge in (2**63, 2**64 + 5):
+            await assert_rejected(store, ValueError, lambda h=huge: store.query_rollouts(limit=h))
+            await assert_rejected(store, ValueError, lambda h=huge: store.query_rollouts(offset=h))
+            await assert_rejected(store, ValueError, lambda h=huge: store.query_spans(item.rollout_id, limit=h))
+            await assert_rejected(
+                store, ValueError, lambda h=huge: store.query_spans(item.rollout_id, after_sequence_id=h)
+            )
+            await assert_rejected(store, ValueError, lambda h=huge: store.pull_completed("g", max_count=h))
+            fields = {**make_span(item.rollout_id, item.attempt_id, 1).__dict__, "sequence_id": huge}
+            await assert_rejected(store, ValueError, lambda f=fields: store.add_spans([Span.model_construct(**f)]))
+        await assert_rejected(
+            store,
+            ValueError,
+            lambda: store.pull_completed("g", visibility_timeout=math.inf),  # never redelivered
+        )
+        assert await store.query_rollouts(offset=limits.MAX_INT) == []
+        assert await store.query_rollouts(limit=limits.MAX_INT) == [item.rollout]
+        assert await store.query_spans(item.rollout_id, after_sequence_id=limits.MAX_INT, limit=limits.MAX_INT) == []
+
+    @store_test
+    async def test_texts_over_the_length_limit_are_refused(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        await assert_rejected(
+            store,
+            ValueError,
+            lambda: store.complete_attempt(
+                item.rollout_id, item.attempt_id, "failed", "e" * (limits.MAX_TEXT_LENGTH + 1)
+            ),
+        )
+        long_name = make_span(item.rollout_id, item.attempt_id, 1).__dict__ | {
+            "name": "n" * (limits.MAX_NAME_LENGTH + 1)
+        }
+        await assert_rejected(store, ValueError, lambda: store.add_spans([Span.model_construct(**long_name)]))
+        done = await store.complete_attempt(item.rollout_id, item.attempt_id, "failed", "e" * 10_000)
+        assert done.status == "requeuing"
+
+
+def _nested(depth: int) -> Any:
+    """A JSON value of ``depth`` nested containers (lists and objects in turn)."""
+    value: Any = "leaf"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
 
 
 def _assert_each_claimed_once(expected: Sequence[str], claimed_by_worker: Sequence[Sequence[str]]) -> None:
