@@ -1310,11 +1310,13 @@ class StoreConformanceSuite:
             await assert_rejected(
                 store,
                 ValueError,
-                lambda deep=deep: store.enqueue_rollouts([RolloutRequest(input="ok"), RolloutRequest(input=deep)]),
+                functools.partial(store.enqueue_rollouts, [RolloutRequest(input="ok"), RolloutRequest(input=deep)]),
                 match="nested too deep",
             )
-            await assert_rejected(store, ValueError, lambda deep=deep: store.enqueue_rollout("x", metadata={"m": deep}))
-            await assert_rejected(store, ValueError, lambda deep=deep: store.start_rollout(RolloutRequest(input=deep)))
+            await assert_rejected(
+                store, ValueError, functools.partial(store.enqueue_rollout, "x", metadata={"m": deep})
+            )
+            await assert_rejected(store, ValueError, functools.partial(store.start_rollout, RolloutRequest(input=deep)))
         sneaky = RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "input": _nested(600)})
         await assert_rejected(store, ValueError, lambda: store.enqueue_rollouts([sneaky]))
         assert await store.query_rollouts() == [kept], "an unfiltered query still reads every rollout"
@@ -1331,7 +1333,7 @@ class StoreConformanceSuite:
                 make_span(item.rollout_id, item.attempt_id, 2, attributes={"a": _nested(depth)})
             fields = {**make_span(item.rollout_id, item.attempt_id, 2).__dict__, "attributes": {"a": _nested(depth)}}
             sneaky = Span.model_construct(**fields)
-            await assert_rejected(store, ValueError, lambda sneaky=sneaky: store.add_spans([sneaky]))
+            await assert_rejected(store, ValueError, functools.partial(store.add_spans, [sneaky]))
             with pytest.raises(ValueError):
                 await store.add_span(Span.model_construct(**fields))
         await store.flush()
@@ -1345,17 +1347,20 @@ class StoreConformanceSuite:
         for size in (limits.MAX_ID_LENGTH + 1, 260_000, 1_000_000):
             too_long = "x" * size
             await assert_rejected(
-                store, ValueError, lambda i=too_long: store.enqueue_rollout("x", rollout_id=i), match="characters"
+                store,
+                ValueError,
+                functools.partial(store.enqueue_rollout, "x", rollout_id=too_long),
+                match="characters",
             )
             for request in (
                 RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "rollout_id": too_long}),
                 RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "task_type": too_long}),
                 RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "resources_id": too_long}),
             ):
-                await assert_rejected(store, ValueError, lambda r=request: store.enqueue_rollouts([r]))
-            await assert_rejected(store, ValueError, lambda i=too_long: store.start_rollout(RolloutRequest(), i))
-            await assert_rejected(store, ValueError, lambda i=too_long: store.claim_rollout(i))
-            await assert_rejected(store, ValueError, lambda i=too_long: store.subscribe(i))
+                await assert_rejected(store, ValueError, functools.partial(store.enqueue_rollouts, [request]))
+            await assert_rejected(store, ValueError, functools.partial(store.start_rollout, RolloutRequest(), too_long))
+            await assert_rejected(store, ValueError, functools.partial(store.claim_rollout, too_long))
+            await assert_rejected(store, ValueError, functools.partial(store.subscribe, too_long))
         assert await store.query_rollouts() == [kept]
 
     @store_test
@@ -1365,26 +1370,28 @@ class StoreConformanceSuite:
         for lease in (math.inf, math.nan, -1.0, 0.0, limits.MAX_SECONDS * 2):
             config = RolloutConfig.model_construct(max_attempts=3, lease_seconds=lease, timeout_seconds=None)
             await assert_rejected(
-                store, ValueError, lambda c=config: store.enqueue_rollouts([RolloutRequest(config=c)])
+                store, ValueError, functools.partial(store.enqueue_rollouts, [RolloutRequest(config=config)])
             )
             timeout = RolloutConfig.model_construct(max_attempts=3, lease_seconds=60.0, timeout_seconds=lease)
             await assert_rejected(
-                store, ValueError, lambda c=timeout: store.start_rollout(RolloutRequest(config=c), "w")
+                store, ValueError, functools.partial(store.start_rollout, RolloutRequest(config=timeout), "w")
             )
         with pytest.raises(ValueError):
             RolloutConfig(lease_seconds=math.inf)
         for now in (math.inf, -math.inf, math.nan):
-            await assert_rejected(store, ValueError, lambda now=now: store.reap_expired(now=now))
+            await assert_rejected(store, ValueError, functools.partial(store.reap_expired, now=now))
         for huge in (2**63, 2**64 + 5):
-            await assert_rejected(store, ValueError, lambda h=huge: store.query_rollouts(limit=h))
-            await assert_rejected(store, ValueError, lambda h=huge: store.query_rollouts(offset=h))
-            await assert_rejected(store, ValueError, lambda h=huge: store.query_spans(item.rollout_id, limit=h))
+            await assert_rejected(store, ValueError, functools.partial(store.query_rollouts, limit=huge))
+            await assert_rejected(store, ValueError, functools.partial(store.query_rollouts, offset=huge))
+            await assert_rejected(store, ValueError, functools.partial(store.query_spans, item.rollout_id, limit=huge))
             await assert_rejected(
-                store, ValueError, lambda h=huge: store.query_spans(item.rollout_id, after_sequence_id=h)
+                store, ValueError, functools.partial(store.query_spans, item.rollout_id, after_sequence_id=huge)
             )
-            await assert_rejected(store, ValueError, lambda h=huge: store.pull_completed("g", max_count=h))
+            await assert_rejected(store, ValueError, functools.partial(store.pull_completed, "g", max_count=huge))
             fields = {**make_span(item.rollout_id, item.attempt_id, 1).__dict__, "sequence_id": huge}
-            await assert_rejected(store, ValueError, lambda f=fields: store.add_spans([Span.model_construct(**f)]))
+            await assert_rejected(
+                store, ValueError, functools.partial(store.add_spans, [Span.model_construct(**fields)])
+            )
         await assert_rejected(
             store,
             ValueError,
