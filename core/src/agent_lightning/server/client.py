@@ -63,7 +63,7 @@ from agent_lightning.types import (
     Span,
     SpanKind,
 )
-from agent_lightning.types.rollouts import new_id
+from agent_lightning.types.rollouts import check_request, new_id
 from agent_lightning.types.spans import SpanCursor
 
 _T = TypeVar("_T")
@@ -346,6 +346,8 @@ class HttpLightningStore(LightningStore):
 
     # ------------------------------------------------------------------ rollouts
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        for request in requests:  # JSON cannot carry a NaN inside a value: refuse it here, as the server would
+            check_request(request)
         requests = [r if r.rollout_id else r.model_copy(update={"rollout_id": new_id("ro")}) for r in requests]
         if not requests:
             return []
@@ -363,6 +365,7 @@ class HttpLightningStore(LightningStore):
         return _ROLLOUTS.validate_python(data)
 
     async def start_rollout(self, request: RolloutRequest, worker_id: str | None = None) -> AttemptedRollout:
+        check_request(request)
         if not request.rollout_id:
             request = request.model_copy(update={"rollout_id": new_id("ro")})
         payload = _dumps({"request": request, "worker_id": worker_id})
