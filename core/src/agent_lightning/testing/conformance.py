@@ -1021,14 +1021,20 @@ class StoreConformanceSuite:
     @store_test
     async def test_retries_and_reaped_rollouts_are_delivered_when_final(self, store: LightningStore) -> None:
         await store.subscribe("g")
-        rollout = await store.enqueue_rollout("x", config=RolloutConfig(max_attempts=2, lease_seconds=60))
+        config = RolloutConfig(max_attempts=2, lease_seconds=self.short_lease)
+        rollout = await store.enqueue_rollout("x", config=config)
         item = await store.claim_rollout("w")
         assert item is not None
         await store.complete_attempt(item.rollout_id, item.attempt_id, "failed")
         assert await store.pull_completed("g") == [], "a requeued rollout is not finished"
         await store.claim_rollout("w")
-        await store.reap_expired(now=time.time() + 120)  # the last attempt is lost: the rollout fails
-        (got,) = await store.pull_completed("g")
+        await asyncio.sleep(self.short_lease)
+
+        async def reaped_and_delivered() -> list[Rollout]:
+            await store.reap_expired()  # the last attempt is lost: the rollout fails
+            return await store.pull_completed("g")
+
+        (got,) = await _eventually(reaped_and_delivered, self.patience, 0.05, "the reaped rollout's delivery")
         assert got.rollout_id == rollout.rollout_id and got.status == "failed"
 
     @store_test
@@ -1311,13 +1317,13 @@ class StoreConformanceSuite:
             await assert_rejected(
                 store,
                 ValueError,
-                functools.partial(store.enqueue_rollouts, [RolloutRequest(input="ok"), RolloutRequest(input=deep)]),
+                functools.partial(store.enqueue_rollouts, [RolloutRequest(input="ok"), _unchecked(input=deep)]),
                 match="nested too deep",
             )
             await assert_rejected(
                 store, ValueError, functools.partial(store.enqueue_rollout, "x", metadata={"m": deep})
             )
-            await assert_rejected(store, ValueError, functools.partial(store.start_rollout, RolloutRequest(input=deep)))
+            await assert_rejected(store, ValueError, functools.partial(store.start_rollout, _unchecked(input=deep)))
         sneaky = RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "input": _nested(600)})
         await assert_rejected(store, ValueError, lambda: store.enqueue_rollouts([sneaky]))
         assert await store.query_rollouts() == [kept], "an unfiltered query still reads every rollout"
@@ -1371,11 +1377,11 @@ class StoreConformanceSuite:
         for lease in (math.inf, math.nan, -1.0, 0.0, limits.MAX_SECONDS * 2):
             config = RolloutConfig.model_construct(max_attempts=3, lease_seconds=lease, timeout_seconds=None)
             await assert_rejected(
-                store, ValueError, functools.partial(store.enqueue_rollouts, [RolloutRequest(config=config)])
+                store, ValueError, functools.partial(store.enqueue_rollouts, [_unchecked(config=config)])
             )
             timeout = RolloutConfig.model_construct(max_attempts=3, lease_seconds=60.0, timeout_seconds=lease)
             await assert_rejected(
-                store, ValueError, functools.partial(store.start_rollout, RolloutRequest(config=timeout), "w")
+                store, ValueError, functools.partial(store.start_rollout, _unchecked(config=timeout), "w")
             )
         with pytest.raises(ValueError):
             RolloutConfig(lease_seconds=math.inf)
@@ -1588,6 +1594,11 @@ async def _play(store: LightningStore, operations: list[tuple[Any, ...]]) -> Non
         )
         assert {s.span_id for s in await store.query_spans(rollout_id)} == spans[rollout_id]
     assert {r.rollout_id for r in await store.query_rollouts(task_types=[task_type], limit=1000)} == set(status)
+
+
+def _unchecked(**fields: Any) -> RolloutRequest:
+    """A request built without validation: the store must refuse what it breaks."""
+    return RolloutRequest.model_construct(**{**RolloutRequest().__dict__, **fields})
 
 
 def _nested(depth: int) -> Any:
