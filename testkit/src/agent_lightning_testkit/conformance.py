@@ -37,13 +37,14 @@ import queue
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import pytest  # type: ignore[import-not-found, unused-ignore]
-from agent_lightning import semconv
+from agent_lightning import limits, semconv
 from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound
 from agent_lightning.store.base import LATEST, LightningStore
 from agent_lightning.store.sync import EventLoopThread, SyncStore
@@ -227,6 +228,10 @@ class StoreConformanceSuite:
     """Whether one store object may be used from several threads, each with its own event loop."""
     supports_multiprocess: bool = False
     """Whether ``open_store(self.process_store_url(store))`` in another process opens the same data."""
+    supports_explicit_clock: bool = True
+    """Whether ``reap_expired(now=...)`` reaps as of a given time (in process); a store server refuses it."""
+    property_examples: int = 40
+    """How many random operation sequences the ``hypothesis`` property test runs."""
 
     async def create_store(self) -> LightningStore:
         """A fresh, empty store. The suite closes it after each test."""
@@ -532,6 +537,10 @@ class StoreConformanceSuite:
         rollout = await store.enqueue_rollout("x", config=RolloutConfig(lease_seconds=60, max_attempts=2))
         item = await store.claim_rollout("w1")
         assert item is not None
+        if not self.supports_explicit_clock:
+            await assert_rejected(store, ValueError, lambda: store.reap_expired(now=time.time() + 120))
+            assert await store.reap_expired() == []
+            return
         assert await store.reap_expired(now=time.time()) == []
         (reaped,) = await store.reap_expired(now=time.time() + 120)
         assert (reaped.attempt_id, reaped.status) == (item.attempt_id, "lost")
@@ -1014,14 +1023,20 @@ class StoreConformanceSuite:
     @store_test
     async def test_retries_and_reaped_rollouts_are_delivered_when_final(self, store: LightningStore) -> None:
         await store.subscribe("g")
-        rollout = await store.enqueue_rollout("x", config=RolloutConfig(max_attempts=2, lease_seconds=60))
+        config = RolloutConfig(max_attempts=2, lease_seconds=self.short_lease)
+        rollout = await store.enqueue_rollout("x", config=config)
         item = await store.claim_rollout("w")
         assert item is not None
         await store.complete_attempt(item.rollout_id, item.attempt_id, "failed")
         assert await store.pull_completed("g") == [], "a requeued rollout is not finished"
         await store.claim_rollout("w")
-        await store.reap_expired(now=time.time() + 120)  # the last attempt is lost: the rollout fails
-        (got,) = await store.pull_completed("g")
+        await asyncio.sleep(self.short_lease)
+
+        async def reaped_and_delivered() -> list[Rollout]:
+            await store.reap_expired()  # the last attempt is lost: the rollout fails
+            return await store.pull_completed("g")
+
+        (got,) = await _eventually(reaped_and_delivered, self.patience, 0.05, "the reaped rollout's delivery")
         assert got.rollout_id == rollout.rollout_id and got.status == "failed"
 
     @store_test
@@ -1294,6 +1309,305 @@ class StoreConformanceSuite:
         again = await store.get_resources(snapshot_.resources_id)
         policy = again.get("policy")
         assert isinstance(policy, LLM) and policy.sampling_parameters == {"temperature": 0.5}
+
+    # ------------------------------------------------------------------ limits (agent_lightning.limits)
+    @store_test
+    async def test_inputs_nested_too_deep_are_refused_and_store_nothing(self, store: LightningStore) -> None:
+        kept = await store.enqueue_rollout(_nested(limits.MAX_JSON_DEPTH), metadata={"m": _nested(98)}, config=LONG)
+        assert (await store.get_rollout(kept.rollout_id)).input == _nested(limits.MAX_JSON_DEPTH)
+        for deep in (_nested(limits.MAX_JSON_DEPTH + 1), _nested(600)):
+            await assert_rejected(
+                store,
+                ValueError,
+                functools.partial(store.enqueue_rollouts, [RolloutRequest(input="ok"), _unchecked(input=deep)]),
+                match="nested too deep",
+            )
+            await assert_rejected(
+                store, ValueError, functools.partial(store.enqueue_rollout, "x", metadata={"m": deep})
+            )
+            await assert_rejected(store, ValueError, functools.partial(store.start_rollout, _unchecked(input=deep)))
+        sneaky = RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "input": _nested(600)})
+        await assert_rejected(store, ValueError, lambda: store.enqueue_rollouts([sneaky]))
+        assert await store.query_rollouts() == [kept], "an unfiltered query still reads every rollout"
+        item = await store.claim_rollout("w")
+        assert item is not None and item.rollout_id == kept.rollout_id and await store.claim_rollout("w") is None
+
+    @store_test
+    async def test_span_attributes_nested_too_deep_are_refused(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        ok = make_span(item.rollout_id, item.attempt_id, 1, attributes={"a": _nested(limits.MAX_JSON_DEPTH - 1)})
+        await store.add_spans([ok])
+        for depth in (limits.MAX_JSON_DEPTH, 600):
+            with pytest.raises(ValueError, match="nested too deep"):
+                make_span(item.rollout_id, item.attempt_id, 2, attributes={"a": _nested(depth)})
+            fields = {**make_span(item.rollout_id, item.attempt_id, 2).__dict__, "attributes": {"a": _nested(depth)}}
+            sneaky = Span.model_construct(**fields)
+            await assert_rejected(store, ValueError, functools.partial(store.add_spans, [sneaky]))
+            with pytest.raises(ValueError):
+                await store.add_span(Span.model_construct(**fields))
+        assert await store.query_spans(item.rollout_id) == [ok]
+
+    @store_test
+    async def test_ids_over_the_length_limit_are_refused(self, store: LightningStore) -> None:
+        longest = "r" * limits.MAX_ID_LENGTH
+        kept = await store.enqueue_rollout("x", rollout_id=longest, task_type="t" * limits.MAX_ID_LENGTH, config=LONG)
+        assert (await store.get_rollout(longest)).rollout_id == longest
+        for size in (limits.MAX_ID_LENGTH + 1, 260_000, 1_000_000):
+            too_long = "x" * size
+            await assert_rejected(
+                store,
+                ValueError,
+                functools.partial(store.enqueue_rollout, "x", rollout_id=too_long),
+                match="characters",
+            )
+            for request in (
+                RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "rollout_id": too_long}),
+                RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "task_type": too_long}),
+                RolloutRequest.model_construct(**{**RolloutRequest().__dict__, "resources_id": too_long}),
+            ):
+                await assert_rejected(store, ValueError, functools.partial(store.enqueue_rollouts, [request]))
+            await assert_rejected(store, ValueError, functools.partial(store.start_rollout, RolloutRequest(), too_long))
+            await assert_rejected(store, ValueError, functools.partial(store.claim_rollout, too_long))
+            await assert_rejected(store, ValueError, functools.partial(store.subscribe, too_long))
+        assert await store.query_rollouts() == [kept]
+
+    @store_test
+    async def test_numbers_out_of_range_are_refused(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        await store.subscribe("g")
+        for lease in (math.inf, math.nan, -1.0, 0.0, limits.MAX_SECONDS * 2):
+            config = RolloutConfig.model_construct(max_attempts=3, lease_seconds=lease, timeout_seconds=None)
+            await assert_rejected(
+                store, ValueError, functools.partial(store.enqueue_rollouts, [_unchecked(config=config)])
+            )
+            timeout = RolloutConfig.model_construct(max_attempts=3, lease_seconds=60.0, timeout_seconds=lease)
+            await assert_rejected(
+                store, ValueError, functools.partial(store.start_rollout, _unchecked(config=timeout), "w")
+            )
+        with pytest.raises(ValueError):
+            RolloutConfig(lease_seconds=math.inf)
+        for now in (math.inf, -math.inf, math.nan):
+            await assert_rejected(store, ValueError, functools.partial(store.reap_expired, now=now))
+        for huge in (2**63, 2**64 + 5):
+            await assert_rejected(store, ValueError, functools.partial(store.query_rollouts, limit=huge))
+            await assert_rejected(store, ValueError, functools.partial(store.query_rollouts, offset=huge))
+            await assert_rejected(store, ValueError, functools.partial(store.query_spans, item.rollout_id, limit=huge))
+            await assert_rejected(
+                store, ValueError, functools.partial(store.query_spans, item.rollout_id, after_sequence_id=huge)
+            )
+            await assert_rejected(store, ValueError, functools.partial(store.pull_completed, "g", max_count=huge))
+            fields = {**make_span(item.rollout_id, item.attempt_id, 1).__dict__, "sequence_id": huge}
+            await assert_rejected(
+                store, ValueError, functools.partial(store.add_spans, [Span.model_construct(**fields)])
+            )
+        await assert_rejected(
+            store,
+            ValueError,
+            lambda: store.pull_completed("g", visibility_timeout=math.inf),  # never redelivered
+        )
+        assert await store.query_rollouts(offset=limits.MAX_INT) == []
+        assert await store.query_rollouts(limit=limits.MAX_INT) == [item.rollout]
+        assert await store.query_spans(item.rollout_id, after_sequence_id=limits.MAX_INT, limit=limits.MAX_INT) == []
+
+    @store_test
+    async def test_texts_over_the_length_limit_are_refused(self, store: LightningStore) -> None:
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        await assert_rejected(
+            store,
+            ValueError,
+            lambda: store.complete_attempt(
+                item.rollout_id, item.attempt_id, "failed", "e" * (limits.MAX_TEXT_LENGTH + 1)
+            ),
+        )
+        long_name = make_span(item.rollout_id, item.attempt_id, 1).__dict__ | {
+            "name": "n" * (limits.MAX_NAME_LENGTH + 1)
+        }
+        await assert_rejected(store, ValueError, lambda: store.add_spans([Span.model_construct(**long_name)]))
+        done = await store.complete_attempt(item.rollout_id, item.attempt_id, "failed", "e" * 10_000)
+        assert done.status == "requeuing"
+
+    # ------------------------------------------------------------------ property test (hypothesis)
+    def test_random_operations_keep_the_contract(self) -> None:
+        """Random enqueue/claim/complete/add_spans/cancel sequences, with valid and invalid inputs.
+
+        Invalid calls raise ``ValueError`` and change nothing; valid ones keep the state machine: no
+        rollout is claimed while it runs, statuses follow the retry rules, every stored span reads back.
+        Runs ``property_examples`` sequences (skipped without ``hypothesis``).
+        """
+        pytest.importorskip("hypothesis")
+        from hypothesis import HealthCheck, given, settings
+        from hypothesis import strategies as st
+
+        loop = asyncio.new_event_loop()
+        store = loop.run_until_complete(self.create_store())
+        try:
+
+            @settings(
+                max_examples=self.property_examples,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(st.lists(_operations(st), min_size=1, max_size=12))
+            def check(operations: list[tuple[Any, ...]]) -> None:
+                loop.run_until_complete(asyncio.wait_for(_play(store, operations), self.test_timeout))
+
+            check()
+        finally:
+            loop.run_until_complete(store.close())
+            loop.close()
+
+
+def _operations(st: Any) -> Any:
+    """The hypothesis strategy of one store operation (see :func:`_play`)."""
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=8)
+    )
+    values = st.recursive(
+        scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    )
+    attributes = st.dictionaries(st.text(min_size=1, max_size=8), values, max_size=4)
+    bad_input = st.sampled_from(["deep", "nan", "long_id", "inf_lease", "long_task_type", "long_resources_id"])
+    return st.one_of(
+        st.tuples(st.just("enqueue"), st.lists(values, min_size=1, max_size=2)),
+        st.tuples(st.just("enqueue_bad"), bad_input, values),
+        st.tuples(st.just("claim")),
+        st.tuples(st.just("complete"), st.integers(0, 7), st.booleans()),
+        st.tuples(st.just("span"), st.integers(0, 7), attributes),
+        st.tuples(st.just("span_bad"), st.integers(0, 7), st.sampled_from(["deep", "nan", "sequence", "name"])),
+        st.tuples(st.just("cancel"), st.integers(0, 7)),
+    )
+
+
+def _bad_request(kind: str, value: Any, task_type: str) -> RolloutRequest:
+    fields = {**RolloutRequest(task_type=task_type, config=LONG).__dict__, "input": value}
+    if kind == "deep":
+        fields["input"] = [_nested(limits.MAX_JSON_DEPTH + 1), value]
+    elif kind == "nan":
+        fields["input"] = {"v": value, "bad": math.nan}
+    elif kind == "long_id":
+        fields["rollout_id"] = "r" * (limits.MAX_ID_LENGTH + 1)
+    elif kind == "inf_lease":
+        fields["config"] = RolloutConfig.model_construct(max_attempts=2, lease_seconds=math.inf, timeout_seconds=None)
+    elif kind == "long_task_type":
+        fields["task_type"] = "t" * (limits.MAX_ID_LENGTH + 1)
+    else:
+        fields["resources_id"] = "s" * (limits.MAX_ID_LENGTH + 1)
+    return RolloutRequest.model_construct(**fields)
+
+
+async def _play(store: LightningStore, operations: list[tuple[Any, ...]]) -> None:
+    """Apply ``operations`` to ``store`` and to a model of what it must hold, checking each answer."""
+    task_type = f"prop-{uuid.uuid4().hex}"  # this sequence's rollouts only (hypothesis seeds ``random``)
+    config = RolloutConfig(lease_seconds=3600.0, max_attempts=2)
+    status: dict[str, str] = {}
+    attempts: dict[str, int] = {}
+    running: dict[str, str] = {}  # rollout id -> attempt id
+    spans: dict[str, set[str]] = {}
+    sequence = 0
+
+    async def everything() -> int:
+        return len(await store.query_rollouts(limit=limits.MAX_INT))
+
+    def pick(index: int, among: Sequence[str]) -> str | None:
+        return sorted(among)[index % len(among)] if among else None
+
+    for operation in operations:
+        kind = operation[0]
+        if kind == "enqueue":
+            made = await store.enqueue_rollouts(
+                [RolloutRequest(input=v, task_type=task_type, config=config) for v in operation[1]]
+            )
+            assert [r.input for r in made] == operation[1]
+            for rollout in made:
+                status[rollout.rollout_id], attempts[rollout.rollout_id] = "queuing", 0
+                spans[rollout.rollout_id] = set()
+        elif kind == "enqueue_bad":
+            before = await everything()
+            with pytest.raises(ValueError):
+                await store.enqueue_rollouts(
+                    [RolloutRequest(task_type=task_type), _bad_request(operation[1], operation[2], task_type)]
+                )
+            assert await everything() == before, f"a refused enqueue ({operation[1]}) stored a rollout"
+        elif kind == "claim":
+            claimable = {r for r, s in status.items() if s in ("queuing", "requeuing")}
+            item = await store.claim_rollout("prop-worker", task_types=[task_type])
+            if not claimable:
+                assert item is None
+                continue
+            assert item is not None and item.rollout_id in claimable, "claimed a rollout that was not claimable"
+            assert item.rollout_id not in running, "a rollout was claimed twice"
+            attempts[item.rollout_id] += 1
+            assert item.attempt.sequence == attempts[item.rollout_id] and item.rollout.status == "running"
+            status[item.rollout_id], running[item.rollout_id] = "running", item.attempt_id
+        elif kind == "complete":
+            target = pick(operation[1], list(running))
+            if target is None:
+                continue
+            done = await store.complete_attempt(target, running.pop(target), "succeeded" if operation[2] else "failed")
+            if operation[2]:
+                status[target] = "succeeded"
+            else:
+                status[target] = "requeuing" if attempts[target] < config.max_attempts else "failed"
+            assert done.status == status[target]
+        elif kind in ("span", "span_bad"):
+            target = pick(operation[1], list(running))
+            if target is None:
+                continue
+            sequence += 1
+            span = make_span(target, running[target], sequence)
+            if kind == "span":
+                span = make_span(target, running[target], sequence, attributes=operation[2])
+                assert await store.add_spans([span]) == 1
+                spans[target].add(span.span_id)
+                continue
+            bads: dict[str, dict[str, Any]] = {
+                "deep": {"attributes": {"a": _nested(limits.MAX_JSON_DEPTH)}},
+                "nan": {"attributes": {"a": [1.0, math.nan]}},
+                "sequence": {"sequence_id": 2**63},
+                "name": {"name": "n" * (limits.MAX_NAME_LENGTH + 1)},
+            }
+            bad = bads[operation[2]]
+            with pytest.raises(ValueError):
+                await store.add_spans([Span.model_construct(**{**span.__dict__, **bad})])
+        elif kind == "cancel":
+            target = pick(operation[1], list(status))
+            if target is None:
+                continue
+            if status[target] in ("succeeded", "failed", "cancelled"):
+                with pytest.raises(InvalidTransition):
+                    await store.cancel_rollout(target)
+                continue
+            assert (await store.cancel_rollout(target)).status == "cancelled"
+            status[target] = "cancelled"
+            running.pop(target, None)
+
+    for rollout_id, expected in status.items():
+        assert (await store.get_rollout(rollout_id)).status == expected, rollout_id
+        got = await store.get_attempts(rollout_id)
+        assert [a.sequence for a in got] == list(range(1, attempts[rollout_id] + 1))
+        assert [a.attempt_id for a in got if a.status == "running"] == (
+            [running[rollout_id]] if rollout_id in running else []
+        )
+        assert {s.span_id for s in await store.query_spans(rollout_id)} == spans[rollout_id]
+    assert {r.rollout_id for r in await store.query_rollouts(task_types=[task_type], limit=1000)} == set(status)
+
+
+def _unchecked(**fields: Any) -> RolloutRequest:
+    """A request built without validation: the store must refuse what it breaks."""
+    return RolloutRequest.model_construct(**{**RolloutRequest().__dict__, **fields})
+
+
+def _nested(depth: int) -> Any:
+    """A JSON value of ``depth`` nested containers (lists and objects in turn)."""
+    value: Any = "leaf"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
 
 
 def _assert_each_claimed_once(expected: Sequence[str], claimed_by_worker: Sequence[Sequence[str]]) -> None:

@@ -29,7 +29,7 @@ from agent_lightning_dashboard.runs import find_runs, read_metrics, run_summary
 from agent_lightning_dashboard.tokens import Decoder
 
 API_KEY_HEADER = "x-api-key"
-"""The store server's header (``agent_lightning.server.protocol.API_KEY_HEADER``)."""
+"""The store server's header (``agent_lightning_http.protocol.API_KEY_HEADER``)."""
 COOKIE = "agl_dashboard_key"
 STATIC = Path(__file__).parent / "static"
 

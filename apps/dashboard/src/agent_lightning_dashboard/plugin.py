@@ -10,7 +10,7 @@ from pathlib import Path
 from agent_lightning.hookspecs import hookimpl
 
 API_KEY_ENV = "AGL_STORE_API_KEY"
-"""The store server's variable (``agent_lightning.server.protocol.API_KEY_ENV``)."""
+"""The store server's variable (``agent_lightning_http.protocol.API_KEY_ENV``)."""
 DEFAULT_PORT = 4748
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 logger = logging.getLogger("agent_lightning.dashboard")

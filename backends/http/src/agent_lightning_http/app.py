@@ -248,9 +248,9 @@ def _parse_spans(body: bytes) -> list[Span]:
             status = item["status"]
             if type(status) is dict and status.keys() == _STATUS_KEYS:
                 item["status"] = trusted_status(status["code"], status["message"])
-            spans.append(trusted_span(item))
-        else:
-            spans.append(Span.model_validate(item))
+                spans.append(trusted_span(item))
+                continue
+        spans.append(Span.model_validate(item))
     return spans
 
 
@@ -409,10 +409,10 @@ def create_app(
 
     @app.post(f"{v1}/reap_expired", response_model=list[Attempt], tags=["rollouts"])
     async def reap_expired(body: ReapExpiredRequest, key: Key = None) -> Response:
-        """Mark overrun attempts lost or timed out; returns them."""
+        """Mark attempts overrun by the server's clock lost or timed out; returns them."""
 
         async def call() -> bytes:
-            return _ATTEMPTS.dump_json(await store.reap_expired(body.now))
+            return _ATTEMPTS.dump_json(await store.reap_expired())
 
         return await answer(call, key)
 

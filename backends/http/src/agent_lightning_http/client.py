@@ -57,7 +57,7 @@ from agent_lightning.types import (
     Span,
     SpanKind,
 )
-from agent_lightning.types.rollouts import new_id
+from agent_lightning.types.rollouts import check_request, new_id
 from agent_lightning.types.spans import SpanCursor
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
@@ -338,6 +338,8 @@ class HttpLightningStore(LightningStore):
 
     # ------------------------------------------------------------------ rollouts
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        for request in requests:  # JSON cannot carry a NaN inside a value: refuse it here, as the server would
+            check_request(request)
         requests = [r if r.rollout_id else r.model_copy(update={"rollout_id": new_id("ro")}) for r in requests]
         if not requests:
             return []
@@ -357,6 +359,7 @@ class HttpLightningStore(LightningStore):
     async def start_rollout(
         self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
     ) -> AttemptedRollout:
+        check_request(request)
         if not request.rollout_id:
             request = request.model_copy(update={"rollout_id": new_id("ro")})
         if attempt_id is None:  # chosen here too, so a retry can recognise its own attempt
@@ -422,7 +425,10 @@ class HttpLightningStore(LightningStore):
         return Rollout.model_validate(data)
 
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
-        data = await self._post("reap_expired", _dumps({"now": now}), key=True)
+        """Reap by the server's clock; ``now`` is refused (the server does not trust a client's clock)."""
+        if now is not None:
+            raise ValueError("a store server reaps by its own clock; reap_expired(now=...) works in process only")
+        data = await self._post("reap_expired", b"{}", key=True)
         return _ATTEMPTS.validate_python(data)
 
     async def get_rollout(self, rollout_id: str) -> Rollout:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound, StoreError, StoreUnavailable
+from agent_lightning.limits import MAX_INT, MAX_SECONDS
 from agent_lightning.types import Resource, RolloutMode, RolloutRequest, RolloutStatus, SpanKind
 from agent_lightning.types.spans import SpanCursor
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 API_PREFIX = "/v1"
 API_KEY_ENV = "AGL_STORE_API_KEY"
@@ -107,7 +108,14 @@ class RolloutRef(_Body):
 
 
 class ReapExpiredRequest(_Body):
-    now: float | None = None
+    now: float | None = Field(default=None, description="must be null or absent: the server reaps by its own clock")
+
+    @field_validator("now", mode="before")
+    @classmethod
+    def _server_clock(cls, value: object) -> None:
+        if value is not None:
+            raise ValueError("the store server reaps by its own clock; send no 'now'")
+        return None
 
 
 class QueryRolloutsRequest(_Body):
@@ -115,13 +123,15 @@ class QueryRolloutsRequest(_Body):
     task_types: list[str] | None = None
     mode: RolloutMode | None = None
     rollout_ids: list[str] | None = None
-    limit: int = 100
-    offset: int = 0
+    limit: int = Field(default=100, ge=0, le=MAX_INT)
+    offset: int = Field(default=0, ge=0, le=MAX_INT)
 
 
 class WaitForRolloutsRequest(_Body):
     rollout_ids: list[str]
-    timeout: float | None = Field(default=None, description=f"seconds; the server waits at most {MAX_WAIT_SECONDS}")
+    timeout: float | None = Field(
+        default=None, allow_inf_nan=False, description=f"seconds; the server waits at most {MAX_WAIT_SECONDS}"
+    )
 
 
 class QuerySpansRequest(_Body):
@@ -129,8 +139,8 @@ class QuerySpansRequest(_Body):
     attempt_id: str | None = Field(default=None, description="an attempt id, 'latest', or null for every attempt")
     kinds: list[SpanKind] | None = None
     names: list[str] | None = None
-    after_sequence_id: int | None = None
-    limit: int | None = None
+    after_sequence_id: int | None = Field(default=None, ge=-MAX_INT - 1, le=MAX_INT)
+    limit: int | None = Field(default=None, ge=0, le=MAX_INT)
     after: SpanCursor | None = Field(default=None, description="the position to continue after (a page's last span)")
 
 
@@ -152,9 +162,11 @@ class SubscribeRequest(_Body):
 class PullCompletedRequest(_Body):
     group: str
     consumer: str = "default"
-    max_count: int = 100
-    timeout: float = Field(default=0.0, description=f"seconds; the server waits at most {MAX_WAIT_SECONDS}")
-    visibility_timeout: float = 300.0
+    max_count: int = Field(default=100, ge=1, le=MAX_INT)
+    timeout: float = Field(
+        default=0.0, allow_inf_nan=False, description=f"seconds; the server waits at most {MAX_WAIT_SECONDS}"
+    )
+    visibility_timeout: float = Field(default=300.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
 
 class AckCompletedRequest(_Body):

@@ -6,8 +6,11 @@ import json
 import math
 from typing import Any
 
-from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span
+from agent_lightning.limits import MAX_SECONDS, repair_rollout_fields, repair_span_fields
+from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, RolloutConfig, Span
 from agent_lightning.types.spans import span_fields_json, trusted_span
+
+DEFAULT_LEASE = RolloutConfig.model_fields["lease_seconds"].default
 
 try:
     import orjson as _orjson
@@ -41,6 +44,15 @@ def opt_float(value: str | None) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
+def lease_seconds(raw: str | None) -> float:
+    """A rollout's stored ``lease`` field; one an older release stored as inf, nan or '' reads as the default."""
+    try:
+        value = float(raw) if raw else math.nan
+    except ValueError:
+        value = math.nan
+    return value if math.isfinite(value) and 0 < value <= MAX_SECONDS else DEFAULT_LEASE
+
+
 def check_json_value(value: Any, path: str) -> None:
     """Raise ``ValueError`` naming ``path`` if ``value`` holds a NaN/infinite float or a non-string key.
 
@@ -70,7 +82,7 @@ def rollout_body(rollout: Rollout) -> str:
 
 def decode_rollout(fields: dict[str, str]) -> Rollout:
     """A rollout from its hash."""
-    data = json.loads(fields["body"])
+    data = repair_rollout_fields(json.loads(fields["body"]), DEFAULT_LEASE)
     data["status"] = fields["status"]
     data["attempt_count"] = int(fields["n"])
     data["started_at"] = opt_float(fields.get("started"))
@@ -135,4 +147,4 @@ def decode_span(raw: str) -> Span:
     Revalidating attributes on every read costs about twice as much as building the object,
     and the store only ever holds spans that passed ``check_spans_batch``.
     """
-    return trusted_span(json.loads(raw))
+    return trusted_span(repair_span_fields(json.loads(raw)))

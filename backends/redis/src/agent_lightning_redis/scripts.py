@@ -158,8 +158,12 @@ local attempt = '{"rollout_id":' .. cjson.encode(best_id) .. ',"attempt_id":"' .
   .. ',"last_heartbeat_at":' .. now .. ',"error":null}'
 redis.call('HSET', p .. 'at:' .. best_id, aid, attempt)
 redis.call('HSET', p .. 'aids', aid, best_id)
-local deadline = tonumber(now) + tonumber(f[4])
-if f[5] ~= '' then deadline = math.min(deadline, tonumber(now) + tonumber(f[5])) end
+-- a lease an older release stored as inf or nan counts as the default (see agent_lightning.limits)
+local lease = tonumber(f[4])
+if lease == nil or lease ~= lease or lease <= 0 or lease > 1e9 then lease = 60 end
+local deadline = tonumber(now) + lease
+local tmo = tonumber(f[5])
+if tmo ~= nil and tmo == tmo and tmo > 0 and tmo <= 1e9 then deadline = math.min(deadline, tonumber(now) + tmo) end
 redis.call('ZADD', p .. 'leases', deadline, best_id)
 return {'ok', redis.call('HGETALL', rk), attempt}
 """

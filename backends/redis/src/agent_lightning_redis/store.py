@@ -17,6 +17,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
+from agent_lightning.limits import MAX_INT
 from agent_lightning.store import transitions as tr
 from agent_lightning.store.base import LATEST, LightningStore
 from agent_lightning.types import (
@@ -223,7 +224,7 @@ class RedisLightningStore(LightningStore):
         if not fields:
             raise NotFound(f"no rollout with id {rollout_id!r}")
         rollout = codec.decode_rollout(fields)
-        return _State(rollout, codec.decode_attempts(attempts, float(fields["lease"])), fields["ver"])
+        return _State(rollout, codec.decode_attempts(attempts, codec.lease_seconds(fields["lease"])), fields["ver"])
 
     async def _write(self, state: _State, rollout: Rollout, attempt: Attempt | None) -> bool:
         """Compare-and-set: store the new rollout/attempt unless the rollout changed since it was loaded."""
@@ -334,8 +335,7 @@ class RedisLightningStore(LightningStore):
         task_types: Sequence[str] | None = None,
         modes: Sequence[RolloutMode] | None = None,
     ) -> AttemptedRollout | None:
-        if not worker_id or not isinstance(worker_id, str):
-            raise ValueError("worker_id must be a non-empty string")
+        tr.check_worker_id(worker_id)
         if (task_types is not None and not task_types) or (modes is not None and not modes):
             return None
         filters: list[str | int] = [-1] if task_types is None else [len(task_types), *task_types]
@@ -355,7 +355,7 @@ class RedisLightningStore(LightningStore):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             return AttemptedRollout(
                 rollout=codec.decode_rollout(fields),
-                attempt=codec.decode_attempt(result[2], float(fields["lease"])),
+                attempt=codec.decode_attempt(result[2], codec.lease_seconds(fields["lease"])),
             )
         return None
 
@@ -419,6 +419,7 @@ class RedisLightningStore(LightningStore):
 
     @_translate_errors
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        tr.check_now(now)
         return await self._reap(time.time() if now is None else now)
 
     @_translate_errors
@@ -463,7 +464,7 @@ class RedisLightningStore(LightningStore):
             merged = [pair for found in await pipe.execute() for pair in found]
             ids = [r for r, _ in sorted(merged, key=lambda pair: pair[1])]
         elif not filtered:
-            ids = await client.zrange(self._key("rollouts"), offset, offset + limit - 1)
+            ids = await client.zrange(self._key("rollouts"), offset, min(offset + limit - 1, MAX_INT))
             return [r for r in await self._rollouts(ids) if r is not None]
         else:
             ids = await client.zrange(self._key("rollouts"), 0, -1)
@@ -547,7 +548,7 @@ class RedisLightningStore(LightningStore):
         limit: int | None = None,
         after: Span | SpanCursor | None = None,
     ) -> list[Span]:
-        tr.check_pagination(limit)
+        tr.check_pagination(limit, 0, after_sequence_id)
         cursor = None if after is None else SpanCursor.after(after)
         pipe = self._conn().client.pipeline(transaction=False)
         pipe.hget(self._key("ro", rollout_id), "lease")
@@ -556,7 +557,7 @@ class RedisLightningStore(LightningStore):
         lease, raw_attempts, raw_spans = await pipe.execute()
         if lease is None:
             raise NotFound(f"no rollout with id {rollout_id!r}")
-        attempts = codec.decode_attempts(raw_attempts, float(lease))
+        attempts = codec.decode_attempts(raw_attempts, codec.lease_seconds(lease))
         if attempt_id == LATEST:
             if not attempts:
                 return []
@@ -592,6 +593,7 @@ class RedisLightningStore(LightningStore):
         self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
     ) -> ResourcesSnapshot:
         validated = _RESOURCES.validate_python(dict(resources))
+        tr.check_resources(validated, metadata)
         meta = dict(metadata or {})
         codec.check_json_value(meta, "metadata")
         draft = ResourcesSnapshot(resources_id=new_id("rs"), version=1, resources=validated, metadata=meta)
@@ -616,8 +618,7 @@ class RedisLightningStore(LightningStore):
     async def subscribe(
         self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
     ) -> None:
-        if not group or not isinstance(group, str):
-            raise ValueError("subscription group must be a non-empty string")
+        tr.check_subscription(group)
         if task_types is None:
             spec, streams = "*", [self._key("finished")]
         else:
@@ -641,12 +642,9 @@ class RedisLightningStore(LightningStore):
         timeout: float = 0.0,
         visibility_timeout: float = 300.0,
     ) -> list[Rollout]:
-        if not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"max_count must be at least 1, got {max_count}")
+        tr.check_max_count(max_count)
         tr.check_timeout("timeout", timeout)
-        tr.check_timeout("visibility_timeout", visibility_timeout)
-        if not consumer:
-            raise ValueError("consumer must be a non-empty string")
+        tr.check_subscription(group, consumer, visibility_timeout)
         conn = self._conn()
         give_up = time.monotonic() + timeout
         while True:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from agent_lightning.limits import repair_rollout_fields, repair_span_fields
 from agent_lightning.types import Attempt, ResourcesSnapshot, Rollout, Span
 from agent_lightning.types.spans import checked, trusted_span, trusted_status
 
@@ -52,22 +53,25 @@ def rollout_values(rollout: Rollout) -> dict[str, Any]:
 
 
 def rollout_from_row(row: Any) -> Rollout:
+    """A rollout from its row; what an older release stored against today's limits is repaired (and logged)."""
     return Rollout.model_validate(
-        {
-            "rollout_id": row.rollout_id,
-            "task_type": row.task_type,
-            "input": row.input_json,
-            "mode": row.mode,
-            "status": row.status,
-            "resources_id": row.resources_id,
-            "config": row.config_json,
-            "attempt_count": row.attempt_count,
-            "created_at": row.created_at,
-            "started_at": row.started_at,
-            "ended_at": row.ended_at,
-            "error": row.error,
-            "metadata": row.metadata_json,
-        }
+        repair_rollout_fields(
+            {
+                "rollout_id": row.rollout_id,
+                "task_type": row.task_type,
+                "input": row.input_json,
+                "mode": row.mode,
+                "status": row.status,
+                "resources_id": row.resources_id,
+                "config": row.config_json,
+                "attempt_count": row.attempt_count,
+                "created_at": row.created_at,
+                "started_at": row.started_at,
+                "ended_at": row.ended_at,
+                "error": row.error,
+                "metadata": row.metadata_json,
+            }
+        )
     )
 
 
@@ -196,20 +200,22 @@ def span_batch_values(spans: Sequence[Span]) -> list[dict[str, Any]]:
 def span_from_row(row: Any) -> Span:
     """A span from its row, without validating it again (it was checked on the way in)."""
     return trusted_span(
-        {
-            "rollout_id": row.rollout_id,
-            "attempt_id": row.attempt_id,
-            "sequence_id": row.sequence_id,
-            "trace_id": row.trace_id,
-            "span_id": row.span_id,
-            "parent_id": row.parent_id,
-            "name": row.name,
-            "kind": row.kind,
-            "attributes": row.attributes_json,
-            "start_time": row.start_time,
-            "end_time": row.end_time,
-            "status": trusted_status(row.status_code, row.status_message),
-        }
+        repair_span_fields(
+            {
+                "rollout_id": row.rollout_id,
+                "attempt_id": row.attempt_id,
+                "sequence_id": row.sequence_id,
+                "trace_id": row.trace_id,
+                "span_id": row.span_id,
+                "parent_id": row.parent_id,
+                "name": row.name,
+                "kind": row.kind,
+                "attributes": row.attributes_json,
+                "start_time": row.start_time,
+                "end_time": row.end_time,
+                "status": trusted_status(row.status_code, row.status_message),
+            }
+        )
     )
 
 

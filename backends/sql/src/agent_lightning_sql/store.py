@@ -465,8 +465,7 @@ class SqlLightningStore(LightningStore):
         task_types: Sequence[str] | None = None,
         modes: Sequence[RolloutMode] | None = None,
     ) -> AttemptedRollout | None:
-        if not worker_id or not isinstance(worker_id, str):
-            raise ValueError("worker_id must be a non-empty string")
+        tr.check_worker_id(worker_id)
         query = sa.select(ROLLOUTS).where(ROLLOUTS.c.queue_seq.is_not(None))
         if task_types is not None:
             query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
@@ -565,6 +564,7 @@ class SqlLightningStore(LightningStore):
         return await self._run(work, write=True)
 
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        tr.check_now(now)
         return await self._reap_if_due(time.time() if now is None else now)
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -708,7 +708,7 @@ class SqlLightningStore(LightningStore):
         limit: int | None = None,
         after: Span | SpanCursor | None = None,
     ) -> list[Span]:
-        tr.check_pagination(limit)
+        tr.check_pagination(limit, 0, after_sequence_id)
         cursor = None if after is None else SpanCursor.after(after)
 
         def work(conn: Connection) -> list[Span]:
@@ -745,6 +745,7 @@ class SqlLightningStore(LightningStore):
         self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
     ) -> ResourcesSnapshot:
         validated = _RESOURCES.validate_python(dict(resources))
+        tr.check_resources(validated, metadata)
         extra = dict(metadata or {})
         codec.dumps(extra, "resources metadata")
 
@@ -781,8 +782,7 @@ class SqlLightningStore(LightningStore):
     async def subscribe(
         self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
     ) -> None:
-        if not group or not isinstance(group, str):
-            raise ValueError("subscription group must be a non-empty string")
+        tr.check_subscription(group)
         wanted = None if task_types is None else sorted(set(task_types))
 
         def work(conn: Connection) -> None:
@@ -835,10 +835,9 @@ class SqlLightningStore(LightningStore):
         timeout: float = 0.0,
         visibility_timeout: float = 300.0,
     ) -> list[Rollout]:
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"max_count must be at least 1, got {max_count!r}")
+        tr.check_max_count(max_count)
         tr.check_timeout("timeout", timeout)
-        tr.check_timeout("visibility_timeout", visibility_timeout)
+        tr.check_subscription(group, consumer, visibility_timeout)
         await self._run(lambda conn: self._require_group(conn, group))
 
         def visible(now: float) -> Select[Any]:

@@ -16,9 +16,12 @@ import sys
 import time
 from typing import Any
 
+import sqlalchemy as sa
 from agent_lightning.store import open_store
 from agent_lightning.store.base import LightningStore
-from agent_lightning.types import Rollout, RolloutConfig
+from agent_lightning.types import Rollout, RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
+
+from agent_lightning_sql.store import SqlLightningStore
 
 
 def _claim_and_hang(url: str, worker_id: str) -> None:
@@ -81,6 +84,92 @@ async def sigkill_scenario(store: LightningStore, url: str, *, lease: float = 1.
     assert final.status == "failed" and final.attempt_count == max_attempts
     assert final.error and "lease" in final.error and f"{max_attempts}/{max_attempts}" in final.error, final.error
     return final
+
+
+def nested(depth: int) -> Any:
+    """A JSON value of ``depth`` nested lists."""
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def deep_input_over_http(store: SqlLightningStore) -> None:
+    """A 600-deep input sent to a store server over ``store`` is a 422 and stored nowhere; reads and claims work."""
+    import httpx
+    from agent_lightning_http import StoreServer
+
+    with StoreServer(store) as server, httpx.Client(base_url=server.url) as http:
+        body = json.dumps({"requests": [{"input": "fine"}, {"input": nested(600)}]})
+        response = http.post("/v1/enqueue_rollouts", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422 and "nested too deep" in response.json()["error"]["message"], response.text
+        count = store._transact(
+            lambda conn: conn.execute(sa.text("SELECT count(*) FROM agl_rollouts")).scalar(), write=False
+        )
+        assert count == 0, "a refused request stored a rollout"
+        kept = http.post("/v1/enqueue_rollouts", json={"requests": [{"input": "fine"}]})
+        assert kept.status_code == 200, kept.text
+        listed = http.post("/v1/query_rollouts", json={})
+        assert listed.status_code == 200 and [r["input"] for r in listed.json()] == ["fine"], listed.text
+        claimed = http.post("/v1/claim_rollout", json={"worker_id": "w"})
+        assert claimed.status_code == 200 and claimed.json()["rollout"]["input"] == "fine", claimed.text
+
+
+async def old_rows_scenario(store: SqlLightningStore, json_cast: str = "{}") -> list[str]:
+    """Rows an older release stored against today's limits (600-deep input, metadata and span attributes,
+    written here with SQL) are read repaired, over HTTP too; returns the warnings' rollout ids.
+
+    ``json_cast`` wraps a JSON text parameter in the dialect's cast (``CAST({} AS json)`` on PostgreSQL).
+    """
+    started = await store.start_rollout(RolloutRequest(input="fine", metadata={"keep": 1}), "w")
+    queued = await store.enqueue_rollout("queued")
+    span = Span(
+        rollout_id=started.rollout_id,
+        attempt_id=started.attempt_id,
+        sequence_id=1,
+        trace_id=new_trace_id(),
+        span_id=new_span_id(),
+        name="op",
+        attributes={"ok": 1},
+    )
+    await store.add_spans([span])
+    deep = json.dumps(nested(600))
+    value = json_cast.format(":v")
+
+    def corrupt(conn: Any) -> None:
+        for rollout_id in (started.rollout_id, queued.rollout_id):
+            conn.execute(
+                sa.text(f"UPDATE agl_rollouts SET input_json = {value} WHERE rollout_id = :r"),
+                {"v": deep, "r": rollout_id},
+            )
+        conn.execute(
+            sa.text(f"UPDATE agl_rollouts SET metadata_json = {value} WHERE rollout_id = :r"),
+            {"v": json.dumps({"keep": 1, "bad": nested(600)}), "r": started.rollout_id},
+        )
+        conn.execute(
+            sa.text(f"UPDATE agl_spans SET attributes_json = {value}"), {"v": json.dumps({"ok": 1, "bad": nested(600)})}
+        )
+
+    store._transact(corrupt, write=True)
+    rollout = await store.get_rollout(started.rollout_id)
+    assert rollout.input is None and rollout.metadata == {"keep": 1}
+    assert [r.input for r in await store.query_rollouts()] == [None, None]
+    (read,) = await store.query_spans(started.rollout_id)
+    assert read.attributes == {"ok": 1} and read.span_id == span.span_id
+    claimed = await store.claim_rollout("w2")
+    assert claimed is not None and claimed.rollout_id == queued.rollout_id and claimed.rollout.input is None
+    import httpx
+    from agent_lightning_http import StoreServer
+
+    def over_http() -> None:
+        with StoreServer(store) as server, httpx.Client(base_url=server.url) as http:
+            listed = http.post("/v1/query_rollouts", json={})
+            assert listed.status_code == 200 and len(listed.json()) == 2, listed.text
+            spans = http.post("/v1/query_spans", json={"rollout_id": started.rollout_id})
+            assert spans.status_code == 200 and spans.json()[0]["attributes"] == {"ok": 1}, spans.text
+
+    await asyncio.to_thread(over_http)
+    return [started.rollout_id, queued.rollout_id]
 
 
 if __name__ == "__main__":

@@ -154,7 +154,11 @@ class LightningStore(ABC):
 
     @abstractmethod
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
-        """Mark attempts whose lease or timeout has passed as ``lost``/``timeout``; returns them."""
+        """Mark attempts whose lease or timeout has passed as ``lost``/``timeout``; returns them.
+
+        Reaps by the store's own clock. ``now`` (a finite UNIX time) reaps as if it were that time:
+        for tests in the same process only; the store server refuses it (see :mod:`agent_lightning.limits`).
+        """
 
     @abstractmethod
     async def get_rollout(self, rollout_id: str) -> Rollout:

@@ -191,8 +191,7 @@ class InMemoryLightningStore(LightningStore):
         task_types: Sequence[str] | None = None,
         modes: Sequence[RolloutMode] | None = None,
     ) -> AttemptedRollout | None:
-        if not worker_id:
-            raise ValueError("worker_id must be a non-empty string")
+        tr.check_worker_id(worker_id)
         now = time.time()
         claimed: AttemptedRollout | None = None
         with self._lock:
@@ -253,6 +252,7 @@ class InMemoryLightningStore(LightningStore):
         return _copy(cancelled)
 
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
+        tr.check_now(now)
         with self._lock:
             reaped = self._reap(time.time() if now is None else now)
         if reaped:
@@ -340,7 +340,7 @@ class InMemoryLightningStore(LightningStore):
         limit: int | None = None,
         after: Span | SpanCursor | None = None,
     ) -> list[Span]:
-        tr.check_pagination(limit)
+        tr.check_pagination(limit, 0, after_sequence_id)
         cursor = None if after is None else SpanCursor.after(after)
         with self._lock:
             self._rollout(rollout_id)
@@ -376,6 +376,7 @@ class InMemoryLightningStore(LightningStore):
         self, resources: Mapping[str, Resource], metadata: Mapping[str, Any] | None = None
     ) -> ResourcesSnapshot:
         validated = _RESOURCES.validate_python(dict(resources))
+        tr.check_resources(validated, metadata)
         with self._lock:
             snapshot = _copy(
                 ResourcesSnapshot(
@@ -405,8 +406,7 @@ class InMemoryLightningStore(LightningStore):
     async def subscribe(
         self, group: str, *, task_types: Sequence[str] | None = None, from_beginning: bool = False
     ) -> None:
-        if not group:
-            raise ValueError("subscription group must be a non-empty string")
+        tr.check_subscription(group)
         wanted = None if task_types is None else frozenset(task_types)
         with self._lock:
             existing = self._groups.get(group)
@@ -439,10 +439,9 @@ class InMemoryLightningStore(LightningStore):
         timeout: float = 0.0,
         visibility_timeout: float = 300.0,
     ) -> list[Rollout]:
-        if max_count < 1:
-            raise ValueError(f"max_count must be at least 1, got {max_count}")
+        tr.check_max_count(max_count)
         tr.check_timeout("timeout", timeout)
-        tr.check_timeout("visibility_timeout", visibility_timeout)
+        tr.check_subscription(group, consumer, visibility_timeout)
         with self._lock:
             self._group(group)
 

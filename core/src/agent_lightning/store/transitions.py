@@ -1,20 +1,25 @@
 """State-machine steps shared by every backend, as pure functions on the data model.
 
 Backends load the records, call these, and write the results back inside one
-transaction, so the retry/lease rules live in exactly one place.
+transaction, so the retry/lease rules live in exactly one place. The ``check_*``
+functions apply :mod:`agent_lightning.limits` at the entry of a backend's methods.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from agent_lightning import limits
 from agent_lightning.errors import InvalidTransition, LeaseLost
 from agent_lightning.types import Attempt, Rollout, RolloutRequest, Span
+from agent_lightning.types.resources import LLM, ToolConfig
 from agent_lightning.types.rollouts import (
     CLAIMABLE_ROLLOUT_STATUSES,
     check_attempt_transition,
+    check_request,
     check_rollout_transition,
     new_id,
 )
@@ -37,7 +42,10 @@ def check_attempt_id(attempt_id: str | None) -> None:
 
 
 def new_rollout(request: RolloutRequest, now: float) -> Rollout:
-    """The queued rollout a request describes."""
+    """The queued rollout a request describes; ``ValueError`` if the request breaks :mod:`agent_lightning.limits`."""
+    if not isinstance(request, RolloutRequest):
+        raise TypeError(f"expected a RolloutRequest, got {type(request).__name__}")
+    check_request(request)
     return Rollout(
         rollout_id=request.rollout_id or new_id("ro"),
         task_type=request.task_type,
@@ -58,6 +66,7 @@ def start_attempt(
     ``attempt_id`` is the id the caller chose (checked by :func:`check_attempt_id`); a new one by default.
     """
     check_attempt_id(attempt_id)
+    limits.check_id(worker_id, "worker_id", optional=True)
     if rollout.status not in CLAIMABLE_ROLLOUT_STATUSES:
         raise InvalidTransition(f"rollout {rollout.rollout_id!r} is {rollout.status}, not claimable")
     check_rollout_transition(rollout.rollout_id, rollout.status, "running")
@@ -103,6 +112,7 @@ def finish_attempt(
     """End an attempt and move the rollout accordingly (succeed, requeue, or fail for good)."""
     if status not in ("succeeded", "failed", "timeout", "lost"):
         raise ValueError(f"an attempt cannot finish as {status!r}; use 'succeeded' or 'failed'")
+    limits.check_text(error, "error")
     require_running(attempt)
     if rollout.status != "running":
         raise InvalidTransition(f"rollout {rollout.rollout_id!r} is {rollout.status}; its attempt cannot finish")
@@ -177,13 +187,49 @@ def check_spans_batch(spans: Sequence[Span]) -> list[Span]:
     return valid
 
 
-def check_pagination(limit: int | None, offset: int = 0) -> None:
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
-    if not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+def check_pagination(limit: int | None, offset: int = 0, after_sequence_id: int | None = None) -> None:
+    """``limit`` and ``offset`` are integers from 0 to 2**63 - 1; ``after_sequence_id`` a signed 64-bit one."""
+    limits.check_int(limit, "limit", optional=True)
+    limits.check_int(offset, "offset")
+    limits.check_int(after_sequence_id, "after_sequence_id", minimum=-limits.MAX_INT - 1, optional=True)
 
 
 def check_timeout(name: str, value: float | None) -> None:
-    if value is not None and (not math.isfinite(value) or value < 0):
+    """A wait's timeout: ``None`` or a finite number of seconds, not negative."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+    ):
         raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+
+
+def check_worker_id(worker_id: object) -> None:
+    """``claim_rollout``'s ``worker_id``: a non-empty id."""
+    limits.check_id(worker_id, "worker_id")
+
+
+def check_now(now: float | None) -> None:
+    """``reap_expired``'s clock: ``None`` (the store's own) or a finite UNIX time (in-process tests only)."""
+    limits.check_time(now, "now", optional=True)
+
+
+def check_subscription(group: object, consumer: object = "default", visibility_timeout: object = None) -> None:
+    """A subscription group, a consumer name and a visibility timeout within the limits."""
+    limits.check_id(group, "subscription group")
+    limits.check_id(consumer, "consumer")
+    limits.check_seconds(visibility_timeout, "visibility_timeout", optional=True, positive=False)
+
+
+def check_max_count(max_count: object) -> None:
+    limits.check_int(max_count, "max_count", minimum=1)
+
+
+def check_resources(resources: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> None:
+    """Resource names are ids; free-form resource values and the snapshot metadata are storable JSON."""
+    for name, resource in resources.items():
+        limits.check_id(name, "resource name")
+        if isinstance(resource, LLM):
+            limits.check_json(resource.sampling_parameters, f"resources.{name}.sampling_parameters")
+        elif isinstance(resource, ToolConfig):
+            limits.check_json(resource.config, f"resources.{name}.config")
+    if metadata is not None:
+        limits.check_json(dict(metadata), "metadata")

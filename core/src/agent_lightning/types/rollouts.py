@@ -41,8 +41,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent_lightning import limits
 from agent_lightning.errors import InvalidTransition
 
 RolloutStatus = Literal["queuing", "running", "requeuing", "succeeded", "failed", "cancelled"]
@@ -91,9 +92,9 @@ class RolloutConfig(BaseModel):
 
     max_attempts: int = Field(default=3, ge=1, le=100)
     """How many attempts a rollout gets before it is marked ``failed``."""
-    lease_seconds: float = Field(default=60.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     """A worker that has not heart-beaten for this long loses its attempt (``lost``)."""
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Wall-clock limit of one attempt; ``None`` means no limit."""
 
 
@@ -146,6 +147,37 @@ class RolloutRequest(BaseModel):
         if not value or not value.strip():
             raise ValueError("task_type must be a non-empty string")
         return value
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> RolloutRequest:
+        check_request(self)
+        return self
+
+
+def check_request(request: RolloutRequest) -> None:
+    """Raise ``ValueError`` naming the field of a request that breaks :mod:`agent_lightning.limits`.
+
+    Stores call it on every request they are given (one built with ``model_construct``, or changed
+    after it was made, skipped the model's validation).
+    """
+    if not isinstance(request.task_type, str) or not request.task_type.strip():
+        raise ValueError("task_type must be a non-empty string")
+    limits.check_id(request.task_type, "task_type")
+    if request.rollout_id:  # empty: the store makes one
+        limits.check_id(request.rollout_id, "rollout_id")
+    limits.check_id(request.resources_id, "resources_id", optional=True)
+    if request.mode not in ("train", "val", "test"):
+        raise ValueError(f"mode must be 'train', 'val' or 'test', got {request.mode!r}")
+    limits.check_json(request.input, "input")
+    if not isinstance(request.metadata, dict):
+        raise ValueError(f"metadata must be an object, got {type(request.metadata).__name__}")
+    limits.check_json(request.metadata, "metadata")
+    config = request.config
+    if not isinstance(config, RolloutConfig):
+        raise ValueError(f"config must be a RolloutConfig, got {type(config).__name__}")
+    limits.check_int(config.max_attempts, "config.max_attempts", minimum=1)
+    limits.check_seconds(config.lease_seconds, "config.lease_seconds")
+    limits.check_seconds(config.timeout_seconds, "config.timeout_seconds", optional=True)
 
 
 class Attempt(BaseModel):

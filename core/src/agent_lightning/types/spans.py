@@ -10,6 +10,7 @@ from typing import Any, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_lightning import semconv
+from agent_lightning.limits import MAX_ID_LENGTH, MAX_INT, MAX_JSON_DEPTH, MAX_NAME_LENGTH, MAX_TEXT_LENGTH
 
 SpanKind = Literal["agent", "llm", "tool", "reward", "message", "custom"]
 """``agent``: an agent step; ``llm``: one model call; ``tool``: one tool call; ``reward``: a reward."""
@@ -38,38 +39,47 @@ class SpanStatus(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     code: StatusCode = "unset"
-    message: str | None = None
+    message: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
 _NUMBERS = frozenset({int, bool, float})
 
 
-def _check_json_finite(value: Any, path: str) -> None:
+def _check_json_finite(value: Any, path: str, budget: int = MAX_JSON_DEPTH - 1) -> None:
+    """Check an attribute value that may nest ``budget`` more containers (see :mod:`agent_lightning.limits`)."""
     kind = type(value)
     if kind in _PLAIN:
         return
-    if kind is list or kind is tuple:
+    if (kind is list or kind is tuple) and budget > 0:
         # fast paths for the long lists spans carry (token ids, logprobs): type checks at C speed
         kinds = set(map(type, value))
         if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, value))):
             return
-    _check_json_finite_slow(value, path)
+    _check_json_finite_slow(value, path, budget)
 
 
-def _check_json_finite_slow(value: Any, path: str) -> None:
+def _check_json_finite_slow(value: Any, path: str, budget: int) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"attribute {path!r} is {value!r}; only finite numbers can be stored")
+    if isinstance(value, (dict, list, tuple)) and budget <= 0:
+        raise ValueError(
+            f"attribute {_short_path(path)!r} is nested too deep: attributes may nest at most {MAX_JSON_DEPTH} levels"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"attribute {path!r} has a non-string key {key!r}")
-            _check_json_finite(item, f"{path}.{key}")
+            _check_json_finite(item, f"{path}.{key}", budget - 1)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_json_finite(item, f"{path}[{index}]")
+            _check_json_finite(item, f"{path}[{index}]", budget - 1)
     elif not isinstance(value, (str, bool, int, float, type(None))):
         raise ValueError(f"attribute {path!r} has type {type(value).__name__}; use JSON values")
+
+
+def _short_path(path: str) -> str:
+    return path if len(path) <= 60 else f"{path[:40]}…{path[-12:]}"
 
 
 class Span(BaseModel):
@@ -81,13 +91,13 @@ class Span(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rollout_id: str = Field(min_length=1)
-    attempt_id: str = Field(min_length=1)
-    sequence_id: int = Field(ge=0)
+    rollout_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    attempt_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    sequence_id: int = Field(ge=0, le=MAX_INT)
     trace_id: str
     span_id: str
     parent_id: str | None = None
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     kind: SpanKind = "custom"
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
     start_time: float = Field(default_factory=time.time)
@@ -112,7 +122,7 @@ class Span(BaseModel):
     @classmethod
     def _attributes_json(cls, value: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
         for key, item in value.items():
-            _check_json_finite(item, key)
+            _check_json_finite(item, key, MAX_JSON_DEPTH - 1)  # the attributes object is the first level
         return value
 
     @model_validator(mode="after")
@@ -185,10 +195,11 @@ class _Unusual(Exception):
     """A value the fast path does not decide; pydantic does."""
 
 
-def _json_copy(value: Any) -> Any:
+def _json_copy(value: Any, budget: int = MAX_JSON_DEPTH) -> Any:
     """A deep copy of a JSON value built of exact ``dict``/``list``/``str``/``int``/``float``/``bool``/``None``.
 
-    Tuples become lists. Raises :class:`_Unusual` for anything else, a non-finite float or a non-string key.
+    Tuples become lists. Raises :class:`_Unusual` for anything else, a non-finite float, a non-string key
+    or containers nested more than ``budget`` deep.
     """
     kind = type(value)
     if kind in _PLAIN:
@@ -197,15 +208,17 @@ def _json_copy(value: Any) -> Any:
         if value - value == 0.0:  # false for inf and nan
             return value
         raise _Unusual
+    if budget <= 0:
+        raise _Unusual
     if kind is list or kind is tuple:
         kinds = set(map(type, value))
         if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, value))):
             return list(value)
-        return [_json_copy(item) for item in value]
+        return [_json_copy(item, budget - 1) for item in value]
     if kind is dict:
         if not set(map(type, value)) <= _STR:
             raise _Unusual
-        return {key: item if type(item) in _PLAIN else _json_copy(item) for key, item in value.items()}
+        return {key: item if type(item) in _PLAIN else _json_copy(item, budget - 1) for key, item in value.items()}
     raise _Unusual
 
 
@@ -240,13 +253,13 @@ def _fields_ok(fields: dict[str, Any]) -> bool:
     status = fields["status"]
     return bool(
         type(fields["rollout_id"]) is str
-        and fields["rollout_id"]
+        and 0 < len(fields["rollout_id"]) <= MAX_ID_LENGTH
         and type(fields["attempt_id"]) is str
-        and fields["attempt_id"]
+        and 0 < len(fields["attempt_id"]) <= MAX_ID_LENGTH
         and type(fields["name"]) is str
-        and fields["name"]
+        and 0 < len(fields["name"]) <= MAX_NAME_LENGTH
         and type(fields["sequence_id"]) is int
-        and fields["sequence_id"] >= 0
+        and 0 <= fields["sequence_id"] <= MAX_INT
         and _hex(fields["trace_id"], 32)
         and _hex(span_id, 16)
         and (parent_id is None or (_hex(parent_id, 16) and parent_id != span_id))
@@ -258,12 +271,12 @@ def _fields_ok(fields: dict[str, Any]) -> bool:
         and status.__dict__.keys() == _STATUS_FIELDS
         and type(status.code) is str
         and status.code in _STATUS_CODES
-        and (status.message is None or type(status.message) is str)
+        and (status.message is None or (type(status.message) is str and len(status.message) <= MAX_TEXT_LENGTH))
         and type(fields["attributes"]) is dict
     )
 
 
-def _json_check(value: Any) -> None:
+def _json_check(value: Any, budget: int = MAX_JSON_DEPTH) -> None:
     """:func:`_json_copy`'s checks without the copy."""
     kind = type(value)
     if kind in _PLAIN:
@@ -272,19 +285,21 @@ def _json_check(value: Any) -> None:
         if value - value == 0.0:
             return
         raise _Unusual
+    if budget <= 0:
+        raise _Unusual
     if kind is list or kind is tuple:
         kinds = set(map(type, value))
         if kinds <= _PLAIN or (kinds <= _NUMBERS and all(map(math.isfinite, value))):
             return
         for item in value:
-            _json_check(item)
+            _json_check(item, budget - 1)
         return
     if kind is dict:
         if not set(map(type, value)) <= _STR:
             raise _Unusual
         for item in value.values():
             if type(item) not in _PLAIN:
-                _json_check(item)
+                _json_check(item, budget - 1)
         return
     raise _Unusual
 
