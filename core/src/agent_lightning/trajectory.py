@@ -3,8 +3,10 @@
 Which spans matter
     LLM-call spans (kind ``llm``) that carry the token ids the engine sampled
     (``agl.llm.prompt_token_ids`` / ``agl.llm.completion_token_ids``, written by
-    the proxy). A client-side LLM span without ids whose child is the proxy's
-    record is represented by that record.
+    the proxy). A client-side LLM span without ids is represented by the proxy's
+    record of the same call, and is not a sample of its own, when the record is
+    its child, when it names the record (``agl.llm.proxy_span_id``), or when
+    both carry the same ``gen_ai.response.id`` (spans ingested over OTLP).
 
 Where rewards go
     A reward span judges its target span (``agl.reward.span_id``). It credits
@@ -122,6 +124,19 @@ def _is_descendant(span: Span, ancestor_id: str, by_id: dict[str, Span]) -> bool
     return False
 
 
+def _has_record(span: Span, parents: set[str | None], records: set[str], responses: set[Any]) -> bool:
+    """Whether a client-side LLM span without token ids has the proxy's record of the same call."""
+    if span.span_id in parents:
+        return True
+    linked = span.attributes.get(semconv.PROXY_RECORD_ID)
+    if isinstance(linked, str) and linked in records:
+        return True
+    if isinstance(linked, list) and any(isinstance(i, str) and i in records for i in linked):
+        return True
+    response_id = span.attributes.get(semconv.GEN_AI_RESPONSE_ID)
+    return isinstance(response_id, str) and response_id in responses
+
+
 def _latest_attempt(spans: Sequence[Span]) -> list[Span]:
     if not spans:
         return []
@@ -158,11 +173,12 @@ def build_episode(
     llm_spans = [s for s in spans if s.kind == "llm"]
     with_ids = {s.span_id for s in llm_spans if _int_list(s.attributes.get(semconv.COMPLETION_TOKEN_IDS)) is not None}
     parents_of_records = {by_id[s].parent_id for s in with_ids if by_id[s].parent_id}
+    recorded_responses = {by_id[s].attributes.get(semconv.GEN_AI_RESPONSE_ID) for s in with_ids} - {None}
     calls: list[_Call] = []
     missing_ids = empty = too_long = 0
     for span in sorted(llm_spans, key=lambda s: (s.start_time, s.sequence_id)):
         if span.span_id not in with_ids:
-            if span.span_id not in parents_of_records:  # a client span whose proxy record is its child is fine
+            if not _has_record(span, parents_of_records, with_ids, recorded_responses):
                 missing_ids += 1
             continue
         prompt = _int_list(span.attributes.get(semconv.PROMPT_TOKEN_IDS)) or []
