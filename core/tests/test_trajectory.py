@@ -195,6 +195,20 @@ def test_client_span_with_proxy_child_is_not_reported_missing() -> None:
     assert len(episode.samples) == 1 and not episode.warnings
 
 
+def test_client_span_linked_to_its_proxy_record_by_id_or_response_id_is_one_sample() -> None:
+    t = Trace()
+    record = t.llm(None, [1], [2], **{semconv.GEN_AI_RESPONSE_ID: "resp-1"})
+    other = t.llm(None, [1, 2, 3], [4], **{semconv.GEN_AI_RESPONSE_ID: "resp-2"})
+    t.add("llm", "chat otel", t.root, **{semconv.GEN_AI_RESPONSE_ID: "resp-1"})  # e.g. ingested over OTLP
+    t.add("llm", "chat linked", t.root, **{semconv.PROXY_RECORD_ID: other})
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans)
+    assert [s.span_ids for s in episode.samples] == [[record], [other]] and not episode.warnings
+
+    t.add("llm", "chat unmatched", t.root, **{semconv.GEN_AI_RESPONSE_ID: "resp-3"})
+    assert "1 LLM span(s) without token ids" in build_episode(ROLLOUT, t.spans).warnings[0]
+
+
 def test_no_reward_and_no_llm_spans_raise_no_training_data_with_the_fix() -> None:
     t = Trace()
     t.llm(None, [1], [2])
