@@ -232,6 +232,22 @@ def test_a_step_reward_does_not_credit_a_concurrent_steps_calls() -> None:
     assert [s.reward for s in episode.samples] == [1.0, 0.0]  # call_b is placed under step b, time aside
 
 
+def test_client_span_matched_to_its_proxy_record_by_response_id_is_one_sample() -> None:
+    t = Trace()
+    record = t.llm(None, [1], [2], **{semconv.GEN_AI_RESPONSE_ID: "resp-1"})
+    other = t.llm(None, [1, 2, 3], [4], **{semconv.GEN_AI_RESPONSE_ID: "resp-2"})
+    t.add("llm", "chat otel", t.root, **{semconv.GEN_AI_RESPONSE_ID: "resp-1"})  # e.g. ingested over OTLP
+    t.reward(1.0)
+    episode = build_episode(ROLLOUT, t.spans)
+    assert [s.span_ids for s in episode.samples] == [[record], [other]] and not episode.warnings
+
+    t.add("llm", "chat unmatched", t.root, **{semconv.GEN_AI_RESPONSE_ID: "resp-3"})
+    assert (
+        "1 LLM call(s) without token ids were skipped: the call did not go through the proxy"
+        in build_episode(ROLLOUT, t.spans).warnings[0]
+    )
+
+
 def test_no_reward_and_no_llm_spans_raise_no_training_data_with_the_fix() -> None:
     t = Trace()
     t.llm(None, [1], [2])

@@ -4,7 +4,10 @@ Which spans matter
     LLM-call spans (kind ``llm``, one per call) that carry the token ids the
     engine sampled (``agl.llm.prompt_token_ids`` / ``agl.llm.completion_token_ids``,
     written by the proxy, which records each call it answers with what the
-    adapter knew about it joined on).
+    adapter knew about it joined on); a client-side LLM span
+    without ids is represented by the proxy's record of the same call when the
+    record is its child or both carry the same ``gen_ai.response.id`` (spans
+    ingested over OTLP).
 
 Where rewards go
     A reward span judges its target span X (``agl.reward.span_id``). It credits
@@ -133,6 +136,14 @@ def _during(call: Span, target: Span, unplaced: set[str]) -> bool:
     return target.start_time <= call.start_time and call.end_time <= target.end_time
 
 
+def _has_record(span: Span, parents: set[str | None], responses: set[Any]) -> bool:
+    """Whether a client-side LLM span without token ids has the proxy's record of the same call."""
+    if span.span_id in parents:
+        return True
+    response_id = span.attributes.get(semconv.GEN_AI_RESPONSE_ID)
+    return isinstance(response_id, str) and response_id in responses
+
+
 def _latest_attempt(spans: Sequence[Span]) -> list[Span]:
     if not spans:
         return []
@@ -167,10 +178,15 @@ def build_episode(
     warnings: list[str] = []
 
     llm_spans = [s for s in spans if s.kind == "llm"]
+    with_ids = {s.span_id for s in llm_spans if _int_list(s.attributes.get(semconv.COMPLETION_TOKEN_IDS)) is not None}
+    parents_of_records = {by_id[s].parent_id for s in with_ids if by_id[s].parent_id}
+    recorded_responses = {by_id[s].attributes.get(semconv.GEN_AI_RESPONSE_ID) for s in with_ids} - {None}
     calls: list[_Call] = []
     bypassed = no_ids = failed = empty = too_long = 0
     for span in sorted(llm_spans, key=lambda s: (s.start_time, s.sequence_id)):
         if _int_list(span.attributes.get(semconv.COMPLETION_TOKEN_IDS)) is None:
+            if _has_record(span, parents_of_records, recorded_responses):
+                continue
             if span.status.code == "error":
                 failed += 1
             elif span.attributes.get(semconv.RECORDED_BY) == "proxy":

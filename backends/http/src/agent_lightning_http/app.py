@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 
+from agent_lightning_http import otlp
 from agent_lightning_http.protocol import (
     API_KEY_HEADER,
     API_PREFIX,
@@ -172,11 +173,11 @@ class _Guard:
         authorized = presented is not None and self.key is not None and hmac.compare_digest(presented, self.key)
         if self.key is not None and not authorized and scope["path"] not in OPEN_PATHS:
             reason = "missing API key" if presented is None else "wrong API key"
-            await _send(send, 401, f"{reason}: send 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'")
+            await _send(send, 401, f"{reason}: send 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'", scope)
             return
         limit = self.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            await _send(send, 413, f"request body of {int(length)} bytes is over the server's limit of {limit}")
+            await _send(send, 413, f"request body of {int(length)} bytes is over the server's limit of {limit}", scope)
             return
         received = 0
         started = False
@@ -213,17 +214,23 @@ class _Guard:
             await _respond(send, status, body)
         except _TooLarge:
             if not started:
-                await _send(send, 413, f"request body is over the server's limit of {limit} bytes")
+                await _send(send, 413, f"request body is over the server's limit of {limit} bytes", scope)
 
 
-async def _send(send: Any, status: int, message: str) -> None:
+async def _send(send: Any, status: int, message: str, scope: dict[str, Any] | None = None) -> None:
     kind = {401: "Unauthorized", 413: "PayloadTooLarge"}.get(status, "Error")
     extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+    otlp_error = otlp.guard_error(scope, status, message) if scope is not None else None
+    if otlp_error is not None:  # OTLP clients get a google.rpc.Status in their own encoding
+        await _respond(send, status, otlp_error[0], extra, otlp_error[1])
+        return
     await _respond(send, status, _error_body(kind, message), extra)
 
 
-async def _respond(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", _JSON.encode()), (b"content-length", str(len(body)).encode()), *(extra or [])]
+async def _respond(
+    send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None, media_type: str = _JSON
+) -> None:
+    headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -343,6 +350,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
 
     v1 = API_PREFIX
+    otlp.add_route(app, store, max_body_bytes)
 
     @app.get("/health", tags=["server"])
     async def health() -> dict[str, str]:
