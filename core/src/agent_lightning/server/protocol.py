@@ -157,6 +157,17 @@ class PullCompletedRequest(_Body):
     visibility_timeout: float = 300.0
 
 
+class IssueTokenRequest(_Body):
+    rollout_id: str
+    attempt_id: str
+    ttl: float = Field(default=7 * 24 * 3600.0, gt=0, le=365 * 24 * 3600.0, description="seconds the token is valid")
+
+
+class TokenResponse(_Body):
+    token: str
+    expires: float = Field(description="Unix time the token expires")
+
+
 class AckCompletedRequest(_Body):
     group: str
     rollout_ids: list[str]
