@@ -142,6 +142,9 @@ def _runner(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         done = runner.completed + runner.failed
     print(f"runner {runner.worker_id}: {done} rollouts ({runner.completed} succeeded, {runner.failed} failed)")
+    if runner.claim_error is not None:
+        print(f"agl runner: error: the last claim failed: {runner.claim_error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -249,7 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``agl``."""
     import logging
 
+    from agent_lightning.secrets import install_log_filter
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_filter()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -260,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (AgentLightningError, ValueError, FileNotFoundError) as exc:
-        print(f"agl: error: {exc}", file=sys.stderr)
+        from agent_lightning.secrets import mask
+
+        print(f"agl: error: {mask(str(exc))}", file=sys.stderr)
         return 1
 
 
