@@ -274,10 +274,9 @@ def _parse_spans(body: bytes) -> list[Span]:
         raise ValueError("add_spans takes a JSON array of span objects")
     spans: list[Span] = []
     for item in items:
-        if type(item) is dict and item.keys() == _SPAN_KEYS:
-            status = item["status"]
-            if type(status) is dict and status.keys() == _STATUS_KEYS:
-                item["status"] = trusted_status(status["code"], status["message"])
+        status = item.get("status") if type(item) is dict else None
+        if type(item) is dict and item.keys() == _SPAN_KEYS and type(status) is dict and status.keys() == _STATUS_KEYS:
+            item["status"] = trusted_status(status["code"], status["message"])
             spans.append(trusted_span(item))
         else:
             spans.append(Span.model_validate(item))
