@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from agent_lightning.errors import InvalidTransition, StoreUnavailable
+from agent_lightning.errors import InvalidTransition, StoreError, StoreUnavailable
 from agent_lightning.store import SyncStore, open_store
 from agent_lightning.types import RolloutConfig, RolloutRequest
 from agent_lightning_redis import RedisLightningStore
@@ -148,6 +148,21 @@ def test_a_server_that_goes_away_later_raises_store_unavailable() -> None:
     store = RedisLightningStore("redis://:pw@127.0.0.1:1/0", check=False, connect_timeout=0.5)
     with pytest.raises(StoreUnavailable, match=r"redis://:\*\*\*@127\.0\.0\.1:1/0"):
         asyncio.run(store.enqueue_rollout("x"))
+
+
+def test_a_database_number_over_the_servers_limit_is_a_clear_error(redis_url: str) -> None:
+    """Regression: db 99 surfaced redis-py's raw ``ResponseError: DB index is out of range``."""
+    parts = parse_url(redis_url)
+    bad = parts.connect_url.rsplit("/", 1)[0] + "/99"
+    limit = redis.Redis.from_url(parts.connect_url).config_get("databases")["databases"]
+    with pytest.raises(StoreError) as opened:
+        open_store(bad)
+    assert not isinstance(opened.value, redis.ResponseError)
+    assert "no database 99" in str(opened.value) and f"it has {limit}" in str(opened.value)
+
+    unchecked = RedisLightningStore(bad, check=False)  # the first command meets it instead
+    with pytest.raises(StoreError, match=f"no database 99: it has {limit}"):
+        asyncio.run(unchecked.query_rollouts())
 
 
 def test_malformed_urls_and_options_are_rejected() -> None:

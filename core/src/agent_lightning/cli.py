@@ -156,6 +156,9 @@ def _runner(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         done = runner.completed + runner.failed
     print(f"runner {runner.worker_id}: {done} rollouts ({runner.completed} succeeded, {runner.failed} failed)")
+    if runner.claim_error is not None:
+        print(f"agl runner: error: the last claim failed: {runner.claim_error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -269,8 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     from agent_lightning.errors import AgentLightningError
+    from agent_lightning.secrets import install_log_filter, mask
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_filter()
     try:
         try:
             parser = build_parser()
@@ -280,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             status = int(args.func(args) or 0)
         except (AgentLightningError, ValueError, FileNotFoundError) as exc:
-            print(f"agl: error: {exc}", file=sys.stderr)
+            print(f"agl: error: {mask(str(exc))}", file=sys.stderr)
             status = 1
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return status

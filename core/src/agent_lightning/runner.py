@@ -30,7 +30,8 @@ class Runner:
     """Claims rollouts and runs ``agent`` on each inside a :class:`TrainingContext`.
 
     A failing agent fails its attempt (the store retries it up to
-    ``max_attempts``); the runner itself keeps going.
+    ``max_attempts``); the runner itself keeps going. A store that cannot be reached keeps it
+    retrying once it has claimed from it; if the very first claim fails, :meth:`run` raises.
     """
 
     def __init__(
@@ -51,6 +52,9 @@ class Runner:
         self.poll_interval = poll_interval
         self.completed = 0
         self.failed = 0
+        self.claim_error: Exception | None = None
+        """Why the last claim failed (``None`` after one that worked)."""
+        self._claimed = False
         self._tracer = get_tracer(store)
 
     def claim(self) -> AttemptedRollout | None:
@@ -98,8 +102,13 @@ class Runner:
             try:
                 attempted = self.claim()
             except Exception as exc:
+                self.claim_error = exc
+                if not self._claimed:
+                    raise
                 logger.warning("runner %s could not claim from %s: %s", self.worker_id, self.store.url, exc)
                 attempted = None
+            else:
+                self.claim_error, self._claimed = None, True
             if attempted is None:
                 if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                     break

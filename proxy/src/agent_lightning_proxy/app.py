@@ -6,7 +6,7 @@ Routes (``PREFIX`` is empty, ``/rollout/{rollout_id}`` or ``/rollout/{rollout_id
     POST PREFIX/v1/completions        recorded
     GET  PREFIX/v1/models             forwarded
     *    PREFIX/v1/...                forwarded unchanged
-    GET  /health                      the proxy's counters
+    GET  /health                      {"status": "ok"} (with the proxy's key: its counters too)
 
 Without a path prefix the call is attributed by the ``x-agl-rollout-id`` / ``x-agl-attempt-id``
 headers; a call attributed to nothing is forwarded but not recorded.
@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agent_lightning_proxy.attribution import AttributionError, Attributor
+from agent_lightning_proxy.auth import AUTHORIZED
 from agent_lightning_proxy.protocol import (
     ATTEMPT_HEADER,
     MAX_SPAN_ATTRIBUTES_BYTES,
@@ -386,7 +387,9 @@ class ProxyHandler:
 
     # ------------------------------------------------------------------ routes
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "upstream": self.base, "stats": asdict(self.stats)})
+        if not request.scope.get(AUTHORIZED, True):
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "stats": asdict(self.stats)})
 
     async def route(self, request: Request) -> Response:
         self.stats.requests += 1

@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from agent_lightning.secrets import register_secret
 from agent_lightning.store.base import LightningStore
+from agent_lightning.tokens import TokenSigner
 from agent_lightning.types import LLM
 
 from agent_lightning_proxy.app import ProxyHandler, ProxySettings, ProxyStats, create_app
 from agent_lightning_proxy.attribution import Attributor
+from agent_lightning_proxy.auth import ProxyAuth
 from agent_lightning_proxy.serving import ServerThread
 
 
@@ -37,6 +40,12 @@ class LLMProxy:
         like the OpenAI API, that rejects unknown request fields; calls are then recorded without ids).
     :param latest_attempt_ttl: how long ``/rollout/{id}/v1`` keeps resolving to the same latest attempt.
     :param store_timeout: the longest a call's answer waits for its record to be stored.
+    :param api_key: the proxy's own key; when set, every call (but ``GET /health``) needs it or an
+        attempt token (see :mod:`agent_lightning_proxy.auth`).
+    :param token_secret: verifies attempt tokens (the store server's; see
+        :func:`~agent_lightning_http.auth.derive_token_secret`); when set, attributing a call needs
+        its attempt's token or ``api_key``.
+    :param ssl_certfile: serve HTTPS with this PEM certificate (and ``ssl_keyfile``).
     """
 
     def __init__(
@@ -53,6 +62,10 @@ class LLMProxy:
         max_connections: int = 512,
         latest_attempt_ttl: float = 1.0,
         store_timeout: float = 5.0,
+        api_key: str | None = None,
+        token_secret: str | bytes | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         from agent_lightning.instrumentation.tracer import get_tracer
 
@@ -71,8 +84,14 @@ class LLMProxy:
         )
         attributor = Attributor(store, self._tracer.acall, latest_ttl=latest_attempt_ttl)
         self.handler = ProxyHandler(settings, self._tracer.emitter.emit_stored, attributor)
-        self.app = create_app(self.handler)
-        self._server = ServerThread(self.app, host, port, name="agl-llm-proxy")
+        signer = TokenSigner(token_secret) if token_secret else None
+        register_secret(api_key)
+        register_secret(upstream_api_key)
+        self.app = ProxyAuth(create_app(self.handler), api_key=api_key, signer=signer)
+        self.tls = ssl_certfile is not None
+        self._server = ServerThread(
+            self.app, host, port, name="agl-llm-proxy", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
+        )
 
     @property
     def settings(self) -> ProxySettings:
@@ -96,11 +115,11 @@ class LLMProxy:
     def url(self) -> str:
         """The OpenAI ``base_url`` of the proxy: ``http://HOST:PORT/v1``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/v1"
 
-    def base_url(self, rollout_id: str, attempt_id: str | None = None) -> str:
-        """The ``base_url`` that attributes an agent's calls to a rollout (and attempt)."""
-        return self.resource("proxy").base_url(rollout_id, attempt_id)
+    def base_url(self, rollout_id: str, attempt_id: str | None = None, token: str | None = None) -> str:
+        """The ``base_url`` that attributes an agent's calls to a rollout (and attempt; with its token)."""
+        return self.resource("proxy").base_url(rollout_id, attempt_id, token=token)
 
     def resource(self, model: str, **sampling_parameters: Any) -> LLM:
         """An :class:`~agent_lightning.types.LLM` resource pointing at this proxy."""

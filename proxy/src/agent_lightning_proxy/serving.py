@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 
 class ServerThread:
-    """One uvicorn server running ``app`` on its own thread and event loop.
+    """One uvicorn server running ``app`` on its own thread and event loop (TLS with ``ssl_certfile``).
 
     >>> server = ServerThread(app, "127.0.0.1", 0).start()
     >>> server.port   # the port the OS picked
@@ -28,6 +28,8 @@ class ServerThread:
         name: str = "agl-server",
         log_level: str = "warning",
         graceful_shutdown: float = 2.0,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.app = app
         self.host = host
@@ -35,6 +37,7 @@ class ServerThread:
         self.name = name
         self.log_level = log_level
         self.graceful_shutdown = graceful_shutdown
+        self.ssl_certfile, self.ssl_keyfile = ssl_certfile, ssl_keyfile
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -69,6 +72,8 @@ class ServerThread:
             timeout_keep_alive=30,
             server_header=False,
             date_header=False,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
         )
         self._server = uvicorn.Server(config)
         self._error = None

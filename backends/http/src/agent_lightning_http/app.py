@@ -5,23 +5,23 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from agent_lightning.errors import AgentLightningError
+from agent_lightning.errors import AgentLightningError, NotFound
 from agent_lightning.store.base import LightningStore
 from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span, SpanStatus
 from agent_lightning.types.spans import trusted_span, trusted_status
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 
 from agent_lightning_http import otlp
+from agent_lightning_http.auth import TOKEN_HEADER, AttemptScope, TokenSigner, is_token, scope_refusal
+from agent_lightning_http.idempotency import Outcome, ReplayCache, ScopedKey
 from agent_lightning_http.protocol import (
     API_KEY_HEADER,
     API_PREFIX,
@@ -37,6 +37,7 @@ from agent_lightning_http.protocol import (
     CountResponse,
     EnqueueRolloutsRequest,
     ErrorResponse,
+    IssueTokenRequest,
     PullCompletedRequest,
     QueryRolloutsRequest,
     QuerySpansRequest,
@@ -45,6 +46,7 @@ from agent_lightning_http.protocol import (
     RolloutRef,
     StartRolloutRequest,
     SubscribeRequest,
+    TokenResponse,
     WaitForRolloutsRequest,
     error_type,
 )
@@ -61,17 +63,36 @@ _JSON = "application/json"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
-        401: "missing or wrong API key",
+        401: "missing or wrong API key, or an invalid or expired attempt token",
+        403: "an attempt token used outside its attempt",
         404: "an id is unknown (NotFound)",
-        409: "a duplicate id (DuplicateId), or a forbidden status change (InvalidTransition, LeaseLost)",
+        409: "a duplicate id (DuplicateId), a forbidden status change (InvalidTransition, LeaseLost), "
+        "or a change to a finished attempt's spans",
         413: "request body over the server's limit",
         422: "invalid input (ValueError): nothing was stored",
         503: "the backend store is unavailable",
     }.items()
 }
 
-Outcome = tuple[int, bytes]
-Key = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, description="replays the first answer on a retry")]
+CREDENTIAL = "agl.credential"
+"""ASGI scope entry: the credential the request was let in with (the admin key or a token)."""
+ATTEMPT_SCOPE = "agl.attempt_scope"
+"""ASGI scope entry: the :class:`AttemptScope` of a request authorized by an attempt token."""
+
+
+async def _idempotency_key(
+    request: Request,
+    key: Annotated[
+        str | None, Header(alias=IDEMPOTENCY_HEADER, description="replays the first answer on a retry")
+    ] = None,
+) -> ScopedKey | None:
+    """The request's ``Idempotency-Key``, scoped by the client's credential, the endpoint and the body."""
+    if key is None:
+        return None
+    return ScopedKey.of(key, request.scope.get(CREDENTIAL), request.url.path, await request.body())
+
+
+Key = Annotated[ScopedKey | None, Depends(_idempotency_key)]
 
 
 def _error_body(kind: str, message: str) -> bytes:
@@ -95,46 +116,6 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-class _ReplayCache:
-    """Answers to requests carrying an ``Idempotency-Key``: a retry gets the first answer again.
-
-    Makes non-idempotent calls (``claim_rollout``, ``complete_attempt``…) safe to retry after a
-    lost response, for as long as this server process lives (``size`` keys, ``ttl`` seconds).
-    Server errors (5xx) are not kept, so their retries run again.
-    """
-
-    def __init__(self, size: int = 20_000, ttl: float = 600.0) -> None:
-        self.size = size
-        self.ttl = ttl
-        self._entries: OrderedDict[str, tuple[float, asyncio.Future[Outcome]]] = OrderedDict()
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    async def run(self, key: str, compute: Callable[[], Awaitable[Outcome]]) -> Outcome:
-        now = time.monotonic()
-        while self._entries:
-            oldest_key, (created, _) = next(iter(self._entries.items()))
-            if now - created < self.ttl and len(self._entries) < self.size:
-                break
-            del self._entries[oldest_key]
-        entry = self._entries.get(key)
-        if entry is not None:
-            return await asyncio.shield(entry[1])
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._entries[key] = (now, future)
-        try:
-            outcome = await compute()
-        except BaseException:
-            self._entries.pop(key, None)
-            future.cancel()
-            raise
-        if outcome[0] >= 500:
-            self._entries.pop(key, None)
-        future.set_result(outcome)
-        return outcome
-
-
 class _TooLarge(Exception):
     pass
 
@@ -143,17 +124,26 @@ FastPath = Callable[[bytes], Awaitable[Outcome]]
 
 
 class _Guard:
-    """ASGI wrapper: API key check (401) and request body limit (413, by header and by bytes read).
+    """ASGI wrapper: credentials (401/403) and the request body limit (413, by header and by bytes read).
 
+    The admin key may call everything. An attempt token (see :mod:`agent_lightning_http.auth`)
+    may call what :data:`~agent_lightning_http.auth.SCOPED_ENDPOINTS` allows, for its attempt: its
+    request body is read here and checked before the endpoint sees it.
     ``fast_paths`` maps ``POST`` paths to handlers of the raw body served here, past FastAPI's
     routing and middleware (the span write path); FastAPI still documents them.
     """
 
     def __init__(
-        self, app: Any, api_key: str | None, max_body_bytes: int, fast_paths: dict[str, FastPath] | None = None
+        self,
+        app: Any,
+        api_key: str | None,
+        max_body_bytes: int,
+        fast_paths: dict[str, FastPath] | None = None,
+        signer: TokenSigner | None = None,
     ) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
+        self.signer = signer
         self.max_body_bytes = max_body_bytes
         self.fast_paths = fast_paths or {}
 
@@ -170,8 +160,17 @@ class _Guard:
                 presented = value[7:].strip()
             elif name == API_KEY_HEADER.encode() and presented is None:
                 presented = value.strip()
+        attempt: AttemptScope | None = None
+        if presented is not None:
+            scope[CREDENTIAL] = presented
         authorized = presented is not None and self.key is not None and hmac.compare_digest(presented, self.key)
-        if self.key is not None and not authorized and scope["path"] not in OPEN_PATHS:
+        if not authorized and presented is not None and self.signer is not None and is_token(presented):
+            attempt = self.signer.verify(presented)
+            if attempt is None:
+                await _send(send, 401, "invalid or expired attempt token")
+                return
+            scope[ATTEMPT_SCOPE] = attempt
+        elif self.key is not None and not authorized and scope["path"] not in OPEN_PATHS:
             reason = "missing API key" if presented is None else "wrong API key"
             await _send(send, 401, f"{reason}: send 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'", scope)
             return
@@ -196,29 +195,60 @@ class _Guard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            fast = self.fast_paths.get(scope["path"]) if scope["method"] == "POST" else None
-            if fast is None:
-                await self.app(scope, counting_receive, tracking_send)
-                return
+        async def read_body() -> bytes | None:
             chunks = []
             while True:
                 message = await counting_receive()
                 if message["type"] == "http.disconnect":
-                    return
+                    return None
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    break
-            status, body = await fast(b"".join(chunks))
+                    return b"".join(chunks)
+
+        try:
+            fast = self.fast_paths.get(scope["path"]) if scope["method"] == "POST" else None
+            if fast is None and attempt is None:
+                await self.app(scope, counting_receive, tracking_send)
+                return
+            body = await read_body()
+            if body is None:
+                return
+            if attempt is not None:
+                path = scope["path"]
+                method = path[len(API_PREFIX) + 1 :] if path.startswith(API_PREFIX + "/") else path
+                refusal = None if path in OPEN_PATHS else scope_refusal(attempt, method, body)
+                if refusal is not None:
+                    started = True
+                    await _send(send, 403, refusal)
+                    return
+            if fast is None:
+                await self.app(scope, _replay_body(body), tracking_send)
+                return
+            status, answer = await fast(body)
             started = True
-            await _respond(send, status, body)
+            await _respond(send, status, answer)
         except _TooLarge:
             if not started:
                 await _send(send, 413, f"request body is over the server's limit of {limit} bytes", scope)
 
 
+def _replay_body(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive`` that gives ``body`` once, then waits (as a client that sent it all would)."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 async def _send(send: Any, status: int, message: str, scope: dict[str, Any] | None = None) -> None:
-    kind = {401: "Unauthorized", 413: "PayloadTooLarge"}.get(status, "Error")
+    kind = {401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge"}.get(status, "Error")
     extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
     otlp_error = otlp.guard_error(scope, status, message) if scope is not None else None
     if otlp_error is not None:  # OTLP clients get a google.rpc.Status in their own encoding
@@ -251,14 +281,63 @@ def _parse_spans(body: bytes) -> list[Span]:
         raise ValueError("add_spans takes a JSON array of span objects")
     spans: list[Span] = []
     for item in items:
-        if type(item) is dict and item.keys() == _SPAN_KEYS:
-            status = item["status"]
-            if type(status) is dict and status.keys() == _STATUS_KEYS:
-                item["status"] = trusted_status(status["code"], status["message"])
-                spans.append(trusted_span(item))
-                continue
-        spans.append(Span.model_validate(item))
+        status = item.get("status") if type(item) is dict else None
+        if type(item) is dict and item.keys() == _SPAN_KEYS and type(status) is dict and status.keys() == _STATUS_KEYS:
+            item["status"] = trusted_status(status["code"], status["message"])
+            spans.append(trusted_span(item))
+        else:
+            spans.append(Span.model_validate(item))
     return spans
+
+
+def _with_token(response: Response, token: Callable[[bytes], dict[str, str] | None]) -> Response:
+    if response.status_code == 200:
+        headers = token(bytes(response.body))
+        if headers:
+            response.headers.update(headers)
+    return response
+
+
+FINISHED = frozenset({"succeeded", "failed"})
+
+
+async def finished_attempt_refusal(store: LightningStore, spans: list[Span]) -> str | None:
+    """Why ``spans`` may not be written: a finished (succeeded or failed) attempt is immutable.
+
+    Such an attempt takes no reward span and no change to a span it has; a span sent again
+    unchanged, and a late span that is neither (an LLM call recorded after the agent returned), are
+    accepted. Checked at write time, one attempt lookup per rollout in the batch.
+    """
+    owners: dict[str, set[str]] = {}
+    for span in spans:
+        owners.setdefault(span.rollout_id, set()).add(span.attempt_id)
+    finished: set[tuple[str, str]] = set()
+    for rollout_id, attempt_ids in owners.items():
+        try:
+            attempts = await store.get_attempts(rollout_id)
+        except NotFound:
+            continue  # add_spans reports it
+        finished.update(
+            (rollout_id, a.attempt_id) for a in attempts if a.attempt_id in attempt_ids and a.status in FINISHED
+        )
+    if not finished:
+        return None
+    existing: dict[tuple[str, str], dict[str, Span]] = {}
+    for span in spans:
+        owner = (span.rollout_id, span.attempt_id)
+        if owner not in finished:
+            continue
+        where = f"attempt {span.attempt_id} of rollout {span.rollout_id} has finished"
+        if owner not in existing:
+            stored = await store.query_spans(span.rollout_id, span.attempt_id)
+            existing[owner] = {s.span_id: s for s in stored}
+        old = existing[owner].get(span.span_id)
+        if old is not None:
+            if old != span:
+                return f"{where}: its span {span.span_id} cannot be changed"
+        elif span.kind == "reward":
+            return f"{where}: its reward cannot be changed (reward span {span.span_id} refused)"
+    return None
 
 
 class _StoreApp(FastAPI):
@@ -284,18 +363,25 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_wait: float = MAX_WAIT_SECONDS,
     close_store: bool = False,
+    token_secret: str | bytes | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``store`` under ``/v1`` (see :mod:`agent_lightning_http.protocol`).
 
-    :param api_key: when set, every request (but ``GET /health``) must send it as
-        ``Authorization: Bearer KEY`` or ``x-api-key: KEY``, or it gets 401.
+    :param api_key: the admin key: when set, every request (but ``GET /health``) must send it, or an
+        attempt token, as ``Authorization: Bearer KEY`` or ``x-api-key: KEY``, or it gets 401.
+    :param token_secret: signs attempt tokens (default: derived from ``api_key``; no tokens without either).
     :param max_body_bytes: larger request bodies get 413 and store nothing.
     :param max_wait: the longest a long-poll (``wait_for_rollouts``, ``pull_completed``) is held, in seconds.
     :param close_store: close ``store`` when the app shuts down.
     """
     if max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
-    replay = _ReplayCache()
+    replay = ReplayCache()
+    signer: TokenSigner | None = None
+    if token_secret:
+        signer = TokenSigner(token_secret)
+    elif api_key:
+        signer = TokenSigner.for_admin_key(api_key)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -323,17 +409,25 @@ def create_app(
 
     async def write_spans(body: bytes) -> Outcome:
         try:
-            return 200, b'{"count":%d}' % await store.add_spans(_parse_spans(body))
+            spans = _parse_spans(body)
+            refusal = await finished_attempt_refusal(store, spans)
+            if refusal is not None:
+                return 409, _error_body("InvalidTransition", refusal)
+            return 200, b'{"count":%d}' % await store.add_spans(spans)
         except (AgentLightningError, ValueError, TypeError, KeyError) as exc:
             return _failure(exc)
 
     fast_paths: dict[str, FastPath] = {f"{API_PREFIX}/add_spans": write_spans}
-    app.guard = _Guard(app.route_request, api_key=api_key, max_body_bytes=max_body_bytes, fast_paths=fast_paths)
+    app.guard = _Guard(
+        app.route_request, api_key=api_key, max_body_bytes=max_body_bytes, fast_paths=fast_paths, signer=signer
+    )
 
     def wait_time(timeout: float | None) -> float:
         return max_wait if timeout is None else min(max(timeout, 0.0), max_wait)
 
-    async def answer(call: Callable[[], Awaitable[bytes]], key: str | None = None) -> Response:
+    async def answer(
+        call: Callable[[], Awaitable[bytes]], key: ScopedKey | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
         async def compute() -> Outcome:
             try:
                 return 200, await call()
@@ -341,7 +435,14 @@ def create_app(
                 return _failure(exc)
 
         status, body = await (compute() if key is None else replay.run(key, compute))
-        return Response(body, status, media_type=_JSON)
+        return Response(body, status, media_type=_JSON, headers=headers if status == 200 else None)
+
+    def attempt_token(body: bytes) -> dict[str, str] | None:
+        """The response header with the token of the attempt an answer carries (when tokens are on)."""
+        if signer is None or body == b"null":
+            return None
+        data = orjson.loads(body)
+        return {TOKEN_HEADER: signer.issue(data["rollout"]["rollout_id"], data["attempt"]["attempt_id"])}
 
     async def on_validation_error(_: Request, exc: Exception) -> Response:
         message = _validation_message(exc) if isinstance(exc, RequestValidationError) else str(exc)
@@ -356,6 +457,23 @@ def create_app(
     async def health() -> dict[str, str]:
         """Liveness check (no API key needed)."""
         return {"status": "ok"}
+
+    @app.post(f"{v1}/issue_token", response_model=TokenResponse, tags=["server"])
+    async def issue_token(body: IssueTokenRequest) -> Response:
+        """An attempt token for an existing attempt (admin key only; see the README's Security section)."""
+
+        async def call() -> bytes:
+            if signer is None:
+                raise ValueError("this server issues no attempt tokens: it runs without an API key or token secret")
+            attempts = await store.get_attempts(body.rollout_id)
+            if body.attempt_id not in {a.attempt_id for a in attempts}:
+                raise NotFound(f"rollout {body.rollout_id!r} has no attempt {body.attempt_id!r}")
+            token = signer.issue(body.rollout_id, body.attempt_id, body.ttl)
+            scope = signer.verify(token)
+            assert scope is not None
+            return orjson.dumps({"token": token, "expires": scope.expires})
+
+        return await answer(call)
 
     # ------------------------------------------------------------------ rollouts
     @app.post(f"{v1}/enqueue_rollouts", response_model=list[Rollout], tags=["rollouts"])
@@ -375,7 +493,8 @@ def create_app(
             started = await store.start_rollout(body.request, worker_id=body.worker_id, attempt_id=body.attempt_id)
             return started.model_dump_json().encode()
 
-        return await answer(call, key)
+        response = await answer(call, key)
+        return _with_token(response, attempt_token)
 
     @app.post(f"{v1}/claim_rollout", response_model=AttemptedRollout | None, tags=["rollouts"])
     async def claim_rollout(body: ClaimRolloutRequest, key: Key = None) -> Response:
@@ -385,7 +504,8 @@ def create_app(
             item = await store.claim_rollout(body.worker_id, task_types=body.task_types, modes=body.modes)
             return b"null" if item is None else item.model_dump_json().encode()
 
-        return await answer(call, key)
+        response = await answer(call, key)
+        return _with_token(response, attempt_token)
 
     @app.post(f"{v1}/heartbeat", response_model=Attempt, tags=["rollouts"])
     async def heartbeat(body: AttemptRef) -> Response:

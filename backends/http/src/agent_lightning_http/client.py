@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import os
+import ssl
 import threading
 import time
 import uuid
@@ -44,6 +44,7 @@ import aiohttp
 import orjson
 from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
 from agent_lightning.retry import Backoff, async_retrying
+from agent_lightning.secrets import read_secret
 from agent_lightning.store.base import LightningStore
 from agent_lightning.types import (
     Attempt,
@@ -63,6 +64,7 @@ from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
 from yarl import URL
 
+from agent_lightning_http.auth import TOKEN_HEADER
 from agent_lightning_http.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
 
 _T = TypeVar("_T")
@@ -80,6 +82,8 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 OPTIONS = frozenset(
     {
         "api_key",
+        "api_key_file",
+        "ca_file",
         "timeout",
         "connect_timeout",
         "retry_timeout",
@@ -163,8 +167,13 @@ class HttpLightningStore(LightningStore):
     (:class:`~agent_lightning.errors.NotFound`, ``DuplicateId``, ``InvalidTransition``,
     ``LeaseLost``, ``ValueError``).
 
-    :param api_key: sent as ``Authorization: Bearer …`` (default: ``$AGL_STORE_API_KEY``).
-    :param timeout: seconds to wait for one answer (long polls get their wait on top).
+    :param api_key: the admin key or an attempt token, sent as ``Authorization: Bearer …``
+        (default: the first line of ``api_key_file``, else ``$AGL_STORE_API_KEY``).
+    :param api_key_file: a file holding the key (keeps it out of ``ps`` and shell history).
+    :param ca_file: a PEM file of the certificate authority (or self-signed certificate) that an
+        ``https://`` server's certificate must chain to (default: the system's).
+    :param timeout: seconds to wait for one answer (long polls get their wait on top); a call,
+        retries included, never takes longer than ``retry_timeout`` (if positive) plus its long-poll wait.
     :param connect_timeout: seconds to wait for a connection.
     :param retry_timeout: how long to keep retrying an unreachable server before raising ``StoreUnavailable``.
     :param max_connections: connections per event loop.
@@ -176,6 +185,8 @@ class HttpLightningStore(LightningStore):
         url: str,
         *,
         api_key: str | None = None,
+        api_key_file: str | None = None,
+        ca_file: str | None = None,
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
         retry_timeout: float = 15.0,
@@ -196,7 +207,11 @@ class HttpLightningStore(LightningStore):
         self.retry_timeout = float(retry_timeout)
         self.max_connections = int(max_connections)
         self.long_poll = float(long_poll)
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        key = read_secret(value=api_key, file=api_key_file, env=API_KEY_ENV)
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+        self._tokens: dict[tuple[str, str], str] = {}
         self._headers = {"content-type": "application/json", "user-agent": "agent-lightning-store-client"}
         if key:
             self._headers["authorization"] = f"Bearer {key}"
@@ -205,7 +220,6 @@ class HttpLightningStore(LightningStore):
         self._clients: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._urls: dict[str, URL] = {}
         _OPEN.add(self)
-        self._timeout = aiohttp.ClientTimeout(self.timeout, connect=self.connect_timeout)
 
     def __repr__(self) -> str:
         return f"HttpLightningStore({self.url!r})"
@@ -224,7 +238,7 @@ class HttpLightningStore(LightningStore):
             if session is None:
                 session = self._clients[loop] = aiohttp.ClientSession(
                     headers=self._headers,
-                    connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30),
+                    connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30, ssl=self._ssl),
                     trust_env=self._trust_env,
                     auto_decompress=False,
                 )
@@ -240,12 +254,13 @@ class HttpLightningStore(LightningStore):
         self, method: str, payload: bytes, *, key: bool = False, wait: float = 0.0, raw: bool = False
     ) -> Any:
         """POST to ``/v1/<method>`` with retries; returns the decoded JSON answer (its bytes with ``raw``)
-        or raises the error it names."""
+        or raises the error it names.
+
+        Every try waits at most what is left of the ``retry_timeout`` window (plus ``wait``), so a
+        server that accepts connections but never answers holds a call no longer than the window.
+        """
         client = self._client()
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex} if key else None
-        timeout = self._timeout
-        if wait:
-            timeout = aiohttp.ClientTimeout(self.timeout + wait, connect=self.connect_timeout)
         url = self._url(method)
         began = time.monotonic()
         tries, resent = 0, False
@@ -254,10 +269,17 @@ class HttpLightningStore(LightningStore):
             async for attempt in async_retrying(policy, retry_if=lambda exc: isinstance(exc, _Unanswered)):
                 with attempt:
                     tries += 1
+                    answer_in = self.timeout
+                    if self.retry_timeout > 0:
+                        answer_in = max(0.05, min(answer_in, self.retry_timeout - (time.monotonic() - began)))
+                    timeout = aiohttp.ClientTimeout(answer_in + wait, connect=min(self.connect_timeout, answer_in))
                     try:
                         async with client.post(url, data=payload, headers=headers, timeout=timeout) as response:
                             status, content = response.status, await response.read()
                             reason = response.reason or ""
+                            token = response.headers.get(TOKEN_HEADER)
+                            if token is not None and status == 200:
+                                self._remember_token(content, token)
                     except _NOT_SENT as exc:
                         raise _Unanswered(_describe(exc)) from exc
                     except _TRANSPORT_ERRORS as exc:
@@ -287,8 +309,10 @@ class HttpLightningStore(LightningStore):
         if status == 401:
             return StoreAuthError(
                 f"store server at {self.url} refused the request ({message}); "
-                f"pass api_key= to open_store or set {API_KEY_ENV}"
+                f"pass api_key= or api_key_file= to open_store or set {API_KEY_ENV}"
             )
+        if status == 403:
+            return StoreAuthError(f"store server at {self.url} refused the request: {message}")
         if status == 413:
             return ValueError(f"store server at {self.url} refused a request as too large: {message}")
         cls = ERROR_TYPES.get(kind)
@@ -297,6 +321,31 @@ class HttpLightningStore(LightningStore):
         if status == 422:
             return ValueError(message)
         return StoreError(f"store server at {self.url} answered HTTP {status} ({kind or 'error'}): {message}")
+
+    def _remember_token(self, content: bytes, token: str) -> None:
+        try:
+            data = orjson.loads(content)
+            owner = (str(data["rollout"]["rollout_id"]), str(data["attempt"]["attempt_id"]))
+        except (ValueError, TypeError, KeyError):
+            return
+        with self._lock:
+            if len(self._tokens) >= 10_000:
+                self._tokens.clear()
+            self._tokens[owner] = token
+
+    def attempt_token(self, rollout_id: str, attempt_id: str) -> str | None:
+        """The token the server handed out with this attempt, when this client claimed or started it.
+
+        It lets an agent (through the LLM proxy, or as ``api_key`` of its own store client) write
+        spans and rewards to that attempt only; see :mod:`agent_lightning_http.auth`.
+        """
+        with self._lock:
+            return self._tokens.get((rollout_id, attempt_id))
+
+    async def issue_token(self, rollout_id: str, attempt_id: str, ttl: float = 7 * 24 * 3600.0) -> str:
+        """A new attempt token from the server (needs the admin key)."""
+        payload = _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id, "ttl": ttl})
+        return str((await self._post("issue_token", payload))["token"])
 
     async def close(self) -> None:
         """Close the connection pools (the store can still be used afterwards; it reconnects)."""

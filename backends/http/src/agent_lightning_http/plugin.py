@@ -6,7 +6,6 @@ Imports nothing of the web stack until a store is opened or the server runs.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,16 +32,24 @@ def agl_register_stores(register: RegisterStore) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from agent_lightning.secrets import read_secret
+
+    from agent_lightning_http.auth import TOKEN_SECRET_ENV
     from agent_lightning_http.protocol import API_KEY_ENV
     from agent_lightning_http.serve import serve
 
+    if args.ssl_keyfile and not args.ssl_certfile:
+        raise ValueError("--ssl-keyfile needs --ssl-certfile")
     serve(
         args.store,
         args.host,
         args.port,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=read_secret(value=args.api_key, file=args.api_key_file, env=API_KEY_ENV),
         max_body_bytes=args.max_body_bytes,
         log_level=args.log_level,
+        token_secret=read_secret(file=args.token_secret_file, env=TOKEN_SECRET_ENV),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     return 0
 
@@ -55,8 +62,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=4747, help="0 picks a free port (printed on start)")
     parser.add_argument(
-        "--api-key", help=f"require this key from every client (default: ${API_KEY_ENV}; none means no check)"
+        "--api-key-file",
+        help=f"the admin key: a file whose first line it is (default: ${API_KEY_ENV}; none means no check)",
     )
+    parser.add_argument(
+        "--api-key", help="the admin key itself (visible in ps and shell history: prefer --api-key-file)"
+    )
+    parser.add_argument(
+        "--token-secret-file", help="signs attempt tokens (default: $AGL_TOKEN_SECRET, else derived from the key)"
+    )
+    parser.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--ssl-keyfile", help="the certificate's PEM private key")
     parser.add_argument(
         "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger requests get HTTP 413"
     )

@@ -169,6 +169,17 @@ class PullCompletedRequest(_Body):
     visibility_timeout: float = Field(default=300.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
 
+class IssueTokenRequest(_Body):
+    rollout_id: str
+    attempt_id: str
+    ttl: float = Field(default=7 * 24 * 3600.0, gt=0, le=365 * 24 * 3600.0, description="seconds the token is valid")
+
+
+class TokenResponse(_Body):
+    token: str
+    expires: float = Field(description="Unix time the token expires")
+
+
 class AckCompletedRequest(_Body):
     group: str
     rollout_ids: list[str]

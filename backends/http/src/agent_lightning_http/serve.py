@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import Any
 
+from agent_lightning.secrets import mask, redact_url, register_secret
 from agent_lightning.store.base import LightningStore
 from agent_lightning_proxy.serving import ServerThread
 
@@ -21,17 +22,26 @@ DEFAULT_PORT = 4747
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(host: str, port: int, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _warn_if_open(host: str, api_key: str | None) -> None:
-    if host not in LOOPBACK and not api_key:
+def _warn_if_open(host: str, api_key: str | None, tls: bool = False) -> None:
+    if host in LOOPBACK:
+        return
+    if not api_key:
         logger.warning(
             "the store server listens on %s without an API key: anyone who can reach it can read and change "
-            "the store; pass --api-key or set %s",
+            "the store; pass --api-key-file or set %s",
             host,
             API_KEY_ENV,
+        )
+    elif not tls:
+        logger.warning(
+            "the store server listens on %s without TLS: its API key and data cross the network in clear; "
+            "pass --ssl-certfile/--ssl-keyfile or put a TLS proxy in front (README, Security)",
+            host,
         )
 
 
@@ -51,17 +61,22 @@ class StoreServer:
         api_key: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         close_store: bool = False,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
         **app_options: Any,
     ) -> None:
         self.store = store
         self.app = create_app(store, api_key, max_body_bytes=max_body_bytes, close_store=close_store, **app_options)
-        self._thread = ServerThread(self.app, host, port, name="agl-store-server")
-        _warn_if_open(host, api_key)
+        self.tls = ssl_certfile is not None
+        self._thread = ServerThread(
+            self.app, host, port, name="agl-store-server", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
+        )
+        _warn_if_open(host, api_key, self.tls)
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT`` (the port picked, once started with port 0)."""
-        return _url(self._thread.host, self._thread.port)
+        """``http(s)://HOST:PORT`` (the port picked, once started with port 0)."""
+        return _url(self._thread.host, self._thread.port, self.tls)
 
     @property
     def port(self) -> int:
@@ -95,13 +110,21 @@ def serve(
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "warning",
+    token_secret: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
-    """Open ``store_url`` and serve it until SIGINT/SIGTERM, then close the store."""
+    """Open ``store_url`` and serve it until SIGINT/SIGTERM, then close the store.
+
+    ``ssl_certfile``/``ssl_keyfile`` (PEM) serve HTTPS. Secrets never appear in what it prints or logs.
+    """
     import uvicorn
     from agent_lightning.store import open_store
 
+    register_secret(api_key)
+    register_secret(token_secret)
     store = open_store(store_url)
-    app = create_app(store, api_key, max_body_bytes=max_body_bytes, close_store=True)
+    app = create_app(store, api_key, max_body_bytes=max_body_bytes, close_store=True, token_secret=token_secret)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (see proxy.serving).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -112,8 +135,9 @@ def serve(
     except OSError as exc:
         sock.close()
         raise OSError(f"agl store serve: cannot listen on {host}:{port}: {exc}") from exc
-    _warn_if_open(host, api_key)
-    url = _url(host, sock.getsockname()[1])
+    tls = ssl_certfile is not None
+    _warn_if_open(host, api_key, tls)
+    url = _url(host, sock.getsockname()[1], tls)
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -123,8 +147,11 @@ def serve(
         timeout_keep_alive=30,
         server_header=False,
         date_header=False,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
-    print(f"agl store serve: serving {store.url or store_url} at {url} (API docs: {url}/docs)", flush=True)
+    shown = mask(redact_url(store.url or store_url))
+    print(f"agl store serve: serving {shown} at {url} (API docs: {url}/docs)", flush=True)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the

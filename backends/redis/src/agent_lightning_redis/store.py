@@ -75,9 +75,15 @@ def _translate_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P
         except rexc.ResponseError as exc:
             store = args[0]
             assert isinstance(store, RedisLightningStore)
+            if _is_db_out_of_range(exc):
+                raise store._no_such_db() from None
             raise StoreError(f"Redis store at {store.redacted_url} refused a command: {exc}") from exc
 
     return wrapper
+
+
+def _is_db_out_of_range(exc: BaseException) -> bool:
+    return "DB index is out of range" in str(exc)
 
 
 @dataclass
@@ -165,8 +171,29 @@ class RedisLightningStore(LightningStore):
             raise StoreUnavailable(
                 f"cannot reach Redis at {self.redacted_url} ({exc}); start it with: {START_COMMAND}"
             ) from None
+        except rexc.ResponseError as exc:
+            if _is_db_out_of_range(exc):
+                raise self._no_such_db() from None
+            raise StoreError(f"Redis at {self.redacted_url} refused a command: {exc}") from None
         finally:
             client.close()
+
+    def _no_such_db(self) -> StoreError:
+        """The error for a URL naming a database number the server does not have (its ``databases`` limit)."""
+        db = urlsplit(self._connect_url).path.lstrip("/") or "0"
+        limit = "its 'databases' setting"
+        client = redis.Redis.from_url(urlunsplit(urlsplit(self._connect_url)._replace(path="/0")), **self._options)
+        try:
+            count = int(client.config_get("databases").get("databases", ""))
+            limit = f"it has {count} (databases 0 to {count - 1}, its 'databases' setting)"
+        except Exception:  # CONFIG may be disabled or renamed on a managed server
+            pass
+        finally:
+            client.close()
+        return StoreError(
+            f"Redis at {self.redacted_url} has no database {db}: {limit}; "
+            "use a smaller number in the URL, or raise 'databases' in redis.conf"
+        )
 
     def _conn(self) -> _Conn:
         loop = asyncio.get_running_loop()

@@ -407,7 +407,9 @@ class TrainingContext:
         if name not in llms:
             raise LookupError(f"no LLM resource named {name!r}; this snapshot has {sorted(llms)}")
         base = llms[name]
-        return base.model_copy(update={"endpoint": base.base_url(self.rollout_id, self.attempt_id)})
+        tokens = getattr(root.store, "attempt_token", None)  # an http:// store's token for this attempt
+        token = tokens(self.rollout_id, self.attempt_id) if callable(tokens) else None
+        return base.model_copy(update={"endpoint": base.base_url(self.rollout_id, self.attempt_id, token=token)})
 
     # ------------------------------------------------------------------ span plumbing
     def next_sequence_id(self) -> int:

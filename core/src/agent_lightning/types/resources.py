@@ -43,14 +43,21 @@ class LLM(BaseModel):
     api_key: str | None = None
     sampling_parameters: dict[str, Any] = Field(default_factory=dict)
 
-    def base_url(self, rollout_id: str | None = None, attempt_id: str | None = None) -> str:
-        """The endpoint, routed to one rollout/attempt when the endpoint is the proxy."""
+    def base_url(
+        self, rollout_id: str | None = None, attempt_id: str | None = None, *, token: str | None = None
+    ) -> str:
+        """The endpoint, routed to one rollout/attempt when the endpoint is the proxy.
+
+        ``token`` (the attempt's token) goes in the path (``/token/TOKEN/rollout/…``), like a pre-signed URL.
+        """
         if rollout_id is None:
             return self.endpoint
         root = self.endpoint.rstrip("/")
         if root.endswith("/v1"):
             root = root[: -len("/v1")]
         path = f"/rollout/{rollout_id}" + (f"/attempt/{attempt_id}" if attempt_id else "")
+        if token:
+            path = f"/token/{token}{path}"
         return f"{root}{path}/v1"
 
 
