@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import itertools
 import logging
 import os
@@ -15,7 +14,7 @@ from typing import Any, Literal, TypeVar
 from agent_lightning import semconv
 from agent_lightning.errors import DuplicateId, InvalidTransition
 from agent_lightning.instrumentation import adapter as adapters
-from agent_lightning.instrumentation.spans import ActiveSpan, _current_span
+from agent_lightning.instrumentation.spans import ActiveSpan, _current_span, decorate
 from agent_lightning.instrumentation.tracer import Tracer, get_tracer
 from agent_lightning.retry import Backoff, is_permanent, retrying
 from agent_lightning.store.base import LightningStore
@@ -476,11 +475,7 @@ class TrainingContext:
         }
         if self.resources is not None:
             attributes[semconv.RESOURCES_ID] = self.resources.resources_id
-        if self.agent_name:
-            attributes[semconv.AGENT_NAME] = self.agent_name
-        self._root = ActiveSpan(self, self.task_id, "agent", attributes, self._parent_span_id)
-        self.root_span_id = self._root.id
-        self._span_token = _current_span.set(self._root)
+        self._start_root(self, attributes, self._parent_span_id)
 
     def _join_from_environment(self) -> None:
         """Join the attempt of the runner that started this process (see ``ScriptAgent``)."""
@@ -503,11 +498,16 @@ class TrainingContext:
         self.trace_id = outer.trace_id
         self.is_open = True
         self._token = _current.set(self)
-        attributes: dict[str, Any] = {semconv.GEN_AI_OPERATION_NAME: "invoke_agent"}
+        active = _current_span.get()
+        self._start_root(
+            outer, {semconv.GEN_AI_OPERATION_NAME: "invoke_agent"}, active.id if active else outer.root_span_id
+        )
+
+    def _start_root(self, owner: TrainingContext, attributes: dict[str, Any], parent_id: str | None) -> None:
+        """Open the context's own ``agent`` span (recorded into ``owner``'s attempt) and make it current."""
         if self.agent_name:
             attributes[semconv.AGENT_NAME] = self.agent_name
-        active = _current_span.get()
-        self._root = ActiveSpan(outer, self.task_id, "agent", attributes, active.id if active else outer.root_span_id)
+        self._root = ActiveSpan(owner, self.task_id, "agent", attributes, parent_id)
         self.root_span_id = self._root.id
         self._span_token = _current_span.set(self._root)
 
@@ -588,17 +588,9 @@ class TrainingContext:
         # Opening waits briefly for the store; keep this loop responsive.
         import asyncio
 
-        ctx = contextvars.copy_context()
-        await asyncio.to_thread(ctx.run, self._open)
-        # contextvars set inside the worker thread's copy must be applied here too.
-        for var in (_current, _current_span):
-            value = ctx.get(var)
-            if value is not None:
-                token = var.set(value)  # type: ignore[arg-type]
-                if var is _current:
-                    self._token = token  # type: ignore[assignment]
-                else:
-                    self._span_token = token  # type: ignore[assignment]
+        await asyncio.to_thread(self._open)  # runs in a copy of this context: set its variables here too
+        self._token = _current.set(self)
+        self._span_token = _current_span.set(self._root)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -627,21 +619,7 @@ class TrainingContext:
             open_timeout=self._open_timeout,
             flush_timeout=self._flush_timeout,
         )
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with make():
-                    return await func(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with make():
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
+        return decorate(func, make)
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
