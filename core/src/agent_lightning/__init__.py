@@ -48,7 +48,6 @@ _EXPORTS: dict[str, str] = {
     "Trajectory": "agent_lightning.types",
     # training
     "build_episode": "agent_lightning.trajectory",
-    "build_episodes": "agent_lightning.trajectory",
     "Runner": "agent_lightning.runner",
     "LitAgent": "agent_lightning.agent",
     "Trainer": "agent_lightning.trainer",

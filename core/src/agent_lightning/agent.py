@@ -87,9 +87,7 @@ def agent_name(agent: AgentLike) -> str | None:
 async def run_agent(agent: AgentLike, task: Any, ctx: TrainingContext) -> AgentResult:
     """Call any supported agent form on ``task``."""
     if isinstance(agent, LitAgent):
-        if type(agent).arollout is not LitAgent.arollout:
-            return await agent.arollout(task, ctx)
-        return await asyncio.to_thread(agent.rollout, task, ctx)
+        return await agent.arollout(task, ctx)
     if not callable(agent):
         raise TypeError(f"an agent must be a function or a LitAgent, got {type(agent).__name__}")
     positional = [
@@ -101,10 +99,7 @@ async def run_agent(agent: AgentLike, task: Any, ctx: TrainingContext) -> AgentR
     if inspect.iscoroutinefunction(agent):
         result: AgentResult = await agent(*args)
         return result
-    import contextvars
-
-    context = contextvars.copy_context()
-    outcome: Any = await asyncio.to_thread(lambda: context.run(agent, *args))
+    outcome: Any = await asyncio.to_thread(agent, *args)  # in a copy of this context, so spans keep their parent
     if inspect.isawaitable(outcome):
         outcome = await outcome
     return outcome  # type: ignore[no-any-return]
@@ -138,8 +133,6 @@ def load_agent(reference: str) -> AgentLike:
     from agent_lightning.registry import import_object
 
     obj = import_object(reference)
-    if isinstance(obj, type) and issubclass(obj, LitAgent):
-        return obj()
-    if not callable(obj) and not isinstance(obj, LitAgent):
-        raise TypeError(f"{reference} is a {type(obj).__name__}, not an agent function or LitAgent")
-    return obj  # type: ignore[no-any-return]
+    if isinstance(obj, str):
+        raise TypeError(f"{reference} is a str, not an agent function or LitAgent")
+    return as_agent(obj)

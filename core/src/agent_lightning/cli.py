@@ -18,46 +18,37 @@ def _plugins(args: argparse.Namespace) -> int:
     from agent_lightning.instrumentation.adapter import adapters
     from agent_lightning.store import store_schemes
 
+    infos = plugins.list_plugins()
     rows = [
-        (p.name, p.package or "-", p.version or "-", "builtin" if p.builtin else "entry point", p.error)
-        for p in plugins.list_plugins()
+        {"name": p.name, "package": p.package or "-", "version": p.version or "-", "error": p.error}
+        | {"source": "builtin" if p.builtin else "entry point"}
+        for p in infos
     ]
+    found = {
+        "store_schemes": store_schemes(),
+        "adapters": sorted(adapters()),
+        "algorithms": sorted(algorithm_entries()),
+    }
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "plugins": [
-                        {"name": r[0], "package": r[1], "version": r[2], "source": r[3], "error": r[4]} for r in rows
-                    ],
-                    "store_schemes": store_schemes(),
-                    "adapters": sorted(adapters()),
-                    "algorithms": sorted(algorithm_entries()),
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps({"plugins": rows, **found}, indent=2))
         return 0
-    width = max([len(r[0]) for r in rows] + [6])
+    width = max([len(p.name) for p in infos] + [6])
     print(f"{'plugin':<{width}}  {'package':<28} {'version':<10} source")
-    for name, package, version, source, error in rows:
-        line = f"{name:<{width}}  {package:<28} {version:<10} {source}"
-        print(line + (f"  FAILED: {error}" if error else ""))
+    for r in rows:
+        line = f"{r['name']:<{width}}  {r['package']:<28} {r['version']:<10} {r['source']}"
+        print(line + (f"  FAILED: {r['error']}" if r["error"] else ""))
     print()
-    print("store schemes:", ", ".join(f"{s}://" for s in store_schemes()) or "none")
-    print("adapters:     ", ", ".join(sorted(adapters())) or "none")
-    print("algorithms:   ", ", ".join(sorted(algorithm_entries())) or "none")
+    print("store schemes:", ", ".join(f"{s}://" for s in found["store_schemes"]) or "none")
+    print("adapters:     ", ", ".join(found["adapters"]) or "none")
+    print("algorithms:   ", ", ".join(found["algorithms"]) or "none")
     return 0
 
 
-def _open(url: str, *, create: bool = True) -> Any:
+def _runs(args: argparse.Namespace) -> int:
     from agent_lightning.store import open_store
 
-    return open_store(url, create=create)
-
-
-def _runs(args: argparse.Namespace) -> int:
     async def main() -> int:
-        store = _open(args.store, create=False)
+        store = open_store(args.store, create=False)
         try:
             rollouts = await store.query_rollouts(
                 status=args.status or None, task_types=args.task_type or None, limit=args.limit, offset=args.offset
@@ -89,9 +80,10 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _spans(args: argparse.Namespace) -> int:
     from agent_lightning import semconv
+    from agent_lightning.store import open_store
 
     async def main() -> int:
-        store = _open(args.store, create=False)
+        store = open_store(args.store, create=False)
         try:
             spans = await store.query_spans(args.rollout_id, None if args.all_attempts else "latest")
         finally:
@@ -143,8 +135,9 @@ def _spans(args: argparse.Namespace) -> int:
 def _runner(args: argparse.Namespace) -> int:
     from agent_lightning.agent import load_agent
     from agent_lightning.runner import Runner, default_worker_id
+    from agent_lightning.store import open_store
 
-    store = _open(args.store)
+    store = open_store(args.store)
     runner = Runner(
         load_agent(args.agent),
         store,

@@ -86,7 +86,10 @@ def _load() -> pluggy.PluginManager:
     manager = _Manager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
-    core_version = importlib.metadata.version("agent-lightning") if _installed("agent-lightning") else None
+    try:
+        core_version: str | None = importlib.metadata.version("agent-lightning")
+    except importlib.metadata.PackageNotFoundError:
+        core_version = None
     for module_name in DEFAULT_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
         infos.append(PluginInfo(module_name, module_name, "agent-lightning", core_version, builtin=True))
@@ -116,14 +119,6 @@ def _load() -> pluggy.PluginManager:
     _infos[:] = infos
     _not_enabled[:] = not_enabled
     return manager
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -169,13 +164,6 @@ def list_plugins() -> list[PluginInfo]:
         return list(_infos)
 
 
-def not_enabled_plugins() -> list[PluginInfo]:
-    """Installed entry points that ``AGL_PLUGINS`` left out."""
-    get_plugin_manager()
-    with _lock:
-        return list(_not_enabled)
-
-
 def install_hint(kind: str, name: str) -> str:
     """Where the plugin providing ``name`` (a store scheme, adapter or algorithm) may come from.
 
@@ -191,7 +179,8 @@ def install_hint(kind: str, name: str) -> str:
         return "; ".join(
             f"plugin {p.name!r} ({p.package or p.module}) is installed but failed to load: {p.error}" for p in failed
         )
-    left_out = not_enabled_plugins()
+    with _lock:
+        left_out = list(_not_enabled)
     relevant = [p for p in left_out if matches(p)]
     if relevant:
         names = ", ".join(f"{p.name!r} ({p.package or p.module})" for p in relevant)

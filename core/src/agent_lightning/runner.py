@@ -98,7 +98,8 @@ class Runner:
         done = 0
         idle_since = time.monotonic()
         limit = math.inf if max_rollouts is None else max_rollouts
-        while done < limit and not (stop is not None and stop.is_set()):
+        stop = stop or threading.Event()
+        while done < limit and not stop.is_set():
             try:
                 attempted = self.claim()
             except Exception as exc:
@@ -112,10 +113,7 @@ class Runner:
             if attempted is None:
                 if idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                     break
-                if stop is not None:
-                    stop.wait(self.poll_interval)
-                else:
-                    time.sleep(self.poll_interval)
+                stop.wait(self.poll_interval)
                 continue
             self.run_one(attempted)
             done += 1

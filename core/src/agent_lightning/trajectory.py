@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -107,26 +107,23 @@ def _float_list(value: Any) -> list[float] | None:
     return None
 
 
-def _ancestor_value(span: Span, by_id: dict[str, Span], key: str) -> Any:
+def _lineage(span: Span, by_id: dict[str, Span]) -> Iterator[Span]:
+    """``span``, its parent, its parent's parent, … (stopping at a cycle)."""
     current: Span | None = span
     seen: set[str] = set()
     while current is not None and current.span_id not in seen:
         seen.add(current.span_id)
-        if key in current.attributes and current.attributes[key] not in (None, "", []):
-            return current.attributes[key]
+        yield current
         current = by_id.get(current.parent_id) if current.parent_id else None
-    return None
+
+
+def _ancestor_value(span: Span, by_id: dict[str, Span], key: str) -> Any:
+    values = (s.attributes.get(key) for s in _lineage(span, by_id))
+    return next((v for v in values if v not in (None, "", [])), None)
 
 
 def _is_descendant(span: Span, ancestor_id: str, by_id: dict[str, Span]) -> bool:
-    current: Span | None = span
-    seen: set[str] = set()
-    while current is not None and current.span_id not in seen:
-        if current.span_id == ancestor_id:
-            return True
-        seen.add(current.span_id)
-        current = by_id.get(current.parent_id) if current.parent_id else None
-    return False
+    return any(s.span_id == ancestor_id for s in _lineage(span, by_id))
 
 
 def _during(call: Span, target: Span, unplaced: set[str]) -> bool:
@@ -219,19 +216,15 @@ def build_episode(
         )
     if not llm_spans:
         warnings.append(NO_LLM_SPANS_FIX)
-    if bypassed:
-        warnings.append(f"{bypassed} LLM call(s) without token ids were skipped: {BYPASSED_PROXY_FIX}")
-    if no_ids:
-        warnings.append(f"{no_ids} LLM call(s) without token ids were skipped: {UPSTREAM_NO_IDS_FIX}")
-    if failed:
-        warnings.append(f"{failed} LLM call(s) failed and were skipped (their spans have the error).")
-    if empty:
-        warnings.append(f"{empty} LLM call(s) with an empty completion were skipped: {EMPTY_COMPLETION_FIX}")
-    if too_long:
-        warnings.append(
-            f"{too_long} LLM call(s) with prompts over max_prompt_tokens={max_prompt_tokens} were skipped: "
-            f"{PROMPT_TOO_LONG_FIX}"
-        )
+    for count, problem in (
+        (bypassed, f"without token ids were skipped: {BYPASSED_PROXY_FIX}"),
+        (no_ids, f"without token ids were skipped: {UPSTREAM_NO_IDS_FIX}"),
+        (failed, "failed and were skipped (their spans have the error)."),
+        (empty, f"with an empty completion were skipped: {EMPTY_COMPLETION_FIX}"),
+        (too_long, f"with prompts over max_prompt_tokens={max_prompt_tokens} were skipped: {PROMPT_TOO_LONG_FIX}"),
+    ):
+        if count:
+            warnings.append(f"{count} LLM call(s) {problem}")
 
     # Rewards: credit, in time order, the calls inside each reward's target or unplaced and made while it was open.
     reward_spans = sorted(
@@ -288,9 +281,7 @@ def build_episode(
     samples: list[Sample] = []
     if reward is not None:
         groups = _merge(kept, max_turns) if aggregation == "trajectory" else [[k] for k in kept]
-        gid = group_key(rollout)
-        for group in groups:
-            samples.append(_sample(rollout, attempt_id, group, returns, gid))
+        samples = [_sample(rollout, attempt_id, group, returns, group_key(rollout)) for group in groups]
     if warnings:  # one record per episode, every problem with its fix
         logger.warning(
             "rollout %s (attempt %s): %d of %d LLM call(s) usable for training; %s",
@@ -365,15 +356,6 @@ def _sample(
     )
 
 
-async def build_episodes(store: Any, rollouts: Sequence[Rollout], **options: Any) -> list[Episode]:
-    """Query each rollout's spans from ``store`` and build its episode (options as :func:`build_episode`)."""
-    episodes = []
-    for rollout in rollouts:
-        spans = await store.query_spans(rollout.rollout_id)
-        episodes.append(build_episode(rollout, spans, **options))
-    return episodes
-
-
 def ensure_training_data(episodes: Sequence[Episode]) -> list[Sample]:
     """All samples of ``episodes``; raises :class:`NoTrainingData` with the fix when there are none.
 
@@ -387,7 +369,6 @@ def ensure_training_data(episodes: Sequence[Episode]) -> list[Sample]:
     if not samples:
         detail = "; ".join(f"{n} rollout(s): {w}" for w, n in problems.items()) or "no rollouts were given"
         raise NoTrainingData(f"{len(episodes)} rollout(s) produced no training samples. {detail}")
-    if problems:
-        for warning, count in problems.items():
-            logger.warning("%d of %d rollout(s): %s", count, len(episodes), warning)
+    for warning, count in problems.items():
+        logger.warning("%d of %d rollout(s): %s", count, len(episodes), warning)
     return samples

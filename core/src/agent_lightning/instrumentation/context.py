@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal, TypeVar
 
 from agent_lightning import semconv
 from agent_lightning.errors import DuplicateId, InvalidTransition
 from agent_lightning.instrumentation import adapter as adapters
-from agent_lightning.instrumentation.spans import ActiveSpan, _current_span
+from agent_lightning.instrumentation.spans import ActiveSpan, _current_span, decorate
 from agent_lightning.instrumentation.tracer import Tracer, get_tracer
 from agent_lightning.retry import Backoff, is_permanent, retrying
 from agent_lightning.store.base import LightningStore
@@ -34,6 +33,7 @@ from agent_lightning.types.rollouts import new_id
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 ROLLOUT_ENV = "AGL_ROLLOUT_ID"
 ATTEMPT_ENV = "AGL_ATTEMPT_ID"
@@ -94,7 +94,7 @@ class _Lifecycle:
     """
 
     def __init__(self, ctx: TrainingContext, tracer: Tracer, request: RolloutRequest | None) -> None:
-        self.ctx, self.tracer, self.request = ctx, tracer, request
+        self.ctx, self.tracer, self.store, self.request = ctx, tracer, tracer.store, request
         self.ready = threading.Event()
         """Set once the attempt exists and the resources were loaded (or either gave up)."""
         self.done = threading.Event()
@@ -103,11 +103,10 @@ class _Lifecycle:
         self.stage = "creating the rollout" if request is not None else "loading resources"
         self.last_error: str | None = None
         self._gave_up = False
-        self._thread = threading.Thread(target=self._main, name="agl-rollout", daemon=True)
 
     def start(self) -> None:
         self.tracer.track(self)
-        self._thread.start()
+        threading.Thread(target=self._main, name="agl-rollout", daemon=True).start()
 
     def close(self, status: Literal["succeeded", "failed"], error: str | None) -> None:
         """The agent is done: deliver its spans and complete the attempt as ``status``."""
@@ -125,7 +124,6 @@ class _Lifecycle:
         """The last store error, for messages."""
         return f"last error: {self.last_error}" if self.last_error else "no answer from the store yet"
 
-    # ------------------------------------------------------------------ the thread
     def _main(self) -> None:
         ctx = self.ctx
         try:
@@ -159,102 +157,89 @@ class _Lifecycle:
             if not self._gave_up:  # what gave up stays listed for the report at exit
                 self.tracer.untrack(self)
 
-    def _retrying(self, on_retry: Callable[[BaseException], None] | None = None) -> Any:
-        """Retry transient store errors until the tracer shuts down (then give up, noted for the exit report)."""
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.tracer.call(coro, timeout=STORE_CALL_TIMEOUT)
+
+    def _note(self, exc: BaseException, *_: object) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _retry(self, call: Callable[[], Coroutine[Any, Any, T]], on_retry: Callable[[BaseException], None]) -> T:
+        """``call()`` until the store answers, retrying transient errors until the tracer shuts down."""
 
         def note(exc: BaseException, pause: float) -> None:
-            if on_retry is not None:
-                on_retry(exc)
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            on_retry(exc)
+            self._note(exc)
 
-        return retrying(STORE_BACKOFF, stop_event=self.tracer.stopping, before_sleep=note)
-
-    def _gave_up_on(self, exc: BaseException) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        self._gave_up = True
+        result: T = retrying(STORE_BACKOFF, stop_event=self.tracer.stopping, before_sleep=note)(
+            lambda: self._call(call())
+        )
+        return result
 
     def _create(self, request: RolloutRequest) -> AttemptedRollout | None:
-        store = self.tracer.store
-
         def warn_once(exc: BaseException) -> None:
             if self.last_error is None:
                 logger.warning(
                     "agent-lightning: could not create rollout %s in %s yet (%s); the agent runs on, its spans "
                     "are buffered and sent once the store answers",
                     request.rollout_id,
-                    store.url or type(store).__name__,
+                    self.store.url or type(self.store).__name__,
                     exc,
                 )
 
+        attempt_id = self.ctx._ids[1]
         try:
-            for attempt in self._retrying(warn_once):
-                with attempt:
-                    started: AttemptedRollout = self.tracer.call(
-                        store.start_rollout(request, attempt_id=self.ctx._ids[1]), timeout=STORE_CALL_TIMEOUT
-                    )
-                    return started
-        except DuplicateId as exc:  # an earlier try that timed out did create it
-            adopted = self._adopt(request)
-            if adopted is not None:
-                return adopted
+            return self._retry(lambda: self.store.start_rollout(request, attempt_id=attempt_id), warn_once)
+        except DuplicateId as exc:  # an earlier try that timed out may have created it: adopt it then
+            try:
+                rollout = self._call(self.store.get_rollout(request.rollout_id or ""))
+                attempts = self._call(self.store.get_attempts(rollout.rollout_id))
+                if [a.attempt_id for a in attempts] == [attempt_id] and rollout.task_type == request.task_type:
+                    return AttemptedRollout(rollout=rollout, attempt=attempts[0])
+            except Exception:
+                pass
             self._refuse(exc)
         except Exception as exc:
             if is_permanent(exc):
                 self._refuse(exc)
             else:
-                self._gave_up_on(exc)
-        return None
-
-    def _adopt(self, request: RolloutRequest) -> AttemptedRollout | None:
-        store, rollout_id = self.tracer.store, request.rollout_id or ""
-        try:
-            rollout = self.tracer.call(store.get_rollout(rollout_id), timeout=STORE_CALL_TIMEOUT)
-            attempts = self.tracer.call(store.get_attempts(rollout_id), timeout=STORE_CALL_TIMEOUT)
-        except Exception:
-            return None
-        if len(attempts) == 1 and attempts[0].attempt_id == self.ctx._ids[1] and rollout.task_type == request.task_type:
-            return AttemptedRollout(rollout=rollout, attempt=attempts[0])
+                self._note(exc)
+                self._gave_up = True
         return None
 
     def _refuse(self, exc: BaseException) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        held = self.tracer.emitter.refuse(self.ctx._ids[1], self.last_error)
+        self._note(exc)
+        held = self.tracer.emitter.refuse(self.ctx._ids[1], f"{type(exc).__name__}: {exc}")
         logger.error(
             "agent-lightning: store %s refused to create rollout %s (%s); the agent runs on, but nothing of it is "
             "recorded: %d span(s) so far and every later one are counted as rejected",
-            self.tracer.store.url or type(self.tracer.store).__name__,
+            self.store.url or type(self.store).__name__,
             self.ctx.rollout_id,
             self.last_error,
             held,
         )
 
     def _load_resources(self, resources_id: str | None) -> ResourcesSnapshot | None:
-        store = self.tracer.store
         try:
             if resources_id is not None:
-                return self.tracer.call(store.get_resources(resources_id), timeout=STORE_CALL_TIMEOUT)
-            return self.tracer.call(store.get_latest_resources(), timeout=STORE_CALL_TIMEOUT)
+                return self._call(self.store.get_resources(resources_id))
+            return self._call(self.store.get_latest_resources())
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._note(exc)
             logger.warning("could not load resources %s: %s", resources_id or "latest", exc)
             return None
 
     def _complete(self, attempted: AttemptedRollout, status: Literal["succeeded", "failed"], error: str | None) -> None:
-        store = self.tracer.store
         rollout_id, attempt_id = attempted.rollout_id, attempted.attempt_id
         try:
-            for attempt in self._retrying():
-                with attempt:
-                    self.tracer.call(
-                        store.complete_attempt(rollout_id, attempt_id, status, error), timeout=STORE_CALL_TIMEOUT
-                    )
+            self._retry(lambda: self.store.complete_attempt(rollout_id, attempt_id, status, error), lambda _: None)
         except InvalidTransition as exc:  # the store ended it first: lease lost, timed out, or cancelled
             logger.warning("could not complete attempt %s of rollout %s as %s: %s", attempt_id, rollout_id, status, exc)
         except Exception as exc:
             if is_permanent(exc):
                 logger.error("could not complete attempt %s of rollout %s: %s", attempt_id, rollout_id, exc)
             else:
-                self._gave_up_on(exc)
+                self._note(exc)
+                self._gave_up = True
 
 
 class TrainingContext:
@@ -322,7 +307,6 @@ class TrainingContext:
         self.trace_id = new_trace_id()
         self.root_span_id: str | None = None
         self.rewards: list[Reward] = []
-        self.spans_emitted = 0
         self.calls_without_record = 0
         """LLM calls an adapter recorded itself, without token ids: the proxy did not answer them."""
         self.is_open = False
@@ -342,30 +326,24 @@ class TrainingContext:
     @property
     def attempted(self) -> AttemptedRollout | None:
         """The rollout and attempt recorded into; ``None`` until the store has created them."""
-        if self._parent is not None:
-            return self._parent.attempted
-        return self._attempted
+        return (self._parent or self)._attempted
 
     @property
     def resources(self) -> ResourcesSnapshot | None:
         """The resources snapshot the rollout runs with; ``None`` if there is none or the store has not answered."""
-        if self._parent is not None:
-            return self._parent.resources
-        return self._resources
+        return (self._parent or self)._resources
 
     @property
     def rollout_id(self) -> str:
         """The rollout's id (final from the start, even before the store has created it)."""
-        if self._parent is not None:
-            return self._parent.rollout_id
-        return self._attempted.rollout_id if self._attempted else self._ids[0]
+        root = self._parent or self
+        return root._attempted.rollout_id if root._attempted else root._ids[0]
 
     @property
     def attempt_id(self) -> str:
         """The attempt's id (final from the start: the context chooses it when it creates the rollout)."""
-        if self._parent is not None:
-            return self._parent.attempt_id
-        return self._attempted.attempt_id if self._attempted else self._ids[1]
+        root = self._parent or self
+        return root._attempted.attempt_id if root._attempted else root._ids[1]
 
     @functools.cached_property
     def _ids(self) -> tuple[str, str]:
@@ -414,10 +392,9 @@ class TrainingContext:
     # ------------------------------------------------------------------ span plumbing
     def next_sequence_id(self) -> int:
         """The next span's ``sequence_id`` in this attempt."""
-        if self._parent is not None:
-            return self._parent.next_sequence_id()
-        with self._seq_lock:
-            return next(self._sequence)
+        root = self._parent or self
+        with root._seq_lock:
+            return next(root._sequence)
 
     def knows_span(self, span_id: str) -> bool:
         """Whether ``span_id`` is a span opened in this context's attempt (by this process)."""
@@ -432,7 +409,6 @@ class TrainingContext:
     def on_span_ended(self, span: Span) -> None:
         """Called by :class:`ActiveSpan` when it closes: queues it for the store."""
         root = self._parent or self
-        root.spans_emitted += 1
         if span.kind == "llm" and semconv.COMPLETION_TOKEN_IDS not in span.attributes:
             root.calls_without_record += 1  # an adapter's span for a call the proxy did not confirm
         if root.tracer is not None:
@@ -501,11 +477,7 @@ class TrainingContext:
         }
         if self.resources is not None:
             attributes[semconv.RESOURCES_ID] = self.resources.resources_id
-        if self.agent_name:
-            attributes[semconv.AGENT_NAME] = self.agent_name
-        self._root = ActiveSpan(self, self.task_id, "agent", attributes, self._parent_span_id)
-        self.root_span_id = self._root.id
-        self._span_token = _current_span.set(self._root)
+        self._start_root(self, attributes, self._parent_span_id)
 
     def _join_from_environment(self) -> None:
         """Join the attempt of the runner that started this process (see ``ScriptAgent``)."""
@@ -528,11 +500,16 @@ class TrainingContext:
         self.trace_id = outer.trace_id
         self.is_open = True
         self._token = _current.set(self)
-        attributes: dict[str, Any] = {semconv.GEN_AI_OPERATION_NAME: "invoke_agent"}
+        active = _current_span.get()
+        self._start_root(
+            outer, {semconv.GEN_AI_OPERATION_NAME: "invoke_agent"}, active.id if active else outer.root_span_id
+        )
+
+    def _start_root(self, owner: TrainingContext, attributes: dict[str, Any], parent_id: str | None) -> None:
+        """Open the context's own ``agent`` span (recorded into ``owner``'s attempt) and make it current."""
         if self.agent_name:
             attributes[semconv.AGENT_NAME] = self.agent_name
-        active = _current_span.get()
-        self._root = ActiveSpan(outer, self.task_id, "agent", attributes, active.id if active else outer.root_span_id)
+        self._root = ActiveSpan(owner, self.task_id, "agent", attributes, parent_id)
         self.root_span_id = self._root.id
         self._span_token = _current_span.set(self._root)
 
@@ -613,17 +590,9 @@ class TrainingContext:
         # Opening waits briefly for the store; keep this loop responsive.
         import asyncio
 
-        ctx = contextvars.copy_context()
-        await asyncio.to_thread(ctx.run, self._open)
-        # contextvars set inside the worker thread's copy must be applied here too.
-        for var in (_current, _current_span):
-            value = ctx.get(var)
-            if value is not None:
-                token = var.set(value)  # type: ignore[arg-type]
-                if var is _current:
-                    self._token = token  # type: ignore[assignment]
-                else:
-                    self._span_token = token  # type: ignore[assignment]
+        await asyncio.to_thread(self._open)  # runs in a copy of this context: set its variables here too
+        self._token = _current.set(self)
+        self._span_token = _current_span.set(self._root)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -652,21 +621,7 @@ class TrainingContext:
             open_timeout=self._open_timeout,
             flush_timeout=self._flush_timeout,
         )
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with make():
-                    return await func(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with make():
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
+        return decorate(func, make)
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"

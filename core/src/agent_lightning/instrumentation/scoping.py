@@ -71,23 +71,16 @@ def resource_names(
     if snapshot is None:
         return []
     llms = {name: r for name, r in snapshot.resources.items() if isinstance(r, LLM)}
-    names: list[str] = []
-    by_model = [name for name, r in llms.items() if model and r.model == model]
-    if by_model:
-        names += by_model
-    elif base_url:
-        host = _host(base_url)
-        by_host = [name for name, r in llms.items() if host and _host(r.endpoint) == host]
-        if len(by_host) == 1:
-            names += by_host
+    names = [name for name, r in llms.items() if model and r.model == model]
+    host = _host(base_url)
+    by_host = [name for name, r in llms.items() if host and _host(r.endpoint) == host]
+    if not names and len(by_host) == 1:
+        names = by_host
     text_list = [t for t in texts if isinstance(t, str) and t]
-    if text_list:
-        for name, resource in snapshot.resources.items():
-            if not isinstance(resource, PromptTemplate):
-                continue
-            pattern = _template_pattern(resource.template)
-            if pattern is not None and any(pattern.search(t) for t in text_list):
-                names.append(name)
+    for name, resource in snapshot.resources.items():
+        pattern = _template_pattern(resource.template) if isinstance(resource, PromptTemplate) else None
+        if pattern is not None and any(pattern.search(t) for t in text_list):
+            names.append(name)
     return names
 
 
@@ -141,14 +134,3 @@ def scope_attributes(
         attributes[semconv.RESOURCES_ID] = context.resources.resources_id
         attributes[RESOURCES_VERSION] = context.resources.version
     return attributes
-
-
-def add_resource_names(span: ActiveSpan, names: Iterable[str]) -> None:
-    """Add resource names to a span's ``agl.resources.names`` (keeping order, no duplicates)."""
-    existing = span.attributes.get(semconv.RESOURCE_NAMES)
-    merged = list(existing) if isinstance(existing, list) else []
-    for name in names:
-        if name not in merged:
-            merged.append(name)
-    if merged:
-        span.set_attribute(semconv.RESOURCE_NAMES, merged)

@@ -247,22 +247,26 @@ class _SpanScope:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: F) -> F:
-        name, kind, attributes = self._name, self._kind, self._attributes
-        if inspect.iscoroutinefunction(func):
+        return decorate(func, functools.partial(_SpanScope, self._name, self._kind, self._attributes))
 
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with _SpanScope(name, kind, attributes):
-                    return await func(*args, **kwargs)
 
-            return async_wrapper  # type: ignore[return-value]
+def decorate(func: F, scope: Callable[[], Any]) -> F:
+    """``func`` with every call run inside a fresh ``scope()`` (``async with`` for a coroutine function)."""
+    if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with _SpanScope(name, kind, attributes):
-                return func(*args, **kwargs)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            async with scope():
+                return await func(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with scope():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def span(name: str, kind: SpanKind = "agent", **attributes: Any) -> _SpanScope:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -155,29 +156,19 @@ class Tracer:
 
 
 _lock = threading.RLock()
-_default: Tracer | None = None
-_by_store: dict[int, Tracer] = {}
-_by_url: dict[str, Tracer] = {}
-_exit_registered = False
+_tracers: dict[str | int | None, Tracer] = {}
+"""Tracers by store URL, by ``id()`` of a store object, and under ``None`` the default one."""
 
 
 def _forget(tracer: Tracer) -> None:
-    global _default
     with _lock:
-        for store_key in [k for k, t in _by_store.items() if t is tracer]:
-            del _by_store[store_key]
-        for url in [k for k, t in _by_url.items() if t is tracer]:
-            del _by_url[url]
-        if _default is tracer:
-            _default = None
+        for key in [k for k, t in _tracers.items() if t is tracer]:
+            del _tracers[key]
 
 
+@functools.cache
 def _register_exit() -> None:
-    global _exit_registered
-    with _lock:
-        if not _exit_registered:
-            atexit.register(_at_exit)
-            _exit_registered = True
+    atexit.register(_at_exit)
 
 
 def _at_exit() -> None:
@@ -195,13 +186,10 @@ def configure(store: LightningStore | str | None = None, **options: Any) -> Trac
     without one, ``$AGL_STORE_URL`` is used, else a process-local ``memory://`` store.
     Returns the tracer, whose ``store`` attribute is the store.
     """
-    global _default
     resolved = _resolve(store, options)
     with _lock:
-        previous, _default = _default, get_tracer(resolved)
-    if previous is not None and previous is not _default:
-        logger.debug("replaced default store %s with %s", previous.store.url, resolved.url)
-    return _default
+        tracer = _tracers[None] = get_tracer(resolved)
+    return tracer
 
 
 def _resolve(store: LightningStore | str | None, options: dict[str, Any]) -> LightningStore:
@@ -218,23 +206,15 @@ def get_tracer(store: LightningStore | str | None = None) -> Tracer:
 
     A tracer that was shut down is forgotten: the next call creates a new one.
     """
-    global _default
     with _lock:
-        if isinstance(store, str):
-            tracer = _by_url.get(store)
-            if tracer is None:
-                tracer = _by_url[store] = get_tracer(_resolve(store, {}))
-            return tracer
-        if store is None:
-            if _default is None:
-                resolved = _resolve(None, {})
-                _default = _by_store.get(id(resolved)) or Tracer(resolved)
-                _by_store[id(resolved)] = _default
-            return _default
-        tracer = _by_store.get(id(store))
-        if tracer is None or tracer.store is not store:
-            tracer = Tracer(store)
-            _by_store[id(store)] = tracer
+        key = id(store) if isinstance(store, LightningStore) else store
+        tracer = _tracers.get(key)
+        if tracer is None or (isinstance(store, LightningStore) and tracer.store is not store):
+            resolved = _resolve(store, {})
+            tracer = _tracers.get(id(resolved))
+            if tracer is None or tracer.store is not resolved:
+                tracer = _tracers[id(resolved)] = Tracer(resolved)
+            _tracers[key] = tracer
         return tracer
 
 
@@ -243,12 +223,9 @@ def shutdown(timeout: float = EXIT_TIMEOUT) -> None:
 
     Registered with :mod:`atexit`; call it yourself to flush earlier. Later contexts get new tracers.
     """
-    global _default
     with _lock:
-        tracers = list({id(t): t for t in [*_by_store.values(), *_by_url.values()]}.values())
-        _by_store.clear()
-        _by_url.clear()
-        _default = None
+        tracers = list({id(t): t for t in _tracers.values()}.values())
+        _tracers.clear()
     deadline = time.monotonic() + timeout
     for tracer in tracers:
         tracer.shutdown(max(0.0, deadline - time.monotonic()))

@@ -14,7 +14,6 @@ from agent_lightning.store.base import LightningStore
 
 T = TypeVar("T")
 _P = ParamSpec("_P")
-_C = TypeVar("_C", bound=type)
 
 
 class EventLoopThread:
@@ -49,15 +48,6 @@ class EventLoopThread:
             self.loop.close()
 
 
-def contract_methods(contract: type = LightningStore) -> dict[str, Callable[..., Any]]:
-    """The public coroutine methods of a store contract, by name."""
-    return {
-        name: member
-        for name, member in inspect.getmembers(contract, inspect.iscoroutinefunction)
-        if not name.startswith("_")
-    }
-
-
 def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` of the wrapped store (a backend's override included), run to completion on the loop."""
 
@@ -65,22 +55,8 @@ def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         return self._loop.run(getattr(self.store, name)(*args, **kwargs))
 
     functools.update_wrapper(call, method)  # name, docstring, and the contract's signature for help()
+    call.__qualname__ = f"SyncStore.{name}"
     return call
-
-
-def with_blocking_methods(contract: type) -> Callable[[_C], _C]:
-    """Class decorator: give the class a blocking twin of every public coroutine method of ``contract``
-    that it does not define itself."""
-
-    def decorate(cls: _C) -> _C:
-        for name, method in contract_methods(contract).items():
-            if name not in cls.__dict__:
-                blocking = _blocking(name, method)
-                blocking.__qualname__ = f"{cls.__qualname__}.{name}"
-                setattr(cls, name, blocking)
-        return cls
-
-    return decorate
 
 
 if TYPE_CHECKING:
@@ -92,14 +68,13 @@ if TYPE_CHECKING:
         def __get__(self, obj: object, owner: type | None = None) -> Callable[_P, T]: ...
 
 
-@with_blocking_methods(LightningStore)
 class SyncStore:
     """Every public method of :class:`~agent_lightning.store.base.LightningStore`, as a blocking call.
 
     >>> store = SyncStore(InMemoryLightningStore())
     >>> rollout = store.enqueue_rollout({"question": "2+2"})
 
-    The blocking methods are derived from the contract when the class is defined: each calls the
+    The blocking methods are derived from the contract when this module loads: each calls the
     wrapped store's method of the same name with the same arguments. Calls run on one private
     event loop thread (or ``loop_thread``), so a store whose connections belong to one loop is
     always used from that loop. For a backend's own extra coroutines, use :meth:`run`:
@@ -108,7 +83,7 @@ class SyncStore:
 
     if TYPE_CHECKING:
         # The static view for mypy: parameters and result types come from the contract's signatures.
-        # At run time the decorator derives every method, one not listed here included.
+        # At run time every public coroutine method of the contract is derived, one not listed here included.
         enqueue_rollouts = _Blocking(LightningStore.enqueue_rollouts)
         enqueue_rollout = _Blocking(LightningStore.enqueue_rollout)
         start_rollout = _Blocking(LightningStore.start_rollout)
@@ -163,3 +138,8 @@ class SyncStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+for _name, _method in inspect.getmembers(LightningStore, inspect.iscoroutinefunction):
+    if not _name.startswith("_") and _name not in SyncStore.__dict__:
+        setattr(SyncStore, _name, _blocking(_name, _method))
