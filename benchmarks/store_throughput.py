@@ -119,8 +119,13 @@ def _run(coro: Any) -> Any:
 
 
 async def _count_spans(store: Any, rollout_ids: list[str], **filters: Any) -> int:
-    counts = await asyncio.gather(*(store.query_spans(r, **filters) for r in rollout_ids))
-    return sum(len(spans) for spans in counts)
+    limit = asyncio.Semaphore(8)  # a backend's connection pool is bounded
+
+    async def count(rollout_id: str) -> int:
+        async with limit:
+            return len(await store.query_spans(rollout_id, **filters))
+
+    return sum(await asyncio.gather(*(count(r) for r in rollout_ids)))
 
 
 def _wait_visible(url: str, rollout_ids: list[str], expected: int, **filters: Any) -> tuple[float, bool]:
