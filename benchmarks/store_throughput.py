@@ -1,26 +1,27 @@
 """Store throughput on the paths the product uses, per backend, printed as one table.
 
     python benchmarks/store_throughput.py [--backends memory,sqlite,postgres,redis,http]
-        [--quick] [--runners 2] [--spans 20000] [--calls 1000] [--tasks 1000]
+        [--quick] [--runners 2] [--spans 20000] [--batched-spans 50000] [--calls 1000] [--tasks 1000]
         [--compare OTHER_PYTHON [--rounds 1]]
 
 What is measured, on a fresh, empty store for each backend and phase (``http`` is
 ``agl store serve`` over a fresh SQLite file):
 
-emit      ``agl.span`` emission until stored. ``--runners`` runners (processes; threads of one
-          process for ``memory``) each open ``agl.TrainingContext`` after ``agl.TrainingContext``
-          (``--spans-per-context`` spans each, emitted with ``agl.span``) until they have emitted
-          ``--spans`` spans together. Timed from the first span until every span is stored: a
-          context's exit waits for its spans, and a second store object then counts them (if any is
-          missing, it polls, and the phase ends when it sees the last one). p50: one context, from
-          opening to exit.
+emit      ``agl.span`` emission until stored, opening and closing the contexts included.
+          ``--runners`` runners (processes; threads of one process for ``memory``) each open
+          ``agl.TrainingContext`` after ``agl.TrainingContext`` (``--spans-per-context`` spans each,
+          emitted with ``agl.span``) until they have emitted ``--spans`` spans together. Timed from
+          the first span until every span is stored: a context's exit waits for its spans, and a
+          second store object then counts them (if any is missing, it polls, and the phase ends when
+          it sees the last one). p50: one context, from opening to exit.
 proxy     proxy recording until stored. ``--concurrency`` threads, each inside its own
           ``TrainingContext`` with ``ctx.llm().endpoint``, send ``--calls`` chat completions together
           through ``agl proxy`` (a subprocess; in this process for ``memory``) to the scripted
           OpenAI-compatible upstream (its own process). Timed from the first call until a second
-          store object sees one LLM span per call. p50: one call, as the client sees it.
-add_spans ``store.add_spans`` batches of ``--batch-size`` spans (durable on return) from ``--runners``
-          runners into rollouts of ``--spans-per-context`` spans. p50: one call.
+          store object sees one LLM span per call (the note says how long after the last answer).
+          p50: one call, as the client sees it.
+add_spans ``store.add_spans`` batches of ``--batch-size`` spans (durable on return), ``--batched-spans``
+          in all, from ``--runners`` runners into rollouts of ``--spans-per-context`` spans. p50: one call.
 enqueue   ``store.enqueue_rollouts`` batches of ``--batch-size`` requests, ``--tasks`` rollouts, from one
           process. p50: one call.
 claim     ``claim_rollout`` + ``complete_attempt`` by ``--runners`` runners until the queue is empty.
@@ -100,6 +101,7 @@ VISIBLE_TIMEOUT = 120.0
 class Sizes:
     runners: int = 2
     spans: int = 20000
+    batched_spans: int = 50000
     spans_per_context: int = 50
     batch_size: int = 100
     calls: int = 1000
@@ -110,7 +112,7 @@ class Sizes:
         return total // self.runners + (1 if runner < total % self.runners else 0)
 
 
-QUICK = Sizes(spans=4000, calls=240, tasks=300)
+QUICK = Sizes(spans=4000, batched_spans=20000, calls=240, tasks=300)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -327,8 +329,9 @@ def measure_proxy(url: str, work: Sizes, shared: bool) -> dict[str, Any]:
                             sent = time.monotonic()
                             http.post(f"{endpoint}/chat/completions", json=REQUEST).raise_for_status()
                             latencies.append(time.monotonic() - sent)
+                        answered = time.monotonic()
                     calls_done.wait()
-                return {"count": calls, "latencies": latencies, "id": ctx.rollout_id}
+                return {"count": calls, "latencies": latencies, "id": ctx.rollout_id, "answered": answered}
 
             results: list[Any] = [None] * threads
             failures: list[str] = []
@@ -359,7 +362,9 @@ def measure_proxy(url: str, work: Sizes, shared: bool) -> dict[str, Any]:
             ids = [r["id"] for r in results]
             seen_at, _ = _wait_visible(url, ids, work.calls + threads, kinds=["llm"])  # + one warm-up call each
             latencies = [x for r in results for x in r["latencies"]]
-            return _figure(work.calls, began, seen_at, latencies)
+            lag = seen_at - max(r["answered"] for r in results)
+            note = f"all stored {lag * 1000:.0f} ms after the last answer"
+            return _figure(work.calls, began, seen_at, latencies, note)
     finally:
         upstream_process.kill()
 
@@ -368,7 +373,7 @@ def measure_proxy(url: str, work: Sizes, shared: bool) -> dict[str, Any]:
 async def add_spans_runner(store: Any, work: Sizes, runner: int, wait: Any) -> dict[str, Any]:
     from agent_lightning.types import RolloutConfig, RolloutRequest
 
-    remaining = work.share(work.spans, runner)
+    remaining = work.share(work.batched_spans, runner)
     batches: list[list[Any]] = []
     while remaining > 0:
         count = min(work.spans_per_context, remaining)
@@ -383,7 +388,7 @@ async def add_spans_runner(store: Any, work: Sizes, runner: int, wait: Any) -> d
         sent = time.monotonic()
         await store.add_spans(batch)
         latencies.append(time.monotonic() - sent)
-    return {"count": work.share(work.spans, runner), "began": began, "ended": time.monotonic(),
+    return {"count": work.share(work.batched_spans, runner), "began": began, "ended": time.monotonic(),
             "latencies": latencies}  # fmt: skip
 
 
@@ -503,8 +508,11 @@ def main() -> None:
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated, of: " + ", ".join(PHASES))
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute for all backends)")
     parser.add_argument("--runners", type=int, help=f"runner processes (default {Sizes.runners})")
-    parser.add_argument("--spans", type=int, help=f"spans in emit and add_spans (default {Sizes.spans})")
-    parser.add_argument("--spans-per-context", type=int, help=f"(default {Sizes.spans_per_context})")
+    parser.add_argument("--spans", type=int, help=f"spans emitted with agl.span (default {Sizes.spans})")
+    parser.add_argument("--batched-spans", type=int, help=f"spans sent by add_spans (default {Sizes.batched_spans})")
+    parser.add_argument(
+        "--spans-per-context", type=int, help=f"spans per context and per rollout (default {Sizes.spans_per_context})"
+    )
     parser.add_argument("--batch-size", type=int, help=f"add_spans and enqueue batches (default {Sizes.batch_size})")
     parser.add_argument("--calls", type=int, help=f"chat calls through the proxy (default {Sizes.calls})")
     parser.add_argument("--concurrency", type=int, help=f"concurrent proxy clients (default {Sizes.concurrency})")
@@ -534,8 +542,9 @@ def main() -> None:
         os.path.abspath(__file__), specs, pythons, args.rounds, args.timeout, lambda s: f"{s['backend']} {s['phase']}"
     )
     print(
-        f"\n{work.runners} runners; emit/add_spans: {work.spans} spans, {work.spans_per_context} per context, "
-        f"batches of {work.batch_size}; proxy: {work.calls} calls, {work.concurrency} clients; "
+        f"\n{work.runners} runners; emit: {work.spans} spans; add_spans: {work.batched_spans} spans in batches of "
+        f"{work.batch_size}; {work.spans_per_context} spans per context; "
+        f"proxy: {work.calls} calls, {work.concurrency} clients; "
         f"{work.tasks} tasks; {args.rounds} round(s); {time.monotonic() - began:.0f} s; {machine_line()}"
     )
     if args.compare:
