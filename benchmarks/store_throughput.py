@@ -1,51 +1,83 @@
-"""Store throughput: one workload against every installed store backend, printed as one table.
+"""Store throughput on the paths the product uses, per backend, printed as one table.
 
     python benchmarks/store_throughput.py [--backends memory,sqlite,postgres,redis,http]
-        [--tasks 2000] [--spans 20000] [--spans-per-rollout 50] [--runners 2] [--batch-size 100]
-        [--reference [--reference-python /tmp/ref/bin/python]]
+        [--quick] [--runners 2] [--spans 20000] [--batched-spans 50000] [--calls 1000] [--tasks 1000]
+        [--compare OTHER_PYTHON [--rounds 1]]
 
-Every backend gets the same workload, run by N concurrent runners (separate processes that open the
-store URL; for ``memory://``, which cannot be shared between processes, N tasks in one process):
+What is measured, on a fresh, empty store for each backend and phase (``http`` is
+``agl store serve`` over a fresh SQLite file):
 
-1. enqueue    each runner enqueues tasks/N rollouts, one ``enqueue_rollout`` call each
-2. claim      runners claim and complete rollouts (``claim_rollout`` + ``complete_attempt``) until none is left
-3. spans      each runner writes spans/N spans into its own rollouts (``--spans-per-rollout`` each),
-              one ``add_span`` call per span (``add_spans([span])``: each is stored when it returns)
-4. batched    the same with ``add_spans`` batches of ``--batch-size``
-5. emitted    what an instrumented agent does: each runner opens one ``agl.TrainingContext`` on the URL and
-              emits spans/N spans one by one with ``agl.span``; timed until the context has exited, that is
-              until every span is in the store (the tracer batches them in the background)
-6. query      each runner reads back every rollout it wrote in step 3 (``query_spans``); spans returned/s
+emit      ``agl.span`` emission until stored, opening and closing the contexts included.
+          ``--runners`` runners (processes; threads of one process for ``memory``) each open
+          ``agl.TrainingContext`` after ``agl.TrainingContext`` (``--spans-per-context`` spans each,
+          emitted with ``agl.span``) until they have emitted ``--spans`` spans together. Timed from
+          the first span until every span is stored: a context's exit waits for its spans, and a
+          second store object then counts them (if any is missing, it polls, and the phase ends when
+          it sees the last one). p50: one context, from opening to exit.
+proxy     proxy recording until stored. ``--concurrency`` threads, each inside its own
+          ``TrainingContext`` with ``ctx.llm().endpoint``, send ``--calls`` chat completions together
+          through ``agl proxy`` (a subprocess; in this process for ``memory``) to the scripted
+          OpenAI-compatible upstream (its own process). Timed from the first call until a second
+          store object sees one LLM span per call (the note says how long after the last answer).
+          p50: one call, as the client sees it.
+add_spans ``store.add_spans`` batches of ``--batch-size`` spans (durable on return), ``--batched-spans``
+          in all, from ``--runners`` runners into rollouts of ``--spans-per-context`` spans. p50: one call.
+enqueue   ``store.enqueue_rollouts`` batches of ``--batch-size`` requests, ``--tasks`` rollouts, from one
+          process. p50: one call.
+claim     ``claim_rollout`` + ``complete_attempt`` by ``--runners`` runners until the queue is empty.
+          p50: one claim plus its completion.
 
-A figure is the total count over every runner divided by the wall time from the moment all
-runners are released (a barrier) until the last one finishes; every runner then waits at a second
-barrier, so no runner prepares the next phase while another is still timing this one. Backends that are not installed or
-whose server is not running are skipped with a note. ``--reference`` also times the reference
-implementation (agentlightning 0.3.0's in-memory store and its HTTP server) in the same run, in a
-separate virtual environment (created with pip if missing).
+A rate is the total count over all runners divided by the wall time from the moment all runners
+are released (a barrier) until the last one is done. Every phase runs in its own worker
+subprocess. ``--compare PYTHON`` runs every phase under this interpreter ("new") and under PYTHON
+("old", e.g. another checkout's venv) back to back, alternating which goes first, and prints both
+with the ratio new/old; a worker of either runs this same file, which imports only public names.
+Backends that are not installed or whose server is not running are skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import multiprocessing
 import os
-import shlex
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
+import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-PHASES = ("enqueue", "claim", "spans", "batched", "emitted", "query")
+from _harness import (
+    backend,
+    fmt_ms,
+    fmt_rate,
+    machine_line,
+    median_of,
+    note_of,
+    p50_ms,
+    proxy_class,
+    ratio,
+    run_matrix,
+    scripted_llm_class,
+    serve_proxy,
+    worker_main,
+)
+
+PHASES = ("emit", "proxy", "add_spans", "enqueue", "claim")
+UNITS = {
+    "emit": "spans/s",
+    "proxy": "calls/s",
+    "add_spans": "spans/s",
+    "enqueue": "rollouts/s",
+    "claim": "claims+completes/s",
+}
+P50 = {
+    "emit": "per context",
+    "proxy": "per call",
+    "add_spans": "per call",
+    "enqueue": "per call",
+    "claim": "per claim+complete",
+}
 ATTRIBUTES = {
     "gen_ai.request.model": "policy",
     "gen_ai.usage.prompt_tokens": 120,
@@ -53,464 +85,492 @@ ATTRIBUTES = {
     "agentlightning.prompt_token_ids": list(range(32)),
     "text": "x" * 200,
 }
+SPAN_NAME = "bench-step"
+REQUEST = {
+    "model": "scripted",
+    "messages": [
+        {"role": "system", "content": "You are a calculator."},
+        {"role": "user", "content": "What is 2 + 2? Think step by step."},
+    ],
+    "max_tokens": 64,
+}
+VISIBLE_TIMEOUT = 120.0
 
 
 @dataclass
-class Workload:
-    tasks: int
-    spans: int
-    spans_per_rollout: int
-    runners: int
-    batch_size: int
+class Sizes:
+    runners: int = 2
+    spans: int = 20000
+    batched_spans: int = 50000
+    spans_per_context: int = 50
+    batch_size: int = 100
+    calls: int = 1000
+    concurrency: int = 16
+    tasks: int = 1000
 
     def share(self, total: int, runner: int) -> int:
         return total // self.runners + (1 if runner < total % self.runners else 0)
 
 
-class Skip(Exception):
-    """A backend that cannot be measured here (not installed, server not running)."""
+QUICK = Sizes(spans=4000, batched_spans=20000, calls=240, tasks=300)
 
 
-# ---------------------------------------------------------------------- one runner
-async def _barrier(barrier: Any) -> None:
-    if isinstance(barrier, asyncio.Barrier):
-        await barrier.wait()
-    else:
-        await asyncio.to_thread(barrier.wait)
+# ---------------------------------------------------------------------- helpers
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
 
 
-def _spans(rollout_id: str, attempt_id: str, count: int) -> list[Any]:
-    from agent_lightning.types import Span, new_span_id, new_trace_id
+async def _count_spans(store: Any, rollout_ids: list[str], **filters: Any) -> int:
+    limit = asyncio.Semaphore(8)  # a backend's connection pool is bounded
 
-    trace = new_trace_id()
-    now = time.time()
-    return [
-        Span(
-            rollout_id=rollout_id,
-            attempt_id=attempt_id,
-            sequence_id=i + 1,
-            trace_id=trace,
-            span_id=new_span_id(),
-            name="llm-call",
-            kind="llm",
-            attributes=ATTRIBUTES,
-            start_time=now + i,
-            end_time=now + i + 0.5,
-        )
-        for i in range(count)
-    ]
+    async def count(rollout_id: str) -> int:
+        async with limit:
+            return len(await store.query_spans(rollout_id, **filters))
+
+    return sum(await asyncio.gather(*(count(r) for r in rollout_ids)))
 
 
-async def _span_work(store: Any, work: Workload, runner: int) -> tuple[list[list[Any]], list[str]]:
-    """This runner's spans, grouped by rollout (rollouts are started here, before timing)."""
-    from agent_lightning.types import RolloutConfig, RolloutRequest
+def _wait_visible(url: str, rollout_ids: list[str], expected: int, **filters: Any) -> tuple[float, bool]:
+    """Poll a second store object until it sees ``expected`` spans.
 
-    remaining = work.share(work.spans, runner)
-    groups: list[list[Any]] = []
-    ids: list[str] = []
-    while remaining > 0:
-        count = min(work.spans_per_rollout, remaining)
-        started = await store.start_rollout(RolloutRequest(config=RolloutConfig(lease_seconds=3600)), f"r{runner}")
-        groups.append(_spans(started.rollout_id, started.attempt_id, count))
-        ids.append(started.rollout_id)
-        remaining -= count
-    return groups, ids
-
-
-async def run_runner(url: str, work: Workload, runner: int, barrier: Any, store: Any = None) -> dict[str, Any]:
-    """Run every phase; returns ``{phase: (count, start, end)}`` with monotonic times."""
+    Returns the time it saw them and whether its first look did.
+    """
     from agent_lightning.store import open_store
-    from agent_lightning.types import RolloutConfig
 
-    own = store is None
-    store = store or open_store(url)
-    out: dict[str, Any] = {}
-    worker = f"runner-{runner}-{os.getpid()}"
-    config = RolloutConfig(lease_seconds=3600)
-    try:
-        await _barrier(barrier)
-        began = time.monotonic()
-        for i in range(work.share(work.tasks, runner)):
-            await store.enqueue_rollout({"task": i}, task_type="bench", config=config)
-        out["enqueue"] = (work.share(work.tasks, runner), began, time.monotonic())
-        await _barrier(barrier)  # every phase ends for all runners before any prepares the next
-
-        await _barrier(barrier)
-        began, claimed = time.monotonic(), 0
-        while (item := await store.claim_rollout(worker, task_types=["bench"])) is not None:
-            await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
-            claimed += 1
-        out["claim"] = (claimed, began, time.monotonic())
-        await _barrier(barrier)
-
-        single, single_ids = await _span_work(store, work, runner)
-        await _barrier(barrier)
-        began = time.monotonic()
-        for group in single:
-            for span in group:
-                await store.add_span(span)
-        out["spans"] = (sum(map(len, single)), began, time.monotonic())
-        await _barrier(barrier)
-
-        batched, _ = await _span_work(store, work, runner)
-        await _barrier(barrier)
-        began = time.monotonic()
-        for group in batched:
-            for start in range(0, len(group), work.batch_size):
-                await store.add_spans(group[start : start + work.batch_size])
-        out["batched"] = (sum(map(len, batched)), began, time.monotonic())
-        await _barrier(barrier)
-
-        emit_url = f"memory://bench-emit-{os.getpid()}" if url == "memory://" else url
-        await asyncio.to_thread(_emit, emit_url, 1)  # a long-lived runner has loaded its adapters already
-        await _barrier(barrier)
-        began = time.monotonic()
-        emitted = await asyncio.to_thread(_emit, emit_url, work.share(work.spans, runner))
-        out["emitted"] = (emitted, began, time.monotonic())
-        await _barrier(barrier)
-
-        await _barrier(barrier)
-        began, read = time.monotonic(), 0
-        for rollout_id in single_ids:
-            read += len(await store.query_spans(rollout_id))
-        out["query"] = (read, began, time.monotonic())
-    finally:
-        if own:
+    async def main() -> tuple[float, bool]:
+        store = open_store(url)
+        try:
+            deadline = time.monotonic() + VISIBLE_TIMEOUT
+            first = True
+            while True:
+                seen = await _count_spans(store, rollout_ids, **filters)
+                if seen >= expected:
+                    return time.monotonic(), first
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {seen} of {expected} spans visible after {VISIBLE_TIMEOUT:.0f} s")
+                first = False
+                await asyncio.sleep(0.005)
+        finally:
             await store.close()
+
+    result: tuple[float, bool] = _run(main())
+    return result
+
+
+def _spawn(target: Any, args_of: Any, count: int) -> list[Any]:
+    """Run ``target(*args_of(n), results)`` in ``count`` processes; returns their results in order."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=target, args=(*args_of(n), results), daemon=True) for n in range(count)]
+    for process in processes:
+        process.start()
+    try:
+        outcomes = dict(results.get(timeout=600) for _ in processes)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    errors = [value for value in outcomes.values() if isinstance(value, str)]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return [outcomes[n] for n in range(count)]
+
+
+def _in_threads(target: Any, args_of: Any, count: int) -> list[Any]:
+    """Run ``target(*args_of(n))`` in ``count`` threads; returns their results in order."""
+    out: list[Any] = [None] * count
+    failures: list[str] = []
+
+    def run(n: int) -> None:
+        try:
+            out[n] = target(*args_of(n))
+        except BaseException as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError("; ".join(failures))
     return out
 
 
-def _emit(url: str, count: int) -> int:
-    """Emit ``count`` spans through the instrumentation API; returns once they are all stored."""
+def _combine(outcomes: list[dict[str, Any]]) -> tuple[int, float, float, list[float]]:
+    count = sum(o["count"] for o in outcomes)
+    began = min(o["began"] for o in outcomes)
+    ended = max(o["ended"] for o in outcomes)
+    latencies = [x for o in outcomes for x in o["latencies"]]
+    return count, began, ended, latencies
+
+
+def _figure(count: int, began: float, ended: float, latencies: list[float], note: str = "") -> dict[str, Any]:
+    wall = ended - began
+    return {"rate": count / wall if wall > 0 else None, "p50_ms": p50_ms(latencies), "count": count, "note": note}
+
+
+def _span(rollout_id: str, attempt_id: str, sequence_id: int, trace_id: str) -> Any:
+    from agent_lightning.types import Span
+
+    now = time.time()
+    return Span(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=sequence_id,
+        trace_id=trace_id,
+        span_id=os.urandom(8).hex(),
+        name=SPAN_NAME,
+        kind="llm",
+        attributes=ATTRIBUTES,
+        start_time=now,
+        end_time=now + 0.5,
+    )
+
+
+# ---------------------------------------------------------------------- phase: emit
+def emit_runner(url: str, sizes: dict[str, Any], runner: int, barrier: Any) -> dict[str, Any]:
     import agent_lightning as agl
 
-    with agl.TrainingContext(task_id="bench-emit", store=url):
-        for _ in range(count):
-            with agl.span("llm-call", **ATTRIBUTES):
-                pass
-    return count
+    work = Sizes(**sizes)
+    with agl.TrainingContext(task_id="bench-warmup", store=url, instrument=False):
+        with agl.span(SPAN_NAME, **ATTRIBUTES):
+            pass  # the store connection and the tracer exist before timing, as in a long-lived runner
+    remaining = work.share(work.spans, runner)
+    ids: list[str] = []
+    latencies: list[float] = []
+    barrier.wait()
+    began = time.monotonic()
+    while remaining > 0:
+        count = min(work.spans_per_context, remaining)
+        opened = time.monotonic()
+        with agl.TrainingContext(task_id="bench-emit", store=url, instrument=False) as ctx:
+            for _ in range(count):
+                with agl.span(SPAN_NAME, **ATTRIBUTES):
+                    pass
+        latencies.append(time.monotonic() - opened)
+        ids.append(ctx.rollout_id)
+        remaining -= count
+    return {"count": work.share(work.spans, runner), "began": began, "ended": time.monotonic(),
+            "latencies": latencies, "ids": ids}  # fmt: skip
 
 
-def _runner_process(url: str, work: Workload, runner: int, barrier: Any, results: Any) -> None:
+def _emit_process(url: str, sizes: dict[str, Any], runner: int, barrier: Any, results: Any) -> None:
     try:
-        results.put((runner, asyncio.run(run_runner(url, work, runner, barrier)), None))
+        results.put((runner, emit_runner(url, sizes, runner, barrier)))
     except BaseException as exc:
-        results.put((runner, {}, f"{type(exc).__name__}: {exc}"))
+        results.put((runner, f"{type(exc).__name__}: {exc}"))
 
 
-def _combine(outcomes: list[dict[str, Any]]) -> dict[str, float]:
-    rates: dict[str, float] = {}
-    for phase in PHASES:
-        count = sum(o[phase][0] for o in outcomes)
-        wall = max(o[phase][2] for o in outcomes) - min(o[phase][1] for o in outcomes)
-        rates[phase] = count / wall if wall > 0 else float("inf")
-    return rates
+def measure_emit(url: str, work: Sizes, shared: bool) -> dict[str, Any]:
+    sizes = asdict(work)
+    if shared:
+        barrier: Any = threading.Barrier(work.runners, timeout=600)
+        outcomes = _in_threads(emit_runner, lambda n: (url, sizes, n, barrier), work.runners)
+    else:
+        barrier = multiprocessing.get_context("spawn").Barrier(work.runners, timeout=600)
+        outcomes = _spawn(_emit_process, lambda n: (url, sizes, n, barrier), work.runners)
+    count, began, ended, latencies = _combine(outcomes)
+    ids = [i for o in outcomes for i in o["ids"]]
+    seen_at, at_once = _wait_visible(url, ids, count, names=[SPAN_NAME])
+    note = "" if at_once else "stored after the contexts exited"
+    return _figure(count, began, ended if at_once else seen_at, latencies, note)
 
 
-def measure(url: str, work: Workload, in_process: bool) -> dict[str, float]:
-    """Run the workload with ``work.runners`` runners against ``url``; returns rates per phase."""
-    if in_process:  # memory://: the runners share one store object in one process
+# ---------------------------------------------------------------------- phase: proxy
+def _serve_upstream(ports: Any) -> None:
+    server = scripted_llm_class()("The answer is 4. " * 3).start()
+    ports.put(server.url)
+    threading.Event().wait()
+
+
+def measure_proxy(url: str, work: Sizes, shared: bool) -> dict[str, Any]:
+    import contextlib
+
+    import agent_lightning as agl
+    import httpx
+    from agent_lightning.store import open_store
+
+    context = multiprocessing.get_context("spawn")
+    ports = context.Queue()
+    upstream_process = context.Process(target=_serve_upstream, args=(ports,), daemon=True)
+    upstream_process.start()
+    try:
+        upstream = ports.get(timeout=120)
+        with contextlib.ExitStack() as stack:
+            if shared:  # memory://: the proxy must run in this process to share the store
+                proxy = proxy_class()(open_store(url), upstream).start()
+                stack.callback(proxy.stop)
+                proxy_url = proxy.url
+            else:
+                proxy_url = stack.enter_context(serve_proxy(upstream, url))
+
+            async def register() -> None:
+                store = open_store(url)
+                await store.add_resources({"policy": agl.LLM(endpoint=proxy_url, model="scripted")})
+                if not shared:
+                    await store.close()
+
+            _run(register())
+            threads = work.concurrency
+            barrier = threading.Barrier(threads + 1, timeout=600)
+            calls_done = threading.Barrier(threads + 1, timeout=600)
+
+            def client(n: int) -> dict[str, Any]:
+                calls = work.calls // threads + (1 if n < work.calls % threads else 0)
+                latencies: list[float] = []
+                with agl.TrainingContext(task_id="bench-proxy", store=url, instrument=False) as ctx:
+                    endpoint = ctx.llm().endpoint
+                    with httpx.Client(timeout=120) as http:
+                        http.post(f"{endpoint}/chat/completions", json=REQUEST).raise_for_status()  # warm-up
+                        barrier.wait()
+                        for _ in range(calls):
+                            sent = time.monotonic()
+                            http.post(f"{endpoint}/chat/completions", json=REQUEST).raise_for_status()
+                            latencies.append(time.monotonic() - sent)
+                        answered = time.monotonic()
+                    calls_done.wait()
+                return {"count": calls, "latencies": latencies, "id": ctx.rollout_id, "answered": answered}
+
+            results: list[Any] = [None] * threads
+            failures: list[str] = []
+
+            def run(n: int) -> None:
+                try:
+                    results[n] = client(n)
+                except BaseException as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    barrier.abort()
+                    calls_done.abort()
+
+            workers = [threading.Thread(target=run, args=(n,), daemon=True) for n in range(threads)]
+            for worker in workers:
+                worker.start()
+            try:
+                barrier.wait()
+                began = time.monotonic()
+                calls_done.wait()
+            except threading.BrokenBarrierError:
+                for worker in workers:
+                    worker.join(timeout=30)
+                raise RuntimeError("; ".join(failures) or "a client failed") from None
+            for worker in workers:
+                worker.join(timeout=VISIBLE_TIMEOUT)
+            if failures:
+                raise RuntimeError("; ".join(failures))
+            ids = [r["id"] for r in results]
+            seen_at, _ = _wait_visible(url, ids, work.calls + threads, kinds=["llm"])  # + one warm-up call each
+            latencies = [x for r in results for x in r["latencies"]]
+            lag = seen_at - max(r["answered"] for r in results)
+            note = f"all stored {lag * 1000:.0f} ms after the last answer"
+            return _figure(work.calls, began, seen_at, latencies, note)
+    finally:
+        upstream_process.kill()
+
+
+# ---------------------------------------------------------------------- phase: add_spans
+async def add_spans_runner(store: Any, work: Sizes, runner: int, wait: Any) -> dict[str, Any]:
+    from agent_lightning.types import RolloutConfig, RolloutRequest
+
+    remaining = work.share(work.batched_spans, runner)
+    batches: list[list[Any]] = []
+    while remaining > 0:
+        count = min(work.spans_per_context, remaining)
+        started = await store.start_rollout(RolloutRequest(config=RolloutConfig(lease_seconds=3600)), f"r{runner}")
+        trace = os.urandom(16).hex()
+        spans = [_span(started.rollout_id, started.attempt_id, i + 1, trace) for i in range(count)]
+        batches += [spans[i : i + work.batch_size] for i in range(0, count, work.batch_size)]
+        remaining -= count
+    latencies: list[float] = []
+    began = await wait()
+    for batch in batches:
+        sent = time.monotonic()
+        await store.add_spans(batch)
+        latencies.append(time.monotonic() - sent)
+    return {"count": work.share(work.batched_spans, runner), "began": began, "ended": time.monotonic(),
+            "latencies": latencies}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- phase: claim
+async def claim_runner(store: Any, work: Sizes, runner: int, wait: Any) -> dict[str, Any]:
+    worker = f"runner-{runner}-{os.getpid()}"
+    latencies: list[float] = []
+    began = await wait()
+    while True:
+        sent = time.monotonic()
+        item = await store.claim_rollout(worker, task_types=["bench"])
+        if item is None:
+            break
+        await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        latencies.append(time.monotonic() - sent)
+    return {"count": len(latencies), "began": began, "ended": time.monotonic(), "latencies": latencies}
+
+
+async def _enqueue(store: Any, work: Sizes) -> dict[str, Any]:
+    from agent_lightning.types import RolloutConfig, RolloutRequest
+
+    config = RolloutConfig(lease_seconds=3600)
+    requests = [RolloutRequest(input={"task": i}, task_type="bench", config=config) for i in range(work.tasks)]
+    latencies: list[float] = []
+    began = time.monotonic()
+    for start in range(0, len(requests), work.batch_size):
+        sent = time.monotonic()
+        await store.enqueue_rollouts(requests[start : start + work.batch_size])
+        latencies.append(time.monotonic() - sent)
+    return _figure(work.tasks, began, time.monotonic(), latencies)
+
+
+RUNNERS = {"add_spans": add_spans_runner, "claim": claim_runner}
+
+
+def _async_process(phase: str, url: str, sizes: dict[str, Any], runner: int, barrier: Any, results: Any) -> None:
+    from agent_lightning.store import open_store
+
+    async def main() -> dict[str, Any]:
+        store = open_store(url)
+        try:
+            await store.query_rollouts(limit=1)  # connect before timing
+
+            async def wait() -> float:
+                await asyncio.to_thread(barrier.wait)
+                return time.monotonic()
+
+            outcome: dict[str, Any] = await RUNNERS[phase](store, Sizes(**sizes), runner, wait)
+            return outcome
+        finally:
+            await store.close()
+
+    try:
+        results.put((runner, _run(main())))
+    except BaseException as exc:
+        results.put((runner, f"{type(exc).__name__}: {exc}"))
+
+
+def measure_async(phase: str, url: str, work: Sizes, shared: bool) -> dict[str, Any]:
+    """``add_spans`` or ``claim`` with ``work.runners`` runners (asyncio tasks sharing one store for memory)."""
+    if shared:
 
         async def main() -> list[dict[str, Any]]:
             from agent_lightning.store import open_store
 
             store = open_store(url)
             barrier = asyncio.Barrier(work.runners)
-            return list(await asyncio.gather(*(run_runner(url, work, n, barrier, store) for n in range(work.runners))))
 
-        return _combine(asyncio.run(main()))
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(work.runners, timeout=600)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_runner_process, args=(url, work, n, barrier, results), daemon=True)
-        for n in range(work.runners)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        outcomes = [results.get(timeout=900) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-    errors = [error for _, _, error in outcomes if error]
-    if errors:
-        raise RuntimeError("; ".join(errors))
-    return _combine([result for _, result, _ in outcomes])
+            async def wait() -> float:
+                await barrier.wait()
+                return time.monotonic()
 
+            return list(await asyncio.gather(*(RUNNERS[phase](store, work, n, wait) for n in range(work.runners))))
 
-# ---------------------------------------------------------------------- backends
-def _installed(scheme: str) -> None:
-    from agent_lightning.store import store_schemes
-
-    if scheme not in store_schemes():
-        raise Skip(f"no installed backend handles {scheme}:// (pip install -e backends/...)")
-
-
-def _reachable(url: str) -> None:
-    from agent_lightning_testkit.services import is_reachable
-
-    if not is_reachable(url):
-        raise Skip(f"server not reachable at {url}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def backend_url(name: str) -> Iterator[tuple[str, bool]]:
-    """The URL of a fresh, empty store of backend ``name`` (and whether runners must share a process)."""
-    tag = uuid.uuid4().hex[:10]
-    if name == "memory":
-        yield "memory://", True
-    elif name == "sqlite":
-        _installed("sqlite")
-        folder = tempfile.mkdtemp(prefix="agl-bench-")
-        try:
-            yield f"sqlite:///{folder}/bench.db", False
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    elif name == "postgres":
-        _installed("postgresql")
-        base = os.environ.get("AGL_BENCH_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
-        _reachable(base)
-        schema = f"aglbench_{tag}"
-        try:
-            yield f"{base}{'&' if '?' in base else '?'}schema={schema}", False
-        finally:
-            _drop_postgres_schema(base, schema)
-    elif name == "redis":
-        _installed("redis")
-        base = os.environ.get("AGL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-        _reachable(base)
-        url = f"{base}{'&' if '?' in base else '?'}prefix=aglbench:{tag}:"
-        try:
-            yield url, False
-        finally:
-            _purge(url)
-    elif name == "http":
-        yield from _http_server()
+        outcomes = _run(main())
     else:
-        raise Skip(f"unknown backend {name!r}")
+        barrier = multiprocessing.get_context("spawn").Barrier(work.runners, timeout=600)
+        sizes = asdict(work)
+        outcomes = _spawn(_async_process, lambda n: (phase, url, sizes, n, barrier), work.runners)
+    return _figure(*_combine(outcomes))
 
 
-def _drop_postgres_schema(base: str, schema: str) -> None:
-    with contextlib.suppress(Exception):
-        import psycopg
-
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def _purge(url: str) -> None:
+# ---------------------------------------------------------------------- one measurement
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One phase on one fresh backend (run in a worker subprocess)."""
     from agent_lightning.store import open_store
 
-    async def main() -> None:
-        store = open_store(url)
-        await store.purge()
-        await store.close()
+    work = Sizes(**spec["sizes"])
+    phase, name = spec["phase"], spec["backend"]
+    with backend(name) as url:
+        shared = name == "memory"
+        if phase == "emit":
+            return measure_emit(url, work, shared)
+        if phase == "proxy":
+            return measure_proxy(url, work, shared)
+        if phase == "add_spans":
+            return measure_async(phase, url, work, shared)
 
-    asyncio.run(main())
+        async def queue() -> dict[str, Any]:
+            own = open_store(url)
+            try:
+                return await _enqueue(own, work)
+            finally:
+                if not shared:
+                    await own.close()
 
-
-HTTP_SERVE = "agl store serve --store memory:// --host 127.0.0.1 --port {port}"
-
-
-def _http_server() -> Iterator[tuple[str, bool]]:
-    """The HTTP store server (``HTTP_SERVE``, ``--http-serve``) in a subprocess, if this checkout has a client."""
-    from agent_lightning.errors import PluginError
-    from agent_lightning.store import open_store
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        open_store(url)
-    except PluginError as exc:
-        raise Skip(f"no http:// store client installed ({str(exc).split(';')[0]})") from None
-    except Exception:  # the client exists; nothing listens yet, which is expected here
-        pass
-    command = shlex.split(HTTP_SERVE.format(port=port))
-    if command[0] == "agl":
-        command[0] = shutil.which("agl") or os.path.join(os.path.dirname(sys.executable), "agl")
-    server = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not _port_open(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise Skip(f"`agl store serve` did not start: {(server.stderr.read() if server.stderr else '')[-300:]}")
-            time.sleep(0.1)
-        yield url, False
-    finally:
-        server.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=10)
-        if server.poll() is None:
-            server.kill()
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-# ---------------------------------------------------------------------- the reference
-REFERENCE_PROBE = r"""
-import asyncio, json, os, socket, sys, time
-from agentlightning.store.memory import InMemoryLightningStore
-from agentlightning.types import OtelResource, Span, TraceStatus
-
-N, BATCH, HTTP_N = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-ATTRIBUTES = json.loads(sys.argv[4])
-
-def spans(rollout_id, attempt_id, count):
-    trace, now = os.urandom(16).hex(), time.time()
-    return [Span(rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=i + 1, trace_id=trace,
-                 span_id=os.urandom(8).hex(), parent_id=None, name="llm-call", status=TraceStatus(status_code="OK"),
-                 attributes=ATTRIBUTES, events=[], links=[], start_time=now + i, end_time=now + i + 0.5,
-                 context=None, parent=None, resource=OtelResource(attributes={}, schema_url=""))
-            for i in range(count)]
-
-async def single(store, count):
-    started = await store.start_rollout(input={"task": 0})
-    todo = spans(started.rollout_id, started.attempt.attempt_id, count)
-    began = time.perf_counter()
-    for span in todo:
-        await store.add_span(span)
-    return count / (time.perf_counter() - began)
-
-async def batched(store, count):
-    started = await store.start_rollout(input={"task": 0})
-    todo = spans(started.rollout_id, started.attempt.attempt_id, count)
-    began = time.perf_counter()
-    for start in range(0, count, BATCH):
-        await store.add_many_spans(todo[start:start + BATCH])
-    return count / (time.perf_counter() - began)
-
-async def main():
-    out = {"memory_single": await single(InMemoryLightningStore(), N),
-           "memory_batched": await batched(InMemoryLightningStore(), N)}
-    if HTTP_N:
-        try:
-            from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]
-            server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=port)
-            await server.start()
-            client = LightningStoreClient(f"http://127.0.0.1:{port}")
-            out["http_single"] = await single(client, HTTP_N)
-            await client.close()
-            await server.stop()
-        except Exception as exc:
-            out["http_error"] = f"{type(exc).__name__}: {exc}"
-    print("RESULT " + json.dumps(out))
-
-asyncio.run(main())
-"""
-
-
-def reference(python: str | None, spans: int, batch: int, http_spans: int) -> dict[str, Any]:
-    """Time agentlightning 0.3.0 (in-memory store, and its HTTP server) with the same spans."""
-    if python is None:
-        python = "/tmp/agl-ref/bin/python"
-        if not os.path.exists(python):
-            subprocess.run([sys.executable, "-m", "venv", "/tmp/agl-ref"], check=True)
-            subprocess.run([python, "-m", "pip", "install", "-q", "agentlightning==0.3.0"], check=True)
-    done = subprocess.run(
-        [python, "-c", REFERENCE_PROBE, str(spans), str(batch), str(http_spans), json.dumps(ATTRIBUTES)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[len("RESULT ") :]))
-    raise RuntimeError(f"the reference probe failed: {done.stderr.strip()[-500:]}")
+        enqueued = _run(queue())
+        if phase == "enqueue":
+            return enqueued
+        return measure_async("claim", url, work, shared)
 
 
 # ---------------------------------------------------------------------- main
 def main() -> None:
-    global HTTP_SERVE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="memory,sqlite,postgres,redis,http")
-    parser.add_argument("--tasks", type=int, default=2000, help="rollouts enqueued and claimed")
-    parser.add_argument("--spans", type=int, default=20000, help="spans written in each span phase")
-    parser.add_argument("--spans-per-rollout", type=int, default=50)
-    parser.add_argument("--runners", type=int, default=2, help="concurrent runner processes")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--reference", action="store_true", help="also time agentlightning 0.3.0")
-    parser.add_argument("--reference-python", help="python of a venv with agentlightning==0.3.0")
-    parser.add_argument("--reference-http-spans", type=int, default=2000)
-    parser.add_argument("--http-serve", default=HTTP_SERVE, help="command that serves memory:// over HTTP on {port}")
+    parser.add_argument("--backends", default="memory,sqlite,postgres,redis,http", help="comma-separated")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated, of: " + ", ".join(PHASES))
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute for all backends)")
+    parser.add_argument("--runners", type=int, help=f"runner processes (default {Sizes.runners})")
+    parser.add_argument("--spans", type=int, help=f"spans emitted with agl.span (default {Sizes.spans})")
+    parser.add_argument("--batched-spans", type=int, help=f"spans sent by add_spans (default {Sizes.batched_spans})")
+    parser.add_argument(
+        "--spans-per-context", type=int, help=f"spans per context and per rollout (default {Sizes.spans_per_context})"
+    )
+    parser.add_argument("--batch-size", type=int, help=f"add_spans and enqueue batches (default {Sizes.batch_size})")
+    parser.add_argument("--calls", type=int, help=f"chat calls through the proxy (default {Sizes.calls})")
+    parser.add_argument("--concurrency", type=int, help=f"concurrent proxy clients (default {Sizes.concurrency})")
+    parser.add_argument("--tasks", type=int, help=f"rollouts enqueued and claimed (default {Sizes.tasks})")
+    parser.add_argument("--compare", metavar="PYTHON", help="also run every phase under this interpreter")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each phase per interpreter (median shown)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds one phase may take")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    HTTP_SERVE = args.http_serve
-    work = Workload(args.tasks, args.spans, args.spans_per_rollout, args.runners, args.batch_size)
+    if args.worker:
+        worker_main(args.worker, measure)
+        return
 
-    rows: list[tuple[str, dict[str, float] | None, str]] = []
-    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        try:
-            with backend_url(name) as (url, in_process):
-                print(f"measuring {name} ...", file=sys.stderr, flush=True)
-                rows.append((name, measure(url, work, in_process), "N tasks in one process" if in_process else ""))
-        except Skip as skip:
-            rows.append((name, None, f"skipped: {skip}"))
-        except Exception as exc:
-            rows.append((name, None, f"failed: {type(exc).__name__}: {str(exc)[:200]}"))
-
-    ref: dict[str, Any] = {}
-    if args.reference:
-        print("measuring the reference ...", file=sys.stderr, flush=True)
-        try:
-            ref = reference(args.reference_python, args.spans, args.batch_size, args.reference_http_spans)
-        except Exception as exc:
-            ref = {"error": f"{type(exc).__name__}: {exc}"}
-
-    print(
-        f"\n{work.tasks} tasks, {work.spans} spans per span phase ({work.spans_per_rollout} per rollout), "
-        f"{work.runners} runners, batches of {work.batch_size}; {os.cpu_count()} CPUs\n"
+    sizes = QUICK if args.quick else Sizes()
+    overrides = {k: getattr(args, k) for k in asdict(sizes) if getattr(args, k) is not None}
+    work = Sizes(**{**asdict(sizes), **overrides})
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {sorted(unknown)}")
+    pythons = [sys.executable] + ([args.compare] if args.compare else [])
+    specs = [{"backend": b, "phase": p, "sizes": asdict(work)} for b in backends for p in phases]
+    print(f"machine: {machine_line()}", file=sys.stderr)
+    began = time.monotonic()
+    results = run_matrix(
+        os.path.abspath(__file__), specs, pythons, args.rounds, args.timeout, lambda s: f"{s['backend']} {s['phase']}"
     )
     print(
-        f"| backend | tasks enqueued/s | tasks claimed+completed/s | spans written/s (single) "
-        f"| spans written/s (batch {work.batch_size}) | spans emitted/s (agl.span) | spans queried/s | note |"
+        f"\n{work.runners} runners; emit: {work.spans} spans; add_spans: {work.batched_spans} spans in batches of "
+        f"{work.batch_size}; {work.spans_per_context} spans per context; "
+        f"proxy: {work.calls} calls, {work.concurrency} clients; "
+        f"{work.tasks} tasks; {args.rounds} round(s); {time.monotonic() - began:.0f} s; {machine_line()}"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name, rates, note in rows:
-        if rates is None:
-            print(f"| {name} | – | – | – | – | – | – | {note} |")
-        else:
-            cells = " | ".join(f"{rates[p]:,.0f}" for p in PHASES)
-            print(f"| {name} | {cells} | {note} |")
-    if ref:
-        if "error" in ref:
-            print(f"\nreference: {ref['error']}")
+    if args.compare:
+        print(f"new: {pythons[0]}\nold: {pythons[1]}\n")
+        print("| backend | phase | unit | new | old | new/old | p50 ms new | p50 ms old | note |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    else:
+        print("\n| backend | phase | unit | rate | p50 ms | p50 of | note |")
+        print("|---|---|---|---:|---:|---|---|")
+    for index, spec in enumerate(specs):
+        new = results[pythons[0]][index]
+        phase = spec["phase"]
+        rate, p50 = median_of(new, "rate"), median_of(new, "p50_ms")
+        if args.compare:
+            old = results[pythons[1]][index]
+            old_rate, old_p50 = median_of(old, "rate"), median_of(old, "p50_ms")
+            note = "; ".join(n for n in (note_of(new), note_of(old) and f"old: {note_of(old)}") if n)
+            print(
+                f"| {spec['backend']} | {phase} | {UNITS[phase]} | {fmt_rate(rate)} | {fmt_rate(old_rate)} "
+                f"| {ratio(rate, old_rate)} | {fmt_ms(p50)} | {fmt_ms(old_p50)} | {note} |"
+            )
         else:
             print(
-                f"| agentlightning 0.3.0 memory (1 process) | | | {ref['memory_single']:,.0f} "
-                f"| {ref['memory_batched']:,.0f} | | | reference |"
+                f"| {spec['backend']} | {phase} | {UNITS[phase]} | {fmt_rate(rate)} | {fmt_ms(p50)} "
+                f"| {P50[phase]} | {note_of(new)} |"
             )
-            if "http_single" in ref:
-                http = f"{ref['http_single']:,.0f}"
-                print(f"| agentlightning 0.3.0 HTTP server (1 client) | | | {http} | | | | reference |")
-            elif "http_error" in ref:
-                print(f"\nreference HTTP server: {ref['http_error']}")
-            for phase, label in (("spans", "add_span one by one"), ("emitted", "agl.span one by one")):
-                print(f"\nspans/s {label}, ours / reference add_span in memory (and through its HTTP server):")
-                for name, rates, _ in rows:
-                    if rates is not None:
-                        line = f"  {name}: {rates[phase] / ref['memory_single']:.1f}x"
-                        if "http_single" in ref:
-                            line += f" ({rates[phase] / ref['http_single']:.1f}x)"
-                        print(line)
 
 
 if __name__ == "__main__":
