@@ -17,10 +17,10 @@ from agent_lightning import semconv
 from agent_lightning.errors import InvalidTransition
 from agent_lightning.secrets import mask, read_secret, redact_url, register_secret
 from agent_lightning.store import InMemoryLightningStore
-from agent_lightning.tokens import TokenSigner, derive_token_secret
 from agent_lightning.types import AttemptedRollout, RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
 from agent_lightning_http import HttpLightningStore, StoreAuthError, StoreServer
 from agent_lightning_proxy import LLMProxy
+from agent_lightning_proxy.tokens import TokenSigner, derive_token_secret
 from agent_lightning_testkit.scripted_llm import ScriptedLLM
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,9 +21,9 @@ import re
 from typing import Any
 
 import orjson
-from agent_lightning.tokens import AttemptScope, TokenSigner, is_token
 
 from agent_lightning_proxy.protocol import ATTEMPT_HEADER, ROLLOUT_HEADER
+from agent_lightning_proxy.tokens import AttemptScope, TokenSigner, is_token
 
 TOKEN_REQUEST_HEADER = "x-agl-token"
 AUTHORIZED = "agl.proxy_authorized"

@@ -18,9 +18,9 @@ UPSTREAM_API_KEY_ENV = "AGL_UPSTREAM_API_KEY"
 def _proxy(args: argparse.Namespace) -> int:
     from agent_lightning.secrets import mask, read_secret, redact_url
     from agent_lightning.store import open_store
-    from agent_lightning.tokens import TOKEN_SECRET_ENV, derive_token_secret
 
     from agent_lightning_proxy import LLMProxy
+    from agent_lightning_proxy.tokens import TOKEN_SECRET_ENV, derive_token_secret
 
     model_map: dict[str, str] = {}
     for item in args.model_map or []:

@@ -8,13 +8,13 @@ from typing import Any
 
 from agent_lightning.secrets import register_secret
 from agent_lightning.store.base import LightningStore
-from agent_lightning.tokens import TokenSigner
 from agent_lightning.types import LLM
 
 from agent_lightning_proxy.app import ProxyHandler, ProxySettings, ProxyStats, create_app
 from agent_lightning_proxy.attribution import Attributor
 from agent_lightning_proxy.auth import ProxyAuth
 from agent_lightning_proxy.serving import ServerThread
+from agent_lightning_proxy.tokens import TokenSigner
 
 
 class LLMProxy:

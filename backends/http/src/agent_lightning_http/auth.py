@@ -10,13 +10,13 @@
 The signing secret is derived from the admin key unless given (``$AGL_TOKEN_SECRET``), so a proxy
 that writes to the server with the admin key verifies the server's tokens without more setup.
 
-The tokens themselves are :mod:`agent_lightning.tokens`.
+The tokens themselves are :mod:`agent_lightning_proxy.tokens`.
 """
 
 from __future__ import annotations
 
 import orjson
-from agent_lightning.tokens import (
+from agent_lightning_proxy.tokens import (
     DEFAULT_TOKEN_TTL,
     TOKEN_HEADER,
     TOKEN_PREFIX,
