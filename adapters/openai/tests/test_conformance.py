@@ -29,9 +29,10 @@ def client(ctx: agl.TrainingContext) -> openai.OpenAI:
     return openai.OpenAI(base_url=ctx.llm().endpoint, api_key="unused", max_retries=0)
 
 
-def solve(client: openai.OpenAI, question: str) -> str:
+def solve(client: openai.OpenAI, question: str, system: str | None = None) -> str:
     """A tiny tool-calling agent written against the plain SDK."""
-    messages: list[dict] = [{"role": "user", "content": question}]
+    messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": question})
     for _ in range(3):
         reply = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0.5)
         message = reply.choices[0].message
