@@ -9,6 +9,7 @@ import openai
 from agent_lightning import semconv
 from agent_lightning_testkit import AdapterConformanceSuite
 from agent_lightning_testkit.adapters import MODEL
+from openai.types.chat import ChatCompletion
 
 TOOLS = [
     {
@@ -29,34 +30,37 @@ def client(ctx: agl.TrainingContext) -> openai.OpenAI:
     return openai.OpenAI(base_url=ctx.llm().endpoint, api_key="unused", max_retries=0)
 
 
+def answered(messages: list[dict], reply: ChatCompletion) -> str | None:
+    """The agent's step on a reply: its answer, or ``None`` after running the tools it asked for."""
+    message = reply.choices[0].message
+    if not message.tool_calls:
+        return message.content or ""
+    messages.append(message.model_dump(exclude_none=True))
+    for call in message.tool_calls:
+        result = str(eval(json.loads(call.function.arguments)["expression"]))
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    return None
+
+
 def solve(client: openai.OpenAI, question: str, system: str | None = None) -> str:
     """A tiny tool-calling agent written against the plain SDK."""
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": question})
     for _ in range(3):
-        reply = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0.5)
-        message = reply.choices[0].message
-        if not message.tool_calls:
-            return message.content or ""
-        messages.append(message.model_dump(exclude_none=True))
-        for call in message.tool_calls:
-            result = str(eval(json.loads(call.function.arguments)["expression"]))
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        answer = answered(
+            messages, client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0.5)
+        )
+        if answer is not None:
+            return answer
     raise AssertionError("the agent did not finish")
 
 
 async def asolve(client: openai.AsyncOpenAI, question: str) -> str:
+    """:func:`solve` with the async client."""
     messages: list[dict] = [{"role": "user", "content": question}]
-    for _ in range(3):
-        reply = await client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
-        message = reply.choices[0].message
-        if not message.tool_calls:
-            return message.content or ""
-        messages.append(message.model_dump(exclude_none=True))
-        for call in message.tool_calls:
-            result = str(eval(json.loads(call.function.arguments)["expression"]))
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
-    raise AssertionError("the agent did not finish")
+    while (answer := answered(messages, await client.chat.completions.create(model=MODEL, messages=messages))) is None:
+        pass
+    return answer
 
 
 class TestOpenAIConformance(AdapterConformanceSuite):
