@@ -280,3 +280,15 @@ def test_lcel_prompt_model_parser_chain() -> None:
             {"role": "user", "content": "What is 25 * 17?"},
         ]
         assert llm.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 425."
+
+
+def test_without_the_openai_adapter_a_warning_says_calls_are_recorded_twice(
+    env: ProxyEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AGL_ADAPTERS", "langchain")
+    with caplog.at_level("WARNING"), agl.TrainingContext(task_id="alone", store=env.store) as ctx:
+        chat_model(ctx).invoke("Say hi")
+    (warning,) = [r.getMessage() for r in caplog.records if "recorded twice" in r.getMessage()]
+    assert "AGL_ADAPTERS=langchain,openai" in warning
+    llms = [s for s in env.spans(ctx.rollout_id) if s.kind == "llm"]
+    assert sorted(str(s.attributes.get(semconv.RECORDED_BY)) for s in llms) == ["None", "proxy"]  # what it warns of
