@@ -270,6 +270,16 @@ def test_llm_resource_is_routed_to_the_attempt(store: agl.InMemoryLightningStore
             ctx2.llm("other")
 
 
+def test_llm_without_an_llm_resource_says_how_to_register_one(store: agl.InMemoryLightningStore) -> None:
+    with agl.TrainingContext(task_id="t", store=store) as ctx:
+        with pytest.raises(LookupError, match=r"has no LLM resource.*add_resources.*agl\.LLM\(endpoint=.*agl proxy"):
+            ctx.llm()
+    SyncStore(store).add_resources({"prompt": agl.PromptTemplate(template="hi")})  # resources, but no LLM
+    with agl.TrainingContext(task_id="t", store=store) as ctx:
+        with pytest.raises(LookupError, match="has no LLM resource"):
+            ctx.llm()
+
+
 def test_long_run_keeps_its_lease_through_heartbeats(store: agl.InMemoryLightningStore) -> None:
     config = agl.RolloutConfig(lease_seconds=0.6, max_attempts=1)
     with agl.TrainingContext(task_id="slow", store=store, config=config) as ctx:

@@ -12,7 +12,6 @@ from agent_lightning import semconv
 from agent_lightning.instrumentation import adapter as adapters
 from agent_lightning.instrumentation.scoping import RESOURCES_VERSION
 from agent_lightning.types import LLM, PromptTemplate
-from agent_lightning_autogen import AutoGenAdapter
 from agent_lightning_testkit.adapters import MODEL, ProxyEnv, SpanTree, calculator_script, scripted_proxy
 from agent_lightning_testkit.scripted_llm import ScriptCall
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
@@ -68,11 +67,6 @@ def assert_model_call(tree: SpanTree, span: Any, agent: str) -> None:
     assert span.status.code == "ok"
     assert span.attributes["agl.autogen.model_client"] == "OpenAIChatCompletionClient"  # joined from AutoGen's span
     tree.proxy_record(span)  # the one span of the call: the proxy's record, with the token ids
-
-
-def test_found_through_entry_point_and_available() -> None:
-    assert isinstance(adapters.adapters()["autogen"], AutoGenAdapter)
-    assert adapters.adapters()["autogen"].is_available()
 
 
 def test_assistant_agent_with_tool(env: ProxyEnv) -> None:
@@ -175,25 +169,6 @@ def test_selector_group_chat_selector_calls_are_the_managers() -> None:
         assert names.count("solver") == 2 and names.count("checker") == 1
 
 
-def test_streaming_model_client(env: ProxyEnv) -> None:
-    async def main() -> agl.TrainingContext:
-        async with agl.TrainingContext(task_id="stream", store=env.store) as ctx:
-            result = await solver(ctx, model_client_stream=True).run(task="What is 6 * 7?")
-            assert result.messages[-1].content == "The answer is 42."
-        return ctx
-
-    ctx = asyncio.run(main())
-    tree = env.tree(ctx.rollout_id)
-    turn = tree.child(tree.root, kind="agent")
-    first, run, second = tree.children(turn)
-    tree.assert_one_span_per_call(env.upstream_calls, adapter="autogen")
-    for span in (first, second):
-        assert span.attributes["gen_ai.request.stream"] is True
-        assert_model_call(tree, span, "solver")
-    assert run.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] == "42"
-    assert second.attributes[semconv.GEN_AI_OUTPUT_MESSAGES][0]["content"] == "The answer is 42."
-
-
 def test_tool_exception_is_recorded_and_the_rollout_succeeds(env: ProxyEnv) -> None:
     async def main() -> agl.TrainingContext:
         async with agl.TrainingContext(task_id="divide", store=env.store) as ctx:
@@ -209,30 +184,6 @@ def test_tool_exception_is_recorded_and_the_rollout_succeeds(env: ProxyEnv) -> N
     assert run.attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] == {"expression": "1 / 0"}
     assert all(s.end_time is not None for s in tree.spans)
     assert asyncio.run(env.store.get_attempts(ctx.rollout_id))[-1].status == "succeeded"
-
-
-def test_concurrent_rollouts_stay_separate(env: ProxyEnv) -> None:
-    questions = [f"What is {a} * {a + 2}?" for a in range(3, 7)]
-
-    async def one(question: str) -> tuple[str, str]:
-        async with agl.TrainingContext(task_id="many", store=env.store) as ctx:
-            team = RoundRobinGroupChat([solver(ctx), checker(ctx)], termination_condition=MaxMessageTermination(3))
-            await team.run(task=question)
-        return ctx.rollout_id, question
-
-    async def main() -> list[tuple[str, str]]:
-        return await asyncio.gather(*(one(q) for q in questions))
-
-    for rollout_id, question in asyncio.run(main()):
-        a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" * "))
-        tree = env.tree(rollout_id)
-        tools = tree.of_kind("tool")
-        assert [t.attributes[semconv.GEN_AI_TOOL_CALL_RESULT] for t in tools] == [str(a * b)], tree.render()
-        llms = tree.client_llm_spans("autogen")
-        assert len(llms) == 3
-        for span in llms:
-            assert tree.proxy_record(span).rollout_id == rollout_id
-            assert span.attributes[semconv.GEN_AI_INPUT_MESSAGES][1]["content"] == question
 
 
 SOLVER_PROMPT = PromptTemplate(template="You are a {style} solver. Use the calculator for arithmetic.")
@@ -287,34 +238,6 @@ def env_policy(env: ProxyEnv) -> LLM:
     policy = latest.resources["policy"]
     assert isinstance(policy, LLM)
     return policy
-
-
-def test_uninstrument_and_instrument(env: ProxyEnv) -> None:
-    async def run(task_id: str) -> agl.TrainingContext:
-        async with agl.TrainingContext(task_id=task_id, store=env.store) as ctx:
-            result = await solver(ctx).run(task="What is 2 * 3?")
-            assert result.messages[-1].content == "The answer is 6."
-        return ctx
-
-    agl.uninstrument("autogen")
-    assert not hasattr(AssistantAgent.on_messages, "__agl_original__")  # the classes are restored
-    off = asyncio.run(run("off"))
-    assert "autogen" not in adapters.active_adapters()
-    tree = env.tree(off.rollout_id)
-    assert not [s for s in tree.spans if s.attributes.get(semconv.ADAPTER) == "autogen"], tree.render()
-    clients = tree.client_llm_spans("openai")  # the OpenAI adapter still records the SDK calls
-    assert len(clients) == 2 and all(c.parent_id == tree.root.span_id for c in clients)
-
-    agl.instrument("autogen")
-    assert hasattr(AssistantAgent.on_messages, "__agl_original__")
-    on = asyncio.run(run("on"))
-    assert "autogen" in adapters.active_adapters()  # explicitly on: stays on after the context
-    tree = env.tree(on.rollout_id)
-    turn = tree.child(tree.root, kind="agent")
-    assert turn.name == "invoke_agent solver"
-    assert [s.kind for s in tree.children(turn)] == ["llm", "tool", "llm"]
-    for span in tree.client_llm_spans("autogen"):
-        assert_model_call(tree, span, "solver")
 
 
 def define_agent(base: type[BaseChatAgent], prefix: str) -> type[BaseChatAgent]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from agent_lightning import semconv
+from agent_lightning.instrumentation.adapter import warn_unless_active
 from agent_lightning.instrumentation.context import current_context
 from agent_lightning.instrumentation.jsonable import bounded, jsonable
 from agent_lightning.instrumentation.scoping import inherited_agent_name, scope_attributes
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "autogen"
 # The adapter's own attributes are named ``agl.autogen.*`` (``agl.*`` is the project's one namespace).
+OPENAI_ADAPTER_NEEDED = (
+    "an AutoGen OpenAI model call while the 'openai' adapter is off: the call is recorded twice (AutoGen's span "
+    "without token ids, and the proxy's record outside the span tree); switch both on (AGL_ADAPTERS=autogen,openai)"
+)
 enabled = threading.Event()
 """Checked on every call, so wrappers that outlive :meth:`uninstrument` in some reference do nothing."""
 _turn: contextvars.ContextVar[int | None] = contextvars.ContextVar("agl_autogen_turn", default=None)
@@ -226,6 +231,7 @@ def _model_span(client: Any, messages: Any, kwargs: dict[str, Any]) -> ActiveSpa
     }
     if "OpenAI" in type(client).__name__:
         attributes[semconv.GEN_AI_SYSTEM] = attributes[semconv.GEN_AI_PROVIDER_NAME] = "openai"
+        warn_unless_active("openai", OPENAI_ADAPTER_NEEDED)
     if model:
         attributes[semconv.GEN_AI_REQUEST_MODEL] = model
     tools = kwargs.get("tools")

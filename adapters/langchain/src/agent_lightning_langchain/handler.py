@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from agent_lightning import semconv
+from agent_lightning.instrumentation.adapter import warn_unless_active
 from agent_lightning.instrumentation.context import TrainingContext, current_context
 from agent_lightning.instrumentation.jsonable import bounded, jsonable
 from agent_lightning.instrumentation.scoping import scope_attributes
@@ -42,6 +43,10 @@ LANGGRAPH_STEP = "agl.langgraph.step"
 LANGGRAPH_CONTROL_FLOW = "agl.langgraph.control_flow"
 """The LangGraph exception (interrupt, ``Command`` hand-off) that ended a run without it being an error."""
 HIDDEN_TAG = "langsmith:hidden"
+OPENAI_ADAPTER_NEEDED = (
+    "a LangChain OpenAI model call while the 'openai' adapter is off: the call is recorded twice (LangChain's span "
+    "without token ids, and the proxy's record outside the span tree); switch both on (AGL_ADAPTERS=langchain,openai)"
+)
 _MAX_RUNS = 10_000
 """Open runs kept before those of closed contexts are forgotten."""
 _CONTROL_FLOW = {"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"}
@@ -339,6 +344,8 @@ class LightningCallbackHandler(BaseCallbackHandler):
             semconv.GEN_AI_INPUT_MESSAGES: messages,
         }
         provider = metadata.get("ls_provider") or params.get("_type")
+        if provider == "openai":
+            warn_unless_active("openai", OPENAI_ADAPTER_NEEDED)
         if isinstance(provider, str):
             attributes[semconv.GEN_AI_SYSTEM] = provider
             attributes[semconv.GEN_AI_PROVIDER_NAME] = provider

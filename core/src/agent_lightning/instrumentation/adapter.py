@@ -117,6 +117,7 @@ _active: set[str] = set()
 _disabled: set[str] = set()
 _explicit: set[str] = set()
 _auto_refs = 0
+_warned: set[str] = set()
 
 
 def clear_cache() -> None:
@@ -128,6 +129,7 @@ def clear_cache() -> None:
         _adapters = None
         _auto_refs = 0
         _explicit.clear()
+        _warned.clear()
 
 
 def adapters() -> dict[str, Adapter]:
@@ -192,6 +194,14 @@ def active_adapters() -> list[str]:
     """Names of the adapters currently switched on."""
     with _lock:
         return sorted(_active)
+
+
+def warn_unless_active(name: str, message: str) -> None:
+    """Log ``message`` once per process when adapter ``name`` is not switched on (an adapter that needs another)."""
+    if name in _active or message in _warned:
+        return
+    _warned.add(message)
+    logger.warning("agent-lightning: %s", message)
 
 
 def _env_selection() -> set[str] | None:

@@ -375,12 +375,18 @@ class TrainingContext:
                 f"the store {root.store.url or type(root.store).__name__} has not created rollout {root.rollout_id} "
                 f"({lifecycle.problem if lifecycle else 'not opened'}), so its LLM resources are unknown"
             )
-        if root.resources is None:
-            raise LookupError("this rollout has no resources; add an LLM resource to the store first")
-        llms = {k: v for k, v in root.resources.resources.items() if isinstance(v, LLM)}
+        if root.resources is None or not (
+            llms := {k: v for k, v in root.resources.resources.items() if isinstance(v, LLM)}
+        ):
+            raise LookupError(
+                f"rollout {root.rollout_id} has no LLM resource: before the rollout starts, register one whose "
+                "endpoint is the proxy, e.g. agl.SyncStore(store).add_resources({'main_llm': "
+                "agl.LLM(endpoint='http://127.0.0.1:8080/v1', model=MODEL)}) (or `await store.add_resources(…)`), "
+                "with `agl proxy --upstream URL --store STORE_URL --port 8080` in front of the model"
+            )
         if name is None:
             if len(llms) != 1:
-                raise LookupError(f"say which LLM resource to use; this snapshot has {sorted(llms) or 'none'}")
+                raise LookupError(f"say which LLM resource to use (ctx.llm(NAME)); this snapshot has {sorted(llms)}")
             name = next(iter(llms))
         if name not in llms:
             raise LookupError(f"no LLM resource named {name!r}; this snapshot has {sorted(llms)}")
