@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -64,7 +65,7 @@ class TokenSigner:
         """A token for one attempt, valid ``ttl`` seconds."""
         if not ttl > 0:
             raise ValueError(f"ttl must be positive, got {ttl!r}")
-        payload = _b64(json.dumps([rollout_id, attempt_id, round(time.time() + ttl)], separators=(",", ":")).encode())
+        payload = _b64(json.dumps([rollout_id, attempt_id, math.floor(time.time() + ttl)], separators=(",", ":")).encode())
         return f"{TOKEN_PREFIX}.{payload}.{self._sign(payload)}"
 
     def verify(self, token: str | bytes) -> AttemptScope | None:
@@ -81,7 +82,7 @@ class TokenSigner:
             return None
         if not (isinstance(rollout_id, str) and isinstance(attempt_id, str) and isinstance(expires, int)):
             return None
-        if expires < time.time():
+        if expires <= time.time():
             return None
         return AttemptScope(rollout_id, attempt_id, float(expires))
 
