@@ -65,7 +65,8 @@ class TokenSigner:
         """A token for one attempt, valid ``ttl`` seconds."""
         if not ttl > 0:
             raise ValueError(f"ttl must be positive, got {ttl!r}")
-        payload = _b64(json.dumps([rollout_id, attempt_id, math.floor(time.time() + ttl)], separators=(",", ":")).encode())
+        expires = math.floor(time.time() + ttl)  # rounded down: a token never outlives its ttl
+        payload = _b64(json.dumps([rollout_id, attempt_id, expires], separators=(",", ":")).encode())
         return f"{TOKEN_PREFIX}.{payload}.{self._sign(payload)}"
 
     def verify(self, token: str | bytes) -> AttemptScope | None:
