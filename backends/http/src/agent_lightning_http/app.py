@@ -12,7 +12,15 @@ from typing import Annotated, Any
 import orjson
 from agent_lightning.errors import AgentLightningError, NotFound
 from agent_lightning.store.base import LightningStore
-from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span, SpanStatus
+from agent_lightning.types import (
+    Attempt,
+    AttemptedRollout,
+    ResourcesSnapshot,
+    Rollout,
+    Span,
+    SpanStatus,
+    Subscription,
+)
 from agent_lightning.types.spans import trusted_span, trusted_status
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +43,7 @@ from agent_lightning_http.protocol import (
     ClaimRolloutRequest,
     CompleteAttemptRequest,
     CountResponse,
+    CountRolloutsRequest,
     EnqueueRolloutsRequest,
     ErrorResponse,
     IssueTokenRequest,
@@ -59,6 +68,8 @@ OPEN_PATHS = frozenset({"/health"})
 _SPANS = TypeAdapter(list[Span])
 _ROLLOUTS = TypeAdapter(list[Rollout])
 _ATTEMPTS = TypeAdapter(list[Attempt])
+_COUNTS = TypeAdapter(dict[str, dict[str, int]])
+_SUBSCRIPTIONS = TypeAdapter(list[Subscription])
 _JSON = "application/json"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -570,6 +581,16 @@ def create_app(
 
         return await answer(call)
 
+    @app.post(f"{v1}/count_rollouts", response_model=dict[str, dict[str, int]], tags=["rollouts"])
+    async def count_rollouts(body: CountRolloutsRequest) -> Response:
+        """How many rollouts match every given filter, by task type then status."""
+
+        async def call() -> bytes:
+            counts = await store.count_rollouts(status=body.status, task_types=body.task_types, mode=body.mode)
+            return _COUNTS.dump_json(counts)
+
+        return await answer(call)
+
     @app.post(f"{v1}/get_attempts", response_model=list[Attempt], tags=["rollouts"])
     async def get_attempts(body: RolloutRef) -> Response:
         """The attempts of a rollout, first first."""
@@ -691,5 +712,14 @@ def create_app(
             return b'{"count":%d}' % await store.ack_completed(body.group, body.rollout_ids)
 
         return await answer(call, key)
+
+    @app.post(f"{v1}/list_subscriptions", response_model=list[Subscription], tags=["subscriptions"])
+    async def list_subscriptions() -> Response:
+        """Every subscription group with its backlog (pending and delivered counts)."""
+
+        async def call() -> bytes:
+            return _SUBSCRIPTIONS.dump_json(await store.list_subscriptions())
+
+        return await answer(call)
 
     return app
