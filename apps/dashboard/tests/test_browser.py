@@ -150,6 +150,9 @@ def test_queues(page: Any, served: Served) -> None:
     assert page.locator('#queues tr[data-task-type="calc"] .depth').inner_text() == "3"
     assert page.locator('#queues tr[data-task-type="search"] .depth').inner_text() == "1"
     assert "running 1" in page.locator("#totals").inner_text()
+    trainer = page.locator('#subscriptions tr[data-group="trainer"]')
+    assert trainer.locator(".pending").inner_text() == "6" and trainer.locator(".delivered").inner_text() == "4"
+    assert "calc" in trainer.inner_text() and page.locator('#subscriptions tr[data-group="archive"]').count() == 1
     shot(page, "queues")
 
 
