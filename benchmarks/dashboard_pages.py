@@ -2,13 +2,13 @@
 
     python benchmarks/dashboard_pages.py [--rollouts 100000] [--finished-blocks 3] [--repeat 15] [--db PATH]
 
-Fills a SQLite store (reused when ``--db`` names one that is already filled): rollouts enqueued in
-blocks of 1,000; the first, middle and last blocks are claimed by workers, given the spans of a
-calculator-agent attempt (root, step, two LLM calls with token ids, a tool call, a reward) and
-completed; the rest stay queued. Then serves ``agl dashboard``'s app with uvicorn and times each
-page's API call: ``server`` is the handler's own time (every store query included), ``http`` the
-round trip through uvicorn. Medians and 90th percentiles over ``--repeat`` calls (the first call of
-each page is left out: it fills caches that live as long as the server).
+Fills a SQLite store (reused when ``--db`` names one that is already filled): rollouts enqueued in blocks of
+1,000; the first, middle and last blocks are claimed by workers, given the spans of a calculator-agent
+attempt (root, step, two LLM calls with token ids, a tool call, a reward) and completed; the rest stay
+queued; two subscription groups hold the finished ones. Then serves ``agl dashboard``'s app with uvicorn and
+times each page's API call: ``server`` is the handler's own time (every store query included), ``http`` the
+round trip through uvicorn. Medians and 90th percentiles over ``--repeat`` calls (the first call of each
+page is left out: it fills caches that live as long as the server).
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ async def fill(url: str, rollouts: int, finished_blocks: int) -> dict[str, str]:
                 known["finished"] = enqueued[0].rollout_id
             if block % 10 == 9:
                 print(f"  {BLOCK * (block + 1):,} rollouts ({time.perf_counter() - started:.0f} s)", flush=True)
+        # subscription groups with a backlog: a learner that has taken 100 and a group that replays everything
+        await store.subscribe("trainer", task_types=["calc"], from_beginning=True)
+        await store.pull_completed("trainer", max_count=100, visibility_timeout=3600)
+        await store.subscribe("archive", from_beginning=True)
         return known
     finally:
         await store.close()

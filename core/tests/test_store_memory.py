@@ -9,6 +9,7 @@ import pytest
 from agent_lightning.errors import LeaseLost, NotFound
 from agent_lightning.store import InMemoryLightningStore, SyncStore
 from agent_lightning.store.sync import EventLoopThread
+from agent_lightning.types import RolloutRequest
 
 
 # ---------------------------------------------------------------------- SyncStore
@@ -214,5 +215,26 @@ def test_memory_store_keeps_spans_that_json_cannot_hold() -> None:
         assert _as_json(got[1].attributes) == _as_json(plain.attributes)
         got[0].attributes["text"] = "changed"
         assert (await store.query_spans(item.rollout_id))[0] == odd
+
+    asyncio.run(main())
+
+
+def test_the_contracts_default_count_rollouts_pages_through_query_rollouts() -> None:
+    from agent_lightning.store.base import LightningStore
+
+    class Paging(InMemoryLightningStore):
+        count_rollouts = LightningStore.count_rollouts
+
+    async def main() -> None:
+        for store in (Paging(), InMemoryLightningStore()):
+            await store.enqueue_rollouts([RolloutRequest(input=i, task_type=f"t{i % 3}") for i in range(2500)])
+            claimed = await store.claim_rollout("w")
+            assert claimed is not None
+            assert await store.count_rollouts() == {
+                "t0": {"running": 1, "queuing": 833},
+                "t1": {"queuing": 833},
+                "t2": {"queuing": 833},
+            }
+            assert await store.count_rollouts(status=["queuing"], task_types=["t0"]) == {"t0": {"queuing": 833}}
 
     asyncio.run(main())

@@ -37,17 +37,17 @@ import importlib, inspect
 from agent_lightning.store import base, sync
 from agent_lightning.store.memory import InMemoryLightningStore
 
-async def count_rollouts(self, *, task_type: str) -> int:
+async def rollouts_of_type(self, *, task_type: str) -> int:
     """How many rollouts of a task type there are."""
     return len(await self.query_rollouts(task_types=[task_type]))
 
-base.LightningStore.count_rollouts = count_rollouts
+base.LightningStore.rollouts_of_type = rollouts_of_type
 sync = importlib.reload(sync)  # SyncStore's definition, evaluated against the longer contract
 with sync.SyncStore(InMemoryLightningStore()) as store:
     store.enqueue_rollout(1, task_type="math")
     store.enqueue_rollout(2, task_type="math")
-    method = sync.SyncStore.count_rollouts
-    print(store.count_rollouts(task_type="math"), inspect.signature(method), method.__doc__)
+    method = sync.SyncStore.rollouts_of_type
+    print(store.rollouts_of_type(task_type="math"), inspect.signature(method), method.__doc__)
 '''
 
 

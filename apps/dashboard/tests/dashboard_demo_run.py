@@ -256,6 +256,7 @@ async def _fill(run: DemoRun, t0: float) -> None:
             },
             metadata={"iteration": 1},
         )
+        await store.subscribe("trainer", task_types=["calc"])  # as the algorithm's learner does
         for group, (a, b) in enumerate(PROBLEMS):
             snapshot = v1 if group == 0 else v2
             requests = [
@@ -322,6 +323,9 @@ async def _fill(run: DemoRun, t0: float) -> None:
         running = await store.claim_rollout("runner-0", task_types=["search"])
         assert running is not None
         run.known["running"] = running.rollout_id
+        # the learner has taken 4 finished rollouts and not acknowledged them yet; a late group replays all
+        await store.pull_completed("trainer", max_count=4, visibility_timeout=24 * 3600)
+        await store.subscribe("archive", from_beginning=True)
     finally:
         await store.close()
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
 import pytest
-from agent_lightning.store import InMemoryLightningStore
-from agent_lightning.types import RolloutRequest
-from agent_lightning_dashboard.queries import count_rollouts, grpo_advantages
+from agent_lightning_dashboard.queries import grpo_advantages
 from conftest import API_KEY, Served
 from dashboard_demo_run import SYSTEM
 
@@ -153,6 +150,10 @@ def test_queues_per_task_type(served: Served) -> None:
     assert rows["calc"]["depth"] == 3 and rows["search"]["queuing"] == 1 and rows["search"]["running"] == 1
     assert rows[None]["depth"] == 4
     assert data["totals"]["succeeded"] == 10 and data["totals"]["running"] == 1
+    assert data["subscription_groups"] == [
+        {"group": "archive", "task_types": None, "pending": 10, "delivered": 0},
+        {"group": "trainer", "task_types": ["calc"], "pending": 6, "delivered": 4},
+    ]
 
 
 def test_api_key_is_required_and_the_page_sets_a_cookie(served_with_key: Served) -> None:
@@ -168,21 +169,6 @@ def test_api_key_is_required_and_the_page_sets_a_cookie(served_with_key: Served)
         assert opened.status_code == 200 and "static/app.js" in opened.text
         assert client.get("/api/queues").status_code == 200  # the cookie carries the key
     assert httpx.get(url + "/static/app.js").status_code == 200  # assets hold no data
-
-
-def test_count_rollouts_by_probing_matches_the_store() -> None:
-    async def main() -> None:
-        store = InMemoryLightningStore()
-        await store.enqueue_rollouts([RolloutRequest(task_type="a" if i % 3 else "b", input=i) for i in range(2500)])
-        assert await count_rollouts(store) == 2500
-        assert await count_rollouts(store, task_types=["b"]) == 834
-        assert await count_rollouts(store, task_types=["c"]) == 0
-        for n in (1, 255, 1024, 1025):
-            small = InMemoryLightningStore()
-            await small.enqueue_rollouts([RolloutRequest(input=i) for i in range(n)])
-            assert await count_rollouts(small) == n
-
-    asyncio.run(main())
 
 
 def test_grpo_advantages() -> None:

@@ -150,6 +150,9 @@ def test_queues(page: Any, served: Served) -> None:
     assert page.locator('#queues tr[data-task-type="calc"] .depth').inner_text() == "3"
     assert page.locator('#queues tr[data-task-type="search"] .depth').inner_text() == "1"
     assert "running 1" in page.locator("#totals").inner_text()
+    trainer = page.locator('#subscriptions tr[data-group="trainer"]')
+    assert trainer.locator(".pending").inner_text() == "6" and trainer.locator(".delivered").inner_text() == "4"
+    assert "calc" in trainer.inner_text() and page.locator('#subscriptions tr[data-group="archive"]').count() == 1
     shot(page, "queues")
 
 
@@ -159,3 +162,25 @@ def test_api_key_form(page: Any, served_with_key: Served) -> None:
     page.click("button[type=submit]")
     page.wait_for_selector("#rollouts tbody tr")
     assert page.locator("#rollouts tbody tr").count() == 15
+
+
+def test_the_page_mounted_by_agl_store_serve_with_a_key(page: Any, served: Served) -> None:
+    pytest.importorskip("agent_lightning_http", reason="pip install agent-lightning-http")
+    from agent_lightning.store import open_store
+    from agent_lightning_http import StoreServer
+
+    store = open_store(served.run.url)
+    with StoreServer(store, api_key=API_KEY, close_store=True, dashboard_path="/dashboard") as server:
+        page.goto(server.url + "/dashboard")
+        assert page.url == server.url + "/dashboard/"
+        page.fill("input[name=key]", API_KEY)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#rollouts tbody tr")
+        assert page.locator("#rollouts tbody tr").count() == 15
+        assert page.locator(f'tr[data-rollout="{served.run.known["solved"]}"] td.reward').inner_text() == "1"
+        shot(page, "store-serve")
+        page.goto(server.url + "/dashboard/#/queues")
+        page.wait_for_selector('#subscriptions tr[data-group="trainer"]')
+        assert page.locator('#queues tr[data-task-type="calc"] .depth').inner_text() == "3"
+        shown = page.evaluate("fetch('/v1/get_latest_resources', {method: 'POST'}).then((r) => r.status)")
+        assert shown == 401, "the dashboard's cookie opens no store API call"

@@ -128,7 +128,8 @@ def test_schema_version_table_and_indexes() -> None:
     span_indexes = {tuple(c.name for c in index.columns) for index in SPANS.indexes}
     assert ("rollout_id", "attempt_seq", "sequence_id") in span_indexes
     assert [c.name for c in SPANS.primary_key.columns] == ["rollout_id", "attempt_id", "span_id"]
-    assert ("status", "seq") in {tuple(c.name for c in index.columns) for index in ROLLOUTS.indexes}
+    rollout_indexes = {tuple(c.name for c in index.columns) for index in ROLLOUTS.indexes}
+    assert ("status", "seq") in rollout_indexes and ("status", "task_type", "mode") in rollout_indexes
 
 
 def test_waker_wakes_waiters_in_other_threads_loops_and_never_loses_a_change() -> None:

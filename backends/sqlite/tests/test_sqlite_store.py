@@ -64,6 +64,30 @@ def test_database_is_in_wal_mode_with_the_schema_version(tmp_path: Path) -> None
     assert {"agl_rollouts", "agl_attempts", "agl_spans", "agl_resources", "agl_deliveries"} <= tables
 
 
+def test_a_version_1_database_gets_the_count_index(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    store = SqliteLightningStore(f"sqlite:///{path}").open()
+    asyncio.run(store.enqueue_rollouts([RolloutRequest(input=1, task_type="calc")]))
+    asyncio.run(store.close())
+    with sqlite3.connect(path) as conn:  # as the first release left it
+        conn.execute("DROP INDEX ix_agl_rollouts_counts")
+        conn.execute("UPDATE agl_schema_version SET version = 1")
+    again = SqliteLightningStore(f"sqlite:///{path}").open()
+    try:
+        assert asyncio.run(again.count_rollouts()) == {"calc": {"queuing": 1}}
+    finally:
+        asyncio.run(again.close())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM agl_schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        plan = " ".join(
+            str(r)
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT task_type, status, count(*) FROM agl_rollouts GROUP BY task_type, status"
+            )
+        )
+    assert "ix_agl_rollouts_counts" in plan, plan
+
+
 def test_a_database_from_a_newer_release_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     asyncio.run(SqliteLightningStore(f"sqlite:///{path}").open().close())

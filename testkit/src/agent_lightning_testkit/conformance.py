@@ -657,6 +657,37 @@ class StoreConformanceSuite:
         await assert_rejected(store, ValueError, lambda: store.query_rollouts(limit=-1))
         await assert_rejected(store, ValueError, lambda: store.query_rollouts(offset=-1))
 
+    @store_test
+    async def test_count_rollouts_by_task_type_and_status(self, store: LightningStore) -> None:
+        assert await store.count_rollouts() == {}
+        kinds: list[tuple[str, RolloutMode]] = [("math", "train"), ("code", "train"), ("math", "val"), ("code", "test")]
+        made = await store.enqueue_rollouts(
+            [RolloutRequest(input=i, task_type=t, mode=m, config=LONG) for i, (t, m) in enumerate(kinds * 3)]
+        )
+        first = await store.claim_rollout("w")  # made[0] (math) → running
+        second = await store.claim_rollout("w")  # made[1] (code) → succeeded
+        assert first is not None and second is not None
+        await store.complete_attempt(second.rollout_id, second.attempt_id, "succeeded")
+        await store.cancel_rollout(made[2].rollout_id)  # math, val
+        assert await store.count_rollouts() == {
+            "math": {"running": 1, "cancelled": 1, "queuing": 4},
+            "code": {"succeeded": 1, "queuing": 5},
+        }
+        assert await store.count_rollouts(status=["queuing"], task_types=["code"]) == {"code": {"queuing": 5}}
+        assert await store.count_rollouts(status=["running", "succeeded"]) == {
+            "math": {"running": 1},
+            "code": {"succeeded": 1},
+        }
+        assert await store.count_rollouts(mode="val") == {"math": {"cancelled": 1, "queuing": 2}}
+        assert await store.count_rollouts(mode="test", status=["queuing"]) == {"code": {"queuing": 3}}
+        assert await store.count_rollouts(status=[]) == {} and await store.count_rollouts(task_types=[]) == {}
+        assert await store.count_rollouts(status=["failed"]) == {}
+        for status in (["queuing"], ["running", "cancelled"], None):
+            for task_types in (["math"], None):
+                listed = await store.query_rollouts(status=status, task_types=task_types, limit=1000)
+                counted = await store.count_rollouts(status=status, task_types=task_types)
+                assert sum(n for per in counted.values() for n in per.values()) == len(listed)
+
     # ------------------------------------------------------------------ waiting
     @store_test
     async def test_wait_for_rollouts_returns_when_they_finish(self, store: LightningStore) -> None:
@@ -1138,6 +1169,32 @@ class StoreConformanceSuite:
         got = await waiting
         assert [r.rollout_id for r in got] == [rollout.rollout_id]
         assert time.monotonic() - finished_at < self.patience / 2
+
+    @store_test
+    async def test_list_subscriptions_reports_each_group_and_its_backlog(self, store: LightningStore) -> None:
+        assert await store.list_subscriptions() == []
+        await store.subscribe("trainer")
+        await store.subscribe("math-only", task_types=["math", "algebra"])
+        for i in range(3):
+            await _run_to_end(store, RolloutRequest(input=i, task_type="math", config=LONG))
+        await _run_to_end(store, RolloutRequest(input="c", task_type="code", config=LONG))
+        await store.enqueue_rollout("still queued", task_type="math", config=LONG)
+
+        async def backlog() -> dict[str, tuple[list[str] | None, int, int]]:
+            listed = await store.list_subscriptions()
+            assert [s.group for s in listed] == sorted(s.group for s in listed), "listed by group name"
+            return {s.group: (s.task_types, s.pending, s.delivered) for s in listed}
+
+        assert await backlog() == {"math-only": (["algebra", "math"], 3, 0), "trainer": (None, 4, 0)}
+        got = await store.pull_completed("trainer", max_count=3, visibility_timeout=self.short_visibility)
+        assert len(got) == 3
+        assert (await backlog())["trainer"] == (None, 1, 3)
+        assert await store.ack_completed("trainer", [got[0].rollout_id]) == 1
+        assert (await backlog())["trainer"] == (None, 1, 2)
+        await asyncio.sleep(self.short_visibility * 1.5)
+        assert (await backlog())["trainer"] == (None, 3, 0), "deliveries past their visibility timeout are pending"
+        assert len(await store.pull_completed("trainer")) == 3
+        assert await backlog() == {"math-only": (["algebra", "math"], 3, 0), "trainer": (None, 0, 3)}
 
     # ------------------------------------------------------------------ concurrency
     @store_test

@@ -142,7 +142,7 @@ def create_app(
             size=_int_param(request, "size", 50),
             newest_first=request.query_params.get("order", "newest") != "oldest",
         )
-        result["task_types"] = sorted(index.task_types)
+        result["task_types"] = sorted(await counter.counts())
         return result
 
     async def rollout(request: Request) -> dict[str, Any]:
@@ -200,9 +200,7 @@ def create_app(
         return read_metrics(folder, _int_param(request, "offset", 0))
 
     async def queue_page(_: Request) -> dict[str, Any]:
-        result = await queries.queues(store, counter, index)
-        result["subscription_groups"] = None  # the store contract has no way to list them
-        return result
+        return await queries.queues(store, counter)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -1,13 +1,10 @@
 """What the pages show, computed through the public :class:`~agent_lightning.store.LightningStore` contract only.
 
-The contract has no count and no listing of task types or subscription groups, so:
-
-* counts are found by probing ``query_rollouts(limit=1, offset=k)`` (a gallop, then a bisection: about
-  20 indexed queries for 100,000 rollouts) and cached for :data:`COUNT_TTL` seconds;
-* task types, resources versions and GRPO groups come from :class:`RolloutIndex`, which reads the
-  rollouts in creation order a page at a time within a time budget per request and keeps what it has
-  read of the finished ones (a finished rollout never changes again);
-* subscription groups cannot be listed through the contract at all.
+Counts (by task type and status) come from ``count_rollouts``, cached for :data:`COUNT_TTL` seconds;
+subscription groups and their backlog from ``list_subscriptions``. The contract cannot filter by
+resources, so resources versions and GRPO groups come from :class:`RolloutIndex`, which reads the
+rollouts in creation order a page at a time within a time budget per request and keeps what it has
+read of the finished ones (a finished rollout never changes again).
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ COUNT_TTL = 2.0
 STATUSES = ("queuing", "running", "requeuing", "succeeded", "failed", "cancelled")
 MODES = ("train", "val", "test")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
-_BULK_TAIL = 256
 MAX_GROUP = 64
 """The most rollouts of a GRPO group the training view reads to compute advantages."""
 _EPS = 1e-6  # agent_lightning_rl.losses.EPS: the GRPO advantage's denominator guard
@@ -41,44 +37,28 @@ def _filters(status: Sequence[str] | None, task_types: Sequence[str] | None, mod
     return {"status": status or None, "task_types": task_types or None, "mode": mode or None}
 
 
-async def count_rollouts(store: LightningStore, **filters: Any) -> int:
-    """How many rollouts match ``filters`` (``query_rollouts``' filters), by probing offsets."""
-
-    async def exists(offset: int) -> bool:
-        return bool(await store.query_rollouts(limit=1, offset=offset, **filters))
-
-    if not await exists(0):
-        return 0
-    low, high = 0, 1024  # a rollout exists at offset ``low``; ``high`` is to be decided
-    while await exists(high):
-        low, high = high, high * 4
-    while high - low > _BULK_TAIL:  # none at ``high``
-        middle = (low + high) // 2
-        if await exists(middle):
-            low = middle
-        else:
-            high = middle
-    tail = await store.query_rollouts(limit=high - low, offset=low, **filters)
-    return low + len(tail)
-
-
 class Counter:
-    """:func:`count_rollouts` with a short cache per filter."""
+    """``store.count_rollouts`` with a short cache per filter."""
 
     def __init__(self, store: LightningStore, ttl: float | None = None) -> None:
         self.store = store
         self.ttl = COUNT_TTL if ttl is None else ttl
-        self._cache: dict[str, tuple[float, int]] = {}
+        self._cache: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
 
-    async def count(self, **filters: Any) -> int:
+    async def counts(self, **filters: Any) -> dict[str, dict[str, int]]:
+        """Matching rollouts by task type, then status."""
         key = repr(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in filters.items()))
         hit = self._cache.get(key)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        value = await count_rollouts(self.store, **filters)
+        value = await self.store.count_rollouts(**filters)
         self._cache[key] = (time.monotonic(), value)
         return value
+
+    async def count(self, **filters: Any) -> int:
+        """How many rollouts match."""
+        return sum(n for per_status in (await self.counts(**filters)).values() for n in per_status.values())
 
 
 class Resources:
@@ -197,7 +177,6 @@ class RolloutIndex:
     page_size: int = 1000
     cursor: int = 0
     """Every rollout before this offset is finished and indexed."""
-    task_types: set[str] = field(default_factory=set)
     by_resources: dict[str, dict[str, int]] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
     complete: bool = False
@@ -220,7 +199,6 @@ class RolloutIndex:
         while True:
             rollouts = await self.store.query_rollouts(limit=self.page_size, offset=self._scan)
             for position, rollout in enumerate(rollouts, start=self._scan):
-                self.task_types.add(rollout.task_type)
                 finished = rollout.status in FINISHED
                 if finished and rollout.rollout_id not in self._seen:
                     self._seen.add(rollout.rollout_id)
@@ -427,21 +405,17 @@ def _score(samples: Sequence[Any]) -> float:
 
 
 # --------------------------------------------------------------------------- queues
-async def queues(store: LightningStore, counter: Counter, index: RolloutIndex) -> dict[str, Any]:
-    """Rollouts waiting, retrying and running per task type (and for all task types)."""
-    await index.advance()
+async def queues(store: LightningStore, counter: Counter) -> dict[str, Any]:
+    """Rollouts waiting, retrying and running per task type (and for all), and the subscription groups."""
     live = ("queuing", "requeuing", "running")
-    totals = dict(
-        zip(
-            STATUSES,
-            await asyncio.gather(*(counter.count(status=[s], task_types=None, mode=None) for s in STATUSES)),
-            strict=True,
-        )
-    )
+    counts, groups = await asyncio.gather(counter.counts(), store.list_subscriptions())
+    totals = {s: sum(per.get(s, 0) for per in counts.values()) for s in STATUSES}
     rows: list[dict[str, Any]] = [{"task_type": None, **{s: totals[s] for s in live}}]
-    for task_type in sorted(index.task_types):
-        counts = await asyncio.gather(*(counter.count(status=[s], task_types=[task_type], mode=None) for s in live))
-        rows.append({"task_type": task_type, **dict(zip(live, counts, strict=True))})
+    rows += [{"task_type": t, **{s: counts[t].get(s, 0) for s in live}} for t in sorted(counts)]
     for row in rows:
         row["depth"] = row["queuing"] + row["requeuing"]
-    return {"rows": rows, "totals": totals, "task_types_complete": index.complete}
+    return {
+        "rows": rows,
+        "totals": totals,
+        "subscription_groups": [g.model_dump(mode="json") for g in groups],
+    }

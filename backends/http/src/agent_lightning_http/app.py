@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 from agent_lightning.errors import AgentLightningError, NotFound
 from agent_lightning.store.base import LightningStore
-from agent_lightning.types import Attempt, AttemptedRollout, ResourcesSnapshot, Rollout, Span, SpanStatus
+from agent_lightning.types import (
+    Attempt,
+    AttemptedRollout,
+    ResourcesSnapshot,
+    Rollout,
+    Span,
+    SpanStatus,
+    Subscription,
+)
 from agent_lightning.types.spans import trusted_span, trusted_status
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from pydantic import TypeAdapter
 
 from agent_lightning_http import otlp
@@ -35,6 +44,7 @@ from agent_lightning_http.protocol import (
     ClaimRolloutRequest,
     CompleteAttemptRequest,
     CountResponse,
+    CountRolloutsRequest,
     EnqueueRolloutsRequest,
     ErrorResponse,
     IssueTokenRequest,
@@ -55,10 +65,14 @@ logger = logging.getLogger("agent_lightning_http")
 
 OPEN_PATHS = frozenset({"/health"})
 """Paths served without an API key (liveness checks; they reveal nothing about the store)."""
+DASHBOARD_PATH = "/dashboard"
+"""Where ``agl store serve`` mounts the dashboard when ``agent-lightning-dashboard`` is installed."""
 
 _SPANS = TypeAdapter(list[Span])
 _ROLLOUTS = TypeAdapter(list[Rollout])
 _ATTEMPTS = TypeAdapter(list[Attempt])
+_COUNTS = TypeAdapter(dict[str, dict[str, int]])
+_SUBSCRIPTIONS = TypeAdapter(list[Subscription])
 _JSON = "application/json"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -131,6 +145,8 @@ class _Guard:
     request body is read here and checked before the endpoint sees it.
     ``fast_paths`` maps ``POST`` paths to handlers of the raw body served here, past FastAPI's
     routing and middleware (the span write path); FastAPI still documents them.
+    Paths under ``own_auth_prefix`` (the mounted dashboard) go through unchecked: that app checks the
+    same key itself, from the header or its cookie (a browser cannot add a header to a page load).
     """
 
     def __init__(
@@ -140,15 +156,20 @@ class _Guard:
         max_body_bytes: int,
         fast_paths: dict[str, FastPath] | None = None,
         signer: TokenSigner | None = None,
+        own_auth_prefix: str | None = None,
     ) -> None:
         self.app = app
+        self.own_auth_prefix = own_auth_prefix
         self.key = api_key.encode() if api_key else None
         self.signer = signer
         self.max_body_bytes = max_body_bytes
         self.fast_paths = fast_paths or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        prefix = self.own_auth_prefix
+        if scope["type"] != "http" or (
+            prefix is not None and (scope["path"] == prefix or scope["path"].startswith(prefix + "/"))
+        ):
             await self.app(scope, receive, send)
             return
         length: bytes | None = None
@@ -340,6 +361,31 @@ async def finished_attempt_refusal(store: LightningStore, spans: list[Span]) -> 
     return None
 
 
+def _mount_dashboard(
+    app: FastAPI, store: LightningStore, api_key: str | None, path: str, metrics_dirs: Sequence[str | Path]
+) -> str | None:
+    """Mount the dashboard at ``path`` if its package is installed; returns the path, or ``None``."""
+    path = "/" + path.strip("/")
+    if path == "/" or path.split("/")[1] in (API_PREFIX.strip("/"), "health", "docs", "redoc", "openapi.json"):
+        raise ValueError(f"the dashboard cannot be served at {path!r}: the store server uses that path")
+    try:
+        from agent_lightning_dashboard import create_app as create_dashboard
+        from agent_lightning_dashboard.plugin import default_metrics_dirs
+    except ImportError:
+        logger.info("agent-lightning-dashboard is not installed: no dashboard at %s", path)
+        return None
+    folders = list(metrics_dirs) or default_metrics_dirs(store.url)
+    # The mounted app's lifespan does not run: it never closes the store (the server does, if asked).
+    app.mount(path, create_dashboard(store, metrics_dirs=folders, api_key=api_key), name="dashboard")
+
+    async def add_slash(_: Request) -> Response:
+        return RedirectResponse(path + "/", 308)
+
+    app.add_api_route(path, add_slash, methods=["GET", "HEAD"], include_in_schema=False)
+    app.state.dashboard_path = path
+    return path
+
+
 class _StoreApp(FastAPI):
     """The FastAPI app, with the API key check, the body limit and the span write path in front of
     Starlette's middleware stack (they cost more than the span write itself)."""
@@ -364,6 +410,8 @@ def create_app(
     max_wait: float = MAX_WAIT_SECONDS,
     close_store: bool = False,
     token_secret: str | bytes | None = None,
+    dashboard_path: str | None = None,
+    metrics_dirs: Sequence[str | Path] = (),
 ) -> FastAPI:
     """A FastAPI app serving ``store`` under ``/v1`` (see :mod:`agent_lightning_http.protocol`).
 
@@ -373,6 +421,8 @@ def create_app(
     :param max_body_bytes: larger request bodies get 413 and store nothing.
     :param max_wait: the longest a long-poll (``wait_for_rollouts``, ``pull_completed``) is held, in seconds.
     :param close_store: close ``store`` when the app shuts down.
+    :param dashboard_path: serve the dashboard there (``/dashboard``) when ``agent-lightning-dashboard`` is
+        installed, with the same API key; ``metrics_dirs`` are its run folders.
     """
     if max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -418,8 +468,14 @@ def create_app(
             return _failure(exc)
 
     fast_paths: dict[str, FastPath] = {f"{API_PREFIX}/add_spans": write_spans}
+    dashboard = _mount_dashboard(app, store, api_key, dashboard_path, metrics_dirs) if dashboard_path else None
     app.guard = _Guard(
-        app.route_request, api_key=api_key, max_body_bytes=max_body_bytes, fast_paths=fast_paths, signer=signer
+        app.route_request,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        fast_paths=fast_paths,
+        signer=signer,
+        own_auth_prefix=dashboard,
     )
 
     def wait_time(timeout: float | None) -> float:
@@ -570,6 +626,16 @@ def create_app(
 
         return await answer(call)
 
+    @app.post(f"{v1}/count_rollouts", response_model=dict[str, dict[str, int]], tags=["rollouts"])
+    async def count_rollouts(body: CountRolloutsRequest) -> Response:
+        """How many rollouts match every given filter, by task type then status."""
+
+        async def call() -> bytes:
+            counts = await store.count_rollouts(status=body.status, task_types=body.task_types, mode=body.mode)
+            return _COUNTS.dump_json(counts)
+
+        return await answer(call)
+
     @app.post(f"{v1}/get_attempts", response_model=list[Attempt], tags=["rollouts"])
     async def get_attempts(body: RolloutRef) -> Response:
         """The attempts of a rollout, first first."""
@@ -691,5 +757,14 @@ def create_app(
             return b'{"count":%d}' % await store.ack_completed(body.group, body.rollout_ids)
 
         return await answer(call, key)
+
+    @app.post(f"{v1}/list_subscriptions", response_model=list[Subscription], tags=["subscriptions"])
+    async def list_subscriptions() -> Response:
+        """Every subscription group with its backlog (pending and delivered counts)."""
+
+        async def call() -> bytes:
+            return _SUBSCRIPTIONS.dump_json(await store.list_subscriptions())
+
+        return await answer(call)
 
     return app

@@ -57,6 +57,7 @@ from agent_lightning.types import (
     RolloutStatus,
     Span,
     SpanKind,
+    Subscription,
 )
 from agent_lightning.types.rollouts import check_request, new_id
 from agent_lightning.types.spans import SpanCursor
@@ -71,6 +72,8 @@ _T = TypeVar("_T")
 _ROLLOUTS = TypeAdapter(list[Rollout])
 _ATTEMPTS = TypeAdapter(list[Attempt])
 _SPANS = TypeAdapter(list[Span])
+_COUNTS = TypeAdapter(dict[str, dict[str, int]])
+_SUBSCRIPTIONS = TypeAdapter(list[Subscription])
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
@@ -507,6 +510,16 @@ class HttpLightningStore(LightningStore):
         data = await self._post("query_rollouts", payload)
         return _ROLLOUTS.validate_python(data)
 
+    async def count_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+    ) -> dict[str, dict[str, int]]:
+        payload = _dumps({"status": status, "task_types": task_types, "mode": mode})
+        return _COUNTS.validate_python(await self._post("count_rollouts", payload))
+
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
         data = await self._post("get_attempts", _dumps({"rollout_id": rollout_id}))
         return _ATTEMPTS.validate_python(data)
@@ -617,6 +630,9 @@ class HttpLightningStore(LightningStore):
     async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
         data = await self._post("ack_completed", _dumps({"group": group, "rollout_ids": rollout_ids}))
         return int(data["count"])
+
+    async def list_subscriptions(self) -> list[Subscription]:
+        return _SUBSCRIPTIONS.validate_python(await self._post("list_subscriptions", b""))
 
 
 __all__ = ["OPTIONS", "HttpLightningStore", "StoreAuthError"]

@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         token_secret=read_secret(file=args.token_secret_file, env=TOKEN_SECRET_ENV),
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        dashboard_path=None if args.no_dashboard else args.dashboard_path,
     )
     return 0
 
@@ -76,6 +77,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger requests get HTTP 413"
     )
+    parser.add_argument(
+        "--dashboard-path",
+        default="/dashboard",
+        help="where the dashboard is served when agent-lightning-dashboard is installed (same API key)",
+    )
+    parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(func=_serve)
 

@@ -127,6 +127,12 @@ class QueryRolloutsRequest(_Body):
     offset: int = Field(default=0, ge=0, le=MAX_INT)
 
 
+class CountRolloutsRequest(_Body):
+    status: list[RolloutStatus] | None = None
+    task_types: list[str] | None = None
+    mode: RolloutMode | None = None
+
+
 class WaitForRolloutsRequest(_Body):
     rollout_ids: list[str]
     timeout: float | None = Field(

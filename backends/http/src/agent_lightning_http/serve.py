@@ -13,7 +13,7 @@ from agent_lightning.secrets import mask, redact_url, register_secret
 from agent_lightning.store.base import LightningStore
 from agent_lightning_proxy.serving import ServerThread
 
-from agent_lightning_http.app import create_app
+from agent_lightning_http.app import DASHBOARD_PATH, create_app
 from agent_lightning_http.protocol import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
 
 logger = logging.getLogger("agent_lightning_http")
@@ -113,10 +113,12 @@ def serve(
     token_secret: str | None = None,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    dashboard_path: str | None = DASHBOARD_PATH,
 ) -> None:
     """Open ``store_url`` and serve it until SIGINT/SIGTERM, then close the store.
 
     ``ssl_certfile``/``ssl_keyfile`` (PEM) serve HTTPS. Secrets never appear in what it prints or logs.
+    The dashboard is served at ``dashboard_path`` when ``agent-lightning-dashboard`` is installed.
     """
     import uvicorn
     from agent_lightning.store import open_store
@@ -124,7 +126,14 @@ def serve(
     register_secret(api_key)
     register_secret(token_secret)
     store = open_store(store_url)
-    app = create_app(store, api_key, max_body_bytes=max_body_bytes, close_store=True, token_secret=token_secret)
+    app = create_app(
+        store,
+        api_key,
+        max_body_bytes=max_body_bytes,
+        close_store=True,
+        token_secret=token_secret,
+        dashboard_path=dashboard_path,
+    )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (see proxy.serving).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -152,6 +161,9 @@ def serve(
     )
     shown = mask(redact_url(store.url or store_url))
     print(f"agl store serve: serving {shown} at {url} (API docs: {url}/docs)", flush=True)
+    mounted = getattr(app.state, "dashboard_path", None)
+    if mounted is not None:
+        print(f"agl store serve: dashboard at {url}{mounted}/", flush=True)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the

@@ -13,6 +13,7 @@ Key layout under the store's prefix ``P`` (default ``agl:``):
 * ``P q:{mode}|{task type}`` zset: claimable rollouts, oldest first; ``P queues`` lists them
 * ``P leases``       zset: rollout ids with a running attempt, by when it expires
 * ``P ctr``          counter for creation/queue order
+* ``P n``            hash: ``{status}|{mode}|{task type}`` -> how many rollouts have them (``count_rollouts``)
 * ``P res:{id}``, ``P res:ver``, ``P res:latest``: resource snapshots
 * ``P groups``       hash: subscription group -> ``*`` or JSON list of task types
 * ``P finished``, ``P finished:{task type}``: streams of finished rollout ids (consumer groups)
@@ -28,9 +29,13 @@ from __future__ import annotations
 _INDEX = r"""
 local function reindex(p, rid, old, new, tt, mode, seq)
   if old == new then return end
-  if old then redis.call('ZREM', p .. 'st:' .. old, rid) end
-  redis.call('ZADD', p .. 'st:' .. new, seq, rid)
   local member = mode .. '|' .. tt
+  if old then
+    redis.call('ZREM', p .. 'st:' .. old, rid)
+    redis.call('HINCRBY', p .. 'n', old .. '|' .. member, -1)
+  end
+  redis.call('ZADD', p .. 'st:' .. new, seq, rid)
+  redis.call('HINCRBY', p .. 'n', new .. '|' .. member, 1)
   local claimable_old = (old == 'queuing' or old == 'requeuing')
   local claimable_new = (new == 'queuing' or new == 'requeuing')
   if claimable_old and not claimable_new then
@@ -127,7 +132,7 @@ if nm >= 0 then
   modes = {}
   for k = 1, nm do modes[ARGV[i]] = true; i = i + 1 end
 end
-local best_key, best_score, best_id = nil, nil, nil
+local best_key, best_score, best_id, best_member = nil, nil, nil, nil
 for _, member in ipairs(redis.call('SMEMBERS', p .. 'queues')) do
   local bar = string.find(member, '|', 1, true)
   local mode, tt = string.sub(member, 1, bar - 1), string.sub(member, bar + 1)
@@ -136,7 +141,9 @@ for _, member in ipairs(redis.call('SMEMBERS', p .. 'queues')) do
     local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     if #head > 0 then
       local score = tonumber(head[2])
-      if best_score == nil or score < best_score then best_key, best_score, best_id = key, score, head[1] end
+      if best_score == nil or score < best_score then
+        best_key, best_score, best_id, best_member = key, score, head[1], member
+      end
     else
       redis.call('SREM', p .. 'queues', member)
     end
@@ -153,6 +160,8 @@ redis.call('HSET', rk, 'status', 'running', 'n', n, 'started', started)
 redis.call('HINCRBY', rk, 'ver', 1)
 redis.call('ZREM', p .. 'st:' .. f[3], best_id)
 redis.call('ZADD', p .. 'st:running', f[6], best_id)
+redis.call('HINCRBY', p .. 'n', f[3] .. '|' .. best_member, -1)
+redis.call('HINCRBY', p .. 'n', 'running|' .. best_member, 1)
 local attempt = '{"rollout_id":' .. cjson.encode(best_id) .. ',"attempt_id":"' .. aid .. '","sequence":' .. n
   .. ',"worker_id":' .. worker .. ',"status":"running","started_at":' .. now .. ',"ended_at":null'
   .. ',"last_heartbeat_at":' .. now .. ',"error":null}'

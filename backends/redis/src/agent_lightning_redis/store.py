@@ -31,6 +31,7 @@ from agent_lightning.types import (
     RolloutStatus,
     Span,
     SpanKind,
+    Subscription,
 )
 from agent_lightning.types.rollouts import TERMINAL_ROLLOUT_STATUSES, new_id
 from agent_lightning.types.spans import SpanCursor
@@ -517,6 +518,28 @@ class RedisLightningStore(LightningStore):
         return found
 
     @_translate_errors
+    async def count_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+    ) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for key, value in (await self._conn().client.hgetall(self._key("n"))).items():
+            state, rollout_mode, task_type = key.split("|", 2)
+            n = int(value)
+            if (
+                n > 0
+                and (status is None or state in status)
+                and (task_types is None or task_type in task_types)
+                and (mode is None or rollout_mode == mode)
+            ):
+                per_status = counts.setdefault(task_type, {})
+                per_status[state] = per_status.get(state, 0) + n
+        return counts
+
+    @_translate_errors
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
         return (await self._load(rollout_id)).attempts
 
@@ -705,6 +728,43 @@ class RedisLightningStore(LightningStore):
         if count < 0:
             raise NotFound(f"no subscription group {group!r}; call subscribe() first")
         return count
+
+    @_translate_errors
+    async def list_subscriptions(self) -> list[Subscription]:
+        client = self._conn().client
+        groups = sorted((await client.hgetall(self._key("groups"))).items())
+        now = codec.num(time.time())
+        pipe = client.pipeline(transaction=False)
+        streams: dict[str, list[str]] = {}
+        for group, spec in groups:
+            types = None if spec == "*" else json.loads(spec)
+            streams[group] = [self._key("finished")] if types is None else [self._key("finished", t) for t in types]
+            for stream in streams[group]:
+                pipe.xinfo_groups(stream)
+            pipe.zcount(self._key("vis", group), "-inf", now)
+            pipe.zcount(self._key("vis", group), f"({now}", "+inf")
+        replies = iter(await pipe.execute())
+        listed = []
+        for group, spec in groups:
+            undelivered = 0
+            for stream in streams[group]:
+                info = next((g for g in next(replies) if g["name"] == group), None)
+                if info is None:
+                    continue
+                if info.get("lag") is not None:
+                    undelivered += int(info["lag"])
+                else:  # entries were deleted: count those after the group's last delivery
+                    undelivered += len(await client.xrange(stream, "(" + info["last-delivered-id"], "+"))
+            expired, in_flight = int(next(replies)), int(next(replies))
+            listed.append(
+                Subscription(
+                    group=group,
+                    task_types=None if spec == "*" else json.loads(spec),
+                    pending=undelivered + expired,
+                    delivered=in_flight,
+                )
+            )
+        return listed
 
 
 def _glob_escape(text: str) -> str:

@@ -20,11 +20,8 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the tables this release reads and writes."""
-
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
-"""``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1`` (inside one transaction)."""
 
 
 class _PostgresJson(UserDefinedType[Any]):
@@ -72,7 +69,10 @@ class RolloutRow(SQLModel, table=True):
     """A rollout. ``seq`` orders rollouts by creation; ``queue_seq`` is set only while it is claimable."""
 
     __tablename__ = "agl_rollouts"
-    __table_args__ = (sa.Index("ix_agl_rollouts_status_seq", "status", "seq"),)
+    __table_args__ = (
+        sa.Index("ix_agl_rollouts_status_seq", "status", "seq"),
+        sa.Index("ix_agl_rollouts_counts", "status", "task_type", "mode"),  # count_rollouts reads only this
+    )
 
     seq: int | None = Field(default=None, primary_key=True, sa_type=_big_id())
     rollout_id: str = Field(unique=True)
@@ -190,3 +190,11 @@ DELIVERIES = _table(DeliveryRow)
 
 TABLES: list[sa.Table] = [VERSION, ROLLOUTS, ATTEMPTS, SPANS, RESOURCES, SUBSCRIPTIONS, DELIVERIES]
 """Every table of the schema, in creation order."""
+
+
+def _add_count_index(conn: Connection) -> None:
+    next(i for i in ROLLOUTS.indexes if i.name == "ix_agl_rollouts_counts").create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_count_index}
+"""``MIGRATIONS[n]`` upgrades a database from schema version ``n`` to ``n + 1`` (inside one transaction)."""

@@ -37,6 +37,7 @@ from agent_lightning.types import (
     RolloutStatus,
     Span,
     SpanKind,
+    Subscription,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
 from agent_lightning.types.spans import SpanCursor
@@ -593,6 +594,26 @@ class SqlLightningStore(LightningStore):
         query = query.order_by(ROLLOUTS.c.seq).limit(limit).offset(offset)
         return await self._run(lambda conn: [codec.rollout_from_row(row) for row in conn.execute(query)])
 
+    async def count_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+    ) -> dict[str, dict[str, int]]:
+        query = sa.select(ROLLOUTS.c.task_type, ROLLOUTS.c.status, sa.func.count())
+        if status is not None:
+            query = query.where(ROLLOUTS.c.status.in_(list(status)))
+        if task_types is not None:
+            query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
+        if mode is not None:
+            query = query.where(ROLLOUTS.c.mode == mode)
+        rows = await self._run(lambda conn: conn.execute(query.group_by(ROLLOUTS.c.task_type, ROLLOUTS.c.status)).all())
+        counts: dict[str, dict[str, int]] = {}
+        for task_type, state, n in rows:
+            counts.setdefault(task_type, {})[state] = int(n)
+        return counts
+
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
         def work(conn: Connection) -> list[Attempt]:
             rows = conn.execute(
@@ -888,6 +909,34 @@ class SqlLightningStore(LightningStore):
             return count
 
         return await self._run(work, write=True)
+
+    async def list_subscriptions(self) -> list[Subscription]:
+        now = time.time()
+        in_flight = sa.and_(DELIVERIES.c.delivered_at.is_not(None), DELIVERIES.c.visible_at > now)
+        backlog = (
+            sa.select(
+                DELIVERIES.c.group_name,
+                sa.func.count().label("owed"),
+                sa.func.sum(sa.case((in_flight, 1), else_=0)).label("delivered"),
+            )
+            .group_by(DELIVERIES.c.group_name)
+            .subquery()
+        )
+        query = (
+            sa.select(SUBSCRIPTIONS.c.group_name, SUBSCRIPTIONS.c.task_types_json, backlog.c.owed, backlog.c.delivered)
+            .select_from(SUBSCRIPTIONS.outerjoin(backlog, backlog.c.group_name == SUBSCRIPTIONS.c.group_name))
+            .order_by(SUBSCRIPTIONS.c.group_name)
+        )
+        rows = await self._run(lambda conn: conn.execute(query).all())
+        return [
+            Subscription(
+                group=group,
+                task_types=task_types,
+                pending=int(owed or 0) - int(delivered or 0),
+                delivered=int(delivered or 0),
+            )
+            for group, task_types, owed, delivered in rows
+        ]
 
     # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:

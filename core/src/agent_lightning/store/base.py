@@ -59,6 +59,7 @@ from agent_lightning.types import (
     RolloutStatus,
     Span,
     SpanKind,
+    Subscription,
 )
 from agent_lightning.types.spans import SpanCursor
 
@@ -177,6 +178,28 @@ class LightningStore(ABC):
     ) -> list[Rollout]:
         """Rollouts matching every given filter, oldest first, paginated by ``limit``/``offset``."""
 
+    async def count_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+    ) -> dict[str, dict[str, int]]:
+        """How many rollouts match the filters, by task type then status: ``{"math": {"queuing": 3}}``.
+
+        Only non-zero counts appear. This version pages through ``query_rollouts``; backends count natively.
+        """
+        counts: dict[str, dict[str, int]] = {}
+        offset = 0
+        while page := await self.query_rollouts(
+            status=status, task_types=task_types, mode=mode, limit=1000, offset=offset
+        ):
+            for rollout in page:
+                per_status = counts.setdefault(rollout.task_type, {})
+                per_status[rollout.status] = per_status.get(rollout.status, 0) + 1
+            offset += len(page)
+        return counts
+
     @abstractmethod
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
         """The attempts of a rollout, first first."""
@@ -280,6 +303,10 @@ class LightningStore(ABC):
     @abstractmethod
     async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:
         """Acknowledge deliveries; returns how many were pending."""
+
+    @abstractmethod
+    async def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription group with its backlog, by group name."""
 
     # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:

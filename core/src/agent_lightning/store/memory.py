@@ -28,6 +28,7 @@ from agent_lightning.types import (
     RolloutStatus,
     Span,
     SpanKind,
+    Subscription,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
 from agent_lightning.types.spans import SpanCursor, copy_span, span_fields_json, trusted_span
@@ -290,6 +291,26 @@ class InMemoryLightningStore(LightningStore):
             matches.sort(key=lambda r: self._created_order[r.rollout_id])
             return [_copy(r) for r in matches[offset : offset + limit]]
 
+    async def count_rollouts(
+        self,
+        *,
+        status: Sequence[RolloutStatus] | None = None,
+        task_types: Sequence[str] | None = None,
+        mode: RolloutMode | None = None,
+    ) -> dict[str, dict[str, int]]:
+        with self._lock:
+            found = Counter(
+                (r.task_type, r.status)
+                for r in self._rollouts.values()
+                if (status is None or r.status in status)
+                and (task_types is None or r.task_type in task_types)
+                and (mode is None or r.mode == mode)
+            )
+        counts: dict[str, dict[str, int]] = {}
+        for (task_type, state), n in found.items():
+            counts.setdefault(task_type, {})[state] = n
+        return counts
+
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
         with self._lock:
             self._rollout(rollout_id)
@@ -466,3 +487,16 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             state = self._group(group)
             return sum(state.inflight.pop(r, None) is not None for r in rollout_ids)
+
+    async def list_subscriptions(self) -> list[Subscription]:
+        now = time.time()
+        with self._lock:
+            return [
+                Subscription(
+                    group=name,
+                    task_types=None if g.task_types is None else sorted(g.task_types),
+                    pending=len(g.pending) + sum(d <= now for d in g.inflight.values()),
+                    delivered=sum(d > now for d in g.inflight.values()),
+                )
+                for name, g in sorted(self._groups.items())
+            ]

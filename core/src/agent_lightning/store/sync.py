@@ -94,6 +94,7 @@ class SyncStore:
         reap_expired = _Blocking(LightningStore.reap_expired)
         get_rollout = _Blocking(LightningStore.get_rollout)
         query_rollouts = _Blocking(LightningStore.query_rollouts)
+        count_rollouts = _Blocking(LightningStore.count_rollouts)
         get_attempts = _Blocking(LightningStore.get_attempts)
         wait_for_rollouts = _Blocking(LightningStore.wait_for_rollouts)
         add_spans = _Blocking(LightningStore.add_spans)
@@ -105,6 +106,7 @@ class SyncStore:
         subscribe = _Blocking(LightningStore.subscribe)
         pull_completed = _Blocking(LightningStore.pull_completed)
         ack_completed = _Blocking(LightningStore.ack_completed)
+        list_subscriptions = _Blocking(LightningStore.list_subscriptions)
 
     def __init__(self, store: LightningStore, *, loop_thread: EventLoopThread | None = None) -> None:
         self.store = store

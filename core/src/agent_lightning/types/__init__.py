@@ -11,6 +11,7 @@ from agent_lightning.types.rollouts import (
     RolloutMode,
     RolloutRequest,
     RolloutStatus,
+    Subscription,
 )
 from agent_lightning.types.spans import AttributeValue, Span, SpanKind, SpanStatus, new_span_id, new_trace_id
 from agent_lightning.types.training import Episode, Sample, Trajectory
@@ -36,6 +37,7 @@ __all__ = [
     "Span",
     "SpanKind",
     "SpanStatus",
+    "Subscription",
     "ToolConfig",
     "Trajectory",
     "new_span_id",

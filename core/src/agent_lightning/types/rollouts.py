@@ -198,6 +198,20 @@ class Attempt(BaseModel):
     error: str | None = None
 
 
+class Subscription(BaseModel):
+    """A subscription group and its backlog (``LightningStore.list_subscriptions``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str
+    task_types: list[str] | None = None
+    """The task types it receives (sorted), or ``None`` for every one."""
+    pending: int = 0
+    """Finished rollouts waiting to be pulled (a delivery whose visibility timeout passed included)."""
+    delivered: int = 0
+    """Rollouts pulled and not yet acknowledged, within their visibility timeout."""
+
+
 class AttemptedRollout(BaseModel):
     """A claimed rollout together with the attempt the claimer now owns."""
 

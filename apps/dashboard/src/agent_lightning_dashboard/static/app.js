@@ -325,7 +325,16 @@ async function queuesPage() {
         h("td", {}, r.task_type === null ? h("b", {}, "all task types") : r.task_type),
         h("td", { class: "num" }, r.queuing), h("td", { class: "num" }, r.requeuing), h("td", { class: "num" }, r.running),
         h("td", { class: "num depth" }, h("b", {}, r.depth)))))),
-    h("p", { class: "muted" }, `server ${data.server_ms} ms. Subscription groups: the store contract has no call that lists them or their backlog, so they cannot be shown.`));
+    h("h3", {}, "Subscription groups (finished rollouts for learners)"),
+    data.subscription_groups.length
+      ? h("table", { id: "subscriptions" },
+          h("thead", {}, h("tr", {}, ["group", "task types", "pending", "delivered, not acknowledged", "backlog"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, data.subscription_groups.map((g) => h("tr", { "data-group": g.group },
+            h("td", {}, g.group), h("td", {}, g.task_types === null ? h("i", {}, "all") : g.task_types.join(", ")),
+            h("td", { class: "num pending" }, g.pending.toLocaleString()), h("td", { class: "num delivered" }, g.delivered.toLocaleString()),
+            h("td", { class: "num backlog" }, h("b", {}, (g.pending + g.delivered).toLocaleString()))))))
+      : h("p", { class: "muted" }, "No subscription group."),
+    h("p", { class: "muted" }, `server ${data.server_ms} ms`));
   if (!timer) timer = setInterval(() => { if (parseHash().parts[0] === "queues") queuesPage().catch(() => {}); }, 5000);
 }
 
