@@ -48,6 +48,28 @@ _SPAN_UPSERT = (
 )
 
 
+_VALUE_COLUMNS = [c for c in SPAN_COLUMNS if c != "attempt_seq"]
+_SPAN_INSERT_IF_RUNNING = (
+    # Every row, or none: only when each (rollout, attempt) pair names a running attempt, share-locked
+    # so that it cannot finish before this statement commits (see LightningStore: finished attempts).
+    "WITH owners AS (SELECT a.attempt_id, a.sequence FROM agl_attempts a "
+    "JOIN unnest(%b::text[], %b::text[]) AS o(rollout_id, attempt_id) "
+    "ON a.attempt_id = o.attempt_id AND a.rollout_id = o.rollout_id "
+    "WHERE a.status = 'running' FOR SHARE OF a) "
+    f"INSERT INTO agl_spans ({', '.join(SPAN_COLUMNS)}) SELECT "
+    + ", ".join(
+        "owners.sequence" if c == "attempt_seq" else f"v.{c}::json" if c == "attributes_json" else f"v.{c}"
+        for c in SPAN_COLUMNS
+    )
+    + " FROM unnest("
+    + ", ".join(f"%b::{_SPAN_TYPES.get(c, 'text')}[]" for c in _VALUE_COLUMNS)
+    + f") AS v({', '.join(_VALUE_COLUMNS)}) JOIN owners ON owners.attempt_id = v.attempt_id "
+    "WHERE (SELECT count(*) FROM owners) = %s "
+    "ON CONFLICT (rollout_id, attempt_id, span_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SPAN_COLUMNS if c not in ("rollout_id", "attempt_id", "span_id"))
+)
+
+
 def parse_postgres_url(url: str) -> tuple[URL, str | None]:
     """The SQLAlchemy URL (``postgresql+psycopg``) of a store URL, and its ``?schema=`` if any."""
     if not isinstance(url, str) or "://" not in url:
@@ -77,7 +99,6 @@ class PostgresLightningStore(SqlLightningStore):
 
     backend_name = "PostgreSQL"
     max_wait = 1.0  # NOTIFY wakes waiters; this bounds how late an expired lease is noticed
-    span_rows_in_one_statement = True  # _write_span_rows: one INSERT … SELECT FROM unnest(arrays)
     poll_without_listener = 0.2
 
     def __init__(
@@ -152,8 +173,8 @@ class PostgresLightningStore(SqlLightningStore):
     def _create_extras(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"CREATE SEQUENCE IF NOT EXISTS {_QUEUE_SEQUENCE}")
 
-    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
-        return query.with_for_update(skip_locked=skip_locked)
+    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False, share: bool = False) -> Select[Any]:
+        return query.with_for_update(skip_locked=skip_locked, read=share)
 
     def _next_queue_seqs(self, conn: Connection, count: int) -> list[int]:
         if count == 0:
@@ -173,6 +194,17 @@ class PostgresLightningStore(SqlLightningStore):
             conn.exec_driver_sql(self._span_upsert_sql(conn.engine), tuple(rows[0]))
         else:
             conn.exec_driver_sql(_SPAN_UPSERT, tuple(list(column) for column in zip(*rows, strict=True)))
+
+    def _write_spans_to_running(self, rows: list[list[Any]]) -> bool:
+        pairs = list(dict.fromkeys((row[0], row[1]) for row in rows))
+        columns = [list(column) for index, column in enumerate(zip(*rows, strict=True)) if index != 3]
+        params = ([p[0] for p in pairs], [p[1] for p in pairs], *columns, len(pairs))
+
+        def work(conn: Connection) -> int:
+            return int(conn.exec_driver_sql(_SPAN_INSERT_IF_RUNNING, params).rowcount)
+
+        written = self._transact(work, write=True, autocommit=True, idempotent=True)
+        return written == len(rows)
 
     def _notify(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})

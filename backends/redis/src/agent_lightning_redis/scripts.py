@@ -169,18 +169,38 @@ return {'ok', redis.call('HGETALL', rk), attempt}
 """
 
 ADD_SPANS = r"""
--- ARGV: prefix, number of (rollout, attempt) pairs, pairs..., then (rollout, field, span json) triples
+-- ARGV: prefix, number of (rollout, attempt) pairs, pairs..., then per span: its pair's number (1-based),
+--       field, span json, '1' if it is a reward span else '0'.
+-- Returns {'ok'}, {'missing', rollout id, attempt id, rollout exists} or, when a span would change a
+-- finished (succeeded/failed) attempt, {'refused', index of the span (0-based), '1' if it is stored}.
 local p = ARGV[1]
 local npairs = tonumber(ARGV[2])
+local finished = {}
 for i = 0, npairs - 1 do
   local rid, aid = ARGV[3 + i * 2], ARGV[4 + i * 2]
-  if redis.call('HEXISTS', p .. 'at:' .. rid, aid) == 0 then
+  local attempt = redis.call('HGET', p .. 'at:' .. rid, aid)
+  if not attempt then
     return {'missing', rid, aid, redis.call('EXISTS', p .. 'ro:' .. rid)}
   end
+  local status = cjson.decode(attempt)['status']
+  if status == 'succeeded' or status == 'failed' then finished[i + 1] = true end
 end
 local first = 3 + npairs * 2
-for i = first, #ARGV, 3 do
-  redis.call('HSET', p .. 'sp:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+if next(finished) then
+  for i = first, #ARGV, 4 do
+    local pair = tonumber(ARGV[i])
+    if finished[pair] then
+      local stored = redis.call('HGET', p .. 'sp:' .. ARGV[3 + (pair - 1) * 2], ARGV[i + 1])
+      if stored then
+        if stored ~= ARGV[i + 2] then return {'refused', (i - first) / 4, '1'} end
+      elseif ARGV[i + 3] == '1' then
+        return {'refused', (i - first) / 4, '0'}
+      end
+    end
+  end
+end
+for i = first, #ARGV, 4 do
+  redis.call('HSET', p .. 'sp:' .. ARGV[3 + (tonumber(ARGV[i]) - 1) * 2], ARGV[i + 1], ARGV[i + 2])
 end
 return {'ok'}
 """

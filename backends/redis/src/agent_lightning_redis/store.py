@@ -549,13 +549,23 @@ class RedisLightningStore(LightningStore):
         checked = tr.check_spans_batch(spans)
         if not checked:
             return 0
-        pairs = list(dict.fromkeys((s.rollout_id, s.attempt_id) for s in checked))
+        pairs = {pair: n for n, pair in enumerate(dict.fromkeys((s.rollout_id, s.attempt_id) for s in checked), 1)}
         args: list[str | int | float] = [self.prefix, len(pairs)]
         for rollout_id, attempt_id in pairs:
             args += [rollout_id, attempt_id]
         for span in checked:
-            args += [span.rollout_id, f"{span.attempt_id}:{span.span_id}", codec.encode_span(span)]
+            args += [
+                pairs[(span.rollout_id, span.attempt_id)],
+                f"{span.attempt_id}:{span.span_id}",
+                codec.encode_span(span),
+                int(span.kind == "reward"),
+            ]
         result = await self._conn().run("add_spans", args)
+        if result[0] == "refused":
+            stored = result[2] == "1"
+            refusal = tr.finished_span_refusal(checked[int(result[1])], stored or None, False)
+            assert refusal is not None
+            raise refusal
         if result[0] == "missing":
             _, rollout_id, attempt_id, exists = result
             if not int(exists):
