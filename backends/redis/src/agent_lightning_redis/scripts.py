@@ -19,7 +19,9 @@ Key layout under the store's prefix ``P`` (default ``agl:``):
 * ``P dlv:{group}``  hash: rollout id -> ``{stream}\\n{entry id}`` of its delivery in flight
 * ``P vis:{group}``  zset: rollout ids in flight, by redelivery deadline
 
-Floats cross the Lua boundary only as strings written by Python, so they keep full precision.
+Floats cross the Lua boundary only as strings written by Python (or, for the server's clock, by
+``string.format`` to the microsecond), so they keep full precision. Leases are reckoned by the
+server's clock (``TIME``), never by a client's.
 """
 
 from __future__ import annotations
@@ -108,11 +110,14 @@ return 1
 )
 
 CLAIM = r"""
--- ARGV: prefix, now, attempt id, worker id as JSON, check expired leases ('1'/'0'),
+-- ARGV: prefix, (unused), attempt id, worker id as JSON, check expired leases ('1'/'0'),
 --       number of task types (-1 = any), task types..., number of modes (-1 = any), modes...
-local p, now, aid, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- The server's clock (TIME) starts the lease. Returns {'reap', now} when leases have expired.
+local p, aid, worker = ARGV[1], ARGV[3], ARGV[4]
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
 if ARGV[5] == '1' and #redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, 1) > 0 then
-  return {'reap'}
+  return {'reap', now}
 end
 local i = 6
 local ntt = tonumber(ARGV[i]); i = i + 1
@@ -231,9 +236,13 @@ return {'created'}
 """
 
 PULL = r"""
--- ARGV: prefix, group, consumer, now, redelivery deadline, max count
--- Returns {'nogroup'} or {'ok', rollout ids, next redelivery deadline or '', streams, their last entry ids}.
-local p, group, consumer, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- ARGV: prefix, group, consumer, (unused), visibility timeout in seconds, max count
+-- Returns {'nogroup'} or {'ok', rollout ids, next redelivery deadline or '', streams, their last entry ids,
+-- now}: deadlines are reckoned by the server's clock (TIME).
+local p, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
+local deadline = tostring(tonumber(now) + tonumber(ARGV[5]))
 local max = tonumber(ARGV[6])
 local spec = redis.call('HGET', p .. 'groups', group)
 if not spec then return {'nogroup'} end
@@ -270,7 +279,7 @@ for _, stream in ipairs(streams) do
   local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   if #tail > 0 then table.insert(last, tail[1][1]) else table.insert(last, '0-0') end
 end
-return {'ok', out, nxt[2] or '', streams, last}
+return {'ok', out, nxt[2] or '', streams, last, now}
 """
 
 ACK = r"""

@@ -243,15 +243,23 @@ class RedisLightningStore(LightningStore):
         return deleted
 
     # ------------------------------------------------------------------ loading and writing
-    async def _load(self, rollout_id: str) -> _State:
+    async def _server_time(self) -> float:
+        """The Redis server's clock: leases and reaping never depend on a client's."""
+        seconds, micros = await self._conn().client.time()
+        return float(f"{seconds}.{micros:06d}")
+
+    async def _load(self, rollout_id: str) -> tuple[_State, float]:
+        """The rollout with its attempts, and the server's time when they were read."""
         pipe = self._conn().client.pipeline(transaction=False)
         pipe.hgetall(self._key("ro", rollout_id))
         pipe.hgetall(self._key("at", rollout_id))
-        fields, attempts = await pipe.execute()
+        pipe.time()
+        fields, attempts, (seconds, micros) = await pipe.execute()
         if not fields:
             raise NotFound(f"no rollout with id {rollout_id!r}")
         rollout = codec.decode_rollout(fields)
-        return _State(rollout, codec.decode_attempts(attempts, codec.lease_seconds(fields["lease"])), fields["ver"])
+        state = _State(rollout, codec.decode_attempts(attempts, codec.lease_seconds(fields["lease"])), fields["ver"])
+        return state, float(f"{seconds}.{micros:06d}")
 
     async def _write(self, state: _State, rollout: Rollout, attempt: Attempt | None) -> bool:
         """Compare-and-set: store the new rollout/attempt unless the rollout changed since it was loaded."""
@@ -301,8 +309,7 @@ class RedisLightningStore(LightningStore):
     ) -> T:
         """Load, apply ``change`` (which may raise), and compare-and-set; retry when another writer won."""
         for _ in range(_CAS_RETRIES):
-            state = await self._load(rollout_id)
-            now = time.time()
+            state, now = await self._load(rollout_id)
             if reap_first and state.attempts and tr.expiry_status(state.rollout, state.attempts[-1], now):
                 await self._expire(state, now)
                 continue  # reload: the attempt is over, so ``change`` sees it ended
@@ -348,8 +355,8 @@ class RedisLightningStore(LightningStore):
     async def start_rollout(
         self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
     ) -> AttemptedRollout:
-        now = time.time()
-        rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
+        rollout = tr.new_rollout(RolloutRequest.model_validate(request), time.time())
+        now = await self._server_time()
         running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
         await self._create([(running, attempt)])
         return AttemptedRollout(rollout=running, attempt=attempt)
@@ -369,12 +376,11 @@ class RedisLightningStore(LightningStore):
         filters += [-1] if modes is None else [len(modes), *modes]
         conn = self._conn()
         for reap_check in ("1", "0"):
-            now = time.time()
             result = await conn.run(
-                "claim", [self.prefix, codec.num(now), new_id("at"), json.dumps(worker_id), reap_check, *filters]
+                "claim", [self.prefix, "", new_id("at"), json.dumps(worker_id), reap_check, *filters]
             )
             if result[0] == "reap":
-                await self._reap(now)
+                await self._reap(float(result[1]))
                 continue
             if result[0] == "none":
                 return None
@@ -426,7 +432,7 @@ class RedisLightningStore(LightningStore):
         for rollout_id in candidates:
             for _ in range(_CAS_RETRIES):
                 try:
-                    state = await self._load(rollout_id)
+                    state, _ = await self._load(rollout_id)
                 except NotFound:
                     break
                 last = state.attempts[-1] if state.attempts else None
@@ -447,7 +453,7 @@ class RedisLightningStore(LightningStore):
     @_translate_errors
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
         tr.check_now(now)
-        return await self._reap(time.time() if now is None else now)
+        return await self._reap(await self._server_time() if now is None else now)
 
     @_translate_errors
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -518,7 +524,7 @@ class RedisLightningStore(LightningStore):
 
     @_translate_errors
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
-        return (await self._load(rollout_id)).attempts
+        return (await self._load(rollout_id))[0].attempts
 
     @_translate_errors
     async def wait_for_rollouts(
@@ -529,7 +535,7 @@ class RedisLightningStore(LightningStore):
         deadline = None if timeout is None else time.monotonic() + timeout
         client = self._conn().client
         while True:
-            await self._reap(time.time())
+            await self._reap(await self._server_time())
             pipe = client.pipeline(transaction=False)
             for rollout_id in ids:
                 pipe.hget(self._key("ro", rollout_id), "status")
@@ -685,14 +691,12 @@ class RedisLightningStore(LightningStore):
         conn = self._conn()
         give_up = time.monotonic() + timeout
         while True:
-            now = time.time()
             result = await conn.run(
-                "pull",
-                [self.prefix, group, consumer, codec.num(now), codec.num(now + visibility_timeout), max_count],
+                "pull", [self.prefix, group, consumer, "", codec.num(visibility_timeout), max_count]
             )
             if result[0] == "nogroup":
                 raise NotFound(f"no subscription group {group!r}; call subscribe() first")
-            _, rollout_ids, next_redelivery, streams, last_ids = result
+            _, rollout_ids, next_redelivery, streams, last_ids, now = result
             if rollout_ids:
                 return [r for r in await self._rollouts(rollout_ids) if r is not None]
             remaining = give_up - time.monotonic()
@@ -702,7 +706,7 @@ class RedisLightningStore(LightningStore):
                 return []
             wait = min(remaining, 1.0)
             if next_redelivery:
-                wait = min(wait, max(0.0, float(next_redelivery) - time.time()))
+                wait = min(wait, max(0.0, float(next_redelivery) - float(now)))
             if wait >= 0.001:
                 # Wake as soon as anything is appended to the group's streams.
                 await conn.client.xread(
