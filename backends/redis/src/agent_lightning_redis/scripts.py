@@ -173,6 +173,44 @@ redis.call('ZADD', p .. 'leases', deadline, best_id)
 return {'ok', redis.call('HGETALL', rk), attempt}
 """
 
+SUCCEED = (
+    _INDEX
+    + r"""
+-- The usual complete_attempt(..., 'succeeded') in one step: the attempt runs, its rollout runs, and the
+-- lease has not run out by the server's clock. Anything else returns {'other'}: the caller takes the
+-- general path (load, transitions in Python, compare-and-set), which reaps or raises as the rules say.
+-- ARGV: prefix, rollout id, attempt id, error as JSON ('null' = none). Returns {'ok', rollout hash}.
+local p, rid, aid, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local rk = p .. 'ro:' .. rid
+local f = redis.call('HMGET', rk, 'status', 'lease', 'tmo', 'tt', 'mode', 'seq')
+if f[1] ~= 'running' then return {'other'} end
+local ak = p .. 'at:' .. rid
+local attempt = redis.call('HGET', ak, aid)
+if not attempt or not string.find(attempt, '"status":"running"', 1, true) then return {'other'} end
+local started = tonumber(string.match(attempt, '"started_at":([^,}]+)'))
+local beat = tonumber(string.match(attempt, '"last_heartbeat_at":([^,}]+)'))
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
+local lease, tmo = tonumber(f[2]), tonumber(f[3])
+if started == nil or beat == nil or lease == nil or lease ~= lease or lease <= 0 or lease > 1e9 then
+  return {'other'}
+end
+if tonumber(now) > beat + lease or (tmo ~= nil and tmo == tmo and tonumber(now) - started > tmo) then
+  return {'other'}
+end
+attempt = string.gsub(attempt, '"status":"running"', '"status":"succeeded"', 1)
+attempt = string.gsub(attempt, '"ended_at":null', '"ended_at":' .. now, 1)
+attempt = string.gsub(attempt, '"error":null', function() return '"error":' .. err end, 1)
+redis.call('HSET', ak, aid, attempt)
+redis.call('HSET', rk, 'status', 'succeeded', 'ended', now)
+redis.call('HDEL', rk, 'error')
+redis.call('HINCRBY', rk, 'ver', 1)
+redis.call('ZREM', p .. 'leases', rid)
+reindex(p, rid, 'running', 'succeeded', f[4], f[5], f[6])
+return {'ok', redis.call('HGETALL', rk)}
+"""
+)
+
 ADD_SPANS = r"""
 -- ARGV: prefix, number of (rollout, attempt) pairs, pairs..., then per span: its pair's number (1-based),
 --       field, span json, '1' if it is a reward span else '0'.

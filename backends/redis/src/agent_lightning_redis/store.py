@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from agent_lightning import limits
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
 from agent_lightning.limits import MAX_INT
 from agent_lightning.store import transitions as tr
@@ -49,6 +50,7 @@ _SCRIPTS = {
     "create": scripts.CREATE,
     "update": scripts.UPDATE,
     "claim": scripts.CLAIM,
+    "succeed": scripts.SUCCEED,
     "add_spans": scripts.ADD_SPANS,
     "add_resources": scripts.ADD_RESOURCES,
     "subscribe": scripts.SUBSCRIBE,
@@ -410,6 +412,12 @@ class RedisLightningStore(LightningStore):
     ) -> Rollout:
         if status not in ("succeeded", "failed"):
             raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
+        if status == "succeeded":
+            limits.check_text(error, "error")
+            result = await self._conn().run("succeed", [self.prefix, rollout_id, attempt_id, json.dumps(error)])
+            if result[0] == "ok":
+                flat: list[str] = result[1]
+                return codec.decode_rollout(dict(zip(flat[::2], flat[1::2], strict=True)))
 
         def change(state: _State, now: float) -> tuple[Rollout, Attempt, Rollout]:
             rollout, ended = tr.finish_attempt(state.rollout, state.attempt(attempt_id), status, error, now)
