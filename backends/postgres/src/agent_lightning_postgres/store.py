@@ -12,13 +12,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import sqlalchemy as sa
-from agent_lightning_sql.codec import SPAN_COLUMNS
+from agent_lightning import limits
+from agent_lightning.types import Rollout
+from agent_lightning_sql.codec import SPAN_COLUMNS, rollout_from_row
 from agent_lightning_sql.store import SqlLightningStore
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
@@ -67,6 +71,24 @@ _SPAN_INSERT_IF_RUNNING = (
     "WHERE (SELECT count(*) FROM owners) = %s "
     "ON CONFLICT (rollout_id, attempt_id, span_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SPAN_COLUMNS if c not in ("rollout_id", "attempt_id", "span_id"))
+)
+
+
+_SUCCEED = (
+    # complete_attempt(..., "succeeded") in one statement when nothing unusual is going on: the rollout
+    # runs (locked first, like every other change), its attempt runs and its lease and deadline have not
+    # passed. It finishes both, owes the rollout to the subscription groups that want it and wakes
+    # waiters; no row back means "not that case", and the general transaction decides what to do.
+    "WITH ro AS (SELECT rollout_id FROM agl_rollouts WHERE rollout_id = %(rid)s AND status = 'running' FOR UPDATE), "
+    "at AS (UPDATE agl_attempts SET status = 'succeeded', ended_at = %(now)s, error = %(error)s "
+    "WHERE attempt_id = %(aid)s AND rollout_id IN (SELECT rollout_id FROM ro) AND status = 'running' "
+    "AND lease_expires_at >= %(now)s AND (deadline_at IS NULL OR deadline_at >= %(now)s) RETURNING rollout_id), "
+    "r AS (UPDATE agl_rollouts SET status = 'succeeded', ended_at = %(now)s, error = NULL, queue_seq = NULL "
+    "WHERE rollout_id IN (SELECT rollout_id FROM at) RETURNING *), "
+    "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
+    "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
+    "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
+    "SELECT r.*, pg_notify(%(channel)s, '') AS agl_notified FROM r"
 )
 
 
@@ -205,6 +227,26 @@ class PostgresLightningStore(SqlLightningStore):
 
         written = self._transact(work, write=True, autocommit=True, idempotent=True)
         return written == len(rows)
+
+    async def complete_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: Literal["succeeded", "failed"],
+        error: str | None = None,
+    ) -> Rollout:
+        if status == "succeeded":
+            limits.check_text(error, "error")
+            params = {"rid": rollout_id, "aid": attempt_id, "error": error, "now": time.time(), "channel": self.channel}
+
+            def work(conn: Connection) -> Rollout | None:
+                row = conn.exec_driver_sql(_SUCCEED, params).first()
+                return None if row is None else rollout_from_row(row)
+
+            done = await asyncio.to_thread(self._transact, work, write=True, autocommit=True)
+            if done is not None:
+                return done
+        return await super().complete_attempt(rollout_id, attempt_id, status, error)
 
     def _notify(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
