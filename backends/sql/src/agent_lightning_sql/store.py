@@ -471,8 +471,14 @@ class SqlLightningStore(LightningStore):
 
         def work(conn: Connection) -> AttemptedRollout | None:
             now = time.time()
-            self._reap(conn, now)
-            row = conn.execute(query).first()
+            # One statement picks the head of the queue and says whether any lease has expired: the
+            # reaping (which sends requeued rollouts to the back of the queue) runs only then.
+            expired = sa.exists(self._expired_query(now, None)).label("agl_expired")
+            row = conn.execute(query.add_columns(expired)).first()
+            if row is None or row.agl_expired:
+                reaped = self._reap(conn, now)
+                if row is None and reaped:
+                    row = conn.execute(query.add_columns(expired)).first()
             if row is None:
                 return None
             rollout = codec.rollout_from_row(row)
