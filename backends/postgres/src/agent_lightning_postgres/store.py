@@ -77,8 +77,8 @@ _SPAN_INSERT_IF_RUNNING = (
 _SUCCEED = (
     # complete_attempt(..., "succeeded") in one statement when nothing unusual is going on: the rollout
     # runs (locked first, like every other change), its attempt runs and its lease and deadline have not
-    # passed. It finishes both, owes the rollout to the subscription groups that want it and wakes
-    # waiters; no row back means "not that case", and the general transaction decides what to do.
+    # passed. It finishes both and owes the rollout to the subscription groups that want it; no row
+    # back means "not that case", and the general transaction decides what to do.
     "WITH ro AS (SELECT rollout_id FROM agl_rollouts WHERE rollout_id = %(rid)s AND status = 'running' FOR UPDATE), "
     "at AS (UPDATE agl_attempts SET status = 'succeeded', ended_at = %(now)s, error = %(error)s "
     "WHERE attempt_id = %(aid)s AND rollout_id IN (SELECT rollout_id FROM ro) AND status = 'running' "
@@ -88,7 +88,12 @@ _SUCCEED = (
     "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
     "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
     "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
-    "SELECT r.*, pg_notify(%(channel)s, '') AS agl_notified FROM r"
+    "SELECT r.* FROM r"
+)
+_NOTIFY_AFTER_COMMIT = (
+    # NOTIFY holds a database-wide lock from its commit until the commit is flushed; sent on its own,
+    # after the change committed and without waiting for the flush, it no longer serialises commits.
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%(channel)s, '')"
 )
 
 
@@ -241,7 +246,10 @@ class PostgresLightningStore(SqlLightningStore):
 
             def work(conn: Connection) -> Rollout | None:
                 row = conn.exec_driver_sql(_SUCCEED, params).first()
-                return None if row is None else rollout_from_row(row)
+                if row is None:
+                    return None
+                conn.exec_driver_sql(_NOTIFY_AFTER_COMMIT, {"channel": self.channel})  # wake waiters
+                return rollout_from_row(row)
 
             done = await asyncio.to_thread(self._transact, work, write=True, autocommit=True)
             if done is not None:
