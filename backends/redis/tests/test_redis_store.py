@@ -262,3 +262,36 @@ def test_scripts_are_loaded_again_when_the_server_forgets_them(redis_url: str) -
         await store.close()
 
     asyncio.run(main())
+
+
+def test_leases_follow_the_servers_clock_not_the_clients(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client whose clock is an hour off neither shortens nor stretches leases, nor reaps early."""
+    server = redis.Redis.from_url(redis_url.split("?")[0])
+    try:
+        seconds, micros = server.time()
+    finally:
+        server.close()
+    server_now = seconds + micros / 1e6
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600.0)  # this process's clock runs an hour fast
+    config = RolloutConfig(lease_seconds=60)
+
+    async def main() -> None:
+        store = open_store(redis_url)
+        try:
+            await store.enqueue_rollout({"n": 1}, config=config)
+            claimed = await store.claim_rollout("w")
+            assert claimed is not None
+            assert abs(claimed.attempt.started_at - server_now) < 60, "the lease starts at the server's time"
+            assert abs(claimed.attempt.lease_expires_at - (server_now + 60)) < 60
+            started = await store.start_rollout(RolloutRequest(config=config), "w")
+            assert abs(started.attempt.started_at - server_now) < 60
+            assert await store.reap_expired() == [], "a fast client clock does not expire the leases"
+            beat = await store.heartbeat(claimed.rollout_id, claimed.attempt_id)
+            assert abs(beat.lease_expires_at - (server_now + 60)) < 60
+            done = await store.complete_attempt(claimed.rollout_id, claimed.attempt_id, "succeeded")
+            assert done.status == "succeeded" and done.ended_at is not None and abs(done.ended_at - server_now) < 60
+        finally:
+            await store.close()
+
+    asyncio.run(main())

@@ -807,6 +807,42 @@ class StoreConformanceSuite:
         assert await store.query_spans(item.rollout_id, LATEST) == [copy]
 
     @store_test
+    async def test_a_finished_attempt_keeps_its_reward_and_spans(self, store: LightningStore) -> None:
+        """Succeeded and failed attempts are immutable: no new reward, no changed span; re-sends and late calls pass."""
+        item = await store.start_rollout(RolloutRequest(config=LONG), "w")
+        step = make_span(item.rollout_id, item.attempt_id, 1)
+        reward = make_span(item.rollout_id, item.attempt_id, 2, kind="reward", attributes={semconv.REWARD_VALUE: 0.0})
+        await store.add_spans([step, reward])
+        await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        late_reward = make_span(
+            item.rollout_id, item.attempt_id, 3, kind="reward", attributes={semconv.REWARD_VALUE: 1000.0}
+        )
+        late_call = make_span(item.rollout_id, item.attempt_id, 4, name="late llm call", kind="llm")
+        for batch in (
+            [late_reward],
+            [reward.model_copy(update={"attributes": {semconv.REWARD_VALUE: 1000.0}})],  # overwrite by span id
+            [step.model_copy(update={"name": "rewritten"})],
+            [late_call, late_reward],  # all or nothing: the allowed span is not stored either
+        ):
+            await assert_rejected(store, InvalidTransition, lambda b=batch: store.add_spans(b), "cannot be changed")
+        assert await store.add_spans([step, reward]) == 2, "the same spans sent again are accepted"
+        assert await store.add_spans([late_call]) == 1, "a late span of another kind is accepted"
+        stored = await store.query_spans(item.rollout_id)
+        assert stored == [step, reward, late_call]
+        # A failed attempt is final too, while its rollout's next attempt runs and takes changes.
+        retried = await store.start_rollout(RolloutRequest(config=RolloutConfig(lease_seconds=3600, max_attempts=2)))
+        first = make_span(retried.rollout_id, retried.attempt_id, 1)
+        await store.add_spans([first])
+        await store.complete_attempt(retried.rollout_id, retried.attempt_id, "failed")
+        changed = first.model_copy(update={"name": "rewritten"})
+        await assert_rejected(store, InvalidTransition, lambda: store.add_spans([changed]), "cannot be changed")
+        second = await store.claim_rollout("w2")
+        assert second is not None and second.rollout_id == retried.rollout_id
+        mine = make_span(retried.rollout_id, second.attempt_id, 1, kind="reward", attributes={semconv.REWARD_VALUE: 1})
+        assert await store.add_spans([mine]) == 1
+        assert await store.add_spans([mine.model_copy(update={"attributes": {semconv.REWARD_VALUE: 2}})]) == 1
+
+    @store_test
     async def test_query_spans_filters(self, store: LightningStore) -> None:
         item = await store.start_rollout(RolloutRequest(config=LONG), "w")
         rid, aid = item.rollout_id, item.attempt_id

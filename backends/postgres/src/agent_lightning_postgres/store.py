@@ -12,13 +12,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import sqlalchemy as sa
-from agent_lightning_sql.codec import SPAN_COLUMNS
+from agent_lightning import limits
+from agent_lightning.types import Rollout
+from agent_lightning_sql.codec import SPAN_COLUMNS, rollout_from_row
 from agent_lightning_sql.store import SqlLightningStore
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
@@ -45,6 +49,51 @@ _SPAN_UPSERT = (
     + f") AS v({', '.join(SPAN_COLUMNS)}) "
     "ON CONFLICT (rollout_id, attempt_id, span_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SPAN_COLUMNS if c not in ("rollout_id", "attempt_id", "span_id"))
+)
+
+
+_VALUE_COLUMNS = [c for c in SPAN_COLUMNS if c != "attempt_seq"]
+_SPAN_INSERT_IF_RUNNING = (
+    # Every row, or none: only when each (rollout, attempt) pair names a running attempt, share-locked
+    # so that it cannot finish before this statement commits (see LightningStore: finished attempts).
+    "WITH owners AS (SELECT a.attempt_id, a.sequence FROM agl_attempts a "
+    "JOIN unnest(%b::text[], %b::text[]) AS o(rollout_id, attempt_id) "
+    "ON a.attempt_id = o.attempt_id AND a.rollout_id = o.rollout_id "
+    "WHERE a.status = 'running' FOR SHARE OF a) "
+    f"INSERT INTO agl_spans ({', '.join(SPAN_COLUMNS)}) SELECT "
+    + ", ".join(
+        "owners.sequence" if c == "attempt_seq" else f"v.{c}::json" if c == "attributes_json" else f"v.{c}"
+        for c in SPAN_COLUMNS
+    )
+    + " FROM unnest("
+    + ", ".join(f"%b::{_SPAN_TYPES.get(c, 'text')}[]" for c in _VALUE_COLUMNS)
+    + f") AS v({', '.join(_VALUE_COLUMNS)}) JOIN owners ON owners.attempt_id = v.attempt_id "
+    "WHERE (SELECT count(*) FROM owners) = %s "
+    "ON CONFLICT (rollout_id, attempt_id, span_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SPAN_COLUMNS if c not in ("rollout_id", "attempt_id", "span_id"))
+)
+
+
+_SUCCEED = (
+    # complete_attempt(..., "succeeded") in one statement when nothing unusual is going on: the rollout
+    # runs (locked first, like every other change), its attempt runs and its lease and deadline have not
+    # passed. It finishes both and owes the rollout to the subscription groups that want it; no row
+    # back means "not that case", and the general transaction decides what to do.
+    "WITH ro AS (SELECT rollout_id FROM agl_rollouts WHERE rollout_id = %(rid)s AND status = 'running' FOR UPDATE), "
+    "at AS (UPDATE agl_attempts SET status = 'succeeded', ended_at = %(now)s, error = %(error)s "
+    "WHERE attempt_id = %(aid)s AND rollout_id IN (SELECT rollout_id FROM ro) AND status = 'running' "
+    "AND lease_expires_at >= %(now)s AND (deadline_at IS NULL OR deadline_at >= %(now)s) RETURNING rollout_id), "
+    "r AS (UPDATE agl_rollouts SET status = 'succeeded', ended_at = %(now)s, error = NULL, queue_seq = NULL "
+    "WHERE rollout_id IN (SELECT rollout_id FROM at) RETURNING *), "
+    "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
+    "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
+    "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
+    "SELECT r.* FROM r"
+)
+_NOTIFY_AFTER_COMMIT = (
+    # NOTIFY holds a database-wide lock from its commit until the commit is flushed; sent on its own,
+    # after the change committed and without waiting for the flush, it no longer serialises commits.
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%(channel)s, '')"
 )
 
 
@@ -77,7 +126,6 @@ class PostgresLightningStore(SqlLightningStore):
 
     backend_name = "PostgreSQL"
     max_wait = 1.0  # NOTIFY wakes waiters; this bounds how late an expired lease is noticed
-    span_rows_in_one_statement = True  # _write_span_rows: one INSERT … SELECT FROM unnest(arrays)
     poll_without_listener = 0.2
 
     def __init__(
@@ -152,8 +200,8 @@ class PostgresLightningStore(SqlLightningStore):
     def _create_extras(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"CREATE SEQUENCE IF NOT EXISTS {_QUEUE_SEQUENCE}")
 
-    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
-        return query.with_for_update(skip_locked=skip_locked)
+    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False, share: bool = False) -> Select[Any]:
+        return query.with_for_update(skip_locked=skip_locked, read=share)
 
     def _next_queue_seqs(self, conn: Connection, count: int) -> list[int]:
         if count == 0:
@@ -173,6 +221,40 @@ class PostgresLightningStore(SqlLightningStore):
             conn.exec_driver_sql(self._span_upsert_sql(conn.engine), tuple(rows[0]))
         else:
             conn.exec_driver_sql(_SPAN_UPSERT, tuple(list(column) for column in zip(*rows, strict=True)))
+
+    def _write_spans_to_running(self, rows: list[list[Any]]) -> bool:
+        pairs = list(dict.fromkeys((row[0], row[1]) for row in rows))
+        columns = [list(column) for index, column in enumerate(zip(*rows, strict=True)) if index != 3]
+        params = ([p[0] for p in pairs], [p[1] for p in pairs], *columns, len(pairs))
+
+        def work(conn: Connection) -> int:
+            return int(conn.exec_driver_sql(_SPAN_INSERT_IF_RUNNING, params).rowcount)
+
+        written = self._transact(work, write=True, autocommit=True, idempotent=True)
+        return written == len(rows)
+
+    async def complete_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: Literal["succeeded", "failed"],
+        error: str | None = None,
+    ) -> Rollout:
+        if status == "succeeded":
+            limits.check_text(error, "error")
+            params = {"rid": rollout_id, "aid": attempt_id, "error": error, "now": time.time(), "channel": self.channel}
+
+            def work(conn: Connection) -> Rollout | None:
+                row = conn.exec_driver_sql(_SUCCEED, params).first()
+                if row is None:
+                    return None
+                conn.exec_driver_sql(_NOTIFY_AFTER_COMMIT, {"channel": self.channel})  # wake waiters
+                return rollout_from_row(row)
+
+            done = await asyncio.to_thread(self._transact, work, write=True, autocommit=True)
+            if done is not None:
+                return done
+        return await super().complete_attempt(rollout_id, attempt_id, status, error)
 
     def _notify(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})

@@ -20,7 +20,9 @@ Key layout under the store's prefix ``P`` (default ``agl:``):
 * ``P dlv:{group}``  hash: rollout id -> ``{stream}\\n{entry id}`` of its delivery in flight
 * ``P vis:{group}``  zset: rollout ids in flight, by redelivery deadline
 
-Floats cross the Lua boundary only as strings written by Python, so they keep full precision.
+Floats cross the Lua boundary only as strings written by Python (or, for the server's clock, by
+``string.format`` to the microsecond), so they keep full precision. Leases are reckoned by the
+server's clock (``TIME``), never by a client's.
 """
 
 from __future__ import annotations
@@ -113,11 +115,14 @@ return 1
 )
 
 CLAIM = r"""
--- ARGV: prefix, now, attempt id, worker id as JSON, check expired leases ('1'/'0'),
+-- ARGV: prefix, (unused), attempt id, worker id as JSON, check expired leases ('1'/'0'),
 --       number of task types (-1 = any), task types..., number of modes (-1 = any), modes...
-local p, now, aid, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- The server's clock (TIME) starts the lease. Returns {'reap', now} when leases have expired.
+local p, aid, worker = ARGV[1], ARGV[3], ARGV[4]
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
 if ARGV[5] == '1' and #redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, 1) > 0 then
-  return {'reap'}
+  return {'reap', now}
 end
 local i = 6
 local ntt = tonumber(ARGV[i]); i = i + 1
@@ -177,19 +182,77 @@ redis.call('ZADD', p .. 'leases', deadline, best_id)
 return {'ok', redis.call('HGETALL', rk), attempt}
 """
 
+SUCCEED = (
+    _INDEX
+    + r"""
+-- The usual complete_attempt(..., 'succeeded') in one step: the attempt runs, its rollout runs, and the
+-- lease has not run out by the server's clock. Anything else returns {'other'}: the caller takes the
+-- general path (load, transitions in Python, compare-and-set), which reaps or raises as the rules say.
+-- ARGV: prefix, rollout id, attempt id, error as JSON ('null' = none). Returns {'ok', rollout hash}.
+local p, rid, aid, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local rk = p .. 'ro:' .. rid
+local f = redis.call('HMGET', rk, 'status', 'lease', 'tmo', 'tt', 'mode', 'seq')
+if f[1] ~= 'running' then return {'other'} end
+local ak = p .. 'at:' .. rid
+local attempt = redis.call('HGET', ak, aid)
+if not attempt or not string.find(attempt, '"status":"running"', 1, true) then return {'other'} end
+local started = tonumber(string.match(attempt, '"started_at":([^,}]+)'))
+local beat = tonumber(string.match(attempt, '"last_heartbeat_at":([^,}]+)'))
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
+local lease, tmo = tonumber(f[2]), tonumber(f[3])
+if started == nil or beat == nil or lease == nil or lease ~= lease or lease <= 0 or lease > 1e9 then
+  return {'other'}
+end
+if tonumber(now) > beat + lease or (tmo ~= nil and tmo == tmo and tonumber(now) - started > tmo) then
+  return {'other'}
+end
+attempt = string.gsub(attempt, '"status":"running"', '"status":"succeeded"', 1)
+attempt = string.gsub(attempt, '"ended_at":null', '"ended_at":' .. now, 1)
+attempt = string.gsub(attempt, '"error":null', function() return '"error":' .. err end, 1)
+redis.call('HSET', ak, aid, attempt)
+redis.call('HSET', rk, 'status', 'succeeded', 'ended', now)
+redis.call('HDEL', rk, 'error')
+redis.call('HINCRBY', rk, 'ver', 1)
+redis.call('ZREM', p .. 'leases', rid)
+reindex(p, rid, 'running', 'succeeded', f[4], f[5], f[6])
+return {'ok', redis.call('HGETALL', rk)}
+"""
+)
+
 ADD_SPANS = r"""
--- ARGV: prefix, number of (rollout, attempt) pairs, pairs..., then (rollout, field, span json) triples
+-- ARGV: prefix, number of (rollout, attempt) pairs, pairs..., then per span: its pair's number (1-based),
+--       field, span json, '1' if it is a reward span else '0'.
+-- Returns {'ok'}, {'missing', rollout id, attempt id, rollout exists} or, when a span would change a
+-- finished (succeeded/failed) attempt, {'refused', index of the span (0-based), '1' if it is stored}.
 local p = ARGV[1]
 local npairs = tonumber(ARGV[2])
+local finished = {}
 for i = 0, npairs - 1 do
   local rid, aid = ARGV[3 + i * 2], ARGV[4 + i * 2]
-  if redis.call('HEXISTS', p .. 'at:' .. rid, aid) == 0 then
+  local attempt = redis.call('HGET', p .. 'at:' .. rid, aid)
+  if not attempt then
     return {'missing', rid, aid, redis.call('EXISTS', p .. 'ro:' .. rid)}
   end
+  local status = cjson.decode(attempt)['status']
+  if status == 'succeeded' or status == 'failed' then finished[i + 1] = true end
 end
 local first = 3 + npairs * 2
-for i = first, #ARGV, 3 do
-  redis.call('HSET', p .. 'sp:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+if next(finished) then
+  for i = first, #ARGV, 4 do
+    local pair = tonumber(ARGV[i])
+    if finished[pair] then
+      local stored = redis.call('HGET', p .. 'sp:' .. ARGV[3 + (pair - 1) * 2], ARGV[i + 1])
+      if stored then
+        if stored ~= ARGV[i + 2] then return {'refused', (i - first) / 4, '1'} end
+      elseif ARGV[i + 3] == '1' then
+        return {'refused', (i - first) / 4, '0'}
+      end
+    end
+  end
+end
+for i = first, #ARGV, 4 do
+  redis.call('HSET', p .. 'sp:' .. ARGV[3 + (tonumber(ARGV[i]) - 1) * 2], ARGV[i + 1], ARGV[i + 2])
 end
 return {'ok'}
 """
@@ -220,9 +283,13 @@ return {'created'}
 """
 
 PULL = r"""
--- ARGV: prefix, group, consumer, now, redelivery deadline, max count
--- Returns {'nogroup'} or {'ok', rollout ids, next redelivery deadline or '', streams, their last entry ids}.
-local p, group, consumer, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- ARGV: prefix, group, consumer, (unused), visibility timeout in seconds, max count
+-- Returns {'nogroup'} or {'ok', rollout ids, next redelivery deadline or '', streams, their last entry ids,
+-- now}: deadlines are reckoned by the server's clock (TIME).
+local p, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
+local deadline = tostring(tonumber(now) + tonumber(ARGV[5]))
 local max = tonumber(ARGV[6])
 local spec = redis.call('HGET', p .. 'groups', group)
 if not spec then return {'nogroup'} end
@@ -259,7 +326,7 @@ for _, stream in ipairs(streams) do
   local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   if #tail > 0 then table.insert(last, tail[1][1]) else table.insert(last, '0-0') end
 end
-return {'ok', out, nxt[2] or '', streams, last}
+return {'ok', out, nxt[2] or '', streams, last, now}
 """
 
 ACK = r"""

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from agent_lightning import limits
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
 from agent_lightning.limits import MAX_INT
 from agent_lightning.store import transitions as tr
@@ -50,6 +51,7 @@ _SCRIPTS = {
     "create": scripts.CREATE,
     "update": scripts.UPDATE,
     "claim": scripts.CLAIM,
+    "succeed": scripts.SUCCEED,
     "add_spans": scripts.ADD_SPANS,
     "add_resources": scripts.ADD_RESOURCES,
     "subscribe": scripts.SUBSCRIBE,
@@ -244,15 +246,23 @@ class RedisLightningStore(LightningStore):
         return deleted
 
     # ------------------------------------------------------------------ loading and writing
-    async def _load(self, rollout_id: str) -> _State:
+    async def _server_time(self) -> float:
+        """The Redis server's clock: leases and reaping never depend on a client's."""
+        seconds, micros = await self._conn().client.time()
+        return float(f"{seconds}.{micros:06d}")
+
+    async def _load(self, rollout_id: str) -> tuple[_State, float]:
+        """The rollout with its attempts, and the server's time when they were read."""
         pipe = self._conn().client.pipeline(transaction=False)
         pipe.hgetall(self._key("ro", rollout_id))
         pipe.hgetall(self._key("at", rollout_id))
-        fields, attempts = await pipe.execute()
+        pipe.time()
+        fields, attempts, (seconds, micros) = await pipe.execute()
         if not fields:
             raise NotFound(f"no rollout with id {rollout_id!r}")
         rollout = codec.decode_rollout(fields)
-        return _State(rollout, codec.decode_attempts(attempts, codec.lease_seconds(fields["lease"])), fields["ver"])
+        state = _State(rollout, codec.decode_attempts(attempts, codec.lease_seconds(fields["lease"])), fields["ver"])
+        return state, float(f"{seconds}.{micros:06d}")
 
     async def _write(self, state: _State, rollout: Rollout, attempt: Attempt | None) -> bool:
         """Compare-and-set: store the new rollout/attempt unless the rollout changed since it was loaded."""
@@ -302,8 +312,7 @@ class RedisLightningStore(LightningStore):
     ) -> T:
         """Load, apply ``change`` (which may raise), and compare-and-set; retry when another writer won."""
         for _ in range(_CAS_RETRIES):
-            state = await self._load(rollout_id)
-            now = time.time()
+            state, now = await self._load(rollout_id)
             if reap_first and state.attempts and tr.expiry_status(state.rollout, state.attempts[-1], now):
                 await self._expire(state, now)
                 continue  # reload: the attempt is over, so ``change`` sees it ended
@@ -349,8 +358,8 @@ class RedisLightningStore(LightningStore):
     async def start_rollout(
         self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
     ) -> AttemptedRollout:
-        now = time.time()
-        rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
+        rollout = tr.new_rollout(RolloutRequest.model_validate(request), time.time())
+        now = await self._server_time()
         running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
         await self._create([(running, attempt)])
         return AttemptedRollout(rollout=running, attempt=attempt)
@@ -370,12 +379,11 @@ class RedisLightningStore(LightningStore):
         filters += [-1] if modes is None else [len(modes), *modes]
         conn = self._conn()
         for reap_check in ("1", "0"):
-            now = time.time()
             result = await conn.run(
-                "claim", [self.prefix, codec.num(now), new_id("at"), json.dumps(worker_id), reap_check, *filters]
+                "claim", [self.prefix, "", new_id("at"), json.dumps(worker_id), reap_check, *filters]
             )
             if result[0] == "reap":
-                await self._reap(now)
+                await self._reap(float(result[1]))
                 continue
             if result[0] == "none":
                 return None
@@ -405,6 +413,12 @@ class RedisLightningStore(LightningStore):
     ) -> Rollout:
         if status not in ("succeeded", "failed"):
             raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
+        if status == "succeeded":
+            limits.check_text(error, "error")
+            result = await self._conn().run("succeed", [self.prefix, rollout_id, attempt_id, json.dumps(error)])
+            if result[0] == "ok":
+                flat: list[str] = result[1]
+                return codec.decode_rollout(dict(zip(flat[::2], flat[1::2], strict=True)))
 
         def change(state: _State, now: float) -> tuple[Rollout, Attempt, Rollout]:
             rollout, ended = tr.finish_attempt(state.rollout, state.attempt(attempt_id), status, error, now)
@@ -427,7 +441,7 @@ class RedisLightningStore(LightningStore):
         for rollout_id in candidates:
             for _ in range(_CAS_RETRIES):
                 try:
-                    state = await self._load(rollout_id)
+                    state, _ = await self._load(rollout_id)
                 except NotFound:
                     break
                 last = state.attempts[-1] if state.attempts else None
@@ -448,7 +462,7 @@ class RedisLightningStore(LightningStore):
     @_translate_errors
     async def reap_expired(self, now: float | None = None) -> list[Attempt]:
         tr.check_now(now)
-        return await self._reap(time.time() if now is None else now)
+        return await self._reap(await self._server_time() if now is None else now)
 
     @_translate_errors
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -541,7 +555,7 @@ class RedisLightningStore(LightningStore):
 
     @_translate_errors
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
-        return (await self._load(rollout_id)).attempts
+        return (await self._load(rollout_id))[0].attempts
 
     @_translate_errors
     async def wait_for_rollouts(
@@ -552,7 +566,7 @@ class RedisLightningStore(LightningStore):
         deadline = None if timeout is None else time.monotonic() + timeout
         client = self._conn().client
         while True:
-            await self._reap(time.time())
+            await self._reap(await self._server_time())
             pipe = client.pipeline(transaction=False)
             for rollout_id in ids:
                 pipe.hget(self._key("ro", rollout_id), "status")
@@ -572,13 +586,23 @@ class RedisLightningStore(LightningStore):
         checked = tr.check_spans_batch(spans)
         if not checked:
             return 0
-        pairs = list(dict.fromkeys((s.rollout_id, s.attempt_id) for s in checked))
+        pairs = {pair: n for n, pair in enumerate(dict.fromkeys((s.rollout_id, s.attempt_id) for s in checked), 1)}
         args: list[str | int | float] = [self.prefix, len(pairs)]
         for rollout_id, attempt_id in pairs:
             args += [rollout_id, attempt_id]
         for span in checked:
-            args += [span.rollout_id, f"{span.attempt_id}:{span.span_id}", codec.encode_span(span)]
+            args += [
+                pairs[(span.rollout_id, span.attempt_id)],
+                f"{span.attempt_id}:{span.span_id}",
+                codec.encode_span(span),
+                int(span.kind == "reward"),
+            ]
         result = await self._conn().run("add_spans", args)
+        if result[0] == "refused":
+            stored = result[2] == "1"
+            refusal = tr.finished_span_refusal(checked[int(result[1])], stored or None, False)
+            assert refusal is not None
+            raise refusal
         if result[0] == "missing":
             _, rollout_id, attempt_id, exists = result
             if not int(exists):
@@ -698,14 +722,12 @@ class RedisLightningStore(LightningStore):
         conn = self._conn()
         give_up = time.monotonic() + timeout
         while True:
-            now = time.time()
             result = await conn.run(
-                "pull",
-                [self.prefix, group, consumer, codec.num(now), codec.num(now + visibility_timeout), max_count],
+                "pull", [self.prefix, group, consumer, "", codec.num(visibility_timeout), max_count]
             )
             if result[0] == "nogroup":
                 raise NotFound(f"no subscription group {group!r}; call subscribe() first")
-            _, rollout_ids, next_redelivery, streams, last_ids = result
+            _, rollout_ids, next_redelivery, streams, last_ids, now = result
             if rollout_ids:
                 return [r for r in await self._rollouts(rollout_ids) if r is not None]
             remaining = give_up - time.monotonic()
@@ -715,7 +737,7 @@ class RedisLightningStore(LightningStore):
                 return []
             wait = min(remaining, 1.0)
             if next_redelivery:
-                wait = min(wait, max(0.0, float(next_redelivery) - time.time()))
+                wait = min(wait, max(0.0, float(next_redelivery) - float(now)))
             if wait >= 0.001:
                 # Wake as soon as anything is appended to the group's streams.
                 await conn.client.xread(

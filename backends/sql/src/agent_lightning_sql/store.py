@@ -64,7 +64,6 @@ T = TypeVar("T")
 _RESOURCES = TypeAdapter(dict[str, Resource])
 _CHUNK = 500  # ids per IN (...) list
 _SPAN_KEY = ("rollout_id", "attempt_id", "span_id")
-_OWNERS_KEPT = 100_000
 _SPAN_ORDER = (SPANS.c.attempt_seq, SPANS.c.sequence_id, SPANS.c.start_time, SPANS.c.span_id)
 
 
@@ -97,8 +96,6 @@ class SqlLightningStore(LightningStore):
     """How error messages name the database (``SQLite``, ``PostgreSQL``)."""
     max_wait: float = 1.0
     """Longest sleep between two checks while waiting (for changes nobody signals, e.g. lease expiry)."""
-    span_rows_in_one_statement: bool = False
-    """Whether :meth:`_write_span_rows` is a single statement (then run in autocommit mode)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -108,7 +105,6 @@ class SqlLightningStore(LightningStore):
         self._closed = False
         self._waker = Waker()
         self._span_sql: str | None = None
-        self._owners: dict[str, tuple[str, int]] = {}  # attempt id -> (rollout id, sequence), once committed
 
     # ------------------------------------------------------------------ dialect hooks
     def _create_engine(self) -> Engine:
@@ -122,8 +118,9 @@ class SqlLightningStore(LightningStore):
         """Held around each transaction (e.g. an in-process lock for SQLite writers)."""
         return nullcontext()
 
-    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
-        """``query`` locking the rows it reads until commit (``FOR UPDATE``) where the database can."""
+    def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False, share: bool = False) -> Select[Any]:
+        """``query`` locking the rows it reads until commit (``FOR UPDATE``, or ``FOR SHARE`` with
+        ``share``) where the database can."""
         return query
 
     def _next_queue_seqs(self, conn: Connection, count: int) -> list[int]:
@@ -456,7 +453,6 @@ class SqlLightningStore(LightningStore):
             self._save_attempt(conn, attempt, running.config.timeout_seconds, new=True)
 
         await self._run_unique(work, [running], attempt_id)
-        self._remember_owners({attempt.attempt_id: (running.rollout_id, attempt.sequence)})
         return AttemptedRollout(rollout=running, attempt=attempt)
 
     async def claim_rollout(
@@ -476,8 +472,14 @@ class SqlLightningStore(LightningStore):
 
         def work(conn: Connection) -> AttemptedRollout | None:
             now = time.time()
-            self._reap(conn, now)
-            row = conn.execute(query).first()
+            # One statement picks the head of the queue and says whether any lease has expired: the
+            # reaping (which sends requeued rollouts to the back of the queue) runs only then.
+            expired = sa.exists(self._expired_query(now, None)).label("agl_expired")
+            row = conn.execute(query.add_columns(expired)).first()
+            if row is None or row.agl_expired:
+                reaped = self._reap(conn, now)
+                if row is None and reaped:
+                    row = conn.execute(query.add_columns(expired)).first()
             if row is None:
                 return None
             rollout = codec.rollout_from_row(row)
@@ -485,10 +487,7 @@ class SqlLightningStore(LightningStore):
             self._save(conn, rollout, running, attempt)
             return AttemptedRollout(rollout=running, attempt=attempt)
 
-        claimed = await self._run(work, write=True)
-        if claimed is not None:
-            self._remember_owners({claimed.attempt_id: (claimed.rollout_id, claimed.attempt.sequence)})
-        return claimed
+        return await self._run(work, write=True)
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         def work(conn: Connection) -> tuple[Attempt, bool]:
@@ -660,7 +659,7 @@ class SqlLightningStore(LightningStore):
         rows = codec.span_batch_rows(spans)
         if not rows:
             return 0
-        return await asyncio.to_thread(self._write_spans, rows)
+        return await asyncio.to_thread(self._write_spans, rows, list(spans))
 
     def _span_upsert_sql(self, engine: Engine) -> str:
         """The span upsert (one row of values) in the driver's parameter style."""
@@ -678,32 +677,53 @@ class SqlLightningStore(LightningStore):
         """Upsert span rows (:data:`codec.SPAN_COLUMNS` order, no key twice); the default runs one per row."""
         conn.exec_driver_sql(self._span_upsert_sql(conn.engine), [tuple(row) for row in rows])
 
-    def _write_spans(self, rows: list[list[Any]]) -> int:
+    def _write_spans_to_running(self, rows: list[list[Any]]) -> bool:
+        """Write every row, in one statement, if every attempt they name exists and runs; else nothing.
+
+        A dialect's fast path for the usual batch (returns whether it wrote); the default declines.
+        """
+        return False
+
+    def _write_spans(self, rows: list[list[Any]], spans: Sequence[Span]) -> int:
         """Write span rows (:func:`codec.span_batch_rows`) all-or-nothing; durable when it returns.
 
-        Dialects whose :meth:`_write_span_rows` is one statement (``span_rows_in_one_statement``)
-        run it in autocommit mode: one statement is atomic, and durable once it returns, in one
-        round trip. Others use one transaction.
+        One transaction reads (and, where the database can, share-locks) the attempts the spans name,
+        so an attempt cannot finish between the check of :func:`tr.finished_span_refusal` and the write.
         """
-        learned: dict[str, tuple[str, int]] = {}
+        if self._write_spans_to_running(rows):
+            return len(rows)
 
         def work(conn: Connection) -> None:
-            learned.clear()
-            owners = self._owners
-            unknown = list({row[1] for row in rows if row[1] not in owners})
-            for chunk in _chunks(unknown):
-                query = sa.select(ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence)
-                for attempt_id, rollout_id, sequence in conn.execute(query.where(ATTEMPTS.c.attempt_id.in_(chunk))):
-                    learned[attempt_id] = (rollout_id, sequence)
-            for row in rows:
-                owner = owners.get(row[1]) or learned.get(row[1])
+            owners: dict[str, tuple[str, int, str]] = {}
+            columns = (ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence, ATTEMPTS.c.status)
+            for chunk in _chunks(list({row[1] for row in rows})):
+                query = self._lock_rows(sa.select(*columns).where(ATTEMPTS.c.attempt_id.in_(chunk)), share=True)
+                for attempt_id, rollout_id, sequence, status in conn.execute(query):
+                    owners[attempt_id] = (rollout_id, sequence, status)
+            finished: dict[tuple[str, str], list[int]] = {}
+            for index, row in enumerate(rows):
+                owner = owners.get(row[1])
                 if owner is None or owner[0] != row[0]:
                     raise self._unknown_owner(conn, row)  # before anything is written
                 row[3] = owner[1]
+                if owner[2] in tr.IMMUTABLE_ATTEMPT_STATUSES:
+                    finished.setdefault((row[0], row[1]), []).append(index)
+            for (rollout_id, attempt_id), indexes in finished.items():
+                for chunk in _chunks(indexes):
+                    query = sa.select(SPANS).where(
+                        SPANS.c.rollout_id == rollout_id,
+                        SPANS.c.attempt_id == attempt_id,
+                        SPANS.c.span_id.in_([rows[i][2] for i in chunk]),
+                    )
+                    stored = {row.span_id: codec.span_from_row(row) for row in conn.execute(query)}
+                    for i in chunk:
+                        old = stored.get(spans[i].span_id)
+                        refusal = tr.finished_span_refusal(spans[i], old, old == spans[i])
+                        if refusal is not None:
+                            raise refusal
             self._write_span_rows(conn, rows)
 
-        self._transact(work, write=True, autocommit=self.span_rows_in_one_statement, idempotent=True)
-        self._remember_owners(learned)
+        self._transact(work, write=True, idempotent=True)
         return len(rows)
 
     def _unknown_owner(self, conn: Connection, row: list[Any]) -> NotFound:
@@ -711,12 +731,6 @@ class SqlLightningStore(LightningStore):
         if not self._rollout_exists(conn, rollout_id):
             return NotFound(f"span {span_id}: no rollout with id {rollout_id!r}")
         return NotFound(f"span {span_id}: rollout {rollout_id!r} has no attempt {attempt_id!r}")
-
-    def _remember_owners(self, owners: Mapping[str, tuple[str, int]]) -> None:
-        """Remember which rollout (and sequence) attempts belong to: it never changes once committed."""
-        if len(self._owners) + len(owners) > _OWNERS_KEPT:
-            self._owners = {}
-        self._owners.update(owners)
 
     async def query_spans(
         self,

@@ -24,6 +24,12 @@ Rules every backend follows (the conformance suite in
   id already used by any attempt raises :class:`~agent_lightning.errors.DuplicateId`.
 * ``add_spans`` is idempotent on ``(rollout_id, attempt_id, span_id)``: sending
   a span again (a retry) replaces it instead of duplicating it.
+* A finished (``succeeded`` or ``failed``) attempt is immutable: ``add_spans`` refuses a new
+  reward span for it and any change to a span it holds with
+  :class:`~agent_lightning.errors.InvalidTransition`, storing nothing of the batch, atomically with
+  the attempt's completion. A span sent again unchanged, and a new span of another kind (an LLM
+  call the proxy recorded late), are accepted
+  (:func:`~agent_lightning.store.transitions.finished_span_refusal`).
 * Spans come back ordered by ``(attempt, sequence_id, start_time, span_id)``; rollouts by
   creation time. ``query_spans(after=last_span)`` pages through them across attempts.
 * A finished rollout (``succeeded`` or ``failed``) is delivered to each

@@ -337,14 +337,20 @@ class InMemoryLightningStore(LightningStore):
 
     # ------------------------------------------------------------------ spans
     async def add_spans(self, spans: Sequence[Span]) -> int:
-        stored = [_freeze(span) for span in tr.check_spans_batch(spans)]
+        checked = tr.check_spans_batch(spans)
+        stored = [_freeze(span) for span in checked]
         with self._lock:
-            known: set[tuple[str, str]] = set()
+            finished: dict[tuple[str, str], bool] = {}
             for rollout_id, record in stored:
                 owner = (rollout_id, record[0])
-                if owner not in known:
-                    self._attempt(*owner)  # raises NotFound before anything is stored
-                    known.add(owner)
+                if owner not in finished:  # raises NotFound before anything is stored
+                    finished[owner] = self._attempt(*owner)[1].status in tr.IMMUTABLE_ATTEMPT_STATUSES
+            for span, (rollout_id, record) in zip(checked, stored, strict=True):
+                if finished[(rollout_id, record[0])]:
+                    old = self._spans.get(rollout_id, {}).get((record[0], record[3]))
+                    refusal = tr.finished_span_refusal(span, old, old == record)
+                    if refusal is not None:
+                        raise refusal
             for rollout_id, record in stored:
                 self._spans.setdefault(rollout_id, {})[(record[0], record[3])] = record
         self._changed.notify_all()

@@ -162,6 +162,25 @@ def cancel(rollout: Rollout, attempt: Attempt | None, now: float) -> tuple[Rollo
     return rollout.model_copy(update={"status": "cancelled", "ended_at": now, "error": "cancelled"}), ended
 
 
+IMMUTABLE_ATTEMPT_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
+"""Attempt statuses whose spans are final: see :func:`finished_span_refusal`."""
+
+
+def finished_span_refusal(span: Span, stored: object | None, unchanged: bool) -> InvalidTransition | None:
+    """Why ``span`` may not be written to its finished (succeeded or failed) attempt, or ``None``.
+
+    ``stored`` is what the attempt holds under the span's id (``None``: nothing), ``unchanged`` whether
+    ``span`` equals it. Sending a stored span again unchanged, and a new span that is no reward (an LLM
+    call the proxy recorded late), are allowed; a new reward and any change to a stored span are not.
+    """
+    where = f"attempt {span.attempt_id} of rollout {span.rollout_id} has finished"
+    if stored is not None:
+        return None if unchanged else InvalidTransition(f"{where}: its span {span.span_id} cannot be changed")
+    if span.kind == "reward":
+        return InvalidTransition(f"{where}: its reward cannot be changed (reward span {span.span_id} refused)")
+    return None
+
+
 def check_spans_batch(spans: Sequence[Span]) -> list[Span]:
     """Reject a batch with an invalid span or one id twice, before any span of it is stored.
 
