@@ -224,8 +224,9 @@ def test_shortened_sft_demo_samples_keeps_trains_and_compares(tmp_path: Path) ->
     _require_framework("openai")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), "--algorithm", "sft",
-        "--set", "min_reward=0", "--set", "collect_tasks=2", "--set", "group_size=2", "--set", "max_new_tokens=8"))  # fmt: skip
+    sets = ["min_reward=0", "collect_tasks=2", "group_size=2", "max_new_tokens=8"]
+    extra = ["--algorithm", "sft", *(item for value in sets for item in ("--set", value))]
+    args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), *extra))
     config = config_from_args(args)
     assert config.num_iterations == 2  # SFT epochs by default
     store = InMemoryLightningStore()
@@ -247,9 +248,10 @@ def test_shortened_apo_demo_searches_worked_examples_and_evaluates_start_and_bes
     _require_framework("openai")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), "--algorithm", "apo",
-        "--iterations", "2", "--selection-size", "2", "--set", "success_threshold=0", "--set", "minibatch_size=1",
-        "--set", "bootstrap_tasks=3"))  # fmt: skip
+    sets = ["success_threshold=0", "minibatch_size=1", "bootstrap_tasks=3"]
+    extra = ["--algorithm", "apo", "--iterations", "2", "--selection-size", "2"]
+    extra += [item for value in sets for item in ("--set", value)]
+    args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), *extra))
     config = config_from_args(args)
     store = InMemoryLightningStore()
     config.store = store

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -34,7 +35,7 @@ def _multi_turn(tokenizer: PreTrainedTokenizerFast, question: str) -> list[tuple
     prompt = _ids(tokenizer, f"user {question} assistant")
     first = _ids(tokenizer, ' {"name": "add", "arguments": {"a": 2, "b": 3}}')
     tool = _ids(tokenizer, " <tool_response> 5")
-    second = _ids(tokenizer, " The answer is 5.") + [tokenizer.eos_token_id]
+    second = [*_ids(tokenizer, " The answer is 5."), tokenizer.eos_token_id]
     return [(prompt, first), (prompt + first + tool, second)]
 
 
@@ -160,7 +161,7 @@ def test_chat_dataset_is_retokenized_with_the_chat_template_and_says_so(
     assert "RE-TOKENIZING 3 conversation(s) from the chat dataset" in caplog.text
     assert "RL never does this" in caplog.text
     nll = [m["train/nll"] for m in result.metrics]
-    assert all(b < a for a, b in zip(nll, nll[1:])) and nll[-1] < 0.85 * nll[0], nll
+    assert all(b < a for a, b in itertools.pairwise(nll)) and nll[-1] < 0.85 * nll[0], nll
     # two assistant turns per row; each prompt is what the policy server would feed the model (tools included)
     assert len(algorithm.data) == 6
     by_turn = sorted((s for s in algorithm.data if s.rollout_id == "dataset-0"), key=lambda s: s.turn_index)

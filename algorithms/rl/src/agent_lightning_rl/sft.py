@@ -69,11 +69,12 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
         if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         clean: dict[str, Any] = {"role": message["role"], "content": content if isinstance(content, str) else ""}
-        calls = []
+        calls: list[dict[str, Any]] = []
         for call in message.get("tool_calls") or []:
             if not isinstance(call, dict):
                 continue
-            function = call.get("function") if isinstance(call.get("function"), dict) else call
+            nested = call.get("function")
+            function: dict[str, Any] = nested if isinstance(nested, dict) else call
             arguments = function.get("arguments", function.get("args", {}))
             if not isinstance(function.get("name"), str):
                 continue
