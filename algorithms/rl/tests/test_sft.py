@@ -234,7 +234,6 @@ def test_lora_sft_saves_merged_weights_and_the_adapter(tokenizer: PreTrainedToke
     AutoModelForCausalLM.from_pretrained(result.checkpoint)
 
 
-@pytest.mark.slow
 def test_rejection_sampling_then_grpo_from_the_sft_checkpoint(
     tokenizer: PreTrainedTokenizerFast, tmp_path: Path
 ) -> None:
