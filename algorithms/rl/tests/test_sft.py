@@ -269,3 +269,14 @@ def test_rejection_sampling_then_grpo_from_the_sft_checkpoint(
     with torch.no_grad():
         loaded = AutoModelForCausalLM.from_pretrained(second.checkpoint)
     assert loaded.config.hidden_size == 64
+
+
+def test_sft_is_found_through_the_plugin_like_agl_train_finds_it() -> None:
+    from agent_lightning.algorithms import SFT, algorithm_entries, get_algorithm
+
+    algorithm = get_algorithm(
+        "sft", min_reward=0.5, best_of_group=True
+    )  # what `agl train --algorithm sft --set …` does
+    assert isinstance(algorithm, SupervisedFineTuning) and SFT is SupervisedFineTuning
+    assert algorithm.config.min_reward == 0.5 and algorithm.threshold == 0.5
+    assert algorithm_entries()["sft"].package == "agent-lightning-rl"
