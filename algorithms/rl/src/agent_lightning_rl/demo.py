@@ -8,7 +8,12 @@ whatever ``agent_lightning.algorithms`` resolves ``--algorithm`` to (GRPO by def
 2. trains for ``--iterations`` iterations,
 3. evaluates the trained checkpoint on the same tasks,
 
-and prints a before/after table. Its run folder holds ``store.db`` (unless ``--store`` names another store),
+and prints a before/after table. ``--algorithm sft`` does the same with rejection sampling then SFT (its iterations
+are epochs). ``--algorithm apo`` changes no weights: the policy is served once, behind the proxy, for the whole run;
+demonstration search starts with no worked examples and chooses on a selection set apart from the held-out tasks; the
+starting and the best candidate (their system prompt and worked examples) are evaluated on the held-out tasks.
+
+Its run folder holds ``store.db`` (unless ``--store`` names another store),
 ``metrics.jsonl``, ``checkpoint/`` (loadable by ``AutoModelForCausalLM.from_pretrained``), ``plot.png`` and
 ``summary.json``.
 """
@@ -536,7 +541,7 @@ def _series(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[tupl
     return [(step, value) for step, value in points if value is not None]
 
 
-def plot(metrics_file: Path, target: Path) -> Path:
+def plot(metrics_file: Path, target: Path, title: str = "calculator agent: GRPO on CPU") -> Path:
     """Training reward and validation accuracy per iteration, as a PNG."""
     import matplotlib
 
@@ -553,7 +558,7 @@ def plot(metrics_file: Path, target: Path) -> Path:
         axis.plot([s for s, _ in val], [v for _, v in val], marker="s", label="validation accuracy")
     axis.set_xlabel("iteration")
     axis.set_ylim(-0.02, 1.02)
-    axis.set_title("calculator agent: GRPO on CPU")
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
     figure.tight_layout()
@@ -636,7 +641,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             from agent_lightning.instrumentation.tracer import get_tracer
 
             get_tracer(store).call(store.close())
-    figure = plot(metrics_file, run_dir / "plot.png")
+    figure = plot(metrics_file, run_dir / "plot.png", f"calculator agent: {config.algorithm} on CPU")
     demo = DemoResult(
         before=before,
         after=after,
