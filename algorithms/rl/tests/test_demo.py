@@ -208,3 +208,68 @@ def test_the_three_calculator_agents_send_the_model_the_same_conversation() -> N
     assert openai_first[0] == ("system", tasks.SYSTEM_PROMPT, ())
     assert conversations["langchain"] == conversations["openai"]
     assert conversations["autogen"] == conversations["openai"]
+
+
+def _short_args(tmp_path: Path, model: Path, *extra: str) -> list[str]:
+    return [
+        "--model", str(model), "--runners", "2", "--train-size", "3", "--val-size", "2",
+        "--run-dir", str(tmp_path / "run"), "--examples-dir", str(EXAMPLES), "--max-tokens", "8", "--no-progress",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_shortened_sft_demo_samples_keeps_trains_and_compares(tmp_path: Path) -> None:
+    """``agl demo --algorithm sft``: rollouts of the untrained model, the kept ones trained on, the checkpoint
+    evaluated (every rollout kept here: a random tiny model never succeeds, so ``min_reward=0``)."""
+    _require_framework("openai")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sets = ["min_reward=0", "collect_tasks=2", "group_size=2", "max_new_tokens=8"]
+    extra = ["--algorithm", "sft", *(item for value in sets for item in ("--set", value))]
+    args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), *extra))
+    config = config_from_args(args)
+    assert config.num_iterations == 2  # SFT epochs by default
+    store = InMemoryLightningStore()
+    config.store = store
+    result = run_demo(config)
+    assert result.iterations == 2 and result.checkpoint is not None
+    AutoModelForCausalLM.from_pretrained(result.checkpoint)
+    sync = SyncStore(store)
+    modes = [r.mode for r in sync.query_rollouts(limit=100)]
+    assert modes.count("train") == 4 and modes.count("val") == 4  # 2 tasks x 2 tries; two evaluations of 2
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("phase") for r in lines if "phase" in r] == ["baseline", "trained"]
+    assert any(r.get("collect/kept_rollouts") == 4 for r in lines) and any("train/nll" in r for r in lines)
+
+
+def test_shortened_apo_demo_searches_worked_examples_and_evaluates_start_and_best(tmp_path: Path) -> None:
+    """``agl demo --algorithm apo``: one server and proxy for the search; the starting candidate (no worked examples)
+    and the best one are evaluated on the held-out tasks with their own resources."""
+    _require_framework("openai")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sets = ["success_threshold=0", "minibatch_size=1", "bootstrap_tasks=3"]
+    extra = ["--algorithm", "apo", "--iterations", "2", "--selection-size", "2"]
+    extra += [item for value in sets for item in ("--set", value)]
+    args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), *extra))
+    config = config_from_args(args)
+    store = InMemoryLightningStore()
+    config.store = store
+    result = run_demo(config)
+    assert result.checkpoint is None and result.iterations >= 1
+    apo = result.extra["apo"]
+    assert apo["bootstrap_demos"] >= 1 and apo["selection_tasks"] == 2 and apo["rollouts_spent"] <= 200
+    sync = SyncStore(store)
+    rollouts = sync.query_rollouts(limit=200)
+    evaluations = [r for r in rollouts if "apo.candidate" not in r.metadata]
+    assert len(evaluations) == 4 and len(rollouts) - len(evaluations) == apo["rollouts_spent"]
+    # the baseline ran with no worked examples, the optimized evaluation with the best candidate's
+    by_label = {}
+    for rollout in evaluations:
+        snapshot = sync.get_resources(rollout.resources_id)
+        assert snapshot is not None and "main_llm" in snapshot.resources
+        by_label[snapshot.metadata["purpose"]] = snapshot.resources["worked_examples"].config["examples"]  # type: ignore[union-attr]
+    assert by_label["evaluation: baseline"] == []
+    assert by_label["evaluation: optimized"] == apo["best_examples"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["apo"]["rollouts_spent"] == apo["rollouts_spent"] and "paired" in summary

@@ -131,3 +131,27 @@ class GRPOConfig(RLConfig):
 
     advantage: Literal["grpo", "rloo", "reinforce++"] = "grpo"
     scale_rewards: bool = True
+
+
+class SFTConfig(RLConfig):
+    """Supervised fine-tuning: masked NLL on kept rollouts (rejection sampling) or on a chat dataset.
+
+    One iteration is one epoch over the kept samples, an optimizer step per ``mini_batch_size`` samples. With an
+    agent, ``group_size`` rollouts of each of ``collect_tasks`` training tasks are sampled from the starting policy
+    at ``temperature``; without one, the store's finished train rollouts are used.
+    """
+
+    learning_rate: float = Field(default=1e-5, ge=0.0)
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature of the rejection-sampling rollouts (the NLL itself is at temperature 1)."""
+    mini_batch_size: int | None = Field(default=8, ge=1)
+    """Samples per optimizer step (``None``: a whole epoch in one step)."""
+    min_reward: float | None = None
+    """Keep rollouts with at least this reward; default ``success_threshold``."""
+    best_of_group: bool = False
+    """Of the rollouts that pass ``min_reward``, keep only the best one of each group (task)."""
+    collect_tasks: int | None = Field(default=None, ge=1)
+    """Training tasks the starting policy tries (rejection sampling); default all."""
+    dataset: str | None = None
+    """A chat dataset to train on instead of rollouts: ``.jsonl``/``.json`` rows ``{"messages": [...], "tools":
+    [...]}`` or ``hf:NAME``; it is re-tokenized with the policy's chat template."""

@@ -8,7 +8,12 @@ whatever ``agent_lightning.algorithms`` resolves ``--algorithm`` to (GRPO by def
 2. trains for ``--iterations`` iterations,
 3. evaluates the trained checkpoint on the same tasks,
 
-and prints a before/after table. Its run folder holds ``store.db`` (unless ``--store`` names another store),
+and prints a before/after table. ``--algorithm sft`` does the same with rejection sampling then SFT (its iterations
+are epochs). ``--algorithm apo`` changes no weights: the policy is served once, behind the proxy, for the whole run;
+demonstration search starts with no worked examples and chooses on a selection set apart from the held-out tasks; the
+starting and the best candidate (their system prompt and worked examples) are evaluated on the held-out tasks.
+
+Its run folder holds ``store.db`` (unless ``--store`` names another store),
 ``metrics.jsonl``, ``checkpoint/`` (loadable by ``AutoModelForCausalLM.from_pretrained``), ``plot.png`` and
 ``summary.json``.
 """
@@ -24,7 +29,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +40,7 @@ from agent_lightning.algorithm import Algorithm, TrainResult, TrainSession
 
 if TYPE_CHECKING:
     from agent_lightning.store.base import LightningStore
-    from agent_lightning.types import Rollout, RolloutMode, Span
+    from agent_lightning.types import Resource, Rollout, RolloutMode, Span
 
 FRAMEWORKS = ("openai", "langchain", "autogen")
 DEFAULT_ALGORITHM_CONFIG: dict[str, Any] = {
@@ -54,6 +59,32 @@ server and the learner each compute once per batch. Measured with these defaults
 90.6% (12 fixed, 0 broken), 87.5% (11 fixed, 0 broken; 915 s in all) and 81.2% (9 fixed, 0 broken; 931 s). Before
 the agents had worked examples (the model never called the calculator), fp32 runs gave 43.8% -> 59.4% and 46.9%,
 within noise, and a learning rate of 8e-5 collapsed the policy."""
+SFT_DEFAULT_CONFIG: dict[str, Any] = {
+    "group_size": 4,
+    "collect_tasks": 24,
+    "max_new_tokens": 64,
+    "learning_rate": 1e-5,
+    "temperature": 0.7,
+    "mini_batch_size": 8,
+    "autocast": "bfloat16",
+}
+"""Rejection sampling then SFT (``--algorithm sft``): 4 tries at temperature 0.7 of 24 training tasks by the untrained
+model, the successful ones kept, ``--iterations`` epochs (default 2) of masked NLL on them."""
+APO_DEFAULT_CONFIG: dict[str, Any] = {
+    "seed_examples": [],
+    "max_demos": 3,
+    "minibatch_size": 8,
+    "bootstrap_tasks": 24,
+    "rollout_budget": 200,
+}
+"""Demonstration search (``--algorithm apo``): the agent starts with no worked examples; the model's own successful
+conversations on 24 training tasks (greedy) become candidate examples, scored on a selection set of
+``--selection-size`` tasks apart from the training and held-out ones; ``--iterations`` candidates of 3 examples.
+Without examples this model never calls the calculator (0 of 24 greedy replies, 0 of 96 at temperature 1), so the
+examples are its own correct direct answers (``require_tool_call`` would find none)."""
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {"sft": SFT_DEFAULT_CONFIG, "apo": APO_DEFAULT_CONFIG}
+DEFAULT_ITERATIONS: dict[str, int] = {"sft": 2, "apo": 6}
+"""``--iterations`` when not given: GRPO/PPO iterations 6, SFT epochs 2, APO candidates 6."""
 EXAMPLES_ENV = "AGL_EXAMPLES_DIR"
 EVAL_TASK_TYPE = "calc"
 
@@ -63,7 +94,8 @@ class DemoConfig:
     """Everything ``agl demo`` can be told (the CLI flags, one to one)."""
 
     framework: str = "openai"
-    iterations: int = 6
+    iterations: int | None = None
+    """Default per algorithm (:data:`DEFAULT_ITERATIONS`, else 6)."""
     runners: int = 8
     store: str | LightningStore | None = None
     """A URL (default: ``sqlite:///{run_dir}/store.db``) or an open store, which the demo then leaves open."""
@@ -79,6 +111,12 @@ class DemoConfig:
     max_tokens: int = 64
     progress: bool = True
     rollout_timeout: float = 600.0
+    selection_size: int = 16
+    """APO: tasks (apart from the training and held-out ones) that candidates are scored and chosen on."""
+
+    @property
+    def num_iterations(self) -> int:
+        return self.iterations or DEFAULT_ITERATIONS.get(self.algorithm, 6)
 
 
 # --------------------------------------------------------------------------- the example agent
@@ -119,6 +157,19 @@ def load_example(folder: Path, framework: str) -> tuple[ModuleType, Callable[...
             f"agent-lightning-{framework} ({exc})"
         ) from exc
     return tasks, module.agent
+
+
+def selection_tasks(tasks: ModuleType, size: int, seed: int, exclude: Sequence[Any]) -> list[Any]:
+    """``size`` tasks whose questions are in none of ``exclude`` (APO chooses its candidate on these)."""
+    taken = {t["question"] for t in exclude}
+    chosen: list[Any] = []
+    for candidate in tasks.make_tasks(size * 8, seed + 2):
+        if candidate["question"] not in taken:
+            taken.add(candidate["question"])
+            chosen.append(candidate)
+        if len(chosen) == size:
+            break
+    return chosen
 
 
 def split_tasks(tasks: ModuleType, train_size: int, val_size: int, seed: int) -> tuple[list[Any], list[Any]]:
@@ -306,27 +357,45 @@ def served_name(model: str) -> str:
 
 
 class Evaluation(Algorithm):
-    """An algorithm that only evaluates: serves ``model``, runs every validation task once (greedy), reports."""
+    """An algorithm that only evaluates: serves ``model`` (or uses the running ``proxy``), publishes it with
+    ``extra`` resources (a system prompt, worked examples), runs every validation task once (greedy), reports."""
 
     name = "evaluate"
 
     def __init__(
-        self, model: str, label: str, tasks_module: ModuleType, *, max_tokens: int, timeout: float, resource: str
+        self,
+        model: str,
+        label: str,
+        tasks_module: ModuleType,
+        *,
+        max_tokens: int,
+        timeout: float,
+        resource: str,
+        proxy: Any = None,
+        extra: Mapping[str, Resource] | None = None,
     ) -> None:
         self.model, self.label, self.tasks_module = model, label, tasks_module
         self.max_tokens, self.timeout, self.resource = max_tokens, timeout, resource
+        self.proxy, self.extra = proxy, dict(extra or {})
         self.report: EvalReport | None = None
 
     def run(self, session: TrainSession) -> TrainResult:
+        if self.proxy is not None:
+            return self._run(session, self.proxy)
         with serve_policy(session.store, self.model) as proxy:
-            resource = proxy.resource(served_name(self.model), temperature=0.0, max_tokens=self.max_tokens)
-            snapshot = session.publish_resources({self.resource: resource}, {"purpose": f"evaluation: {self.label}"})
-            started = time.perf_counter()
-            rollouts = session.run_rollouts(
-                session.val_dataset, mode="val", resources_id=snapshot.resources_id, timeout=self.timeout
-            )
-            wall = time.perf_counter() - started
-            proxy.flush()
+            return self._run(session, proxy)
+
+    def _run(self, session: TrainSession, proxy: Any) -> TrainResult:
+        resource = proxy.resource(served_name(self.model), temperature=0.0, max_tokens=self.max_tokens)
+        snapshot = session.publish_resources(
+            {**self.extra, self.resource: resource}, {"purpose": f"evaluation: {self.label}"}
+        )
+        started = time.perf_counter()
+        rollouts = session.run_rollouts(
+            session.val_dataset, mode="val", resources_id=snapshot.resources_id, timeout=self.timeout
+        )
+        wall = time.perf_counter() - started
+        proxy.flush()
         spans = {r.rollout_id: session.sync.query_spans(r.rollout_id, "latest") for r in rollouts}
         self.report = summarize(self.label, session.val_dataset, rollouts, spans, wall, self.tasks_module)
         return TrainResult(iterations=0, metrics=[self.report.metrics()])
@@ -342,12 +411,22 @@ def evaluate(
     config: DemoConfig,
     step: int,
     resource: str,
+    *,
+    proxy: Any = None,
+    extra: Mapping[str, Resource] | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` on ``tasks`` through a Trainer (same runners, store and proxy path as training)."""
     from agent_lightning.trainer import Trainer
 
     algorithm = Evaluation(
-        model, label, tasks_module, max_tokens=config.max_tokens, timeout=config.rollout_timeout, resource=resource
+        model,
+        label,
+        tasks_module,
+        max_tokens=config.max_tokens,
+        timeout=config.rollout_timeout,
+        resource=resource,
+        proxy=proxy,
+        extra=extra,
     )
     trainer = Trainer(
         algorithm,
@@ -462,7 +541,7 @@ def _series(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[tupl
     return [(step, value) for step, value in points if value is not None]
 
 
-def plot(metrics_file: Path, target: Path) -> Path:
+def plot(metrics_file: Path, target: Path, title: str = "calculator agent: GRPO on CPU") -> Path:
     """Training reward and validation accuracy per iteration, as a PNG."""
     import matplotlib
 
@@ -479,7 +558,7 @@ def plot(metrics_file: Path, target: Path) -> Path:
         axis.plot([s for s, _ in val], [v for _, v in val], marker="s", label="validation accuracy")
     axis.set_xlabel("iteration")
     axis.set_ylim(-0.02, 1.02)
-    axis.set_title("calculator agent: GRPO on CPU")
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
     figure.tight_layout()
@@ -505,9 +584,12 @@ class DemoResult:
     iterations: int
     table: str
     paired: PairedComparison
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Algorithm-specific figures (APO: rollouts spent, the chosen worked examples, the selection scores)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **self.extra,
             "paired": asdict(self.paired),
             "before": asdict(self.before),
             "after": asdict(self.after),
@@ -526,10 +608,8 @@ def _say(config: DemoConfig, text: str) -> None:
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
-    """Baseline evaluation, training, evaluation of the checkpoint; writes the run folder."""
-    from agent_lightning.algorithms import get_algorithm
+    """Baseline evaluation, training (or prompt search), evaluation of the result; writes the run folder."""
     from agent_lightning.store import open_store
-    from agent_lightning.trainer import Trainer
 
     started = time.perf_counter()
     examples = find_examples_dir(config.examples_dir)
@@ -545,42 +625,23 @@ def run_demo(config: DemoConfig) -> DemoResult:
     store_url = store.url
     metrics_file = run_dir / "metrics.jsonl"
     _say(config, f"agl demo: {config.framework} agent, model {config.model}, store {store_url}, run folder {run_dir}")
+    extra: dict[str, Any] = {}
+    checkpoint: Path | None = None
     try:
-        algorithm = get_algorithm(
-            config.algorithm, **{**DEFAULT_ALGORITHM_CONFIG, "model": config.model, **config.algorithm_config}
-        )
-        # evaluation publishes the policy under the algorithm's resource name, so the agent always sees one LLM
-        resource = str(getattr(getattr(algorithm, "config", None), "policy_resource", "main_llm"))
-        before = evaluate(store, agent, val_tasks, config.model, "baseline", tasks_module, config, 0, resource)
-        trainer = Trainer(
-            algorithm,
-            store=store,
-            agent=agent,
-            train_dataset=train_tasks,
-            val_dataset=val_tasks,
-            n_runners=config.runners,
-            run_dir=run_dir,
-            task_type=EVAL_TASK_TYPE,
-        )
-        train_started = time.perf_counter()
-        checkpoint_dir = run_dir / "checkpoint"
-        # the algorithm draws its own progress bar (iterations, reward, tokens/s)
-        result = trainer.train(
-            num_iterations=config.iterations, eval_interval=config.eval_interval, checkpoint_dir=checkpoint_dir
-        )
-        train_s = time.perf_counter() - train_started
-        if result.interrupted:
-            raise KeyboardInterrupt
-        checkpoint = _checkpoint(result.checkpoint, checkpoint_dir)
-        after = evaluate(
-            store, agent, val_tasks, str(checkpoint), "trained", tasks_module, config, result.iterations, resource
-        )
+        if config.algorithm == "apo":
+            before, after, train_s, iterations, extra = _run_prompt_search(
+                config, store, agent, tasks_module, train_tasks, val_tasks
+            )
+        else:
+            before, after, train_s, iterations, checkpoint = _run_weights_training(
+                config, store, agent, tasks_module, train_tasks, val_tasks
+            )
     finally:
         if owned:
             from agent_lightning.instrumentation.tracer import get_tracer
 
             get_tracer(store).call(store.close())
-    figure = plot(metrics_file, run_dir / "plot.png")
+    figure = plot(metrics_file, run_dir / "plot.png", f"calculator agent: {config.algorithm} on CPU")
     demo = DemoResult(
         before=before,
         after=after,
@@ -591,12 +652,135 @@ def run_demo(config: DemoConfig) -> DemoResult:
         plot=figure,
         wall_s=time.perf_counter() - started,
         train_s=train_s,
-        iterations=result.iterations,
+        iterations=iterations,
         table=format_table(before, after),
         paired=PairedComparison.of(before, after),
+        extra=extra,
     )
     (run_dir / "summary.json").write_text(json.dumps(demo.to_json(), indent=2))
     return demo
+
+
+def _run_weights_training(
+    config: DemoConfig,
+    store: LightningStore,
+    agent: Callable[..., Any],
+    tasks_module: ModuleType,
+    train_tasks: list[Any],
+    val_tasks: list[Any],
+) -> tuple[EvalReport, EvalReport, float, int, Path]:
+    """GRPO, PPO or SFT: evaluate the model, train it, evaluate the checkpoint."""
+    from agent_lightning.algorithms import get_algorithm
+    from agent_lightning.trainer import Trainer
+
+    run_dir = config.run_dir
+    defaults = ALGORITHM_DEFAULTS.get(config.algorithm, DEFAULT_ALGORITHM_CONFIG)
+    algorithm = get_algorithm(config.algorithm, **{**defaults, "model": config.model, **config.algorithm_config})
+    # evaluation publishes the policy under the algorithm's resource name, so the agent always sees one LLM
+    resource = str(getattr(getattr(algorithm, "config", None), "policy_resource", "main_llm"))
+    before = evaluate(store, agent, val_tasks, config.model, "baseline", tasks_module, config, 0, resource)
+    trainer = Trainer(
+        algorithm,
+        store=store,
+        agent=agent,
+        train_dataset=train_tasks,
+        val_dataset=val_tasks,
+        n_runners=config.runners,
+        run_dir=run_dir,
+        task_type=EVAL_TASK_TYPE,
+    )
+    train_started = time.perf_counter()
+    checkpoint_dir = run_dir / "checkpoint"
+    # the algorithm draws its own progress bar (iterations, reward, tokens/s)
+    result = trainer.train(
+        num_iterations=config.num_iterations, eval_interval=config.eval_interval, checkpoint_dir=checkpoint_dir
+    )
+    train_s = time.perf_counter() - train_started
+    if result.interrupted:
+        raise KeyboardInterrupt
+    checkpoint = _checkpoint(result.checkpoint, checkpoint_dir)
+    after = evaluate(
+        store, agent, val_tasks, str(checkpoint), "trained", tasks_module, config, result.iterations, resource
+    )
+    return before, after, train_s, result.iterations, checkpoint
+
+
+def _run_prompt_search(
+    config: DemoConfig,
+    store: LightningStore,
+    agent: Callable[..., Any],
+    tasks_module: ModuleType,
+    train_tasks: list[Any],
+    val_tasks: list[Any],
+) -> tuple[EvalReport, EvalReport, float, int, dict[str, Any]]:
+    """APO: one policy server and proxy for the whole run; search worked examples on a selection set; evaluate the
+    starting and the best candidate (their system prompt and worked examples) on the held-out tasks."""
+    from agent_lightning.algorithms import get_algorithm
+    from agent_lightning.instrumentation.tracer import get_tracer
+    from agent_lightning.trainer import Trainer
+    from agent_lightning.types import PromptTemplate, ToolConfig
+
+    settings = {**APO_DEFAULT_CONFIG, **config.algorithm_config}
+    settings.setdefault("num_candidates", config.num_iterations)
+    algorithm: Any = get_algorithm(config.algorithm, **settings)
+    resource = str(algorithm.config.llm_resource)
+    selection = selection_tasks(tasks_module, config.selection_size, config.seed, [*train_tasks, *val_tasks])
+    with serve_policy(store, config.model) as proxy:
+        llm = proxy.resource(served_name(config.model), temperature=0.0, max_tokens=config.max_tokens)
+        get_tracer(store).call(store.add_resources({resource: llm}, {"purpose": "the agent's model for APO"}))
+        trainer = Trainer(
+            algorithm,
+            store=store,
+            agent=agent,
+            train_dataset=train_tasks,
+            val_dataset=selection,
+            n_runners=config.runners,
+            run_dir=config.run_dir,
+            task_type=EVAL_TASK_TYPE,
+        )
+        train_started = time.perf_counter()
+        result = trainer.train(num_iterations=config.num_iterations)
+        train_s = time.perf_counter() - train_started
+        if result.interrupted:
+            raise KeyboardInterrupt
+        seed = algorithm.candidates["c0"]
+        best = algorithm.best or seed
+        reports = []
+        for label, candidate, step in (("baseline", seed, 0), ("optimized", best, result.iterations)):
+            extra: dict[str, Resource] = {
+                algorithm.config.examples_resource: ToolConfig(config={"examples": list(candidate.examples or [])})
+            }
+            if candidate.prompt is not None:
+                extra[algorithm.config.prompt_resource] = PromptTemplate(template=candidate.prompt)
+            reports.append(
+                evaluate(
+                    store,
+                    agent,
+                    val_tasks,
+                    config.model,
+                    label,
+                    tasks_module,
+                    config,
+                    step,
+                    resource,
+                    proxy=proxy,
+                    extra=extra,
+                )
+            )
+    summary = json.loads((config.run_dir / "apo_result.json").read_text(encoding="utf-8"))
+    extra_json = {
+        "apo": {
+            "rollouts_spent": algorithm.spent,
+            "candidates": len(algorithm.candidates),
+            "selection_tasks": len(selection),
+            "selection_seed_score": summary.get("apo/seed_val"),
+            "selection_best_score": summary.get("apo/best_val"),
+            "best_candidate": best.candidate_id,
+            "best_examples": best.examples,
+            "bootstrap_demos": len(getattr(algorithm, "demos", [])),
+        }
+    }
+    return reports[0], reports[1], train_s, result.iterations, extra_json
 
 
 def _checkpoint(reported: Path | None, expected: Path) -> Path:
@@ -618,7 +802,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``agl demo`` flags."""
     defaults = DemoConfig()
     parser.add_argument("--framework", choices=FRAMEWORKS, default=defaults.framework, help="which agent to train")
-    parser.add_argument("--iterations", type=int, default=defaults.iterations, help="training iterations")
+    parser.add_argument(
+        "--iterations", type=int, help="GRPO/PPO iterations (default 6), SFT epochs (2) or APO candidates (6)"
+    )
     parser.add_argument("--runners", type=int, default=defaults.runners, help="runner workers executing the agent")
     parser.add_argument("--store", help="store URL (default: sqlite in the run folder; postgresql://…, redis://…)")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: runs/demo-TIMESTAMP)")
@@ -627,7 +813,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-size", type=int, default=defaults.val_size, help="held-out validation tasks")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the task generator")
     parser.add_argument("--examples-dir", type=Path, help=f"the calc_agent folder (default: found, or ${EXAMPLES_ENV})")
-    parser.add_argument("--algorithm", default=defaults.algorithm, help="training algorithm (grpo or ppo)")
+    parser.add_argument(
+        "--algorithm",
+        default=defaults.algorithm,
+        help="grpo or ppo (RL), sft (rejection sampling then SFT), apo (worked-example search, no weight change)",
+    )
+    parser.add_argument(
+        "--selection-size", type=int, default=defaults.selection_size, help="APO: tasks candidates are chosen on"
+    )
     parser.add_argument("--eval-interval", type=int, help="let the algorithm validate every N iterations")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="max tokens per evaluation reply")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="algorithm config field (repeatable)")
@@ -645,7 +838,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
             algorithm_config[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             algorithm_config[key.strip()] = value
-    if args.iterations < 1 or args.runners < 1:
+    if (args.iterations is not None and args.iterations < 1) or args.runners < 1:
         raise ValueError(f"--iterations and --runners must be at least 1 (got {args.iterations}, {args.runners})")
     config = DemoConfig(
         framework=args.framework,
@@ -662,6 +855,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         eval_interval=args.eval_interval,
         max_tokens=args.max_tokens,
         progress=not args.no_progress,
+        selection_size=args.selection_size,
     )
     if args.run_dir is not None:
         config.run_dir = args.run_dir
@@ -677,13 +871,23 @@ def main(args: argparse.Namespace) -> int:
         print(f"interrupted; finished rollouts stay in {config.store or config.run_dir / 'store.db'}", file=sys.stderr)
         return 130
     print()
+    unit = {"sft": "SFT epochs", "apo": "APO candidates"}.get(config.algorithm, f"{config.algorithm} iterations")
     print(
-        f"calculator agent ({config.framework}), {result.iterations} {config.algorithm} iterations, "
+        f"calculator agent ({config.framework}), {result.iterations} {unit}, "
         f"{config.val_size} held-out tasks, greedy decoding"
     )
     print(result.table)
     print(result.paired.describe(config.val_size))
-    print(f"training: {result.train_s:.0f} s; total wall time: {result.wall_s:.0f} s")
+    apo = result.extra.get("apo")
+    if apo:
+        print(
+            f"APO: {apo['rollouts_spent']} rollouts spent (bootstrap, scoring {apo['candidates']} candidates on "
+            f"{apo['selection_tasks']} selection tasks: {apo['selection_seed_score']:.3f} -> "
+            f"{apo['selection_best_score']:.3f} mean reward); best {apo['best_candidate']} with "
+            f"{len(apo['best_examples'] or [])} worked examples (apo_result.json)"
+        )
+    label = "search" if config.algorithm == "apo" else "training"
+    print(f"{label}: {result.train_s:.0f} s; total wall time: {result.wall_s:.0f} s")
     print(
         f"run folder: {result.run_dir} (store {result.store_url}, metrics.jsonl, checkpoint {result.checkpoint}, "
         f"plot.png, summary.json)"

@@ -377,6 +377,59 @@ class PolicyLearner:
         metrics["time/update_s"] = elapsed
         return metrics
 
+    def nll_update(self, samples: Sequence[Sample]) -> dict[str, float]:
+        """One pass of masked negative log-likelihood (supervised fine-tuning) over ``samples``.
+
+        An optimizer step per mini-batch of ``mini_batch_size`` samples (default: all of them), micro-batches
+        accumulated as in :meth:`update`; the loss of a step is the mean NLL of the trainable tokens (``loss_mask``
+        1, the same masks as RL: tool output and other text the policy did not choose carry none) over every rank,
+        at temperature 1.
+        """
+        cfg = self.config
+        mini = cfg.mini_batch_size or len(samples)
+        started = time.perf_counter()
+        nll_sum = weight = grad_sum = 0.0
+        correct = 0.0
+        tokens = 0
+        steps = 0
+        for m_start in range(0, len(samples), mini):
+            m_end = min(len(samples), m_start + mini)
+            local_tokens = float(sum(s.num_trainable_tokens for s in samples[m_start:m_end]))
+            normalizer = max(1.0, self._global_sum(local_tokens)) / self.dist.world_size
+            micro = list(self._micro_batches(samples[m_start:m_end]))
+            for k, (_, _, batch) in enumerate(micro):
+                sync = k == len(micro) - 1
+                context = self.wrapped.no_sync() if (self.dist.enabled and not sync) else nullcontext()  # type: ignore[operator]
+                with context, self._autocast():
+                    mask = batch.loss_mask
+                    logprobs, _, _ = self.wrapped(batch, mask, temperature=1.0)
+                    loss = -losses.masked_mean(logprobs, mask, normalizer)
+                    loss.backward()
+                with torch.no_grad():
+                    picked = logprobs.detach().float()
+                    nll_sum += float(-(picked * mask).sum())
+                    correct += float(((picked > math.log(0.5)).float() * mask).sum())
+                weight += float(mask.sum())
+                tokens += batch.num_tokens
+            grad_sum += self._step()
+            steps += 1
+        elapsed = time.perf_counter() - started
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            totals = torch.tensor([nll_sum, correct, weight, float(tokens)], dtype=torch.float64, device=self.device)
+            tdist.all_reduce(totals)
+            nll_sum, correct, weight, tokens = float(totals[0]), float(totals[1]), float(totals[2]), int(totals[3])
+        return {
+            "train/nll": nll_sum / max(weight, 1.0),
+            "train/token_prob_above_half": correct / max(weight, 1.0),
+            "train/grad_norm": grad_sum / max(steps, 1),
+            "train/optimizer_steps": float(steps),
+            "perf/update_tokens": float(tokens),
+            "perf/tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+            "time/update_s": elapsed,
+        }
+
     def _loss_and_backward(
         self,
         batch: TokenBatch,

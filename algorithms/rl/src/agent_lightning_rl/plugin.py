@@ -1,4 +1,4 @@
-"""Registers PPO and GRPO with Agent Lightning (imports nothing heavy)."""
+"""Registers PPO, GRPO and SFT with Agent Lightning (imports nothing heavy)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def agl_register_algorithms(register: Callable[[AlgorithmEntry], None]) -> None:
                 "LoraSettings": "agent_lightning_rl.config:LoraSettings",
             },
             description="GRPO (also RLOO, REINFORCE++): group-relative advantages, no critic (torch)",
+            package=PACKAGE,
+        )
+    )
+    register(
+        AlgorithmEntry(
+            name="sft",
+            algorithm="agent_lightning_rl.sft:SupervisedFineTuning",
+            config="agent_lightning_rl.config:SFTConfig",
+            exports={"SFT": "agent_lightning_rl.sft:SupervisedFineTuning"},
+            description="SFT and rejection-sampling fine-tuning: masked NLL on kept rollouts or a chat dataset (torch)",
             package=PACKAGE,
         )
     )

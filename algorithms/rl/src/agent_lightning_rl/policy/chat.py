@@ -135,8 +135,15 @@ def _hermes_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     return out
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-    """The prompt text for ``messages`` (OpenAI format), ending with the assistant generation prompt."""
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    *,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The prompt text for ``messages`` (OpenAI format), ending with the assistant generation prompt (unless
+    ``add_generation_prompt=False``: then ending with the last message, as for a finished conversation)."""
     if not messages:
         raise ChatFormatError("messages is empty")
     for i, message in enumerate(messages):
@@ -150,7 +157,11 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict
         rendered_messages, kwargs = _hermes_messages(messages, schemas), {}
     try:
         return tokenizer.apply_chat_template(
-            rendered_messages, chat_template=template, tokenize=False, add_generation_prompt=True, **kwargs
+            rendered_messages,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **kwargs,
         )
     except Exception as exc:  # jinja raises its own types (TemplateError, TypeError on None content, …)
         raise ChatFormatError(
