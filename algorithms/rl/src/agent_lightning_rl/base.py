@@ -363,7 +363,7 @@ class RLAlgorithm(Algorithm):
 
                     assert served is not None
                     served.eval()
-                    if cfg.async_rollouts:
+                    if cfg.async_rollouts and self.learner.device.type == "cpu":
                         # the engine's generation thread takes its intra-op threads from the first weight copy
                         # it runs (below); the learner, in this thread, gets the rest
                         placement = Placement.split(previous_threads, cfg.engine_threads)
