@@ -54,21 +54,27 @@ def publish_weights(server: Any, model: torch.nn.Module, version: str) -> float:
 
 @dataclass(frozen=True)
 class Placement:
-    """Intra-op threads of the engine's generation thread and of the learner (this process's torch threads)."""
+    """Intra-op threads of the engine's generation thread and of the learner.
+
+    The engine keeps ``engine_threads``; the learner uses ``learner_threads`` while the collector is generating and
+    all ``available`` threads while the engine is idle (it asks before each micro-batch).
+    """
 
     engine_threads: int
     learner_threads: int
+    available: int
 
     @classmethod
     def split(cls, available: int, engine_threads: int | None) -> Placement:
-        """Half the threads each (the engine gets the smaller half), or ``engine_threads`` and the rest."""
+        """The engine gets ``engine_threads`` (default half, rounded down, at least 1); the learner the rest."""
         engine = engine_threads if engine_threads is not None else max(1, available // 2)
-        return cls(engine, max(1, available - engine))
+        return cls(engine, max(1, available - engine), max(1, available))
 
     def metrics(self) -> dict[str, float]:
         return {
             "placement/engine_threads": float(self.engine_threads),
             "placement/learner_threads": float(self.learner_threads),
+            "placement/learner_threads_engine_idle": float(self.available),
             "placement/cpus": float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0),
         }
 
@@ -112,12 +118,17 @@ class RolloutCollector:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    admission_wait_s: float = 0.0
+    _busy: threading.Event = field(default_factory=threading.Event)
 
     def begin(self) -> RolloutCollector:
         self._thread = threading.Thread(target=self._run, name="agl-rl-collector", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being collected (admitted, not all its rollouts finished)."""
+        return self._busy.is_set()
 
     def advance(self, version: int, resources_id: str) -> None:
         """The learner published ``version`` (as ``resources_id``); later batches use it."""
@@ -168,6 +179,7 @@ class RolloutCollector:
                 admission_wait = time.perf_counter() - waited
                 admitted = self.gate.version
                 started = time.perf_counter()
+                self._busy.set()
                 ids = self.pending.get(index)
                 if ids is None:
                     ids = self._enqueue(index, tasks)
@@ -176,6 +188,7 @@ class RolloutCollector:
                     with self._lock:
                         self._ledger[index] = list(ids)
                 rollouts = self._wait(ids)
+                self._busy.clear()
                 if rollouts is None:
                     return
                 rollout_s = time.perf_counter() - started

@@ -381,8 +381,6 @@ class RLAlgorithm(Algorithm):
                     snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
                     publish_weights(server, self.learner.model, snapshot.resources_id)
                     tasks = self._tasks(session.train_dataset)
-                    if placement is not None:
-                        torch.set_num_threads(placement.learner_threads)
                     if cfg.async_rollouts:
                         self._collector = RolloutCollector(
                             self,
@@ -395,6 +393,10 @@ class RLAlgorithm(Algorithm):
                             resources_id=snapshot.resources_id,
                             pending=dict(self._resumed.get(PENDING_KEY) or {}),
                         ).begin()
+                    if placement is not None and self._collector is not None:
+                        torch.set_num_threads(placement.learner_threads)
+                        collector, split = self._collector, placement
+                        self.learner.threads = lambda: split.learner_threads if collector.busy else split.available
                 except BaseException as exc:
                     pending = exc
             while self.iteration < session.num_iterations:
@@ -468,6 +470,7 @@ class RLAlgorithm(Algorithm):
             except Exception as exc:  # never hide the original error behind a checkpoint failure
                 logger.error("could not save the final checkpoint: %s", exc)
             self._collector = None
+            self.learner.threads = None
             torch.set_num_threads(previous_threads)
             if proxy is not None:
                 proxy.stop()

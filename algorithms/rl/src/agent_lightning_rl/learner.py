@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -252,6 +252,9 @@ class PolicyLearner:
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.steps = 0
         self._importance = ImportanceStats()
+        self.threads: Callable[[], int] | None = None
+        """When set, the intra-op threads to use, asked before each micro-batch (asynchronous collection on CPU:
+        fewer while the engine generates, all of them while it is idle)."""
 
     # ------------------------------------------------------------------ forward passes
     def _autocast(self) -> Any:
@@ -347,6 +350,8 @@ class PolicyLearner:
                 normalizer = max(1.0, self._global_sum(local_tokens)) / self.dist.world_size
                 micro = list(self._micro_batches(samples[m_start:m_end]))
                 for k, (start, end, batch) in enumerate(micro):
+                    if self.threads is not None and (wanted := self.threads()) != torch.get_num_threads():
+                        torch.set_num_threads(wanted)
                     lo, hi = m_start + start, m_start + end
                     sync = k == len(micro) - 1
                     context = self.wrapped.no_sync() if (self.dist.enabled and not sync) else nullcontext()  # type: ignore[operator]
