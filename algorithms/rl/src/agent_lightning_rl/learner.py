@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +25,8 @@ from .batching import TokenBatch, collate, pad_rows
 from .config import PPOConfig, RLConfig
 from .distributed import DistInfo
 from .fused import chunked_token_logprobs
+from .importance import ImportanceStats, truncated_importance_weights
+from .staleness import staleness_of
 
 
 def _base_model(model: nn.Module) -> Any:
@@ -249,6 +251,10 @@ class PolicyLearner:
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.steps = 0
+        self._importance = ImportanceStats()
+        self.threads: Callable[[], int] | None = None
+        """When set, the intra-op threads to use, asked before each micro-batch (asynchronous collection on CPU:
+        fewer while the engine generates, all of them while it is idle)."""
 
     # ------------------------------------------------------------------ forward passes
     def _autocast(self) -> Any:
@@ -336,6 +342,7 @@ class PolicyLearner:
         sums: dict[str, float] = {}
         weight = 0.0
         tokens = 0
+        self._importance = ImportanceStats()
         for _ in range(cfg.ppo_epochs):
             for m_start in range(0, len(samples), mini):
                 m_end = min(len(samples), m_start + mini)
@@ -343,6 +350,8 @@ class PolicyLearner:
                 normalizer = max(1.0, self._global_sum(local_tokens)) / self.dist.world_size
                 micro = list(self._micro_batches(samples[m_start:m_end]))
                 for k, (start, end, batch) in enumerate(micro):
+                    if self.threads is not None and (wanted := self.threads()) != torch.get_num_threads():
+                        torch.set_num_threads(wanted)
                     lo, hi = m_start + start, m_start + end
                     sync = k == len(micro) - 1
                     context = self.wrapped.no_sync() if (self.dist.enabled and not sync) else nullcontext()  # type: ignore[operator]
@@ -369,9 +378,21 @@ class PolicyLearner:
             sums.update(zip(keys, totals[: len(keys)].tolist(), strict=True))
             weight, tokens = float(totals[-2]), int(totals[-1])
         steps = cfg.ppo_epochs * math.ceil(len(samples) / mini)
+        importance = self._importance
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            sums_is = torch.tensor(
+                [importance.ratio_sum, importance.truncated, importance.tokens], dtype=torch.float64, device=self.device
+            )
+            tdist.all_reduce(sums_is)
+            top = torch.tensor([importance.ratio_max], dtype=torch.float64, device=self.device)
+            tdist.all_reduce(top, op=tdist.ReduceOp.MAX)
+            importance = ImportanceStats(float(sums_is[0]), float(top[0]), float(sums_is[1]), float(sums_is[2]))
         metrics = {f"train/{k}": v / max(weight, 1.0) for k, v in sums.items() if k != "grad_norm"}
         metrics["train/grad_norm"] = sums.get("grad_norm", 0.0) / max(steps, 1)
         metrics["train/optimizer_steps"] = float(steps)
+        metrics.update(importance.metrics())
         metrics["perf/update_tokens"] = float(tokens)
         metrics["perf/tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
         metrics["time/update_s"] = elapsed
@@ -458,6 +479,7 @@ class PolicyLearner:
             old_lp = pad_rows([old.logprobs[i] for i in rows], width).to(self.device)
         else:
             old_lp = logprobs.detach()
+        adv = self._importance_weighted(adv, samples, old_lp, mask, width)
         pg_loss, clip_frac = losses.policy_loss(
             logprobs, old_lp, adv, mask, cfg.clip_range, cfg.clip_range_high, normalizer=normalizer
         )
@@ -496,6 +518,32 @@ class PolicyLearner:
             # drift from the sampling (old) policy: free, unlike train/kl, which needs the reference's log-probs
             stats["policy_kl"] = float(losses.masked_mean(losses.kl_penalty(logprobs.detach(), old_lp, "k3"), mask))
         return stats
+
+    def _importance_weighted(
+        self, adv: torch.Tensor, samples: Sequence[Sample], old_lp: torch.Tensor, mask: torch.Tensor, width: int
+    ) -> torch.Tensor:
+        """``adv`` times the truncated importance weights of stale samples' tokens (:mod:`.importance`).
+
+        The weight is positive and constant, so weighting the advantage weights the clipped surrogate. Samples
+        without sampler log-probs, or trained against them already (``use_rollout_logprobs``), are left alone.
+        """
+        cap = self.config.importance_cap
+        if cap is None or self.config.use_rollout_logprobs:
+            return adv
+        rows = [staleness_of(s) > 0 and s.completion_logprobs is not None for s in samples]
+        if not any(rows):
+            return adv
+        sampler = pad_rows(
+            [
+                torch.tensor(s.completion_logprobs if r and s.completion_logprobs else [])
+                for s, r in zip(samples, rows, strict=True)
+            ],
+            width,
+        ).to(self.device)
+        selected = mask * torch.tensor(rows, dtype=mask.dtype, device=mask.device).unsqueeze(-1)
+        weights, stats = truncated_importance_weights(old_lp, sampler, selected, cap)
+        self._importance.add(stats)
+        return adv * weights.to(adv.dtype)
 
     def _step(self) -> float:
         params = [p for p in self.module.parameters() if p.requires_grad and p.grad is not None]
