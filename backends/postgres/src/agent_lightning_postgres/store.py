@@ -200,6 +200,8 @@ class PostgresLightningStore(SqlLightningStore):
     def _create_extras(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"CREATE SEQUENCE IF NOT EXISTS {_QUEUE_SEQUENCE}")
 
+    locks_rows = True
+
     def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False, share: bool = False) -> Select[Any]:
         return query.with_for_update(skip_locked=skip_locked, read=share)
 

@@ -105,6 +105,7 @@ class SqlLightningStore(LightningStore):
         self._closed = False
         self._waker = Waker()
         self._span_sql: str | None = None
+        self._owner_sql: dict[int, str] = {}
 
     # ------------------------------------------------------------------ dialect hooks
     def _create_engine(self) -> Engine:
@@ -117,6 +118,9 @@ class SqlLightningStore(LightningStore):
     def _guard(self, write: bool) -> AbstractContextManager[object]:
         """Held around each transaction (e.g. an in-process lock for SQLite writers)."""
         return nullcontext()
+
+    locks_rows = False
+    """Whether :meth:`_lock_rows` locks anything (a database with row locks overrides both)."""
 
     def _lock_rows(self, query: Select[Any], *, skip_locked: bool = False, share: bool = False) -> Select[Any]:
         """``query`` locking the rows it reads until commit (``FOR UPDATE``, or ``FOR SHARE`` with
@@ -695,10 +699,8 @@ class SqlLightningStore(LightningStore):
 
         def work(conn: Connection) -> None:
             owners: dict[str, tuple[str, int, str]] = {}
-            columns = (ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence, ATTEMPTS.c.status)
             for chunk in _chunks(list({row[1] for row in rows})):
-                query = self._lock_rows(sa.select(*columns).where(ATTEMPTS.c.attempt_id.in_(chunk)), share=True)
-                for attempt_id, rollout_id, sequence, status in conn.execute(query):
+                for attempt_id, rollout_id, sequence, status in self._span_owners(conn, chunk):
                     owners[attempt_id] = (rollout_id, sequence, status)
             finished: dict[tuple[str, str], list[int]] = {}
             for index, row in enumerate(rows):
@@ -725,6 +727,26 @@ class SqlLightningStore(LightningStore):
 
         self._transact(work, write=True, idempotent=True)
         return len(rows)
+
+    def _span_owners(self, conn: Connection, attempt_ids: Sequence[str]) -> Any:
+        """``(attempt_id, rollout_id, sequence, status)`` of the attempts named, share-locked where the database can.
+
+        Plain driver SQL (cached per size) rather than a SQLAlchemy select built and compiled on every batch: this
+        runs once per ``add_spans`` call.
+        """
+        if self.locks_rows:  # the dialect share-locks through its construct
+            columns = (ATTEMPTS.c.attempt_id, ATTEMPTS.c.rollout_id, ATTEMPTS.c.sequence, ATTEMPTS.c.status)
+            query = sa.select(*columns).where(ATTEMPTS.c.attempt_id.in_(attempt_ids))
+            return conn.execute(self._lock_rows(query, share=True))
+        mark = "?" if conn.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = self._owner_sql.get(len(attempt_ids))
+        if sql is None:
+            sql = (
+                f"SELECT attempt_id, rollout_id, sequence, status FROM {ATTEMPTS.name} "
+                f"WHERE attempt_id IN ({', '.join([mark] * len(attempt_ids))})"
+            )
+            self._owner_sql[len(attempt_ids)] = sql
+        return conn.exec_driver_sql(sql, tuple(attempt_ids))
 
     def _unknown_owner(self, conn: Connection, row: list[Any]) -> NotFound:
         rollout_id, attempt_id, span_id = row[0], row[1], row[2]
