@@ -85,6 +85,7 @@ class RLAlgorithm(Algorithm):
         self._versions: dict[str, int] = {}
         self._dist = DistInfo()
         self._saved_at: int | None = None
+        self._engine_features: frozenset[str] = frozenset()
         """The iteration of the last checkpoint call (on every rank, whether or not this rank wrote it)."""
 
     # ------------------------------------------------------------------ what subclasses define
@@ -224,7 +225,12 @@ class RLAlgorithm(Algorithm):
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         device = choose_device(plan, self._dist)
-        served, self.iteration = self._load(session, device, serve=self._dist.is_main and not offline)
+        if self._dist.is_main and not offline:
+            from agent_lightning.engines import engine_entry
+
+            self._engine_features = engine_entry(cfg.engine).features  # an engine not installed fails here
+        serve = self._dist.is_main and not offline and cfg.engine == "transformers"
+        served, self.iteration = self._load(session, device, serve=serve)
         start = self.iteration
         if start >= session.num_iterations:
             logger.info(
@@ -325,6 +331,39 @@ class RLAlgorithm(Algorithm):
                 continue
             yield [dataset[i] for i in batch]
 
+    def _start_engine(self, served: torch.nn.Module | None) -> Any:
+        """Start the configured inference engine on the policy (the built-in one takes ``served`` as it is)."""
+        from agent_lightning.engines import create_engine
+
+        from .models import local_checkpoint
+
+        cfg = self.config
+        options: dict[str, Any] = {
+            "served_name": cfg.model,
+            "dtype": cfg.dtype,
+            "max_batch_size": cfg.max_batch_size,
+            "default_max_tokens": cfg.max_new_tokens,
+            **cfg.engine_options,
+        }
+        if cfg.engine == "transformers":
+            assert served is not None
+            options["preloaded"] = (served, self.tokenizer)
+        if cfg.lora is not None and "lora" in self._engine_features:
+            options.setdefault("lora_rank", cfg.lora.r)
+        return create_engine(cfg.engine, local_checkpoint(cfg.model), **options).start()
+
+    def _sync_engine(self, engine: Any, version: str) -> None:
+        """Serve the learner's current weights as ``version``: its LoRA adapter where the engine takes adapters,
+        else the merged weights."""
+        assert self.learner is not None
+        if self.config.lora is not None and "lora" in self._engine_features:
+            with tempfile.TemporaryDirectory(prefix="agl-adapter-") as folder:
+                self.learner.model.save_pretrained(folder)
+                engine.update_weights(folder, version, adapter=True)
+            return
+        with merged_weights(self.learner.model) as state:
+            engine.update_weights(state, version=version)
+
     def _run_online(self, session: TrainSession, served: torch.nn.Module | None) -> TrainResult:
         cfg = self.config
         assert self.learner is not None
@@ -340,21 +379,11 @@ class RLAlgorithm(Algorithm):
                 try:
                     from agent_lightning_proxy import LLMProxy
 
-                    from .policy import PolicyServer
-
-                    assert served is not None
-                    served.eval()
-                    server = PolicyServer(
-                        served,
-                        self.tokenizer,
-                        model_name=cfg.model,
-                        max_batch_size=cfg.max_batch_size,
-                        default_max_tokens=cfg.max_new_tokens,
-                    ).start()
+                    server = self._start_engine(served)
+                    served = None  # the engine owns it now
                     proxy = LLMProxy(session.store, upstream=server.url).start()
                     snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                    with merged_weights(self.learner.model) as state:
-                        server.update_weights(state, version=snapshot.resources_id)
+                    self._sync_engine(server, snapshot.resources_id)
                     tasks = self._tasks(session.train_dataset)
                 except BaseException as exc:
                     pending = exc
@@ -368,6 +397,7 @@ class RLAlgorithm(Algorithm):
                     else:
                         try:
                             samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                            server.stats()  # raises, with the engine's last log lines, when it died meanwhile
                         except BaseException as exc:
                             pending = exc
                 update = self._train_on(samples)  # None from rank 0 stops every rank here
@@ -379,8 +409,9 @@ class RLAlgorithm(Algorithm):
                     try:
                         started = time.perf_counter()
                         snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                        with merged_weights(self.learner.model) as state:
-                            server.update_weights(state, version=snapshot.resources_id)
+                        synced = time.perf_counter()
+                        self._sync_engine(server, snapshot.resources_id)
+                        metrics["time/weight_sync_s"] = time.perf_counter() - synced
                         metrics.update(update)
                         metrics["time/publish_s"] = time.perf_counter() - started
                         metrics["train/policy_version"] = float(self.iteration)

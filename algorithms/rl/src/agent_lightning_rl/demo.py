@@ -79,6 +79,8 @@ class DemoConfig:
     max_tokens: int = 64
     progress: bool = True
     rollout_timeout: float = 600.0
+    engine: str = "transformers"
+    """Inference engine serving the policy (``"vllm"`` with ``agent-lightning-vllm`` installed)."""
 
 
 # --------------------------------------------------------------------------- the example agent
@@ -288,17 +290,23 @@ def _final_text(spans: Sequence[Span]) -> str | None:
 
 
 @contextmanager
-def serve_policy(store: LightningStore, model: str, *, max_batch_size: int = 8) -> Iterator[Any]:
-    """Load ``model`` and serve it behind the recording proxy; yields the proxy."""
+def serve_policy(
+    store: LightningStore, model: str, *, max_batch_size: int = 8, engine: str = "transformers"
+) -> Iterator[Any]:
+    """Serve ``model`` with the inference engine ``engine`` behind the recording proxy; yields the proxy."""
+    from agent_lightning.engines import create_engine
     from agent_lightning_proxy.server import LLMProxy
 
-    from agent_lightning_rl.models import load_policy
-    from agent_lightning_rl.policy import PolicyServer
+    from agent_lightning_rl.models import local_checkpoint
 
-    weights, tokenizer = load_policy(model)
-    with PolicyServer(weights, tokenizer, model_name=served_name(model), max_batch_size=max_batch_size) as server:
+    server = create_engine(
+        engine, local_checkpoint(model), served_name=served_name(model), max_batch_size=max_batch_size
+    ).start()
+    try:
         with LLMProxy(store, server.url) as proxy:
             yield proxy
+    finally:
+        server.stop()
 
 
 def served_name(model: str) -> str:
@@ -311,14 +319,22 @@ class Evaluation(Algorithm):
     name = "evaluate"
 
     def __init__(
-        self, model: str, label: str, tasks_module: ModuleType, *, max_tokens: int, timeout: float, resource: str
+        self,
+        model: str,
+        label: str,
+        tasks_module: ModuleType,
+        *,
+        max_tokens: int,
+        timeout: float,
+        resource: str,
+        engine: str = "transformers",
     ) -> None:
-        self.model, self.label, self.tasks_module = model, label, tasks_module
+        self.model, self.label, self.tasks_module, self.engine = model, label, tasks_module, engine
         self.max_tokens, self.timeout, self.resource = max_tokens, timeout, resource
         self.report: EvalReport | None = None
 
     def run(self, session: TrainSession) -> TrainResult:
-        with serve_policy(session.store, self.model) as proxy:
+        with serve_policy(session.store, self.model, engine=self.engine) as proxy:
             resource = proxy.resource(served_name(self.model), temperature=0.0, max_tokens=self.max_tokens)
             snapshot = session.publish_resources({self.resource: resource}, {"purpose": f"evaluation: {self.label}"})
             started = time.perf_counter()
@@ -347,7 +363,13 @@ def evaluate(
     from agent_lightning.trainer import Trainer
 
     algorithm = Evaluation(
-        model, label, tasks_module, max_tokens=config.max_tokens, timeout=config.rollout_timeout, resource=resource
+        model,
+        label,
+        tasks_module,
+        max_tokens=config.max_tokens,
+        timeout=config.rollout_timeout,
+        resource=resource,
+        engine=config.engine,
     )
     trainer = Trainer(
         algorithm,
@@ -528,9 +550,11 @@ def _say(config: DemoConfig, text: str) -> None:
 def run_demo(config: DemoConfig) -> DemoResult:
     """Baseline evaluation, training, evaluation of the checkpoint; writes the run folder."""
     from agent_lightning.algorithms import get_algorithm
+    from agent_lightning.engines import engine_entry
     from agent_lightning.store import open_store
     from agent_lightning.trainer import Trainer
 
+    engine_entry(config.engine)  # an engine that is not installed fails here, naming the package
     started = time.perf_counter()
     examples = find_examples_dir(config.examples_dir)
     tasks_module, agent = load_example(examples, config.framework)
@@ -547,7 +571,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     _say(config, f"agl demo: {config.framework} agent, model {config.model}, store {store_url}, run folder {run_dir}")
     try:
         algorithm = get_algorithm(
-            config.algorithm, **{**DEFAULT_ALGORITHM_CONFIG, "model": config.model, **config.algorithm_config}
+            config.algorithm,
+            **{**DEFAULT_ALGORITHM_CONFIG, "model": config.model, "engine": config.engine, **config.algorithm_config},
         )
         # evaluation publishes the policy under the algorithm's resource name, so the agent always sees one LLM
         resource = str(getattr(getattr(algorithm, "config", None), "policy_resource", "main_llm"))
@@ -631,6 +656,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-interval", type=int, help="let the algorithm validate every N iterations")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="max tokens per evaluation reply")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="algorithm config field (repeatable)")
+    parser.add_argument("--engine", default=defaults.engine, help="inference engine: transformers, vllm, …")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -662,6 +688,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         eval_interval=args.eval_interval,
         max_tokens=args.max_tokens,
         progress=not args.no_progress,
+        engine=args.engine,
     )
     if args.run_dir is not None:
         config.run_dir = args.run_dir
