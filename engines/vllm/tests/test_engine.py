@@ -62,6 +62,11 @@ def _chat(base_url: str, **body: Any) -> httpx.Response:
     return response
 
 
+def _prompt_ids(tokenizer: Any) -> list[int]:
+    text = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 @torch.no_grad()
 def _teacher_forced(model: Any, prompt: list[int], completion: list[int]) -> list[float]:
     ids = torch.tensor([prompt + completion])
@@ -101,9 +106,7 @@ def test_sampled_token_ids_match_teacher_forced_logprobs_of_the_same_weights(
     response.raise_for_status()
     body = response.json()
     prompt_ids, ids = body["prompt_token_ids"], body["choices"][0]["token_ids"]
-    expected_prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    expected_prompt = expected_prompt["input_ids"] if isinstance(expected_prompt, dict) else list(expected_prompt)
-    assert prompt_ids == list(expected_prompt)
+    assert prompt_ids == _prompt_ids(tokenizer)
     assert len(ids) > 4
     served = [entry["logprob"] for entry in body["choices"][0]["logprobs"]["content"]]
     forced = _teacher_forced(learner, prompt_ids, ids)
@@ -140,8 +143,7 @@ def test_the_proxy_records_vllms_token_ids_plain_and_streamed(
 def test_weight_sync_serves_exactly_the_learners_weights_without_a_restart(
     engine: VLLMEngine, learner: Any, tokenizer: Any
 ) -> None:
-    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    prompt = _prompt_ids(tokenizer)
     before, version = _vllm_greedy(engine, prompt, 12)
     assert version == "v0" and before == _greedy(learner, prompt, 12)
     torch.manual_seed(0)
@@ -163,8 +165,7 @@ def test_weight_sync_serves_exactly_the_learners_weights_without_a_restart(
 def test_a_lora_adapter_is_loaded_at_run_time(engine: VLLMEngine, learner: Any, tokenizer: Any, tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
-    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    prompt = _prompt_ids(tokenizer)
     base_out, _ = _vllm_greedy(engine, prompt, 12)  # the weights synced above
     peft_model = get_peft_model(learner, LoraConfig(r=LORA_RANK, lora_alpha=16, target_modules="all-linear"))
     torch.manual_seed(1)

@@ -340,7 +340,6 @@ class RLAlgorithm(Algorithm):
         cfg = self.config
         options: dict[str, Any] = {
             "served_name": cfg.model,
-            "dtype": cfg.dtype,
             "max_batch_size": cfg.max_batch_size,
             "default_max_tokens": cfg.max_new_tokens,
             **cfg.engine_options,

@@ -67,7 +67,7 @@ class VLLMEngine:
         lora_rank: int | None = None,
         colocate: bool = False,
         gpu_memory_utilization: float | None = None,
-        kv_cache_gib: float = 2.0,
+        kv_cache_gib: int = 2,
         enforce_eager: bool = True,
         version: str = "v0",
         extra_args: list[str] | None = None,
@@ -166,7 +166,7 @@ class VLLMEngine:
             if self._process.poll() is not None:
                 self._reader.join(timeout=5)
                 code = self._process.returncode
-                self._process = None
+                self.stop()
                 raise EngineError(f"vLLM exited with status {code} while starting on {self.model}{self._last_lines()}")
             try:
                 if self._client.get(f"{self._root}/health", timeout=2.0).status_code == 200:
