@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke test")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="bundled name or checkpoint folder")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="float32", help="weights; float32 trains under bf16 autocast")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--group", type=int, default=4, help="rollouts per question (GRPO group)")
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -87,7 +87,7 @@ def main() -> None:
         samples.append(
             Sample(
                 rollout_id=f"r{i}", attempt_id="a", span_ids=[], prompt_token_ids=r["prompt_token_ids"],
-                completion_token_ids=ids, loss_mask=[1] * len(ids), reward=float(len(ids) % 2),
+                completion_token_ids=ids, loss_mask=[1] * len(ids), reward=float(sum(ids) % 2),
                 group_id=f"g{i // args.group}",
             )
         )  # fmt: skip

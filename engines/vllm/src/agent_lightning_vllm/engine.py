@@ -81,6 +81,7 @@ class VLLMEngine:
         del default_max_tokens  # every request of the trainer's agents names its max_tokens
         self.model = model
         self.served_name = served_name or model
+        self.dtype = dtype
         self.host, self.port = host, port
         self.lora_rank = lora_rank
         self._version = version
@@ -206,8 +207,18 @@ class VLLMEngine:
         state = source.state_dict() if hasattr(source, "state_dict") else source
         if not isinstance(state, Mapping) or not state:
             raise ValueError("weights must be a non-empty state dict, a module, or a path")
+        import torch
+
+        dtype = getattr(torch, self.dtype) if self.dtype in ("bfloat16", "float16", "float32") else None
+        tensors: dict[str, Any] = {}
+        seen: set[int] = set()
+        for key, value in state.items():
+            if value.data_ptr() in seen:
+                continue  # a tied weight (lm_head = embed_tokens): vLLM ties it again itself
+            seen.add(value.data_ptr())
+            tensors[key] = value.detach().to("cpu", dtype=dtype if value.is_floating_point() else None).contiguous()
         path = self._scratch / "weights.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+        save_file(tensors, str(path))
         try:
             self._post_weights({"path": str(path), "version": version})
         finally:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 
 class WeightSync:
     """Mixed into vLLM's worker class: loads weights from safetensors files into the running model in place."""
 
-    model_runner: Any
-
     def agl_load_weights(self, path: str) -> int:
-        """Load every tensor of the safetensors file(s) at ``path`` (a file or a folder) through the model's own
-        ``load_weights`` (which maps Hugging Face names onto vLLM's fused layers); returns how many were read."""
+        """Load every tensor of the safetensors file(s) at ``path`` (a file or a folder) with the worker's in-place
+        ``reload_weights``: it maps Hugging Face names onto vLLM's fused layers, undoes and redoes the kernel-format
+        processing done after loading (the CPU backend repacks linear weights), and sees through LoRA wrappers.
+        Returns how many tensors were read."""
         from pathlib import Path
 
         from safetensors.torch import load_file
@@ -23,33 +21,27 @@ class WeightSync:
         files = sorted(location.glob("*.safetensors")) if location.is_dir() else [location]
         if not files:
             raise FileNotFoundError(f"no *.safetensors weights in {location}")
-        model = self.model_runner.get_model() if hasattr(self.model_runner, "get_model") else self.model_runner.model
-        count = 0
-        with _unwrapped_names(model):
-            for file in files:
-                state = load_file(str(file))
-                count += len(state)
-                model.load_weights(weights=iter(state.items()))
-        return count
+        state: dict[str, Any] = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        worker: Any = self  # the worker's own in-place reload (vLLM 0.32)
+        worker.reload_weights(weights_iterator=iter(state.items()))
+        _refresh_cpu_gemm(worker.model_runner.get_model())
+        return len(state)
 
 
-@contextmanager
-def _unwrapped_names(model: Any) -> Iterator[None]:
-    """With LoRA enabled, vLLM wraps linear layers (``qkv_proj.base_layer.weight``) after loading; its models'
-    ``load_weights`` look parameters up under the plain names. Give every module plain parameter names meanwhile."""
-    patched = []
+def _refresh_cpu_gemm(model: Any) -> None:
+    """On CPU, layers that keep their weight (the embedding, and the LM head tied to it) compute their matmul with a
+    oneDNN handle made from the weight at load time; ``reload_weights`` leaves that handle on the old weight. Make
+    it again."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    import torch
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
     for module in model.modules():
-        if any(".base_layer." in f".{name}" for name, _ in module.named_parameters()):
-            original = type(module).named_parameters.__get__(module)
-
-            def plain(*args: Any, _original: Any = original, **kwargs: Any) -> Iterator[tuple[str, Any]]:
-                for name, param in _original(*args, **kwargs):
-                    yield name.replace("base_layer.", ""), param
-
-            module.named_parameters = plain
-            patched.append(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.named_parameters
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() > 0:
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
