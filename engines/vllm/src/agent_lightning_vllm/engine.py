@@ -101,6 +101,9 @@ class VLLMEngine:
             "--middleware",
             "agent_lightning_vllm.middleware.AglMiddleware",
             "--disable-uvicorn-access-log",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "hermes",
         ]
         if enforce_eager:
             self._args.append("--enforce-eager")
@@ -147,6 +150,7 @@ class VLLMEngine:
         env = {
             **os.environ,
             "AGL_VLLM_VERSION": self._version,
+            "AGL_VLLM_MODEL": self.model,
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(self._kv_cache_gib)),
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
             # vLLM pins its threads to cores and keeps one core back: on a small machine that halves its speed

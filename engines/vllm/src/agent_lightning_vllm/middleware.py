@@ -77,8 +77,7 @@ class AglMiddleware:
         self.in_flight += 1  # no await since the gate was seen open: an update cannot slip in between
         self._idle.clear()
         version = self.version.encode()
-        if self.adapter is not None:
-            scope, receive = await _with_model(scope, receive, self.adapter)
+        scope, receive = await _rewritten(scope, receive, self.adapter)
 
         async def send_versioned(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -150,13 +149,18 @@ async def _body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _with_model(scope: Scope, receive: Receive, model: str) -> tuple[Scope, Receive]:
-    """The request with its JSON body's ``model`` set to ``model`` (the loaded LoRA adapter)."""
+async def _rewritten(scope: Scope, receive: Receive, adapter: str | None) -> tuple[Scope, Receive]:
+    """The request with its JSON body's ``model`` set to the loaded LoRA adapter (if any), and its tool calls and
+    results written the way the built-in engine writes them for a chat template that takes no tools (see
+    :func:`_hermes`)."""
     raw = await _body(receive)
     try:
         payload = json.loads(raw)
         if isinstance(payload, dict):
-            payload["model"] = model
+            if adapter is not None:
+                payload["model"] = adapter
+            if isinstance(payload.get("messages"), list) and payload.get("tools"):
+                payload["messages"] = _hermes(payload["messages"], payload["tools"])
             raw = json.dumps(payload).encode()
     except ValueError:
         pass  # vLLM answers the malformed body itself
@@ -172,6 +176,25 @@ async def _with_model(scope: Scope, receive: Receive, model: str) -> tuple[Scope
         return await receive()  # disconnects
 
     return scope, replay
+
+
+_TEMPLATE_TAKES_TOOLS: list[bool] = []
+
+
+def _hermes(messages: list[Any], tools: list[Any]) -> list[Any]:
+    """For a chat template that ignores ``tools`` (SmolLM2's), the built-in engine's rendering
+    (``agent_lightning_rl.policy.chat``): tool signatures in the system message, tool calls as ``<tool_call>``
+    blocks, results as ``<tool_response>`` user turns; vLLM's ``hermes`` parser reads the model's calls back."""
+    try:
+        from agent_lightning_rl.policy.chat import _hermes_messages, template_takes_tools
+    except ImportError:
+        return messages
+    if not _TEMPLATE_TAKES_TOOLS:
+        from transformers import AutoTokenizer
+
+        template = AutoTokenizer.from_pretrained(os.environ["AGL_VLLM_MODEL"]).chat_template
+        _TEMPLATE_TAKES_TOOLS.append(bool(template) and template_takes_tools(template))
+    return messages if _TEMPLATE_TAKES_TOOLS[0] else _hermes_messages(messages, tools)
 
 
 async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
