@@ -143,6 +143,7 @@ class VLLMEngine:
         if self._process is not None:
             return self
         if self.port and not _port_free(self.host, self.port):
+            self.stop()  # removes the scratch folder
             raise OSError(f"port {self.port} on {self.host} is in use: the vllm engine cannot listen there")
         port = self.port or _free_port(self.host)
         command = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
