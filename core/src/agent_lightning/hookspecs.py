@@ -32,6 +32,7 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
+    from agent_lightning.engines import EngineEntry
     from agent_lightning.instrumentation.adapter import Adapter
     from agent_lightning.registry import AlgorithmEntry
     from agent_lightning.store import RegisterStore
@@ -98,6 +99,21 @@ def agl_register_algorithms(register: Callable[[AlgorithmEntry], None]) -> None:
 
     Called once when the algorithm registry is first needed (``agl train``,
     ``get_algorithm``, ``agl plugins``), and again after plugins change.
+    """
+
+
+# --------------------------------------------------------------------------- inference engines
+@hookspec
+def agl_register_engines(register: Callable[[EngineEntry], None]) -> None:
+    """Register inference engines by calling ``register(EngineEntry(...))`` for each.
+
+    An engine serves the policy being trained behind the OpenAI API with token ids and takes new weights without a
+    restart (see :class:`~agent_lightning.engines.InferenceEngine`). Registering imports nothing heavy.
+
+    :param register: call it once per :class:`~agent_lightning.engines.EngineEntry`.
+    :return: nothing; the return value is ignored.
+
+    Called each time :func:`agent_lightning.engines.engine_entries` runs (``engine=``, ``agl plugins``).
     """
 
 

@@ -4,7 +4,7 @@
 it waits for admission (:class:`~.staleness.AdmissionGate`: version ``k - max_staleness`` served), enqueues
 ``group_size`` rollouts of each of the batch's tasks at once (GRPO groups are admitted whole, under one version),
 waits for all of them and builds their samples. The learner takes batches in order (:meth:`RolloutCollector.take`)
-and, after each update, publishes the new weights (:func:`publish_weights`) and advances the gate. The engine
+and, after each update, syncs the new weights into the engine and advances the gate. The engine
 swaps weights between generation batches: requests in flight finish on the version they started with, later calls
 of the same rollout get the new one, and each LLM span records the version that answered it.
 
@@ -24,11 +24,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from agent_lightning.algorithm import TrainSession
 from agent_lightning.types import RolloutRequest, Sample
 
-from .learner import merged_weights
 from .staleness import AdmissionGate
 
 if TYPE_CHECKING:
@@ -38,18 +36,6 @@ logger = logging.getLogger(__name__)
 
 PENDING_KEY = "async_pending"
 """Trainer-state key of a checkpoint: ``{batch index: [rollout ids]}`` collected but not trained yet."""
-
-
-def publish_weights(server: Any, model: torch.nn.Module, version: str) -> float:
-    """Hand the learner's (LoRA-merged) weights to the serving side as ``version``; returns the seconds it took.
-
-    The one place the training loop talks to the engine: it returns once new requests get ``version``, while
-    requests already generating finish on the weights they started with.
-    """
-    started = time.perf_counter()
-    with merged_weights(model) as state:
-        server.update_weights(state, version=version)
-    return time.perf_counter() - started
 
 
 @dataclass(frozen=True)

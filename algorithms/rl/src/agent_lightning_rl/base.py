@@ -31,7 +31,7 @@ from agent_lightning.trajectory import build_episode, ensure_training_data
 from agent_lightning.types import LLM, Episode, Resource, ResourcesSnapshot, Rollout, Sample, Span
 
 from .advantages import drop_stale, select_samples
-from .async_loop import PENDING_KEY, Placement, RolloutCollector, publish_weights
+from .async_loop import PENDING_KEY, Placement, RolloutCollector
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .config import RLConfig
 from .distributed import (
@@ -49,7 +49,7 @@ from .distributed import (
     shutdown_distributed,
     thread_share,
 )
-from .learner import PolicyLearner, Scored
+from .learner import PolicyLearner, Scored, merged_weights
 from .staleness import AdmissionGate, tag_staleness
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class RLAlgorithm(Algorithm):
         self._versions: dict[str, int] = {}
         self._dist = DistInfo()
         self._saved_at: int | None = None
+        self._engine_features: frozenset[str] = frozenset()
         """The iteration of the last checkpoint call (on every rank, whether or not this rank wrote it)."""
         self._resumed: dict[str, Any] = {}
         """The trainer state of the checkpoint this run resumed from."""
@@ -233,7 +234,12 @@ class RLAlgorithm(Algorithm):
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         device = choose_device(plan, self._dist)
-        served, self.iteration = self._load(session, device, serve=self._dist.is_main and not offline)
+        if self._dist.is_main and not offline:
+            from agent_lightning.engines import engine_entry
+
+            self._engine_features = engine_entry(cfg.engine).features  # an engine not installed fails here
+        serve = self._dist.is_main and not offline and cfg.engine == "transformers"
+        served, self.iteration = self._load(session, device, serve=serve)
         start = self.iteration
         if start >= session.num_iterations:
             logger.info(
@@ -342,6 +348,40 @@ class RLAlgorithm(Algorithm):
                 continue
             yield [dataset[i] for i in batch]
 
+    def _start_engine(self, served: torch.nn.Module | None) -> Any:
+        """Start the configured inference engine on the policy (the built-in one takes ``served`` as it is)."""
+        from agent_lightning.engines import create_engine
+
+        from .models import local_checkpoint
+
+        cfg = self.config
+        options: dict[str, Any] = {
+            "served_name": cfg.model,
+            "max_batch_size": cfg.max_batch_size,
+            "default_max_tokens": cfg.max_new_tokens,
+            **cfg.engine_options,
+        }
+        if cfg.engine == "transformers":
+            assert served is not None
+            options["preloaded"] = (served, self.tokenizer)
+            if cfg.async_rollouts:  # the sampled distribution's log-probs, which the importance ratio compares with
+                options.setdefault("logprobs_mode", "processed")
+        if cfg.lora is not None and "lora" in self._engine_features:
+            options.setdefault("lora_rank", cfg.lora.r)
+        return create_engine(cfg.engine, local_checkpoint(cfg.model), **options).start()
+
+    def _sync_engine(self, engine: Any, version: str) -> None:
+        """Serve the learner's current weights as ``version``: its LoRA adapter where the engine takes adapters,
+        else the merged weights."""
+        assert self.learner is not None
+        if self.config.lora is not None and "lora" in self._engine_features:
+            with tempfile.TemporaryDirectory(prefix="agl-adapter-") as folder:
+                self.learner.model.save_pretrained(folder)
+                engine.update_weights(folder, version, adapter=True)
+            return
+        with merged_weights(self.learner.model) as state:
+            engine.update_weights(state, version=version)
+
     def _run_online(self, session: TrainSession, served: torch.nn.Module | None) -> TrainResult:
         cfg = self.config
         assert self.learner is not None
@@ -359,27 +399,16 @@ class RLAlgorithm(Algorithm):
                 try:
                     from agent_lightning_proxy import LLMProxy
 
-                    from .policy import PolicyServer
-
-                    assert served is not None
-                    served.eval()
                     if cfg.async_rollouts and self.learner.device.type == "cpu":
                         # the engine's generation thread takes its intra-op threads from the first weight copy
                         # it runs (below); the learner, in this thread, gets the rest
                         placement = Placement.split(previous_threads, cfg.engine_threads)
                         torch.set_num_threads(placement.engine_threads)
-                    server = PolicyServer(
-                        served,
-                        self.tokenizer,
-                        model_name=cfg.model,
-                        max_batch_size=cfg.max_batch_size,
-                        default_max_tokens=cfg.max_new_tokens,
-                        # async: the sampled distribution's log-probs, which the importance ratio compares with
-                        logprobs_mode="processed" if cfg.async_rollouts else "raw",
-                    ).start()
+                    server = self._start_engine(served)
+                    served = None  # the engine owns it now
                     proxy = LLMProxy(session.store, upstream=server.url).start()
                     snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                    publish_weights(server, self.learner.model, snapshot.resources_id)
+                    self._sync_engine(server, snapshot.resources_id)
                     tasks = self._tasks(session.train_dataset)
                     if cfg.async_rollouts:
                         self._collector = RolloutCollector(
@@ -416,6 +445,7 @@ class RLAlgorithm(Algorithm):
                                 metrics["time/learner_wait_s"] = time.perf_counter() - waited
                             else:
                                 samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                            server.stats()  # raises, with the engine's last log lines, when it died meanwhile
                             samples, metrics = self._fresh_enough(samples, metrics)
                         except BaseException as exc:
                             pending = exc
@@ -431,9 +461,9 @@ class RLAlgorithm(Algorithm):
                         self.trained_batches.append((self.iteration - 1, rollout_ids))
                         started = time.perf_counter()
                         snapshot = self._publish(session, proxy.url, temperature=cfg.temperature)
-                        metrics["time/weight_sync_s"] = publish_weights(
-                            server, self.learner.model, snapshot.resources_id
-                        )
+                        synced = time.perf_counter()
+                        self._sync_engine(server, snapshot.resources_id)
+                        metrics["time/weight_sync_s"] = time.perf_counter() - synced
                         if self._collector is not None:
                             self._collector.advance(self.iteration, snapshot.resources_id)
                         metrics.update(update)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -100,8 +100,13 @@ class RLConfig(BaseModel):
     autocast: Literal["bfloat16", "float16"] | None = None
     """Mixed precision: run forward and backward passes under ``torch.autocast`` in this dtype (weights stay in
     ``dtype``). ``"bfloat16"`` is fastest on CPUs with bf16 instructions and on recent GPUs."""
+    engine: str = "transformers"
+    """Inference engine serving the policy during training: ``"transformers"`` (built in) or an installed plugin's
+    (``"vllm"`` from ``agent-lightning-vllm``; ``agl plugins`` lists them)."""
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    """Extra options for the engine's factory (``{"colocate": True}``, ``{"gpu_memory_utilization": 0.3}``, …)."""
     max_batch_size: int = Field(default=16, ge=1)
-    """Concurrent sequences the local policy server batches."""
+    """Concurrent sequences the inference engine batches."""
     cpu_fallback: bool = False
     """When the machine has fewer CUDA devices than the Trainer's ``num_gpus``: ``False`` fails, naming the devices
     it found; ``True`` trains data-parallel in ``num_gpus`` CPU processes joined with gloo instead."""

@@ -118,6 +118,9 @@ class DemoConfig:
     def num_iterations(self) -> int:
         return self.iterations or DEFAULT_ITERATIONS.get(self.algorithm, 6)
 
+    engine: str = "transformers"
+    """Inference engine serving the policy (``"vllm"`` with ``agent-lightning-vllm`` installed)."""
+
 
 # --------------------------------------------------------------------------- the example agent
 def find_examples_dir(explicit: str | Path | None = None) -> Path:
@@ -339,17 +342,23 @@ def _final_text(spans: Sequence[Span]) -> str | None:
 
 
 @contextmanager
-def serve_policy(store: LightningStore, model: str, *, max_batch_size: int = 8) -> Iterator[Any]:
-    """Load ``model`` and serve it behind the recording proxy; yields the proxy."""
+def serve_policy(
+    store: LightningStore, model: str, *, max_batch_size: int = 8, engine: str = "transformers"
+) -> Iterator[Any]:
+    """Serve ``model`` with the inference engine ``engine`` behind the recording proxy; yields the proxy."""
+    from agent_lightning.engines import create_engine
     from agent_lightning_proxy.server import LLMProxy
 
-    from agent_lightning_rl.models import load_policy
-    from agent_lightning_rl.policy import PolicyServer
+    from agent_lightning_rl.models import local_checkpoint
 
-    weights, tokenizer = load_policy(model)
-    with PolicyServer(weights, tokenizer, model_name=served_name(model), max_batch_size=max_batch_size) as server:
+    server = create_engine(
+        engine, local_checkpoint(model), served_name=served_name(model), max_batch_size=max_batch_size
+    ).start()
+    try:
         with LLMProxy(store, server.url) as proxy:
             yield proxy
+    finally:
+        server.stop()
 
 
 def served_name(model: str) -> str:
@@ -373,8 +382,9 @@ class Evaluation(Algorithm):
         resource: str,
         proxy: Any = None,
         extra: Mapping[str, Resource] | None = None,
+        engine: str = "transformers",
     ) -> None:
-        self.model, self.label, self.tasks_module = model, label, tasks_module
+        self.model, self.label, self.tasks_module, self.engine = model, label, tasks_module, engine
         self.max_tokens, self.timeout, self.resource = max_tokens, timeout, resource
         self.proxy, self.extra = proxy, dict(extra or {})
         self.report: EvalReport | None = None
@@ -382,7 +392,7 @@ class Evaluation(Algorithm):
     def run(self, session: TrainSession) -> TrainResult:
         if self.proxy is not None:
             return self._run(session, self.proxy)
-        with serve_policy(session.store, self.model) as proxy:
+        with serve_policy(session.store, self.model, engine=self.engine) as proxy:
             return self._run(session, proxy)
 
     def _run(self, session: TrainSession, proxy: Any) -> TrainResult:
@@ -427,6 +437,7 @@ def evaluate(
         resource=resource,
         proxy=proxy,
         extra=extra,
+        engine=config.engine,
     )
     trainer = Trainer(
         algorithm,
@@ -609,8 +620,10 @@ def _say(config: DemoConfig, text: str) -> None:
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Baseline evaluation, training (or prompt search), evaluation of the result; writes the run folder."""
+    from agent_lightning.engines import engine_entry
     from agent_lightning.store import open_store
 
+    engine_entry(config.engine)  # an engine that is not installed fails here, naming the package
     started = time.perf_counter()
     examples = find_examples_dir(config.examples_dir)
     tasks_module, agent = load_example(examples, config.framework)
@@ -675,7 +688,10 @@ def _run_weights_training(
 
     run_dir = config.run_dir
     defaults = ALGORITHM_DEFAULTS.get(config.algorithm, DEFAULT_ALGORITHM_CONFIG)
-    algorithm = get_algorithm(config.algorithm, **{**defaults, "model": config.model, **config.algorithm_config})
+    engine = {} if config.engine == "transformers" else {"engine": config.engine}  # the RL algorithms' option
+    algorithm = get_algorithm(
+        config.algorithm, **{**defaults, "model": config.model, **engine, **config.algorithm_config}
+    )
     # evaluation publishes the policy under the algorithm's resource name, so the agent always sees one LLM
     resource = str(getattr(getattr(algorithm, "config", None), "policy_resource", "main_llm"))
     before = evaluate(store, agent, val_tasks, config.model, "baseline", tasks_module, config, 0, resource)
@@ -725,7 +741,7 @@ def _run_prompt_search(
     algorithm: Any = get_algorithm(config.algorithm, **settings)
     resource = str(algorithm.config.llm_resource)
     selection = selection_tasks(tasks_module, config.selection_size, config.seed, [*train_tasks, *val_tasks])
-    with serve_policy(store, config.model) as proxy:
+    with serve_policy(store, config.model, engine=config.engine) as proxy:
         llm = proxy.resource(served_name(config.model), temperature=0.0, max_tokens=config.max_tokens)
         get_tracer(store).call(store.add_resources({resource: llm}, {"purpose": "the agent's model for APO"}))
         trainer = Trainer(
@@ -824,6 +840,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-interval", type=int, help="let the algorithm validate every N iterations")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="max tokens per evaluation reply")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="algorithm config field (repeatable)")
+    parser.add_argument("--engine", default=defaults.engine, help="inference engine: transformers, vllm, …")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -856,6 +873,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         max_tokens=args.max_tokens,
         progress=not args.no_progress,
         selection_size=args.selection_size,
+        engine=args.engine,
     )
     if args.run_dir is not None:
         config.run_dir = args.run_dir

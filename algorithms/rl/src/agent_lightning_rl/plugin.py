@@ -1,9 +1,10 @@
-"""Registers PPO, GRPO and SFT with Agent Lightning (imports nothing heavy)."""
+"""Registers PPO, GRPO, SFT and the built-in inference engine ``transformers`` (imports nothing heavy)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from agent_lightning.engines import EngineEntry
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.registry import AlgorithmEntry
 
@@ -43,5 +44,18 @@ def agl_register_algorithms(register: Callable[[AlgorithmEntry], None]) -> None:
             exports={"SFT": "agent_lightning_rl.sft:SupervisedFineTuning"},
             description="SFT and rejection-sampling fine-tuning: masked NLL on kept rollouts or a chat dataset (torch)",
             package=PACKAGE,
+        )
+    )
+
+
+@hookimpl
+def agl_register_engines(register: Callable[[EngineEntry], None]) -> None:
+    register(
+        EngineEntry(
+            name="transformers",
+            factory="agent_lightning_rl.policy.builtin:create",
+            package=PACKAGE,
+            features=frozenset({"full", "colocate"}),
+            description="the built-in policy server (torch + transformers, continuous batching, prefix KV cache)",
         )
     )

@@ -71,15 +71,20 @@ class PolicyServer:
         """Batching and generation counters (see :meth:`GenerationEngine.stats`)."""
         return self.engine.stats()
 
-    def update_weights(self, source: WeightsSource, version: str, timeout: float | None = None) -> None:
+    def update_weights(
+        self, source: WeightsSource, version: str, *, adapter: bool = False, timeout: float | None = None
+    ) -> None:
         """Serve ``source`` (state dict, module, or checkpoint path) as ``version``; returns once it is in use.
 
         Requests already generating finish on the old weights and report the old version; every request whose batch
-        starts after this returns gets the new weights and reports ``version``.
+        starts after this returns gets the new weights and reports ``version``. LoRA adapters are not taken
+        (``adapter=True`` raises ``ValueError``): pass the merged state dict.
         """
+        if adapter:
+            raise ValueError("the transformers engine takes merged weights, not a LoRA adapter")
         self.engine.update_weights(source, version, timeout=timeout)
 
-    def start(self, timeout: float = 30.0) -> PolicyServer:
+    def start(self, timeout: float | None = 30.0) -> PolicyServer:
         """Start the generation worker and the HTTP server; returns when it accepts connections."""
         if self._http is not None:
             return self
@@ -91,7 +96,7 @@ class PolicyServer:
         app = create_app(self.engine, self.model_name, default_max_tokens=self.default_max_tokens)
         http = ServerThread(app, self.host, self.port, name="agl-policy-http", graceful_shutdown=5.0)
         try:
-            http.start(timeout)
+            http.start(30.0 if timeout is None else timeout)
         except BaseException:
             self.engine.stop()
             raise
