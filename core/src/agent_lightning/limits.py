@@ -119,7 +119,25 @@ def check_json(value: Any, field: str) -> None:
     Storable: nested at most :data:`MAX_JSON_DEPTH` containers deep, string keys, finite floats,
     and only ``dict``/``list``/``tuple``/``str``/``int``/``float``/``bool``/``None``.
     """
-    _check_json(value, field, MAX_JSON_DEPTH)
+    if not _json_ok(value, MAX_JSON_DEPTH):  # the usual case is checked without building paths
+        _check_json(value, field, MAX_JSON_DEPTH)
+
+
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _json_ok(value: Any, budget: int) -> bool:
+    """Whether ``value`` is storable, for plain types only (anything else goes to :func:`_check_json`)."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return budget > 0 and all(type(k) is str and _json_ok(v, budget - 1) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return budget > 0 and all(_json_ok(v, budget - 1) for v in value)
+    return False
 
 
 def _check_json(value: Any, path: str, budget: int) -> None:

@@ -345,7 +345,7 @@ class RedisLightningStore(LightningStore):
     @_translate_errors
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
         now = time.time()
-        rollouts = [tr.new_rollout(RolloutRequest.model_validate(r), now) for r in requests]
+        rollouts = [tr.new_rollout(tr.as_request(r), now) for r in requests]
         ids = [r.rollout_id for r in rollouts]
         twice = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
         if twice:
@@ -358,7 +358,7 @@ class RedisLightningStore(LightningStore):
     async def start_rollout(
         self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
     ) -> AttemptedRollout:
-        rollout = tr.new_rollout(RolloutRequest.model_validate(request), time.time())
+        rollout = tr.new_rollout(tr.as_request(request), time.time())
         now = await self._server_time()
         running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
         await self._create([(running, attempt)])

@@ -425,7 +425,7 @@ class SqlLightningStore(LightningStore):
     # ------------------------------------------------------------------ rollouts
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
         now = time.time()
-        rollouts = [tr.new_rollout(RolloutRequest.model_validate(r), now) for r in requests]
+        rollouts = [tr.new_rollout(tr.as_request(r), now) for r in requests]
         if not rollouts:
             return []
         twice = sorted(i for i, n in Counter(r.rollout_id for r in rollouts).items() if n > 1)
@@ -448,7 +448,7 @@ class SqlLightningStore(LightningStore):
         self, request: RolloutRequest, worker_id: str | None = None, *, attempt_id: str | None = None
     ) -> AttemptedRollout:
         now = time.time()
-        rollout = tr.new_rollout(RolloutRequest.model_validate(request), now)
+        rollout = tr.new_rollout(tr.as_request(request), now)
         running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)
         row = codec.rollout_values(running)
 

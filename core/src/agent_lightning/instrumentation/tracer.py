@@ -109,8 +109,10 @@ class Tracer:
                 try:
                     self.call(self.store.heartbeat(rollout_id, attempt_id), timeout=interval * 2)
                 except LeaseLost:
-                    logger.error("attempt %s of rollout %s lost its lease; stopping heartbeats", attempt_id, rollout_id)
-                    self.release(attempt_id)
+                    with self._attempts_lock:  # released meanwhile: it finished, and the store said so
+                        lost = self._attempts.pop(attempt_id, None) is not None
+                    if lost:
+                        logger.error("attempt %s of rollout %s lost its lease", attempt_id, rollout_id)
                 except Exception as exc:
                     logger.warning("heartbeat for attempt %s failed: %s", attempt_id, exc)
             self._wake.wait(interval)

@@ -157,7 +157,7 @@ class InMemoryLightningStore(LightningStore):
     async def enqueue_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
         now = time.time()
         with self._lock:
-            rollouts = [tr.new_rollout(_copy(RolloutRequest.model_validate(r)), now) for r in requests]
+            rollouts = [_copy(tr.new_rollout(tr.as_request(r), now)) for r in requests]
             ids = [r.rollout_id for r in rollouts]
             duplicates = {i for i in ids if i in self._rollouts} | {i for i, n in Counter(ids).items() if n > 1}
             if duplicates:
@@ -174,7 +174,7 @@ class InMemoryLightningStore(LightningStore):
     ) -> AttemptedRollout:
         now = time.time()
         with self._lock:
-            rollout = tr.new_rollout(_copy(RolloutRequest.model_validate(request)), now)
+            rollout = _copy(tr.new_rollout(tr.as_request(request), now))
             if rollout.rollout_id in self._rollouts:
                 raise DuplicateId(f"rollout id already used: {rollout.rollout_id!r}")
             running, attempt = tr.start_attempt(rollout, worker_id, now, attempt_id)

@@ -41,6 +41,11 @@ def check_attempt_id(attempt_id: str | None) -> None:
         )
 
 
+def as_request(value: Any) -> RolloutRequest:
+    """``value`` as a request: a ``RolloutRequest`` as it is (:func:`new_rollout` checks it), else validated."""
+    return value if type(value) is RolloutRequest else RolloutRequest.model_validate(value)
+
+
 def new_rollout(request: RolloutRequest, now: float) -> Rollout:
     """The queued rollout a request describes; ``ValueError`` if the request breaks :mod:`agent_lightning.limits`."""
     if not isinstance(request, RolloutRequest):
