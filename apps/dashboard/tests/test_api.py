@@ -175,3 +175,14 @@ def test_grpo_advantages() -> None:
     assert grpo_advantages({"a": 1.0}) == {"a": 0.0}
     result = grpo_advantages({"a": 1.0, "b": 0.0})
     assert result["a"] == pytest.approx(0.7071, abs=1e-3) and result["b"] == pytest.approx(-0.7071, abs=1e-3)
+
+
+def test_a_trainers_checkpoint_folder_decodes_with_its_newest_checkpoint(tmp_path: Path) -> None:
+    from agent_lightning_dashboard.tokens import _model_folder
+
+    for name in ("checkpoint-000002", "checkpoint-000010"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "checkpoint-000011").mkdir()  # no tokenizer in it (an interrupted save)
+    assert _model_folder(str(tmp_path)) == str(tmp_path / "checkpoint-000010")
+    assert _model_folder(str(tmp_path / "checkpoint-000002")) == str(tmp_path / "checkpoint-000002")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -13,7 +14,8 @@ logger = logging.getLogger(__name__)
 class Decoder:
     """Decodes ids one by one (each token's own text, cached); without a tokenizer ``decode`` returns ``None``.
 
-    :param path: a model folder (or hub name already in the local cache) holding the policy's tokenizer.
+    :param path: a model folder (or hub name already in the local cache) holding the policy's tokenizer, or a
+        trainer's checkpoint folder (its newest ``checkpoint-*`` folder is used).
     """
 
     def __init__(self, path: str | None = None) -> None:
@@ -37,7 +39,8 @@ class Decoder:
             try:
                 from transformers import AutoTokenizer
 
-                self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+                assert self.path is not None
+                self._tokenizer = AutoTokenizer.from_pretrained(_model_folder(self.path), local_files_only=True)
             except Exception as exc:  # shown on the page: ids are shown instead of text
                 self.error = f"cannot load the tokenizer at {self.path!r}: {type(exc).__name__}: {exc}"
                 logger.warning("%s", self.error)
@@ -55,3 +58,13 @@ class Decoder:
             except Exception:
                 cache[token] = f"<{token}>"
         return [cache[i] for i in ids]
+
+
+def _model_folder(path: str) -> str:
+    """``path``, or the newest ``checkpoint-*`` folder in it when ``path`` is a trainer's checkpoint folder."""
+    folder = Path(path)
+    if folder.is_dir() and not (folder / "tokenizer_config.json").exists():
+        checkpoints = sorted(p for p in folder.glob("checkpoint-*") if (p / "tokenizer_config.json").exists())
+        if checkpoints:
+            return str(checkpoints[-1])
+    return path
