@@ -164,14 +164,20 @@ def serve(
     mounted = getattr(app.state, "dashboard_path", None)
     if mounted is not None:
         print(f"agl store serve: dashboard at {url}{mounted}/", flush=True)
+    server = uvicorn.Server(config)
+
+    def stop_early(*_: object) -> None:
+        server.should_exit = True  # uvicorn checks it once started
+
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the
-        # handler found before it started: make that a no-op, so the command ends with status 0.
+        # A signal before uvicorn has installed its own handlers stops the server once it is up (the start-up line is
+        # already out, so a supervisor may signal at any moment). After a graceful shutdown uvicorn raises the signal
+        # again for this handler, where it changes nothing: the command ends with status 0.
         for number in (signal.SIGINT, signal.SIGTERM):
-            previous[number] = signal.signal(number, lambda *_: None)
+            previous[number] = signal.signal(number, stop_early)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         sock.close()
         for number, handler in previous.items():
