@@ -629,15 +629,20 @@ class RLAlgorithm(Algorithm):
         return metrics
 
     # ------------------------------------------------------------------ offline
-    def _stored_episodes(self, session: TrainSession) -> list[Episode]:
+    @staticmethod
+    def _finished_train_rollouts(session: TrainSession) -> list[Rollout]:
+        """Every finished (succeeded or failed) train rollout in the store, paged."""
         rollouts: list[Rollout] = []
         offset, page = 0, 200
         while True:
             batch = session.sync.query_rollouts(status=["succeeded", "failed"], limit=page, offset=offset)
             rollouts += [r for r in batch if r.mode == "train"]
             if len(batch) < page:
-                break
+                return rollouts
             offset += page
+
+    def _stored_episodes(self, session: TrainSession) -> list[Episode]:
+        rollouts = self._finished_train_rollouts(session)
         if not rollouts:
             raise NoTrainingData(
                 f"offline training found no finished train rollouts in {session.store.url}; collect some first "

@@ -318,14 +318,7 @@ class SupervisedFineTuning(RLAlgorithm):
         return samples, {"data/rows": float(len(rows)), "data/retokenized_rollouts": float(used)}
 
     def _stored_rollouts(self, session: TrainSession) -> list[Rollout]:
-        rollouts: list[Rollout] = []
-        offset, page = 0, 200
-        while True:
-            batch = session.sync.query_rollouts(status=["succeeded", "failed"], limit=page, offset=offset)
-            rollouts += [r for r in batch if r.mode == "train"]
-            if len(batch) < page:
-                break
-            offset += page
+        rollouts = self._finished_train_rollouts(session)
         if not rollouts:
             raise NoTrainingData(
                 f"SFT found no finished train rollouts in {session.store.url}: collect some first, pass agent=… to "
