@@ -159,11 +159,6 @@ def serve(
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
-    shown = mask(redact_url(store.url or store_url))
-    print(f"agl store serve: serving {shown} at {url} (API docs: {url}/docs)", flush=True)
-    mounted = getattr(app.state, "dashboard_path", None)
-    if mounted is not None:
-        print(f"agl store serve: dashboard at {url}{mounted}/", flush=True)
     server = uvicorn.Server(config)
 
     def stop_early(*_: object) -> None:
@@ -171,12 +166,17 @@ def serve(
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        # A signal before uvicorn has installed its own handlers stops the server once it is up (the start-up line is
-        # already out, so a supervisor may signal at any moment). After a graceful shutdown uvicorn raises the signal
-        # again for this handler, where it changes nothing: the command ends with status 0.
+        # Installed before the start-up line, since a supervisor may signal as soon as it reads it: a signal before
+        # uvicorn has installed its own handlers stops the server once it is up. After a graceful shutdown uvicorn
+        # raises the signal again for this handler, where it changes nothing: the command ends with status 0.
         for number in (signal.SIGINT, signal.SIGTERM):
             previous[number] = signal.signal(number, stop_early)
     try:
+        shown = mask(redact_url(store.url or store_url))
+        print(f"agl store serve: serving {shown} at {url} (API docs: {url}/docs)", flush=True)
+        mounted = getattr(app.state, "dashboard_path", None)
+        if mounted is not None:
+            print(f"agl store serve: dashboard at {url}{mounted}/", flush=True)
         server.run(sockets=[sock])
     finally:
         sock.close()
