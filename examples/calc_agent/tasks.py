@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from typing import Any
 
 TEMPLATES = [
@@ -64,7 +65,9 @@ def calculator(expression: str) -> str:
     if not re.fullmatch(r"[\d\s+\-*/().]+", expression or ""):
         return f"error: cannot evaluate {expression!r}; use numbers and + - * / ( )"
     try:
-        value = eval(expression, {"__builtins__": {}}, {})  # the regex admits arithmetic only
+        with warnings.catch_warnings():  # "2(3)": the compiler's warning becomes the tool's error, not stderr noise
+            warnings.simplefilter("error", SyntaxWarning)
+            value = eval(expression, {"__builtins__": {}}, {})  # the regex admits arithmetic only
     except Exception as exc:  # division by zero, syntax errors
         return f"error: {exc}"
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
