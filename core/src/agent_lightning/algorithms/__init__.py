@@ -31,15 +31,7 @@ def algorithm_entries() -> dict[str, AlgorithmEntry]:
         if _entries is None:
             from agent_lightning import plugins
 
-            found: dict[str, AlgorithmEntry] = {}
-
-            def register(entry: AlgorithmEntry) -> None:
-                if not isinstance(entry, AlgorithmEntry):
-                    raise PluginError(f"register() takes an AlgorithmEntry, got {type(entry).__name__}")
-                found[entry.name] = entry
-
-            plugins.hook().agl_register_algorithms(register=register)
-            _entries = found
+            _entries = plugins.collect("agl_register_algorithms", AlgorithmEntry)
         return dict(_entries)
 
 
