@@ -19,7 +19,7 @@ import random
 import tempfile
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -719,12 +719,32 @@ class RLAlgorithm(Algorithm):
         return samples, metrics
 
     def _run_offline(self, session: TrainSession) -> TrainResult:
+        shared, metrics = self._load_on_rank0(lambda: self._offline_data(session), "the training data")
+        batches = self._offline_batches(shared)
+
+        def step() -> dict[str, float]:
+            nonlocal metrics
+            batch = next(batches)
+            update = self._train_on(batch)
+            assert update is not None
+            self.iteration += 1
+            update.update(episode_metrics_of_samples(batch))
+            update.update(metrics)  # the data's metrics, with this run's first update
+            metrics = {}
+            return update
+
+        return self._update_loop(session, step, ("loss", "train/policy_loss"))
+
+    def _load_on_rank0(
+        self, load: Callable[[], tuple[list[Sample], dict[str, float]]], what: str
+    ) -> tuple[list[Sample], dict[str, float]]:
+        """Run ``load`` on rank 0 and share its samples with every rank (its metrics stay on rank 0)."""
         payload: tuple[list[Sample] | None, str | None] = (None, None)
         metrics: dict[str, float] = {}
         failure: BaseException | None = None
         if self._dist.is_main:
             try:
-                samples, metrics = self._offline_data(session)
+                samples, metrics = load()
                 payload = (samples, None)
             except BaseException as exc:  # the other ranks wait for the data: tell them why there is none
                 failure = exc
@@ -733,30 +753,31 @@ class RLAlgorithm(Algorithm):
         if failure is not None:
             raise failure
         if error is not None or shared is None:
-            raise RuntimeError(f"rank 0 could not load the training data: {error}")
-        batches = self._offline_batches(shared)
+            raise RuntimeError(f"rank 0 could not load {what}: {error}")
+        return shared, metrics
+
+    def _update_loop(
+        self, session: TrainSession, step: Callable[[], dict[str, float]], postfix: tuple[str, str]
+    ) -> TrainResult:
+        """Call ``step`` (one update on every rank; returns its metrics) until ``session.num_iterations`` or a stop.
+
+        Rank 0 logs each update and shows ``postfix`` (a label and the metric it shows) on the progress bar;
+        every rank checkpoints each ``eval_interval`` iterations and at the end.
+        """
         checkpoint = None
         interrupted = False
         self._saved_at = self.iteration
         bar = self._progress(session)
         try:
             while self.iteration < session.num_iterations:
-                stop = broadcast(session.stopping, self._dist)
-                if stop:
+                if broadcast(session.stopping, self._dist):
                     interrupted = True
                     break
-                batch = next(batches)
-                update = self._train_on(batch)
-                assert update is not None
-                self.iteration += 1
-                update.update(episode_metrics_of_samples(batch))
-                if metrics:  # the data's metrics, with this run's first update
-                    update.update(metrics)
-                    metrics = {}
+                update = step()
                 if self._dist.is_main:
                     session.log(self.iteration, update)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{update.get('train/policy_loss', 0.0):.4f}")
+                    bar.set_postfix({postfix[0]: f"{update.get(postfix[1], float('nan')):.4f}"})
                 if session.eval_interval and self.iteration % session.eval_interval == 0:
                     checkpoint = self._checkpoint(session) or checkpoint
         except KeyboardInterrupt:
