@@ -553,23 +553,25 @@ class RLAlgorithm(Algorithm):
         self, session: TrainSession, rollouts: Sequence[Rollout], *, llm_spans: dict[str, Span] | None = None
     ) -> list[Episode]:
         """Each rollout's episode; ``llm_spans`` (when given) collects their LLM spans by id."""
-        cfg = self.config
         episodes = []
         for rollout in rollouts:
             spans = session.sync.query_spans(rollout.rollout_id)
             if llm_spans is not None:
                 llm_spans.update((span.span_id, span) for span in spans if span.kind == "llm")
-            episodes.append(
-                build_episode(
-                    rollout,
-                    spans,
-                    aggregation=cfg.aggregation,
-                    discount=cfg.discount,
-                    max_turns=cfg.trajectory_length,
-                    max_prompt_tokens=cfg.max_prompt_tokens,
-                )
-            )
+            episodes.append(self._episode(rollout, spans))
         return episodes
+
+    def _episode(self, rollout: Rollout, spans: Sequence[Span]) -> Episode:
+        """The rollout's episode, built with this run's trajectory settings."""
+        cfg = self.config
+        return build_episode(
+            rollout,
+            spans,
+            aggregation=cfg.aggregation,
+            discount=cfg.discount,
+            max_turns=cfg.trajectory_length,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+        )
 
     def _select(self, episodes: Sequence[Episode], *, llm_spans: Mapping[str, Span] | None = None) -> list[Sample]:
         """The samples ``optimize`` selects. With ``llm_spans`` (online), refuses to train when an agent that
@@ -630,25 +632,26 @@ class RLAlgorithm(Algorithm):
 
     # ------------------------------------------------------------------ offline
     @staticmethod
-    def _finished_train_rollouts(session: TrainSession) -> list[Rollout]:
-        """Every finished (succeeded or failed) train rollout in the store, paged."""
+    def _finished_train_rollouts(session: TrainSession, who: str, advice: str) -> list[Rollout]:
+        """Every finished (succeeded or failed) train rollout in the store, paged.
+
+        None is :class:`NoTrainingData`: "``who`` found no finished train rollouts in URL``advice``".
+        """
         rollouts: list[Rollout] = []
         offset, page = 0, 200
         while True:
             batch = session.sync.query_rollouts(status=["succeeded", "failed"], limit=page, offset=offset)
             rollouts += [r for r in batch if r.mode == "train"]
             if len(batch) < page:
-                return rollouts
+                break
             offset += page
+        if not rollouts:
+            raise NoTrainingData(f"{who} found no finished train rollouts in {session.store.url}{advice}")
+        return rollouts
 
     def _stored_episodes(self, session: TrainSession) -> list[Episode]:
-        rollouts = self._finished_train_rollouts(session)
-        if not rollouts:
-            raise NoTrainingData(
-                f"offline training found no finished train rollouts in {session.store.url}; collect some first "
-                "(run the agent with a TrainingContext) or pass agent=… to train online"
-            )
-        return self._episodes(session, rollouts)
+        advice = "; collect some first (run the agent with a TrainingContext) or pass agent=… to train online"
+        return self._episodes(session, self._finished_train_rollouts(session, "offline training", advice))
 
     def _offline_batches(self, samples: list[Sample]) -> Iterator[list[Sample]]:
         """Batches of whole groups holding at least ``batch_size`` rollouts, reshuffled every pass."""

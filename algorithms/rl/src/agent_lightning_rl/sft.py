@@ -34,7 +34,7 @@ import torch
 from agent_lightning import semconv
 from agent_lightning.algorithm import TrainResult, TrainSession
 from agent_lightning.errors import NoTrainingData
-from agent_lightning.trajectory import build_episode, group_key
+from agent_lightning.trajectory import group_key
 from agent_lightning.types import Episode, Rollout, Sample, Span
 
 from .advantages import select_samples
@@ -237,16 +237,7 @@ class SupervisedFineTuning(RLAlgorithm):
         for rollout in rollouts:
             spans = session.sync.query_spans(rollout.rollout_id)
             spans_of[rollout.rollout_id] = spans
-            episodes.append(
-                build_episode(
-                    rollout,
-                    spans,
-                    aggregation=cfg.aggregation,
-                    discount=cfg.discount,
-                    max_turns=cfg.trajectory_length,
-                    max_prompt_tokens=cfg.max_prompt_tokens,
-                )
-            )
+            episodes.append(self._episode(rollout, spans))
         metrics = episode_metrics(episodes, prefix, cfg.success_threshold)
         kept = self._keep(rollouts, episodes)
         samples: list[Sample] = []
@@ -319,13 +310,11 @@ class SupervisedFineTuning(RLAlgorithm):
         return samples, {"data/rows": float(len(rows)), "data/retokenized_rollouts": float(used)}
 
     def _stored_rollouts(self, session: TrainSession) -> list[Rollout]:
-        rollouts = self._finished_train_rollouts(session)
-        if not rollouts:
-            raise NoTrainingData(
-                f"SFT found no finished train rollouts in {session.store.url}: collect some first, pass agent=… to "
-                "sample them from the policy (rejection sampling), or train from a chat dataset (dataset=…)"
-            )
-        return rollouts
+        advice = (
+            ": collect some first, pass agent=… to sample them from the policy (rejection sampling), "
+            "or train from a chat dataset (dataset=…)"
+        )
+        return self._finished_train_rollouts(session, "SFT", advice)
 
     # ------------------------------------------------------------------ the runs
     def _run_offline(self, session: TrainSession) -> TrainResult:
