@@ -105,7 +105,9 @@ def test_store_back_after_an_outage_gets_the_rollout_its_spans_and_its_completio
         stats = tracer.emitter.stats()
         assert stats.delivered == 3 and stats.undelivered == 0 and stats.held == 0
         # the store marks the attempt succeeded before its answer reaches the rollout's thread, which then untracks
-        wait_until(lambda: tracer.unfinished() == [], 10, "the rollout's thread to finish once its completion was answered")
+        wait_until(
+            lambda: tracer.unfinished() == [], 10, "the rollout's thread to finish once its completion was answered"
+        )
     finally:
         tracer.close(timeout=1.0)
         server.stop()
