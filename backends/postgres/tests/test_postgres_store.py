@@ -174,16 +174,7 @@ def test_malformed_payloads_are_rejected_and_nothing_is_stored(fresh_schema: Sch
 def test_sigkilled_runners_lose_their_lease_and_the_rollout_fails_after_max_attempts(
     fresh_schema: SchemaFactory,
 ) -> None:
-    url = fresh_schema.url()
-
-    async def main() -> None:
-        store = open_store(url)
-        try:
-            await sigkill_scenario(store, url, lease=1.0, max_attempts=2)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
+    sigkill_scenario(fresh_schema.url(), lease=1.0, max_attempts=2)
 
 
 def test_a_killed_store_server_over_postgres_loses_no_acknowledged_write(fresh_schema: SchemaFactory) -> None:
