@@ -11,8 +11,10 @@ packages are imported through :func:`proxy_class` and :func:`scripted_llm_class`
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -191,6 +193,29 @@ def serve_proxy(upstream: str, store_url: str) -> Iterator[str]:
             stop(proxy)
 
 
+def spawn(target: Any, args_of: Any, count: int) -> list[Any]:
+    """Run ``target(*args_of(n), results)`` in ``count`` spawned processes; returns their results in order.
+
+    Each process puts ``(n, result)`` on ``results``, a string result being its error.
+    """
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=target, args=(*args_of(n), results), daemon=True) for n in range(count)]
+    for process in processes:
+        process.start()
+    try:
+        outcomes = dict(results.get(timeout=600) for _ in processes)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    errors = [value for value in outcomes.values() if isinstance(value, str)]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return [outcomes[n] for n in range(count)]
+
+
 def stop(process: subprocess.Popen[Any]) -> None:
     process.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -224,6 +249,24 @@ def worker_main(spec_json: str, measure: Callable[[dict[str, Any]], dict[str, An
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     print(RESULT + json.dumps(result), flush=True)
+
+
+def parse_matrix_args(
+    parser: argparse.ArgumentParser, measure: Callable[[dict[str, Any]], dict[str, Any]], what: str
+) -> argparse.Namespace | None:
+    """Add the options of :func:`run_matrix` (``--compare``, ``--rounds``, ``--timeout``) and parse the command line.
+
+    In a worker process (the hidden ``--worker SPEC``) runs ``measure`` on the spec instead and returns ``None``.
+    """
+    parser.add_argument("--compare", metavar="PYTHON", help=f"also run every {what} under this interpreter")
+    parser.add_argument("--rounds", type=int, default=1, help=f"runs of each {what} per interpreter (median shown)")
+    parser.add_argument("--timeout", type=float, default=600, help=f"seconds one {what} may take")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker_main(args.worker, measure)
+        return None
+    return args
 
 
 def run_worker(python: str, script: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -37,9 +37,10 @@ from _harness import (
     machine_line,
     median_of,
     note_of,
+    parse_matrix_args,
     ratio,
     run_matrix,
-    worker_main,
+    spawn,
 )
 
 TASK_TYPE = "bench-claim"
@@ -135,26 +136,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             asyncio.run(_enqueue(url, tasks))
             processes = max(1, min(runners, spec["processes"]))
             shares = [runners // processes + (1 if n < runners % processes else 0) for n in range(processes)]
-            context = multiprocessing.get_context("spawn")
-            barrier = context.Barrier(processes, timeout=600)
-            results = context.Queue()
-            children = [
-                context.Process(target=_process, args=(url, shares[n], n, barrier, results), daemon=True)
-                for n in range(processes)
-            ]
-            for child in children:
-                child.start()
-            try:
-                got = dict(results.get(timeout=600) for _ in children)
-            finally:
-                for child in children:
-                    child.join(timeout=10)
-                    if child.is_alive():
-                        child.kill()
-            errors = [v for v in got.values() if isinstance(v, str)]
-            if errors:
-                raise RuntimeError("; ".join(errors))
-            outcomes = list(got.values())
+            barrier = multiprocessing.get_context("spawn").Barrier(processes, timeout=600)
+            outcomes = spawn(_process, lambda n: (url, shares[n], n, barrier), processes)
     claims = [x for o in outcomes for x in o["claims"]]
     completes = [x for o in outcomes for x in o["completes"]]
     wall = max(o["ended"] for o in outcomes) - min(o["began"] for o in outcomes)
@@ -175,13 +158,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4, help="most processes the runners are spread over")
     parser.add_argument("--tasks", type=int, help="rollouts claimed at each runner count (default 2000, quick 400)")
     parser.add_argument("--quick", action="store_true", help="fewer tasks")
-    parser.add_argument("--compare", metavar="PYTHON", help="also run every measurement under this interpreter")
-    parser.add_argument("--rounds", type=int, default=1, help="runs of each measurement per interpreter (median)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds one measurement may take")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker_main(args.worker, measure)
+    args = parse_matrix_args(parser, measure, "measurement")
+    if args is None:
         return
 
     tasks = args.tasks or (400 if args.quick else 2000)

@@ -55,12 +55,13 @@ from _harness import (
     median_of,
     note_of,
     p50_ms,
+    parse_matrix_args,
     proxy_class,
     ratio,
     run_matrix,
     scripted_llm_class,
     serve_proxy,
-    worker_main,
+    spawn,
 )
 
 PHASES = ("emit", "proxy", "add_spans", "enqueue", "claim")
@@ -157,26 +158,6 @@ def _wait_visible(url: str, rollout_ids: list[str], expected: int, **filters: An
     return result
 
 
-def _spawn(target: Any, args_of: Any, count: int) -> list[Any]:
-    """Run ``target(*args_of(n), results)`` in ``count`` processes; returns their results in order."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=target, args=(*args_of(n), results), daemon=True) for n in range(count)]
-    for process in processes:
-        process.start()
-    try:
-        outcomes = dict(results.get(timeout=600) for _ in processes)
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-    errors = [value for value in outcomes.values() if isinstance(value, str)]
-    if errors:
-        raise RuntimeError("; ".join(errors))
-    return [outcomes[n] for n in range(count)]
-
-
 def _in_threads(target: Any, args_of: Any, count: int) -> list[Any]:
     """Run ``target(*args_of(n))`` in ``count`` threads; returns their results in order."""
     out: list[Any] = [None] * count
@@ -270,7 +251,7 @@ def measure_emit(url: str, work: Sizes, shared: bool) -> dict[str, Any]:
         outcomes = _in_threads(emit_runner, lambda n: (url, sizes, n, barrier), work.runners)
     else:
         barrier = multiprocessing.get_context("spawn").Barrier(work.runners, timeout=600)
-        outcomes = _spawn(_emit_process, lambda n: (url, sizes, n, barrier), work.runners)
+        outcomes = spawn(_emit_process, lambda n: (url, sizes, n, barrier), work.runners)
     count, began, ended, latencies = _combine(outcomes)
     ids = [i for o in outcomes for i in o["ids"]]
     seen_at, at_once = _wait_visible(url, ids, count, names=[SPAN_NAME])
@@ -467,7 +448,7 @@ def measure_async(phase: str, url: str, work: Sizes, shared: bool) -> dict[str, 
     else:
         barrier = multiprocessing.get_context("spawn").Barrier(work.runners, timeout=600)
         sizes = asdict(work)
-        outcomes = _spawn(_async_process, lambda n: (phase, url, sizes, n, barrier), work.runners)
+        outcomes = spawn(_async_process, lambda n: (phase, url, sizes, n, barrier), work.runners)
     return _figure(*_combine(outcomes))
 
 
@@ -517,13 +498,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, help=f"chat calls through the proxy (default {Sizes.calls})")
     parser.add_argument("--concurrency", type=int, help=f"concurrent proxy clients (default {Sizes.concurrency})")
     parser.add_argument("--tasks", type=int, help=f"rollouts enqueued and claimed (default {Sizes.tasks})")
-    parser.add_argument("--compare", metavar="PYTHON", help="also run every phase under this interpreter")
-    parser.add_argument("--rounds", type=int, default=1, help="runs of each phase per interpreter (median shown)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds one phase may take")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker_main(args.worker, measure)
+    args = parse_matrix_args(parser, measure, "phase")
+    if args is None:
         return
 
     sizes = QUICK if args.quick else Sizes()

@@ -94,7 +94,7 @@ def test_a_registered_object_that_is_not_an_adapter_is_refused() -> None:
 
     plugins.register(_Registers(NotAnAdapter()), name="impostor-adapters")  # type: ignore[arg-type]
     try:
-        with pytest.raises(PluginError, match="is not an agent_lightning.instrumentation.adapter.Adapter"):
+        with pytest.raises(PluginError, match="takes agent_lightning.instrumentation.adapter.Adapter objects"):
             adapters.adapters()
     finally:
         plugins.unregister("impostor-adapters")

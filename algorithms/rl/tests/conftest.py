@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -41,24 +42,28 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **config: Any) -> LlamaForCausalLM:
+    """A 2-layer, 32-wide Llama for ``tokenizer``, random weights drawn from ``seed``; ``config``: other settings."""
+    settings: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**settings, **config}))
+
+
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
     """A 2-layer, 32-wide Llama with random weights (wide init so logits are well separated)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.2,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(
+        tokenizer, seed, max_position_embeddings=1024, initializer_range=0.2, tie_word_embeddings=False
+    ).eval()
 
 
 @pytest.fixture(scope="session")

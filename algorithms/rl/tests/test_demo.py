@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from agent_lightning import semconv
 from agent_lightning.cli import build_parser
 from agent_lightning.instrumentation.context import TrainingContext
@@ -27,8 +26,8 @@ from agent_lightning_rl.demo import (
     run_demo,
 )
 from agent_lightning_testkit.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
-from conftest import build_tokenizer
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from conftest import build_tokenizer, tiny_llama
+from transformers import AutoModelForCausalLM
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "calc_agent"
 
@@ -36,20 +35,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "calc_agent"
 def save_tiny_policy(folder: Path) -> Path:
     """A 2-layer random Llama with a long enough context for the tool-calling prompt, saved as a checkpoint."""
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_llama(tokenizer, max_position_embeddings=4096).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

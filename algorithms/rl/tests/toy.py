@@ -6,31 +6,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
 from agent_lightning import TrainingContext
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import tiny_llama
+from transformers import PreTrainedTokenizerFast
 
 PROMPTS = ["the quick brown fox", "hello world", "What is 2+3?", "the lazy dog"]
 
 
 def save_tiny_policy(tokenizer: PreTrainedTokenizerFast, folder: Path, seed: int = 0) -> str:
     """A 2-layer, 64-wide Llama with a small init (a near-uniform policy), saved as a checkpoint folder."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    policy = tiny_llama(
+        tokenizer,
+        seed,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
         initializer_range=0.02,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    policy.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 

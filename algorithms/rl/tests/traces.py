@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 from agent_lightning import semconv
 from agent_lightning.store.sync import SyncStore
-from agent_lightning.types import Rollout, RolloutRequest, Span, new_span_id, new_trace_id
+from agent_lightning.types import Rollout, RolloutRequest, Span, SpanKind, new_span_id, new_trace_id
 
 _clock = itertools.count(1)
 
@@ -24,7 +25,7 @@ def llm_span(
     agent: str | None = None,
     logprobs: Sequence[float] | None = None,
 ) -> Span:
-    attributes: dict[str, object] = {
+    attributes: dict[str, Any] = {
         semconv.PROMPT_TOKEN_IDS: list(prompt),
         semconv.COMPLETION_TOKEN_IDS: list(completion),
     }
@@ -32,23 +33,25 @@ def llm_span(
         attributes[semconv.COMPLETION_LOGPROBS] = list(logprobs)
     if agent is not None:
         attributes[semconv.AGENT_NAME] = agent
-    t = float(next(_clock))
-    return Span(
-        rollout_id=rollout_id,
-        attempt_id=attempt_id,
-        sequence_id=seq,
-        trace_id=trace_id,
-        span_id=new_span_id(),
-        parent_id=parent_id,
-        name="chat policy",
-        kind="llm",
-        attributes=attributes,  # type: ignore[arg-type]
-        start_time=t,
-        end_time=t + 0.5,
-    )
+    return _span(rollout_id, attempt_id, trace_id, parent_id, seq, "llm", "chat policy", attributes, 0.5)
 
 
 def reward_span(rollout_id: str, attempt_id: str, trace_id: str, parent_id: str | None, value: float, seq: int) -> Span:
+    return _span(rollout_id, attempt_id, trace_id, parent_id, seq, "reward", "reward", {semconv.REWARD_VALUE: value})
+
+
+def _span(
+    rollout_id: str,
+    attempt_id: str,
+    trace_id: str,
+    parent_id: str | None,
+    seq: int,
+    kind: SpanKind,
+    name: str,
+    attributes: dict[str, Any],
+    duration: float = 0.0,
+) -> Span:
+    """A span starting at the next tick of the test clock."""
     t = float(next(_clock))
     return Span(
         rollout_id=rollout_id,
@@ -57,11 +60,11 @@ def reward_span(rollout_id: str, attempt_id: str, trace_id: str, parent_id: str 
         trace_id=trace_id,
         span_id=new_span_id(),
         parent_id=parent_id,
-        name="reward",
-        kind="reward",
-        attributes={semconv.REWARD_VALUE: value},
+        name=name,
+        kind=kind,
+        attributes=attributes,
         start_time=t,
-        end_time=t,
+        end_time=t + duration,
     )
 
 

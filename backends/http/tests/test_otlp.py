@@ -47,11 +47,6 @@ TOOLS = [
 
 
 @pytest.fixture
-def store() -> InMemoryLightningStore:
-    return InMemoryLightningStore()
-
-
-@pytest.fixture
 def server(store: InMemoryLightningStore) -> Iterator[StoreServer]:
     with StoreServer(store, api_key=KEY, max_body_bytes=200_000) as running:
         yield running

@@ -26,11 +26,6 @@ SECRET = "s3cretpw-for-the-test"
 
 
 @pytest.fixture
-def store() -> InMemoryLightningStore:
-    return InMemoryLightningStore()
-
-
-@pytest.fixture
 def server(store: InMemoryLightningStore) -> Iterator[StoreServer]:
     with StoreServer(store) as running:
         yield running

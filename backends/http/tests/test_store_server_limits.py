@@ -20,11 +20,6 @@ LONG = RolloutConfig(lease_seconds=3600)
 
 
 @pytest.fixture
-def store() -> InMemoryLightningStore:
-    return InMemoryLightningStore()
-
-
-@pytest.fixture
 def http(store: InMemoryLightningStore) -> Iterator[httpx.Client]:
     with StoreServer(store) as server, httpx.Client(base_url=server.url) as client:
         yield client

@@ -29,11 +29,6 @@ LONG = RolloutConfig(lease_seconds=3600)
 
 
 @pytest.fixture
-def store() -> InMemoryLightningStore:
-    return InMemoryLightningStore()
-
-
-@pytest.fixture
 def server(store: InMemoryLightningStore) -> Iterator[StoreServer]:
     with StoreServer(store, api_key=ADMIN) as running:
         yield running

@@ -9,10 +9,11 @@ import psycopg
 import pytest
 from agent_lightning.errors import StoreUnavailable
 from agent_lightning.store import open_store, store_schemes
-from agent_lightning.types import RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
+from agent_lightning.types import RolloutConfig, RolloutRequest, new_span_id
 from agent_lightning_postgres import PostgresLightningStore, parse_postgres_url
 from agent_lightning_sql import SCHEMA_VERSION, SchemaTooNew
 from agent_lightning_sql.testing import sigkill_scenario
+from agent_lightning_testkit.conformance import make_span
 from agent_lightning_testkit.server_faults import killed_server_loses_no_acknowledged_write
 from pg_schemas import SchemaFactory
 
@@ -151,14 +152,7 @@ def test_malformed_payloads_are_rejected_and_nothing_is_stored(fresh_schema: Sch
             with pytest.raises(ValueError, match="input.x is nan"):
                 await store.enqueue_rollouts([RolloutRequest(input="ok"), unchecked])
             item = await store.start_rollout(RolloutRequest(config=LONG), "w")
-            good = Span(
-                rollout_id=item.rollout_id,
-                attempt_id=item.attempt_id,
-                sequence_id=1,
-                trace_id=new_trace_id(),
-                span_id=new_span_id(),
-                name="ok",
-            )
+            good = make_span(item.rollout_id, item.attempt_id, 1, name="ok")
             nul = good.model_copy(update={"span_id": new_span_id(), "sequence_id": 2, "name": "bad\x00name"})
             with pytest.raises(ValueError, match="rejected the data"):
                 await store.add_spans([good, nul])  # PostgreSQL text cannot hold NUL: the whole batch is refused
@@ -174,16 +168,7 @@ def test_malformed_payloads_are_rejected_and_nothing_is_stored(fresh_schema: Sch
 def test_sigkilled_runners_lose_their_lease_and_the_rollout_fails_after_max_attempts(
     fresh_schema: SchemaFactory,
 ) -> None:
-    url = fresh_schema.url()
-
-    async def main() -> None:
-        store = open_store(url)
-        try:
-            await sigkill_scenario(store, url, lease=1.0, max_attempts=2)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
+    sigkill_scenario(fresh_schema.url(), lease=1.0, max_attempts=2)
 
 
 def test_a_killed_store_server_over_postgres_loses_no_acknowledged_write(fresh_schema: SchemaFactory) -> None:
@@ -213,14 +198,7 @@ def test_connections_killed_while_pooled_are_replaced_without_an_error(
         try:
             item = await store.start_rollout(RolloutRequest(config=LONG), "w")
             queued = await store.enqueue_rollout("next", config=LONG)
-            span = Span(
-                rollout_id=item.rollout_id,
-                attempt_id=item.attempt_id,
-                sequence_id=1,
-                trace_id=new_trace_id(),
-                span_id=new_span_id(),
-                name="op",
-            )
+            span = make_span(item.rollout_id, item.attempt_id, 1, name="op")
             assert kill_store_connections() >= 1
             assert await store.add_spans([span]) == 1  # idempotent: retried on a fresh connection
             assert kill_store_connections() >= 1

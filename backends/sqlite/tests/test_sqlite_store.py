@@ -169,16 +169,7 @@ def test_large_span_batches_round_trip_in_order(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigkilled_runners_lose_their_lease_and_the_rollout_fails_after_max_attempts(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'sigkill.db'}"
-
-    async def main() -> None:
-        store = open_store(url)
-        try:
-            await sigkill_scenario(store, url, lease=1.0, max_attempts=2)
-        finally:
-            await store.close()
-
-    asyncio.run(main())
+    sigkill_scenario(f"sqlite:///{tmp_path / 'sigkill.db'}", lease=1.0, max_attempts=2)
 
 
 def test_a_killed_store_server_over_sqlite_loses_no_acknowledged_write(tmp_path: Path) -> None:

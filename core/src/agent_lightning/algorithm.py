@@ -13,7 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from agent_lightning.agent import AgentLike
 from agent_lightning.metrics import MetricsLogger
@@ -127,10 +129,21 @@ class TrainSession:
         self.metrics.log(step, dict(metrics))
 
 
+_C = TypeVar("_C", bound=BaseModel)
+
+
 class Algorithm(ABC):
     """Base class of training algorithms (PPO, GRPO, prompt optimizers, …)."""
 
     name: str = "algorithm"
+
+    def _configure(self, config_class: type[_C], config: _C | None, overrides: Mapping[str, Any]) -> _C:
+        """``config`` (a new ``config_class`` when ``None``) with ``overrides``; another class is a TypeError."""
+        if config is None:
+            return config_class(**overrides)
+        if not isinstance(config, config_class):
+            raise TypeError(f"{type(self).__name__} takes a {config_class.__name__}, got {type(config).__name__}")
+        return config.model_copy(update=dict(overrides)) if overrides else config
 
     @abstractmethod
     def run(self, session: TrainSession) -> TrainResult:

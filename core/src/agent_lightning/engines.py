@@ -63,15 +63,7 @@ def engine_entries() -> dict[str, EngineEntry]:
     """Every registered engine by name."""
     from agent_lightning import plugins
 
-    found: dict[str, EngineEntry] = {}
-
-    def register(entry: EngineEntry) -> None:
-        if not isinstance(entry, EngineEntry):
-            raise PluginError(f"register() takes an EngineEntry, got {type(entry).__name__}")
-        found[entry.name] = entry
-
-    plugins.hook().agl_register_engines(register=register)
-    return found
+    return plugins.collect("agl_register_engines", EngineEntry)
 
 
 def engine_entry(name: str) -> EngineEntry:

@@ -135,6 +135,19 @@ def hook() -> Any:
     return get_plugin_manager().hook
 
 
+def collect(hook_name: str, kind: type[Any]) -> dict[str, Any]:
+    """The ``kind`` objects plugins hand to ``register`` in a register-callback hook, by name; others: PluginError."""
+    found: dict[str, Any] = {}
+
+    def register(item: object) -> None:
+        if not isinstance(item, kind):
+            raise PluginError(f"register() takes {kind.__module__}.{kind.__qualname__} objects, got {item!r}")
+        found[item.name] = item
+
+    getattr(hook(), hook_name)(register=register)
+    return found
+
+
 def call_each(hook_name: str, make_kwargs: Callable[[PluginInfo], dict[str, Any]]) -> None:
     """Call every implementation of a hook with arguments made for its plugin.
 

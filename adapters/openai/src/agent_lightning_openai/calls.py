@@ -396,9 +396,7 @@ class LLMCall:
             self.read_headers(getattr(result, "headers", None))
             return self._parsed(result)
         except Exception:
-            logger.exception("agent-lightning-openai: recording the %s call failed", self.operation)
-            self.finish()
-            return result
+            return self._recording_failed(result)
 
     async def acomplete(self, result: Any) -> Any:
         """Record an asynchronous client's result and return what the caller expects."""
@@ -422,9 +420,13 @@ class LLMCall:
             self.read_headers(getattr(result, "headers", None))
             return self._parsed(result)
         except Exception:
-            logger.exception("agent-lightning-openai: recording the %s call failed", self.operation)
-            self.finish()
-            return result
+            return self._recording_failed(result)
+
+    def _recording_failed(self, result: Any) -> Any:
+        """In the ``except`` block of a failed recording: log it, end the span, hand the caller its result."""
+        logger.exception("agent-lightning-openai: recording the %s call failed", self.operation)
+        self.finish()
+        return result
 
     def _parsed(self, parsed: Any) -> Any:
         if _is_stream(parsed):

@@ -166,12 +166,22 @@ class _Finisher:
         self.call.on_stream_end(self.state, exc)
 
 
-class TracedStream(wrapt.ObjectProxy):  # type: ignore[misc]
-    """A ``Stream`` that records its chunks; ``isinstance(s, openai.Stream)`` still holds."""
+class _Traced(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A proxy of an SDK stream whose finisher ends the call's span, at the latest when the stream is collected."""
 
     def __init__(self, wrapped: Any, finisher: _Finisher) -> None:
         super().__init__(wrapped)
         self._self_finisher = finisher
+
+    def __del__(self) -> None:
+        try:
+            self._self_finisher.done()
+        except Exception:
+            pass
+
+
+class TracedStream(_Traced):
+    """A ``Stream`` that records its chunks; ``isinstance(s, openai.Stream)`` still holds."""
 
     def __iter__(self) -> Any:
         return self
@@ -204,19 +214,9 @@ class TracedStream(wrapt.ObjectProxy):  # type: ignore[misc]
         finally:
             self._self_finisher.done()
 
-    def __del__(self) -> None:
-        try:
-            self._self_finisher.done()
-        except Exception:
-            pass
 
-
-class TracedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class TracedAsyncStream(_Traced):
     """An ``AsyncStream`` that records its chunks; ``isinstance(s, openai.AsyncStream)`` still holds."""
-
-    def __init__(self, wrapped: Any, finisher: _Finisher) -> None:
-        super().__init__(wrapped)
-        self._self_finisher = finisher
 
     def __aiter__(self) -> Any:
         return self
@@ -251,12 +251,6 @@ class TracedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
 
     async def aclose(self) -> None:
         await self.close()
-
-    def __del__(self) -> None:
-        try:
-            self._self_finisher.done()
-        except Exception:
-            pass
 
 
 def wrap_stream(stream: Any, call: LLMCall) -> Any:

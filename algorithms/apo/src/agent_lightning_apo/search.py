@@ -72,13 +72,7 @@ class PromptSearch(Algorithm):
     config_class: ClassVar[type[APOConfig]] = APOConfig
 
     def __init__(self, config: APOConfig | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = self.config_class(**overrides)
-        elif overrides:
-            config = config.model_copy(update=overrides)
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config
+        self.config = self._configure(self.config_class, config, overrides)
         self.candidates: dict[str, Candidate] = {}
         self.spent = 0
         self.step = 0

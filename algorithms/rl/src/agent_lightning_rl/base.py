@@ -19,7 +19,7 @@ import random
 import tempfile
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,13 +74,7 @@ class RLAlgorithm(Algorithm):
     config_class: ClassVar[type[RLConfig]] = RLConfig
 
     def __init__(self, config: RLConfig | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = self.config_class(**overrides)
-        elif overrides:
-            config = config.model_copy(update=overrides)
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config
+        self.config = self._configure(self.config_class, config, overrides)
         self.learner: PolicyLearner | None = None
         self.tokenizer: Any = None
         self.iteration = 0
@@ -553,23 +547,25 @@ class RLAlgorithm(Algorithm):
         self, session: TrainSession, rollouts: Sequence[Rollout], *, llm_spans: dict[str, Span] | None = None
     ) -> list[Episode]:
         """Each rollout's episode; ``llm_spans`` (when given) collects their LLM spans by id."""
-        cfg = self.config
         episodes = []
         for rollout in rollouts:
             spans = session.sync.query_spans(rollout.rollout_id)
             if llm_spans is not None:
                 llm_spans.update((span.span_id, span) for span in spans if span.kind == "llm")
-            episodes.append(
-                build_episode(
-                    rollout,
-                    spans,
-                    aggregation=cfg.aggregation,
-                    discount=cfg.discount,
-                    max_turns=cfg.trajectory_length,
-                    max_prompt_tokens=cfg.max_prompt_tokens,
-                )
-            )
+            episodes.append(self._episode(rollout, spans))
         return episodes
+
+    def _episode(self, rollout: Rollout, spans: Sequence[Span]) -> Episode:
+        """The rollout's episode, built with this run's trajectory settings."""
+        cfg = self.config
+        return build_episode(
+            rollout,
+            spans,
+            aggregation=cfg.aggregation,
+            discount=cfg.discount,
+            max_turns=cfg.trajectory_length,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+        )
 
     def _select(self, episodes: Sequence[Episode], *, llm_spans: Mapping[str, Span] | None = None) -> list[Sample]:
         """The samples ``optimize`` selects. With ``llm_spans`` (online), refuses to train when an agent that
@@ -630,25 +626,26 @@ class RLAlgorithm(Algorithm):
 
     # ------------------------------------------------------------------ offline
     @staticmethod
-    def _finished_train_rollouts(session: TrainSession) -> list[Rollout]:
-        """Every finished (succeeded or failed) train rollout in the store, paged."""
+    def _finished_train_rollouts(session: TrainSession, who: str, advice: str) -> list[Rollout]:
+        """Every finished (succeeded or failed) train rollout in the store, paged.
+
+        None is :class:`NoTrainingData`: "``who`` found no finished train rollouts in URL``advice``".
+        """
         rollouts: list[Rollout] = []
         offset, page = 0, 200
         while True:
             batch = session.sync.query_rollouts(status=["succeeded", "failed"], limit=page, offset=offset)
             rollouts += [r for r in batch if r.mode == "train"]
             if len(batch) < page:
-                return rollouts
+                break
             offset += page
+        if not rollouts:
+            raise NoTrainingData(f"{who} found no finished train rollouts in {session.store.url}{advice}")
+        return rollouts
 
     def _stored_episodes(self, session: TrainSession) -> list[Episode]:
-        rollouts = self._finished_train_rollouts(session)
-        if not rollouts:
-            raise NoTrainingData(
-                f"offline training found no finished train rollouts in {session.store.url}; collect some first "
-                "(run the agent with a TrainingContext) or pass agent=… to train online"
-            )
-        return self._episodes(session, rollouts)
+        advice = "; collect some first (run the agent with a TrainingContext) or pass agent=… to train online"
+        return self._episodes(session, self._finished_train_rollouts(session, "offline training", advice))
 
     def _offline_batches(self, samples: list[Sample]) -> Iterator[list[Sample]]:
         """Batches of whole groups holding at least ``batch_size`` rollouts, reshuffled every pass."""
@@ -719,12 +716,32 @@ class RLAlgorithm(Algorithm):
         return samples, metrics
 
     def _run_offline(self, session: TrainSession) -> TrainResult:
+        shared, metrics = self._load_on_rank0(lambda: self._offline_data(session), "the training data")
+        batches = self._offline_batches(shared)
+
+        def step() -> dict[str, float]:
+            nonlocal metrics
+            batch = next(batches)
+            update = self._train_on(batch)
+            assert update is not None
+            self.iteration += 1
+            update.update(episode_metrics_of_samples(batch))
+            update.update(metrics)  # the data's metrics, with this run's first update
+            metrics = {}
+            return update
+
+        return self._update_loop(session, step, ("loss", "train/policy_loss"))
+
+    def _load_on_rank0(
+        self, load: Callable[[], tuple[list[Sample], dict[str, float]]], what: str
+    ) -> tuple[list[Sample], dict[str, float]]:
+        """Run ``load`` on rank 0 and share its samples with every rank (its metrics stay on rank 0)."""
         payload: tuple[list[Sample] | None, str | None] = (None, None)
         metrics: dict[str, float] = {}
         failure: BaseException | None = None
         if self._dist.is_main:
             try:
-                samples, metrics = self._offline_data(session)
+                samples, metrics = load()
                 payload = (samples, None)
             except BaseException as exc:  # the other ranks wait for the data: tell them why there is none
                 failure = exc
@@ -733,30 +750,31 @@ class RLAlgorithm(Algorithm):
         if failure is not None:
             raise failure
         if error is not None or shared is None:
-            raise RuntimeError(f"rank 0 could not load the training data: {error}")
-        batches = self._offline_batches(shared)
+            raise RuntimeError(f"rank 0 could not load {what}: {error}")
+        return shared, metrics
+
+    def _update_loop(
+        self, session: TrainSession, step: Callable[[], dict[str, float]], postfix: tuple[str, str]
+    ) -> TrainResult:
+        """Call ``step`` (one update on every rank; returns its metrics) until ``session.num_iterations`` or a stop.
+
+        Rank 0 logs each update and shows ``postfix`` (a label and the metric it shows) on the progress bar;
+        every rank checkpoints each ``eval_interval`` iterations and at the end.
+        """
         checkpoint = None
         interrupted = False
         self._saved_at = self.iteration
         bar = self._progress(session)
         try:
             while self.iteration < session.num_iterations:
-                stop = broadcast(session.stopping, self._dist)
-                if stop:
+                if broadcast(session.stopping, self._dist):
                     interrupted = True
                     break
-                batch = next(batches)
-                update = self._train_on(batch)
-                assert update is not None
-                self.iteration += 1
-                update.update(episode_metrics_of_samples(batch))
-                if metrics:  # the data's metrics, with this run's first update
-                    update.update(metrics)
-                    metrics = {}
+                update = step()
                 if self._dist.is_main:
                     session.log(self.iteration, update)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{update.get('train/policy_loss', 0.0):.4f}")
+                    bar.set_postfix({postfix[0]: f"{update.get(postfix[1], float('nan')):.4f}"})
                 if session.eval_interval and self.iteration % session.eval_interval == 0:
                     checkpoint = self._checkpoint(session) or checkpoint
         except KeyboardInterrupt:

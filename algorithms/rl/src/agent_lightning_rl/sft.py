@@ -22,6 +22,7 @@ folder is a starting ``model`` for GRPO (see the package README for the SFT-then
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -33,13 +34,13 @@ import torch
 from agent_lightning import semconv
 from agent_lightning.algorithm import TrainResult, TrainSession
 from agent_lightning.errors import NoTrainingData
-from agent_lightning.trajectory import build_episode, group_key
+from agent_lightning.trajectory import group_key
 from agent_lightning.types import Episode, Rollout, Sample, Span
 
 from .advantages import select_samples
 from .base import RLAlgorithm, episode_metrics
 from .config import RLConfig, SFTConfig
-from .distributed import broadcast, shard_indices
+from .distributed import shard_indices
 from .learner import PolicyLearner, Scored, merged_weights
 
 logger = logging.getLogger(__name__)
@@ -236,16 +237,7 @@ class SupervisedFineTuning(RLAlgorithm):
         for rollout in rollouts:
             spans = session.sync.query_spans(rollout.rollout_id)
             spans_of[rollout.rollout_id] = spans
-            episodes.append(
-                build_episode(
-                    rollout,
-                    spans,
-                    aggregation=cfg.aggregation,
-                    discount=cfg.discount,
-                    max_turns=cfg.trajectory_length,
-                    max_prompt_tokens=cfg.max_prompt_tokens,
-                )
-            )
+            episodes.append(self._episode(rollout, spans))
         metrics = episode_metrics(episodes, prefix, cfg.success_threshold)
         kept = self._keep(rollouts, episodes)
         samples: list[Sample] = []
@@ -318,13 +310,11 @@ class SupervisedFineTuning(RLAlgorithm):
         return samples, {"data/rows": float(len(rows)), "data/retokenized_rollouts": float(used)}
 
     def _stored_rollouts(self, session: TrainSession) -> list[Rollout]:
-        rollouts = self._finished_train_rollouts(session)
-        if not rollouts:
-            raise NoTrainingData(
-                f"SFT found no finished train rollouts in {session.store.url}: collect some first, pass agent=… to "
-                "sample them from the policy (rejection sampling), or train from a chat dataset (dataset=…)"
-            )
-        return rollouts
+        advice = (
+            ": collect some first, pass agent=… to sample them from the policy (rejection sampling), "
+            "or train from a chat dataset (dataset=…)"
+        )
+        return self._finished_train_rollouts(session, "SFT", advice)
 
     # ------------------------------------------------------------------ the runs
     def _run_offline(self, session: TrainSession) -> TrainResult:
@@ -386,61 +376,27 @@ class SupervisedFineTuning(RLAlgorithm):
 
     def _fit(self, session: TrainSession, data: Any, *, server: Any, proxy: Any) -> TrainResult:
         """Load the data on rank 0, share it, and train ``num_iterations`` epochs on every rank."""
-        payload: tuple[list[Sample] | None, str | None] = (None, None)
-        metrics: dict[str, float] = {}
-        failure: BaseException | None = None
-        if self._dist.is_main:
-            try:
-                samples, metrics = data()
-                payload = (samples, None)
-            except BaseException as exc:  # the other ranks wait for the data: tell them why there is none
-                failure = exc
-                payload = (None, f"{type(exc).__name__}: {exc}")
-        shared, error = broadcast(payload, self._dist)
-        if failure is not None:
-            raise failure
-        if error is not None or shared is None:
-            raise RuntimeError(f"rank 0 could not load the SFT data: {error}")
+        shared, metrics = self._load_on_rank0(data, "the SFT data")
         self.data = shared
         metrics["sft/samples"] = float(len(shared))
         metrics["sft/trainable_tokens"] = float(sum(s.num_trainable_tokens for s in shared))
-        checkpoint = None
-        interrupted = False
-        self._saved_at = self.iteration
-        bar = self._progress(session)
-        try:
-            while self.iteration < session.num_iterations:
-                if broadcast(session.stopping, self._dist):
-                    interrupted = True
-                    break
-                order = list(range(len(shared)))
-                random.Random(self.config.seed + self.iteration).shuffle(order)
-                update = self._nll_on([shared[i] for i in order])
-                self.iteration += 1
-                if self._dist.is_main:
-                    update.update(metrics)
-                    metrics = {}
-                    running = server() if server is not None else None
-                    if running is not None and session.eval_interval and self.iteration % session.eval_interval == 0:
-                        update.update(self._evaluate_now(session, running, proxy()))
-                    session.log(self.iteration, update)
-                    bar.update(1)
-                    bar.set_postfix(nll=f"{update.get('train/nll', float('nan')):.4f}")
-                if session.eval_interval and self.iteration % session.eval_interval == 0:
-                    checkpoint = self._checkpoint(session) or checkpoint
-        except KeyboardInterrupt:
-            interrupted = True
-            session.stop_event.set()
-        finally:
-            bar.close()
-            if self.iteration > 0 and self._saved_at != self.iteration:
-                checkpoint = self._checkpoint(session) or checkpoint
-        return TrainResult(
-            iterations=self.iteration,
-            metrics=session.metrics.history,
-            checkpoint=checkpoint,
-            interrupted=interrupted or session.stopping,
-        )
+
+        def step() -> dict[str, float]:
+            nonlocal metrics
+            order = list(range(len(shared)))
+            random.Random(self.config.seed + self.iteration).shuffle(order)
+            update = self._nll_on([shared[i] for i in order])
+            self.iteration += 1
+            if self._dist.is_main:
+                update.update(metrics)
+                metrics = {}
+                running = server() if server is not None else None
+                if running is not None and session.eval_interval and self.iteration % session.eval_interval == 0:
+                    update.update(self._evaluate_now(session, running, proxy()))
+            return update
+
+        result = self._update_loop(session, step, ("nll", "train/nll"))
+        return dataclasses.replace(result, interrupted=result.interrupted or session.stopping)
 
     def _evaluate_now(self, session: TrainSession, server: Any, proxy: Any) -> dict[str, float]:
         """Serve the current weights and run the validation tasks (greedy)."""

@@ -45,7 +45,7 @@ import orjson
 from agent_lightning.errors import DuplicateId, InvalidTransition, StoreError, StoreUnavailable
 from agent_lightning.retry import Backoff, async_retrying
 from agent_lightning.secrets import read_secret
-from agent_lightning.store.base import LightningStore
+from agent_lightning.store.base import LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
     AttemptedRollout,
@@ -54,13 +54,10 @@ from agent_lightning.types import (
     Rollout,
     RolloutMode,
     RolloutRequest,
-    RolloutStatus,
     Span,
-    SpanKind,
     Subscription,
 )
 from agent_lightning.types.rollouts import check_request, new_id
-from agent_lightning.types.spans import SpanCursor
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
 from yarl import URL
@@ -429,12 +426,8 @@ class HttpLightningStore(LightningStore):
             raise
         return AttemptedRollout.model_validate(data)
 
-    async def claim_rollout(
-        self,
-        worker_id: str,
-        *,
-        task_types: Sequence[str] | None = None,
-        modes: Sequence[RolloutMode] | None = None,
+    async def _claim_rollout(
+        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
     ) -> AttemptedRollout | None:
         payload = _dumps({"worker_id": worker_id, "task_types": task_types, "modes": modes})
         data = await self._post("claim_rollout", payload, key=True)
@@ -444,12 +437,8 @@ class HttpLightningStore(LightningStore):
         data = await self._post("heartbeat", _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id}))
         return Attempt.model_validate(data)
 
-    async def complete_attempt(
-        self,
-        rollout_id: str,
-        attempt_id: str,
-        status: Literal["succeeded", "failed"],
-        error: str | None = None,
+    async def _complete_attempt(
+        self, rollout_id: str, attempt_id: str, status: Literal["succeeded", "failed"], error: str | None
     ) -> Rollout:
         payload = _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id, "status": status, "error": error})
         try:
@@ -487,37 +476,12 @@ class HttpLightningStore(LightningStore):
         data = await self._post("get_rollout", _dumps({"rollout_id": rollout_id}))
         return Rollout.model_validate(data)
 
-    async def query_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-        rollout_ids: Sequence[str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Rollout]:
-        payload = _dumps(
-            {
-                "status": status,
-                "task_types": task_types,
-                "mode": mode,
-                "rollout_ids": rollout_ids,
-                "limit": limit,
-                "offset": offset,
-            }
-        )
-        data = await self._post("query_rollouts", payload)
+    async def _query_rollouts(self, query: RolloutQuery) -> list[Rollout]:
+        data = await self._post("query_rollouts", _dumps(vars(query)))
         return _ROLLOUTS.validate_python(data)
 
-    async def count_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-    ) -> dict[str, dict[str, int]]:
-        payload = _dumps({"status": status, "task_types": task_types, "mode": mode})
+    async def _count_rollouts(self, query: RolloutQuery) -> dict[str, dict[str, int]]:
+        payload = _dumps({"status": query.status, "task_types": query.task_types, "mode": query.mode})
         return _COUNTS.validate_python(await self._post("count_rollouts", payload))
 
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
@@ -553,29 +517,8 @@ class HttpLightningStore(LightningStore):
         data = await self._post("add_spans", _dumps([span.__dict__ for span in spans]))
         return int(data["count"])
 
-    async def query_spans(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        kinds: Sequence[SpanKind] | None = None,
-        names: Sequence[str] | None = None,
-        after_sequence_id: int | None = None,
-        limit: int | None = None,
-        after: Span | SpanCursor | None = None,
-    ) -> list[Span]:
-        payload = _dumps(
-            {
-                "rollout_id": rollout_id,
-                "attempt_id": attempt_id,
-                "kinds": kinds,
-                "names": names,
-                "after_sequence_id": after_sequence_id,
-                "limit": limit,
-                "after": None if after is None else SpanCursor.after(after),
-            }
-        )
-        return _SPANS.validate_json(await self._post("query_spans", payload, raw=True))
+    async def _query_spans(self, query: SpanQuery) -> list[Span]:
+        return _SPANS.validate_json(await self._post("query_spans", _dumps(vars(query)), raw=True))
 
     # ------------------------------------------------------------------ resources
     async def add_resources(
@@ -600,14 +543,8 @@ class HttpLightningStore(LightningStore):
         payload = _dumps({"group": group, "task_types": task_types, "from_beginning": from_beginning})
         await self._post("subscribe", payload)
 
-    async def pull_completed(
-        self,
-        group: str,
-        *,
-        consumer: str = "default",
-        max_count: int = 100,
-        timeout: float = 0.0,
-        visibility_timeout: float = 300.0,
+    async def _pull_completed(
+        self, group: str, consumer: str, max_count: int, timeout: float, visibility_timeout: float
     ) -> list[Rollout]:
         """Long-polls the server (each request waits at most ``long_poll`` seconds) for up to ``timeout``."""
         deadline = time.monotonic() + max(timeout, 0.0)

@@ -235,12 +235,8 @@ class PostgresLightningStore(SqlLightningStore):
         written = self._transact(work, write=True, autocommit=True, idempotent=True)
         return written == len(rows)
 
-    async def complete_attempt(
-        self,
-        rollout_id: str,
-        attempt_id: str,
-        status: Literal["succeeded", "failed"],
-        error: str | None = None,
+    async def _complete_attempt(
+        self, rollout_id: str, attempt_id: str, status: Literal["succeeded", "failed"], error: str | None
     ) -> Rollout:
         if status == "succeeded":
             limits.check_text(error, "error")
@@ -256,7 +252,7 @@ class PostgresLightningStore(SqlLightningStore):
             done = await asyncio.to_thread(self._transact, work, write=True, autocommit=True)
             if done is not None:
                 return done
-        return await super().complete_attempt(rollout_id, attempt_id, status, error)
+        return await super()._complete_attempt(rollout_id, attempt_id, status, error)
 
     def _notify(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})

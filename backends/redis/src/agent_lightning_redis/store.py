@@ -20,7 +20,7 @@ from agent_lightning import limits
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
 from agent_lightning.limits import MAX_INT
 from agent_lightning.store import transitions as tr
-from agent_lightning.store.base import LATEST, LightningStore
+from agent_lightning.store.base import LATEST, LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
     AttemptedRollout,
@@ -29,13 +29,10 @@ from agent_lightning.types import (
     Rollout,
     RolloutMode,
     RolloutRequest,
-    RolloutStatus,
     Span,
-    SpanKind,
     Subscription,
 )
 from agent_lightning.types.rollouts import TERMINAL_ROLLOUT_STATUSES, new_id
-from agent_lightning.types.spans import SpanCursor
 from pydantic import TypeAdapter
 
 from agent_lightning_redis import codec, scripts
@@ -365,14 +362,9 @@ class RedisLightningStore(LightningStore):
         return AttemptedRollout(rollout=running, attempt=attempt)
 
     @_translate_errors
-    async def claim_rollout(
-        self,
-        worker_id: str,
-        *,
-        task_types: Sequence[str] | None = None,
-        modes: Sequence[RolloutMode] | None = None,
+    async def _claim_rollout(
+        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
     ) -> AttemptedRollout | None:
-        tr.check_worker_id(worker_id)
         if (task_types is not None and not task_types) or (modes is not None and not modes):
             return None
         filters: list[str | int] = [-1] if task_types is None else [len(task_types), *task_types]
@@ -404,15 +396,9 @@ class RedisLightningStore(LightningStore):
         return await self._mutate(rollout_id, change, reap_first=True)
 
     @_translate_errors
-    async def complete_attempt(
-        self,
-        rollout_id: str,
-        attempt_id: str,
-        status: Literal["succeeded", "failed"],
-        error: str | None = None,
+    async def _complete_attempt(
+        self, rollout_id: str, attempt_id: str, status: Literal["succeeded", "failed"], error: str | None
     ) -> Rollout:
-        if status not in ("succeeded", "failed"):
-            raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
         if status == "succeeded":
             limits.check_text(error, "error")
             result = await self._conn().run("succeed", [self.prefix, rollout_id, attempt_id, json.dumps(error)])
@@ -480,48 +466,31 @@ class RedisLightningStore(LightningStore):
         return [codec.decode_rollout(f) if f else None for f in await pipe.execute()]
 
     @_translate_errors
-    async def query_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-        rollout_ids: Sequence[str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Rollout]:
-        tr.check_pagination(limit, offset)
+    async def _query_rollouts(self, query: RolloutQuery) -> list[Rollout]:
+        limit, offset = query.limit, query.offset
         if limit == 0:
             return []
         client = self._conn().client
-        filtered = task_types is not None or mode is not None
-        if rollout_ids is not None:
-            unique = list(dict.fromkeys(rollout_ids))
+        if query.rollout_ids is not None:
+            unique = list(dict.fromkeys(query.rollout_ids))
             scores = await client.zmscore(self._key("rollouts"), unique) if unique else []
             ids = [r for _, r in sorted((s, r) for r, s in zip(unique, scores, strict=True) if s is not None)]
-        elif status is not None:
+        elif query.status is not None:
             pipe = client.pipeline(transaction=False)
-            for name in dict.fromkeys(status):
+            for name in dict.fromkeys(query.status):
                 pipe.zrange(self._key("st", name), 0, -1, withscores=True)
             merged = [pair for found in await pipe.execute() for pair in found]
             ids = [r for r, _ in sorted(merged, key=lambda pair: pair[1])]
-        elif not filtered:
+        elif query.task_types is None and query.mode is None:
             ids = await client.zrange(self._key("rollouts"), offset, min(offset + limit - 1, MAX_INT))
             return [r for r in await self._rollouts(ids) if r is not None]
         else:
             ids = await client.zrange(self._key("rollouts"), 0, -1)
-        wanted_types = None if task_types is None else set(task_types)
-        wanted_status = None if status is None else set(status)
         found: list[Rollout] = []
         skipped = 0
         for start in range(0, len(ids), 500):
             for rollout in await self._rollouts(ids[start : start + 500]):
-                if (
-                    rollout is None
-                    or (wanted_status is not None and rollout.status not in wanted_status)
-                    or (wanted_types is not None and rollout.task_type not in wanted_types)
-                    or (mode is not None and rollout.mode != mode)
-                ):
+                if rollout is None or not query.matches(rollout):
                     continue
                 if skipped < offset:
                     skipped += 1
@@ -532,22 +501,16 @@ class RedisLightningStore(LightningStore):
         return found
 
     @_translate_errors
-    async def count_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-    ) -> dict[str, dict[str, int]]:
+    async def _count_rollouts(self, query: RolloutQuery) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         for key, value in (await self._conn().client.hgetall(self._key("n"))).items():
             state, rollout_mode, task_type = key.split("|", 2)
             n = int(value)
             if (
                 n > 0
-                and (status is None or state in status)
-                and (task_types is None or task_type in task_types)
-                and (mode is None or rollout_mode == mode)
+                and (query.status is None or state in query.status)
+                and (query.task_types is None or task_type in query.task_types)
+                and (query.mode is None or rollout_mode == query.mode)
             ):
                 per_status = counts.setdefault(task_type, {})
                 per_status[state] = per_status.get(state, 0) + n
@@ -611,19 +574,8 @@ class RedisLightningStore(LightningStore):
         return len(spans)
 
     @_translate_errors
-    async def query_spans(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        kinds: Sequence[SpanKind] | None = None,
-        names: Sequence[str] | None = None,
-        after_sequence_id: int | None = None,
-        limit: int | None = None,
-        after: Span | SpanCursor | None = None,
-    ) -> list[Span]:
-        tr.check_pagination(limit, 0, after_sequence_id)
-        cursor = None if after is None else SpanCursor.after(after)
+    async def _query_spans(self, query: SpanQuery) -> list[Span]:
+        rollout_id, attempt_id, cursor = query.rollout_id, query.attempt_id, query.after
         pipe = self._conn().client.pipeline(transaction=False)
         pipe.hget(self._key("ro", rollout_id), "lease")
         pipe.hgetall(self._key("at", rollout_id))
@@ -642,14 +594,14 @@ class RedisLightningStore(LightningStore):
         if cursor is not None and cursor.attempt_id not in order:
             raise NotFound(f"rollout {rollout_id!r} has no attempt {cursor.attempt_id!r}")
         wanted = None if attempt_id is None else attempt_id + ":"
-        kind_set = None if kinds is None else set(kinds)
-        name_set = None if names is None else set(names)
+        kind_set = None if query.kinds is None else set(query.kinds)
+        name_set = None if query.names is None else set(query.names)
         spans = [
             s
             for s in (codec.decode_span(v) for k, v in raw_spans.items() if wanted is None or k.startswith(wanted))
             if (kind_set is None or s.kind in kind_set)
             and (name_set is None or s.name in name_set)
-            and (after_sequence_id is None or s.sequence_id > after_sequence_id)
+            and (query.after_sequence_id is None or s.sequence_id > query.after_sequence_id)
         ]
 
         def key(span: Span) -> tuple[int, int, float, str]:
@@ -659,7 +611,7 @@ class RedisLightningStore(LightningStore):
             start = cursor.key(order[cursor.attempt_id])
             spans = [s for s in spans if key(s) > start]
         spans.sort(key=key)
-        return spans if limit is None else spans[:limit]
+        return spans if query.limit is None else spans[: query.limit]
 
     # ------------------------------------------------------------------ resources
     @_translate_errors
@@ -707,18 +659,9 @@ class RedisLightningStore(LightningStore):
             raise InvalidTransition(f"group {group!r} already subscribes to {existing}, not {asked}")
 
     @_translate_errors
-    async def pull_completed(
-        self,
-        group: str,
-        *,
-        consumer: str = "default",
-        max_count: int = 100,
-        timeout: float = 0.0,
-        visibility_timeout: float = 300.0,
+    async def _pull_completed(
+        self, group: str, consumer: str, max_count: int, timeout: float, visibility_timeout: float
     ) -> list[Rollout]:
-        tr.check_max_count(max_count)
-        tr.check_timeout("timeout", timeout)
-        tr.check_subscription(group, consumer, visibility_timeout)
         conn = self._conn()
         give_up = time.monotonic() + timeout
         while True:

@@ -19,13 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import sqlalchemy as sa
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound, StoreError, StoreUnavailable
 from agent_lightning.retry import Backoff, retrying
 from agent_lightning.store import transitions as tr
-from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore
+from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
     AttemptedRollout,
@@ -34,13 +34,10 @@ from agent_lightning.types import (
     Rollout,
     RolloutMode,
     RolloutRequest,
-    RolloutStatus,
     Span,
-    SpanKind,
     Subscription,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
-from agent_lightning.types.spans import SpanCursor
 from pydantic import TypeAdapter
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
@@ -70,6 +67,17 @@ _SPAN_ORDER = (SPANS.c.attempt_seq, SPANS.c.sequence_id, SPANS.c.start_time, SPA
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _filtered(select: Select[Any], query: RolloutQuery) -> Select[Any]:
+    """``select`` over the rollouts table, kept to the rollouts that pass the query's filters."""
+    if query.status is not None:
+        select = select.where(ROLLOUTS.c.status.in_(list(query.status)))
+    if query.task_types is not None:
+        select = select.where(ROLLOUTS.c.task_type.in_(list(query.task_types)))
+    if query.mode is not None:
+        select = select.where(ROLLOUTS.c.mode == query.mode)
+    return select
 
 
 class _TryAgain(Exception):
@@ -459,14 +467,9 @@ class SqlLightningStore(LightningStore):
         await self._run_unique(work, [running], attempt_id)
         return AttemptedRollout(rollout=running, attempt=attempt)
 
-    async def claim_rollout(
-        self,
-        worker_id: str,
-        *,
-        task_types: Sequence[str] | None = None,
-        modes: Sequence[RolloutMode] | None = None,
+    async def _claim_rollout(
+        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
     ) -> AttemptedRollout | None:
-        tr.check_worker_id(worker_id)
         query = sa.select(ROLLOUTS).where(ROLLOUTS.c.queue_seq.is_not(None))
         if task_types is not None:
             query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
@@ -494,25 +497,33 @@ class SqlLightningStore(LightningStore):
         return await self._run(work, write=True)
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
-        def work(conn: Connection) -> tuple[Attempt, bool]:
-            now = time.time()
-            rollout = self._rollout(conn, rollout_id, lock=True)
-            attempt = self._attempt(conn, rollout_id, attempt_id)
-            expired = self._expire(conn, rollout, attempt, now)
-            if expired is not None:
-                return expired, True
+        def beat(conn: Connection, rollout: Rollout, attempt: Attempt, now: float) -> Attempt:
             beat = tr.heartbeat(rollout, attempt, now)
             conn.execute(
                 sa.update(ATTEMPTS)
                 .where(ATTEMPTS.c.attempt_id == attempt_id)
                 .values(last_heartbeat_at=beat.last_heartbeat_at, lease_expires_at=beat.lease_expires_at)
             )
-            return beat, False
+            return beat
 
-        result, lost = await self._run(work, write=True)
-        if lost:
-            tr.require_running(result)  # the lease ran out before this heartbeat: LeaseLost
-        return result
+        return await self._change_live_attempt(rollout_id, attempt_id, beat)
+
+    async def _change_live_attempt(
+        self, rollout_id: str, attempt_id: str, change: Callable[[Connection, Rollout, Attempt, float], T]
+    ) -> T:
+        """``change`` the running attempt in one write transaction; one whose lease ran out is reaped: LeaseLost."""
+
+        def work(conn: Connection) -> tuple[T | None, Attempt | None]:
+            now = time.time()
+            rollout = self._rollout(conn, rollout_id, lock=True)
+            attempt = self._attempt(conn, rollout_id, attempt_id)
+            expired = self._expire(conn, rollout, attempt, now)
+            return (None, expired) if expired is not None else (change(conn, rollout, attempt, now), None)
+
+        result, expired = await self._run(work, write=True)
+        if expired is not None:
+            tr.require_running(expired)  # the lease ran out before this call: LeaseLost
+        return cast(T, result)
 
     def _expire(self, conn: Connection, rollout: Rollout, attempt: Attempt, now: float) -> Attempt | None:
         """Reap ``attempt`` if it overran; returns the ended attempt, or ``None`` if it is still fine."""
@@ -523,33 +534,15 @@ class SqlLightningStore(LightningStore):
         self._save(conn, rollout, updated, ended)
         return ended
 
-    async def complete_attempt(
-        self,
-        rollout_id: str,
-        attempt_id: str,
-        status: Literal["succeeded", "failed"],
-        error: str | None = None,
+    async def _complete_attempt(
+        self, rollout_id: str, attempt_id: str, status: Literal["succeeded", "failed"], error: str | None
     ) -> Rollout:
-        if status not in ("succeeded", "failed"):
-            raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
-
-        def work(conn: Connection) -> tuple[Rollout | Attempt, bool]:
-            now = time.time()
-            rollout = self._rollout(conn, rollout_id, lock=True)
-            attempt = self._attempt(conn, rollout_id, attempt_id)
-            expired = self._expire(conn, rollout, attempt, now)
-            if expired is not None:
-                return expired, True
+        def finish(conn: Connection, rollout: Rollout, attempt: Attempt, now: float) -> Rollout:
             finished, ended = tr.finish_attempt(rollout, attempt, status, error, now)
             self._save(conn, rollout, finished, ended)
-            return finished, False
+            return finished
 
-        result, lost = await self._run(work, write=True)
-        if lost:
-            assert isinstance(result, Attempt)
-            tr.require_running(result)
-        assert isinstance(result, Rollout)
-        return result
+        return await self._change_live_attempt(rollout_id, attempt_id, finish)
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         def work(conn: Connection) -> Rollout:
@@ -574,44 +567,17 @@ class SqlLightningStore(LightningStore):
     async def get_rollout(self, rollout_id: str) -> Rollout:
         return await self._run(lambda conn: self._rollout(conn, rollout_id))
 
-    async def query_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-        rollout_ids: Sequence[str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Rollout]:
-        tr.check_pagination(limit, offset)
-        query = sa.select(ROLLOUTS)
-        if status is not None:
-            query = query.where(ROLLOUTS.c.status.in_(list(status)))
-        if task_types is not None:
-            query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
-        if mode is not None:
-            query = query.where(ROLLOUTS.c.mode == mode)
-        if rollout_ids is not None:
-            query = query.where(ROLLOUTS.c.rollout_id.in_(list(dict.fromkeys(rollout_ids))))
-        query = query.order_by(ROLLOUTS.c.seq).limit(limit).offset(offset)
-        return await self._run(lambda conn: [codec.rollout_from_row(row) for row in conn.execute(query)])
+    async def _query_rollouts(self, query: RolloutQuery) -> list[Rollout]:
+        select = _filtered(sa.select(ROLLOUTS), query)
+        if query.rollout_ids is not None:
+            select = select.where(ROLLOUTS.c.rollout_id.in_(list(dict.fromkeys(query.rollout_ids))))
+        select = select.order_by(ROLLOUTS.c.seq).limit(query.limit).offset(query.offset)
+        return await self._run(lambda conn: [codec.rollout_from_row(row) for row in conn.execute(select)])
 
-    async def count_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-    ) -> dict[str, dict[str, int]]:
-        query = sa.select(ROLLOUTS.c.task_type, ROLLOUTS.c.status, sa.func.count())
-        if status is not None:
-            query = query.where(ROLLOUTS.c.status.in_(list(status)))
-        if task_types is not None:
-            query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
-        if mode is not None:
-            query = query.where(ROLLOUTS.c.mode == mode)
-        rows = await self._run(lambda conn: conn.execute(query.group_by(ROLLOUTS.c.task_type, ROLLOUTS.c.status)).all())
+    async def _count_rollouts(self, query: RolloutQuery) -> dict[str, dict[str, int]]:
+        select = _filtered(sa.select(ROLLOUTS.c.task_type, ROLLOUTS.c.status, sa.func.count()), query)
+        grouped = select.group_by(ROLLOUTS.c.task_type, ROLLOUTS.c.status)
+        rows = await self._run(lambda conn: conn.execute(grouped).all())
         counts: dict[str, dict[str, int]] = {}
         for task_type, state, n in rows:
             counts.setdefault(task_type, {})[state] = int(n)
@@ -754,19 +720,8 @@ class SqlLightningStore(LightningStore):
             return NotFound(f"span {span_id}: no rollout with id {rollout_id!r}")
         return NotFound(f"span {span_id}: rollout {rollout_id!r} has no attempt {attempt_id!r}")
 
-    async def query_spans(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        kinds: Sequence[SpanKind] | None = None,
-        names: Sequence[str] | None = None,
-        after_sequence_id: int | None = None,
-        limit: int | None = None,
-        after: Span | SpanCursor | None = None,
-    ) -> list[Span]:
-        tr.check_pagination(limit, 0, after_sequence_id)
-        cursor = None if after is None else SpanCursor.after(after)
+    async def _query_spans(self, q: SpanQuery) -> list[Span]:
+        rollout_id, attempt_id, cursor = q.rollout_id, q.attempt_id, q.after
 
         def work(conn: Connection) -> list[Span]:
             if not self._rollout_exists(conn, rollout_id):
@@ -781,18 +736,18 @@ class SqlLightningStore(LightningStore):
                 query = query.where(SPANS.c.attempt_seq == sequence)
             elif attempt_id is not None:
                 query = query.where(SPANS.c.attempt_seq == self._attempt(conn, rollout_id, attempt_id).sequence)
-            if kinds is not None:
-                query = query.where(SPANS.c.kind.in_(list(kinds)))
-            if names is not None:
-                query = query.where(SPANS.c.name.in_(list(names)))
-            if after_sequence_id is not None:
-                query = query.where(SPANS.c.sequence_id > after_sequence_id)
+            if q.kinds is not None:
+                query = query.where(SPANS.c.kind.in_(list(q.kinds)))
+            if q.names is not None:
+                query = query.where(SPANS.c.name.in_(list(q.names)))
+            if q.after_sequence_id is not None:
+                query = query.where(SPANS.c.sequence_id > q.after_sequence_id)
             if cursor is not None:
                 start = cursor.key(self._attempt(conn, rollout_id, cursor.attempt_id).sequence)
                 query = query.where(sa.tuple_(*_SPAN_ORDER) > sa.tuple_(*start))
             query = query.order_by(*_SPAN_ORDER)
-            if limit is not None:
-                query = query.limit(limit)
+            if q.limit is not None:
+                query = query.limit(q.limit)
             return [codec.span_from_row(row) for row in conn.execute(query)]
 
         return await self._run(work)
@@ -883,18 +838,9 @@ class SqlLightningStore(LightningStore):
         ):
             raise NotFound(f"no subscription group {group!r}; call subscribe() first")
 
-    async def pull_completed(
-        self,
-        group: str,
-        *,
-        consumer: str = "default",
-        max_count: int = 100,
-        timeout: float = 0.0,
-        visibility_timeout: float = 300.0,
+    async def _pull_completed(
+        self, group: str, consumer: str, max_count: int, timeout: float, visibility_timeout: float
     ) -> list[Rollout]:
-        tr.check_max_count(max_count)
-        tr.check_timeout("timeout", timeout)
-        tr.check_subscription(group, consumer, visibility_timeout)
         await self._run(lambda conn: self._require_group(conn, group))
 
         def visible(now: float) -> Select[Any]:

@@ -55,12 +55,24 @@ def start_victim(url: str, worker_id: str, timeout: float = 60.0) -> tuple[subpr
     return process, claimed
 
 
-async def sigkill_scenario(store: LightningStore, url: str, *, lease: float = 1.0, max_attempts: int = 2) -> Rollout:
-    """Runner processes claim a rollout and are SIGKILLed, ``max_attempts`` times over.
+def sigkill_scenario(url: str, *, lease: float = 1.0, max_attempts: int = 2) -> Rollout:
+    """Runner processes claim a rollout of the store at ``url`` and are SIGKILLed, ``max_attempts`` times over.
 
     Checks that nobody else gets the rollout while a lease runs, that each expired
     lease lets the next process retry, and that the rollout finally fails with the reason.
     """
+
+    async def main() -> Rollout:
+        store = open_store(url)
+        try:
+            return await _sigkill_scenario(store, url, lease, max_attempts)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+async def _sigkill_scenario(store: LightningStore, url: str, lease: float, max_attempts: int) -> Rollout:
     rollout = await store.enqueue_rollout(
         "doomed", config=RolloutConfig(lease_seconds=lease, max_attempts=max_attempts)
     )

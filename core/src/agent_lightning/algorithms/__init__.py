@@ -7,40 +7,28 @@ where to look for it when none did.
 
 from __future__ import annotations
 
-import threading
+import functools
 from typing import Any
 
 from agent_lightning.errors import PluginError
 from agent_lightning.registry import AlgorithmEntry, import_object
 
-_lock = threading.Lock()
-_entries: dict[str, AlgorithmEntry] | None = None
+
+@functools.cache
+def _registered() -> dict[str, AlgorithmEntry]:
+    from agent_lightning import plugins
+
+    return plugins.collect("agl_register_algorithms", AlgorithmEntry)
 
 
 def clear_cache() -> None:
     """Forget resolved entries (after plugins change)."""
-    global _entries
-    with _lock:
-        _entries = None
+    _registered.cache_clear()
 
 
 def algorithm_entries() -> dict[str, AlgorithmEntry]:
     """Every registered algorithm by short name."""
-    global _entries
-    with _lock:
-        if _entries is None:
-            from agent_lightning import plugins
-
-            found: dict[str, AlgorithmEntry] = {}
-
-            def register(entry: AlgorithmEntry) -> None:
-                if not isinstance(entry, AlgorithmEntry):
-                    raise PluginError(f"register() takes an AlgorithmEntry, got {type(entry).__name__}")
-                found[entry.name] = entry
-
-            plugins.hook().agl_register_algorithms(register=register)
-            _entries = found
-        return dict(_entries)
+    return dict(_registered())
 
 
 def resolve_name(name: str) -> Any:

@@ -139,15 +139,7 @@ def adapters() -> dict[str, Adapter]:
         if _adapters is None:
             from agent_lightning import plugins
 
-            found: dict[str, Adapter] = {}
-
-            def register(adapter: Adapter) -> None:
-                if not isinstance(adapter, Adapter):
-                    raise PluginError(f"{adapter!r} is not an agent_lightning.instrumentation.adapter.Adapter")
-                found[adapter.name] = adapter
-
-            plugins.hook().agl_register_adapters(register=register)
-            _adapters = found
+            _adapters = plugins.collect("agl_register_adapters", Adapter)
         return dict(_adapters)
 
 

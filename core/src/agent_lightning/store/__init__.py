@@ -6,7 +6,7 @@ dispatches a URL to the backend registered for its scheme.
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,51 +48,40 @@ class _Backend:
     plugin: str
 
 
-_lock = threading.Lock()
-_backends: dict[str, _Backend] | None = None
-
-
 def clear_cache() -> None:
     """Forget registered backends (after plugins change)."""
-    global _backends
-    with _lock:
-        _backends = None
+    _registered.cache_clear()
 
 
 def _describe(info: Any) -> str:
     return f"{info.name!r} ({info.package})" if info.package else repr(info.name)
 
 
+@functools.cache
 def _registered() -> dict[str, _Backend]:
-    global _backends
-    with _lock:
-        if _backends is None:
-            from agent_lightning import plugins
+    from agent_lightning import plugins
 
-            found: dict[str, _Backend] = {}
+    found: dict[str, _Backend] = {}
 
-            def for_plugin(info: plugins.PluginInfo) -> dict[str, Any]:
-                def register(schemes: Sequence[str], opener: StoreOpener) -> None:
-                    if isinstance(schemes, str) or not callable(opener):
-                        raise PluginError(
-                            f"plugin {_describe(info)}: register() takes a list of schemes and a callable opener"
-                        )
-                    for scheme in schemes:
-                        key = scheme.lower().removesuffix("://")
-                        other = found.get(key)
-                        if other is not None and other.plugin != info.name:
-                            raise PluginError(
-                                f"store scheme {key}:// is registered by two plugins: "
-                                f"{_describe(plugins.plugin_info(other.plugin))} and {_describe(info)}; "
-                                "uninstall one, or leave one out with AGL_PLUGINS"
-                            )
-                        found[key] = _Backend(opener, info.name)
+    def for_plugin(info: plugins.PluginInfo) -> dict[str, Any]:
+        def register(schemes: Sequence[str], opener: StoreOpener) -> None:
+            if isinstance(schemes, str) or not callable(opener):
+                raise PluginError(f"plugin {_describe(info)}: register() takes a list of schemes and a callable opener")
+            for scheme in schemes:
+                key = scheme.lower().removesuffix("://")
+                other = found.get(key)
+                if other is not None and other.plugin != info.name:
+                    raise PluginError(
+                        f"store scheme {key}:// is registered by two plugins: "
+                        f"{_describe(plugins.plugin_info(other.plugin))} and {_describe(info)}; "
+                        "uninstall one, or leave one out with AGL_PLUGINS"
+                    )
+                found[key] = _Backend(opener, info.name)
 
-                return {"register": register}
+        return {"register": register}
 
-            plugins.call_each("agl_register_stores", for_plugin)
-            _backends = found
-        return dict(_backends)
+    plugins.call_each("agl_register_stores", for_plugin)
+    return found
 
 
 def store_schemes() -> list[str]:

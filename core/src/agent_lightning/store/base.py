@@ -51,8 +51,10 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from agent_lightning.store import transitions as tr
 from agent_lightning.types import (
     Attempt,
     AttemptedRollout,
@@ -78,8 +80,45 @@ DELIVERED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
 """Rollout statuses that subscriptions deliver."""
 
 
+@dataclass(frozen=True)
+class RolloutQuery:
+    """The arguments of ``query_rollouts`` as a backend receives them (``count_rollouts`` sets the filters)."""
+
+    status: Sequence[RolloutStatus] | None = None
+    task_types: Sequence[str] | None = None
+    mode: RolloutMode | None = None
+    rollout_ids: Sequence[str] | None = None
+    limit: int = 100
+    offset: int = 0
+
+    def matches(self, rollout: Rollout) -> bool:
+        """Whether ``rollout`` passes the status, task type and mode filters."""
+        return (
+            (self.status is None or rollout.status in self.status)
+            and (self.task_types is None or rollout.task_type in self.task_types)
+            and (self.mode is None or rollout.mode == self.mode)
+        )
+
+
+@dataclass(frozen=True)
+class SpanQuery:
+    """The arguments of ``query_spans`` as a backend receives them: checked, ``after`` made a cursor."""
+
+    rollout_id: str
+    attempt_id: str | None
+    kinds: Sequence[SpanKind] | None
+    names: Sequence[str] | None
+    after_sequence_id: int | None
+    limit: int | None
+    after: SpanCursor | None
+
+
 class LightningStore(ABC):
-    """Abstract base class of all stores. Subclasses implement the abstract methods."""
+    """Abstract base class of all stores. Subclasses implement the abstract methods.
+
+    A public method that checks its arguments first (``claim_rollout``, ``complete_attempt``, the queries,
+    ``pull_completed``) leaves the rest to the abstract method of the same name with a leading underscore.
+    """
 
     url: str = ""
     """The URL the store was opened from (for messages and ``agl plugins``)."""
@@ -126,7 +165,6 @@ class LightningStore(ABC):
         ``request.rollout_id`` too, the caller knows both ids before the store answers.
         """
 
-    @abstractmethod
     async def claim_rollout(
         self,
         worker_id: str,
@@ -140,12 +178,18 @@ class LightningStore(ABC):
         ``config.lease_seconds``; returns ``None`` when nothing is claimable.
         Expired leases are reaped first.
         """
+        tr.check_worker_id(worker_id)
+        return await self._claim_rollout(worker_id, task_types, modes)
+
+    @abstractmethod
+    async def _claim_rollout(
+        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> AttemptedRollout | None: ...
 
     @abstractmethod
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         """Extend the attempt's lease. Raises :class:`~agent_lightning.errors.LeaseLost` if it is over."""
 
-    @abstractmethod
     async def complete_attempt(
         self,
         rollout_id: str,
@@ -154,6 +198,14 @@ class LightningStore(ABC):
         error: str | None = None,
     ) -> Rollout:
         """Finish an attempt; a failed one requeues the rollout while attempts remain."""
+        if status not in ("succeeded", "failed"):
+            raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
+        return await self._complete_attempt(rollout_id, attempt_id, status, error)
+
+    @abstractmethod
+    async def _complete_attempt(
+        self, rollout_id: str, attempt_id: str, status: Literal["succeeded", "failed"], error: str | None
+    ) -> Rollout: ...
 
     @abstractmethod
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
@@ -171,7 +223,6 @@ class LightningStore(ABC):
     async def get_rollout(self, rollout_id: str) -> Rollout:
         """One rollout by id."""
 
-    @abstractmethod
     async def query_rollouts(
         self,
         *,
@@ -183,6 +234,11 @@ class LightningStore(ABC):
         offset: int = 0,
     ) -> list[Rollout]:
         """Rollouts matching every given filter, oldest first, paginated by ``limit``/``offset``."""
+        tr.check_pagination(limit, offset)
+        return await self._query_rollouts(RolloutQuery(status, task_types, mode, rollout_ids, limit, offset))
+
+    @abstractmethod
+    async def _query_rollouts(self, query: RolloutQuery) -> list[Rollout]: ...
 
     async def count_rollouts(
         self,
@@ -193,13 +249,15 @@ class LightningStore(ABC):
     ) -> dict[str, dict[str, int]]:
         """How many rollouts match the filters, by task type then status: ``{"math": {"queuing": 3}}``.
 
-        Only non-zero counts appear. This version pages through ``query_rollouts``; backends count natively.
+        Only non-zero counts appear.
         """
+        return await self._count_rollouts(RolloutQuery(status, task_types, mode))
+
+    async def _count_rollouts(self, query: RolloutQuery) -> dict[str, dict[str, int]]:
+        """Pages through ``_query_rollouts``; backends count natively."""
         counts: dict[str, dict[str, int]] = {}
         offset = 0
-        while page := await self.query_rollouts(
-            status=status, task_types=task_types, mode=mode, limit=1000, offset=offset
-        ):
+        while page := await self._query_rollouts(replace(query, limit=1000, offset=offset)):
             for rollout in page:
                 per_status = counts.setdefault(rollout.task_type, {})
                 per_status[rollout.status] = per_status.get(rollout.status, 0) + 1
@@ -240,7 +298,6 @@ class LightningStore(ABC):
         await self.add_spans([span])
         return span
 
-    @abstractmethod
     async def query_spans(
         self,
         rollout_id: str,
@@ -261,6 +318,14 @@ class LightningStore(ABC):
         the next page starts right after it. A cursor naming an attempt the rollout does not have
         raises :class:`~agent_lightning.errors.NotFound`.
         """
+        tr.check_pagination(limit, 0, after_sequence_id)
+        cursor = None if after is None else SpanCursor.after(after)
+        return await self._query_spans(
+            SpanQuery(rollout_id, attempt_id, kinds, names, after_sequence_id, limit, cursor)
+        )
+
+    @abstractmethod
+    async def _query_spans(self, query: SpanQuery) -> list[Span]: ...
 
     # ------------------------------------------------------------------ resources
     @abstractmethod
@@ -289,7 +354,6 @@ class LightningStore(ABC):
         is an error.
         """
 
-    @abstractmethod
     async def pull_completed(
         self,
         group: str,
@@ -305,6 +369,15 @@ class LightningStore(ABC):
         one consumer of the group; call :meth:`ack_completed` once it is
         processed, or it is delivered again after ``visibility_timeout``.
         """
+        tr.check_max_count(max_count)
+        tr.check_timeout("timeout", timeout)
+        tr.check_subscription(group, consumer, visibility_timeout)
+        return await self._pull_completed(group, consumer, max_count, timeout, visibility_timeout)
+
+    @abstractmethod
+    async def _pull_completed(
+        self, group: str, consumer: str, max_count: int, timeout: float, visibility_timeout: float
+    ) -> list[Rollout]: ...
 
     @abstractmethod
     async def ack_completed(self, group: str, rollout_ids: Sequence[str]) -> int:

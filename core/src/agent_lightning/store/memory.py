@@ -15,7 +15,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, NotFound
 from agent_lightning.store import transitions as tr
-from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore
+from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.store.notify import ChangeNotifier
 from agent_lightning.types import (
     Attempt,
@@ -25,13 +25,11 @@ from agent_lightning.types import (
     Rollout,
     RolloutMode,
     RolloutRequest,
-    RolloutStatus,
     Span,
-    SpanKind,
     Subscription,
 )
 from agent_lightning.types.rollouts import CLAIMABLE_ROLLOUT_STATUSES, new_id
-from agent_lightning.types.spans import SpanCursor, copy_span, span_fields_json, trusted_span
+from agent_lightning.types.spans import copy_span, span_fields_json, trusted_span
 
 _RESOURCES = TypeAdapter(dict[str, Resource])
 _M = TypeVar("_M", bound=BaseModel)
@@ -185,14 +183,9 @@ class InMemoryLightningStore(LightningStore):
         self._changed.notify_all()
         return AttemptedRollout(rollout=_copy(running), attempt=_copy(attempt))
 
-    async def claim_rollout(
-        self,
-        worker_id: str,
-        *,
-        task_types: Sequence[str] | None = None,
-        modes: Sequence[RolloutMode] | None = None,
+    async def _claim_rollout(
+        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
     ) -> AttemptedRollout | None:
-        tr.check_worker_id(worker_id)
         now = time.time()
         claimed: AttemptedRollout | None = None
         with self._lock:
@@ -224,15 +217,9 @@ class InMemoryLightningStore(LightningStore):
             self._save(self._rollout(rollout_id), updated)
         return _copy(updated)
 
-    async def complete_attempt(
-        self,
-        rollout_id: str,
-        attempt_id: str,
-        status: Literal["succeeded", "failed"],
-        error: str | None = None,
+    async def _complete_attempt(
+        self, rollout_id: str, attempt_id: str, status: Literal["succeeded", "failed"], error: str | None
     ) -> Rollout:
-        if status not in ("succeeded", "failed"):
-            raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
         now = time.time()
         with self._lock:
             self._reap(now)
@@ -264,48 +251,20 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             return _copy(self._rollout(rollout_id))
 
-    async def query_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-        rollout_ids: Sequence[str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Rollout]:
-        tr.check_pagination(limit, offset)
+    async def _query_rollouts(self, query: RolloutQuery) -> list[Rollout]:
         with self._lock:
             candidates = (
-                [self._rollouts[r] for r in dict.fromkeys(rollout_ids) if r in self._rollouts]
-                if rollout_ids is not None
+                [self._rollouts[r] for r in dict.fromkeys(query.rollout_ids) if r in self._rollouts]
+                if query.rollout_ids is not None
                 else list(self._rollouts.values())
             )
-            matches = [
-                r
-                for r in candidates
-                if (status is None or r.status in status)
-                and (task_types is None or r.task_type in task_types)
-                and (mode is None or r.mode == mode)
-            ]
+            matches = [r for r in candidates if query.matches(r)]
             matches.sort(key=lambda r: self._created_order[r.rollout_id])
-            return [_copy(r) for r in matches[offset : offset + limit]]
+            return [_copy(r) for r in matches[query.offset : query.offset + query.limit]]
 
-    async def count_rollouts(
-        self,
-        *,
-        status: Sequence[RolloutStatus] | None = None,
-        task_types: Sequence[str] | None = None,
-        mode: RolloutMode | None = None,
-    ) -> dict[str, dict[str, int]]:
+    async def _count_rollouts(self, query: RolloutQuery) -> dict[str, dict[str, int]]:
         with self._lock:
-            found = Counter(
-                (r.task_type, r.status)
-                for r in self._rollouts.values()
-                if (status is None or r.status in status)
-                and (task_types is None or r.task_type in task_types)
-                and (mode is None or r.mode == mode)
-            )
+            found = Counter((r.task_type, r.status) for r in self._rollouts.values() if query.matches(r))
         counts: dict[str, dict[str, int]] = {}
         for (task_type, state), n in found.items():
             counts.setdefault(task_type, {})[state] = n
@@ -356,19 +315,8 @@ class InMemoryLightningStore(LightningStore):
         self._changed.notify_all()
         return len(stored)
 
-    async def query_spans(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        kinds: Sequence[SpanKind] | None = None,
-        names: Sequence[str] | None = None,
-        after_sequence_id: int | None = None,
-        limit: int | None = None,
-        after: Span | SpanCursor | None = None,
-    ) -> list[Span]:
-        tr.check_pagination(limit, 0, after_sequence_id)
-        cursor = None if after is None else SpanCursor.after(after)
+    async def _query_spans(self, query: SpanQuery) -> list[Span]:
+        rollout_id, attempt_id, cursor = query.rollout_id, query.attempt_id, query.after
         with self._lock:
             self._rollout(rollout_id)
             attempts = self._attempts.get(rollout_id, [])
@@ -385,9 +333,9 @@ class InMemoryLightningStore(LightningStore):
                 r
                 for r in self._spans.get(rollout_id, {}).values()
                 if (attempt_id is None or r[0] == attempt_id)
-                and (kinds is None or r[4] in kinds)
-                and (names is None or r[5] in names)
-                and (after_sequence_id is None or r[1] > after_sequence_id)
+                and (query.kinds is None or r[4] in query.kinds)
+                and (query.names is None or r[5] in query.names)
+                and (query.after_sequence_id is None or r[1] > query.after_sequence_id)
             ]
 
         def key(record: _Record) -> tuple[int, int, float, str]:
@@ -396,7 +344,7 @@ class InMemoryLightningStore(LightningStore):
         if cursor is not None:
             records = [r for r in records if key(r) > start]
         records.sort(key=key)
-        return [_thaw(r) for r in (records if limit is None else records[:limit])]
+        return [_thaw(r) for r in (records if query.limit is None else records[: query.limit])]
 
     # ------------------------------------------------------------------ resources
     async def add_resources(
@@ -457,18 +405,9 @@ class InMemoryLightningStore(LightningStore):
         except KeyError:
             raise NotFound(f"no subscription group {group!r}; call subscribe() first") from None
 
-    async def pull_completed(
-        self,
-        group: str,
-        *,
-        consumer: str = "default",
-        max_count: int = 100,
-        timeout: float = 0.0,
-        visibility_timeout: float = 300.0,
+    async def _pull_completed(
+        self, group: str, consumer: str, max_count: int, timeout: float, visibility_timeout: float
     ) -> list[Rollout]:
-        tr.check_max_count(max_count)
-        tr.check_timeout("timeout", timeout)
-        tr.check_subscription(group, consumer, visibility_timeout)
         with self._lock:
             self._group(group)
 

@@ -112,6 +112,18 @@ class _EventStream:
     async def get(self) -> EngineEvent:
         return await self._queue.get()
 
+    async def deltas(self, rows: int) -> AsyncIterator[ChoiceDelta | RequestFailed]:
+        """The request's choice deltas until each of its ``rows`` choices has finished; a failure is the last event."""
+        open_choices = rows
+        while open_choices:
+            event = await self._queue.get()
+            if isinstance(event, RequestFailed):
+                yield event
+                return
+            if isinstance(event, ChoiceDelta):
+                open_choices -= event.finish_reason is not None
+                yield event
+
 
 def _is_loopback(host: str | None) -> bool:
     if host is None:
@@ -204,12 +216,10 @@ def create_app(engine: GenerationEngine, model_name: str, *, default_max_tokens:
     async def collect(events: _EventStream, request: GenerationRequest) -> list[_Choice]:
         choices = [_Choice() for _ in range(request.rows)]
         try:
-            while any(c.finish_reason is None for c in choices):
-                event = await events.get()
+            async for event in events.deltas(request.rows):
                 if isinstance(event, RequestFailed):
                     raise APIError(500, event.message, "server_error")
-                if isinstance(event, ChoiceDelta):
-                    choices[event.choice].add(event)
+                choices[event.choice].add(event)
         finally:
             request.cancel()  # no-op when finished; stops generation when this handler is cancelled
         return choices
@@ -273,7 +283,7 @@ def create_app(engine: GenerationEngine, model_name: str, *, default_max_tokens:
 
             async def stream() -> AsyncIterator[str]:
                 buffers = [""] * request.rows
-                completion_tokens, open_choices = 0, request.rows
+                completion_tokens = 0
                 try:
                     yield _sse(
                         {
@@ -292,13 +302,10 @@ def create_app(engine: GenerationEngine, model_name: str, *, default_max_tokens:
                             ],
                         }
                     )
-                    while open_choices:
-                        event = await events.get()
+                    async for event in events.deltas(request.rows):
                         if isinstance(event, RequestFailed):
                             yield _sse({"error": {"message": event.message, "type": "server_error", "code": None}})
                             return
-                        if not isinstance(event, ChoiceDelta):
-                            continue
                         completion_tokens += len(event.token_ids)
                         delta: dict[str, Any] = {}
                         finish = event.finish_reason
@@ -306,15 +313,13 @@ def create_app(engine: GenerationEngine, model_name: str, *, default_max_tokens:
                             buffers[event.choice] += event.text
                         elif event.text:
                             delta["content"] = event.text
-                        if finish is not None:
-                            open_choices -= 1
-                            if use_tools:
-                                msg, called = message(buffers[event.choice])
-                                if called:
-                                    finish = "tool_calls"
-                                    delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(msg["tool_calls"])]
-                                if msg["content"]:
-                                    delta["content"] = msg["content"]
+                        if finish is not None and use_tools:
+                            msg, called = message(buffers[event.choice])
+                            if called:
+                                finish = "tool_calls"
+                                delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(msg["tool_calls"])]
+                            if msg["content"]:
+                                delta["content"] = msg["content"]
                         yield _sse(
                             {
                                 **base,
@@ -414,7 +419,7 @@ def create_app(engine: GenerationEngine, model_name: str, *, default_max_tokens:
 
             async def stream() -> AsyncIterator[str]:
                 offsets = [0] * request.rows
-                completion_tokens, open_choices = 0, request.rows
+                completion_tokens = 0
                 try:
                     yield _sse(
                         {
@@ -433,15 +438,11 @@ def create_app(engine: GenerationEngine, model_name: str, *, default_max_tokens:
                             ],
                         }
                     )
-                    while open_choices:
-                        event = await events.get()
+                    async for event in events.deltas(request.rows):
                         if isinstance(event, RequestFailed):
                             yield _sse({"error": {"message": event.message, "type": "server_error", "code": None}})
                             return
-                        if not isinstance(event, ChoiceDelta):
-                            continue
                         completion_tokens += len(event.token_ids)
-                        open_choices -= event.finish_reason is not None
                         logprobs = completion_logprobs(
                             event.token_ids, event.logprobs, event.top_logprobs, want_top, offsets[event.choice]
                         )
