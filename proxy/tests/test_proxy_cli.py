@@ -16,6 +16,12 @@ from agent_lightning_testkit.scripted_llm import ScriptedLLM
 pytestmark = pytest.mark.timeout(120)
 
 
+def _ctrl_c_enabled() -> None:
+    """In the child, before exec: SIGINT at its default, so Python turns it into KeyboardInterrupt even when the
+    tests run from a background job, which starts with SIGINT ignored (and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_plugin_import_is_light() -> None:
     code = "import sys, agent_lightning_proxy.plugin; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
         "{'fastapi', 'starlette', 'uvicorn', 'httpx', 'orjson', 'aiohttp', 'yarl'}))"  # fmt: skip
@@ -46,6 +52,7 @@ def test_agl_proxy_serves_until_interrupted() -> None:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "AGL_PLUGINS": ""},
+            preexec_fn=_ctrl_c_enabled,
         )
         try:
             assert process.stdout is not None

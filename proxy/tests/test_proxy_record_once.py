@@ -32,6 +32,12 @@ pytestmark = pytest.mark.timeout(180)
 MODEL = "policy-model"
 
 
+def _ctrl_c_enabled() -> None:
+    """In the child, before exec: SIGINT at its default, so Python turns it into KeyboardInterrupt even when the
+    tests run from a background job, which starts with SIGINT ignored (and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def post_with_id(endpoint: str, question: str) -> tuple[str, str]:
     """One chat completion with the standard library only (no adapter covers this client): answer, record id."""
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": question}]}).encode()
@@ -139,6 +145,7 @@ def agl_proxy_process(upstream: str, store_url: str) -> Iterator[str]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "AGL_ADAPTERS": "none"},
+        preexec_fn=_ctrl_c_enabled,
     )
     try:
         assert process.stdout is not None

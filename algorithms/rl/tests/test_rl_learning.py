@@ -100,7 +100,12 @@ def test_ctrl_c_saves_a_checkpoint_and_keeps_finished_rollouts(
         n_runners=2,
         run_dir=tmp_path / "run",
     )
-    result = trainer.train(num_iterations=5, checkpoint_dir=tmp_path / "checkpoints")
+    # Ctrl-C raises KeyboardInterrupt here even when the tests run from a background job (SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = trainer.train(num_iterations=5, checkpoint_dir=tmp_path / "checkpoints")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.interrupted and result.iterations == 1
     assert result.checkpoint == tmp_path / "checkpoints" / "checkpoint-000001"
     AutoModelForCausalLM.from_pretrained(result.checkpoint)
