@@ -26,8 +26,16 @@ def test_grpo_reward_rises_through_the_proxy_and_the_served_model(
     judge = PromptTemplate(template="Judge: {answer}")
     sync = SyncStore(store)
     sync.add_resources({"judge": judge})  # a resource of another agent: never changed by training
+    # synchronous: every rollout's calls are served by the version it was enqueued with (test_rl_async.py covers
+    # the asynchronous default, where a rollout's later calls may be served by the next version)
     config = GRPOConfig(
-        model=model_dir, learning_rate=2e-2, group_size=8, tasks_per_iteration=4, max_new_tokens=2, seed=0
+        model=model_dir,
+        learning_rate=2e-2,
+        group_size=8,
+        tasks_per_iteration=4,
+        max_new_tokens=2,
+        seed=0,
+        async_rollouts=False,
     )
     trainer = Trainer(
         algorithm=GroupRelativePolicyOptimization(config=config),

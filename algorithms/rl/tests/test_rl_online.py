@@ -166,6 +166,7 @@ def test_online_training_resumes_from_its_checkpoint(tokenizer: PreTrainedTokeni
         group_size=2,
         tasks_per_iteration=2,
         max_new_tokens=2,
+        async_rollouts=False,  # each batch on the newest version; test_rl_async.py resumes an asynchronous run
     )
     checkpoints = tmp_path / "checkpoints"
 

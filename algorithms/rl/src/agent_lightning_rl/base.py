@@ -495,8 +495,14 @@ class RLAlgorithm(Algorithm):
             try:
                 if self.iteration > 0 and self._saved_at != self.iteration:  # the same decision on every rank
                     checkpoint = self._checkpoint(session) or checkpoint
-                elif self._collector is not None and self._collector.untrained() != self._saved_pending:
-                    checkpoint = self._save(session) or checkpoint  # rank 0 alone: batches enqueued since
+                elif (
+                    self._collector is not None
+                    and (interrupted or session.stopping)
+                    and self._collector.untrained() != self._saved_pending
+                ):
+                    # rank 0 alone: batches enqueued since, kept for the resumed run (a run that failed before its
+                    # first update leaves no checkpoint: nothing was trained)
+                    checkpoint = self._save(session) or checkpoint
             except Exception as exc:  # never hide the original error behind a checkpoint failure
                 logger.error("could not save the final checkpoint: %s", exc)
             self._collector = None

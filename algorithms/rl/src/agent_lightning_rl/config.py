@@ -65,10 +65,11 @@ class RLConfig(BaseModel):
     discount: float = Field(default=1.0, gt=0.0, le=1.0)
     """Discount of rewards across turns when building episodes (reward-to-go)."""
     lora: LoraSettings | None = None
-    async_rollouts: bool = False
+    async_rollouts: bool = True
     """Overlap collection and training (see :mod:`agent_lightning_rl.async_loop`): the next batch's rollouts run on
     the weights being served while the learner trains on the previous batch; new weights reach the engine between
-    generation batches. Off, every batch runs on the newest weights and the learner waits for it."""
+    generation batches. ``False`` (synchronous): every batch runs on the newest weights and the learner waits
+    for it."""
     max_staleness: int = Field(default=1, ge=0)
     """How many versions older than the weights being trained a sample may be.
 
