@@ -17,6 +17,7 @@ import pytest
 from agent_lightning import semconv
 from agent_lightning.errors import InvalidTransition
 from agent_lightning.instrumentation.context import ATTEMPT_TOKEN_ENV
+from agent_lightning.retry import is_permanent
 from agent_lightning.runner import Runner
 from agent_lightning.store import InMemoryLightningStore
 from agent_lightning.types import (
@@ -88,8 +89,9 @@ def test_a_runner_token_claims_and_works_on_its_own_attempts_only(server: StoreS
         assert (await runner.get_rollout(mine.rollout_id)).status == "running"
         assert [a.attempt_id for a in await runner.get_attempts(mine.rollout_id)] == [mine.attempt_id]
         # another worker's attempt: no reward, no completion, no reads
-        with pytest.raises(StoreAuthError, match="may not call add_spans"):
+        with pytest.raises(StoreAuthError, match="may not call add_spans") as refused:
             await runner.add_spans([span(mine, 3), span(other, 1, reward=1000.0)])
+        assert is_permanent(refused.value), "the span emitter sets refused spans aside rather than retrying them"
         with pytest.raises(StoreAuthError):
             await runner.complete_attempt(other.rollout_id, other.attempt_id, "failed")
         with pytest.raises(StoreAuthError):

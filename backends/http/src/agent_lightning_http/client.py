@@ -121,7 +121,15 @@ OPTIONS = frozenset(
 
 
 class StoreAuthError(StoreError, PermissionError):
-    """The store server refused the API key (HTTP 401)."""
+    """The store server refused the API key (HTTP 401) or the request for this credential (403)."""
+
+
+class StoreForbidden(StoreAuthError, ValueError):
+    """The store server refused a request this credential may not send (HTTP 403).
+
+    A ``ValueError``, so a retry loop treats it as permanent: the span emitter sets the refused
+    spans aside instead of retrying a batch that can never be accepted.
+    """
 
 
 def _dumps(value: Any) -> bytes:
@@ -360,7 +368,7 @@ class HttpLightningStore(LightningStore):
                 f"pass api_key= or api_key_file= to open_store or set {API_KEY_ENV}"
             )
         if status == 403:
-            return StoreAuthError(f"store server at {self.url} refused the request: {message}")
+            return StoreForbidden(f"store server at {self.url} refused the request: {message}")
         if status == 413:
             return ValueError(f"store server at {self.url} refused a request as too large: {message}")
         cls = ERROR_TYPES.get(kind)
@@ -679,4 +687,4 @@ class HttpLightningStore(LightningStore):
         return _SUBSCRIPTIONS.validate_python(await self._post("list_subscriptions", b""))
 
 
-__all__ = ["OPTIONS", "HttpLightningStore", "StoreAuthError"]
+__all__ = ["OPTIONS", "HttpLightningStore", "StoreAuthError", "StoreForbidden"]
