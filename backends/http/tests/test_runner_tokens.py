@@ -315,6 +315,17 @@ def test_agl_runner_with_only_a_runner_token(tmp_path: Path) -> None:
 
         listed = _agl("runs", "--store", url, env=runner_env)  # reading every rollout needs the admin key
         assert listed.returncode == 1 and "may not call query_rollouts" in listed.stderr, listed.stderr
+
+        (attempt,) = asyncio.run(admin.get_attempts(first.rollout_id))
+        ask = ("store", "token", "--store", url, "--attempt", first.rollout_id, attempt.attempt_id, "--ttl", "90m")
+        printed = _agl(*ask, env={**env, "AGL_STORE_API_KEY": "admin-key-for-agl-runner"})
+        assert printed.returncode == 0, printed.stderr
+        scope = TokenSigner.for_admin_key("admin-key-for-agl-runner").verify(printed.stdout.strip())
+        assert scope is not None and (scope.rollout_id, scope.attempt_id) == (first.rollout_id, attempt.attempt_id)
+        refused = _agl(*ask, env=runner_env)
+        assert refused.returncode == 1 and "may not call issue_token" in refused.stderr, refused.stderr
+        misused = _agl(*ask, "--name", "x", env=runner_env)
+        assert misused.returncode == 1 and "--name and --task-type go with --runner" in misused.stderr
     finally:
         server.terminate()
         server.wait(10)
