@@ -624,10 +624,12 @@ class HttpLightningStore(LightningStore):
             *(self._send_spans(group, self._for_attempt(*owner)) for owner, group in groups.items()),
             return_exceptions=True,
         )
+        total = 0
         for outcome in sent:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return sum(int(count) for count in sent)  # type: ignore[arg-type]
+            total += outcome
+        return total
 
     async def _query_spans(self, query: SpanQuery) -> list[Span]:
         credential = self._for_rollout(query.rollout_id)

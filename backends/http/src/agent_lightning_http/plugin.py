@@ -97,7 +97,8 @@ def _token(args: argparse.Namespace) -> int:
                 ttl = args.ttl or DEFAULT_RUNNER_TOKEN_TTL
                 return await client.issue_runner_token(args.name, ttl, args.task_type or None)
             ttl = args.ttl or DEFAULT_TOKEN_TTL
-            token = await client.issue_token(*args.attempt, ttl=ttl)
+            rollout_id, attempt_id = args.attempt
+            token = await client.issue_token(rollout_id, attempt_id, ttl=ttl)
             return token, float(int(time.time() + ttl))
         finally:
             await client.close()
