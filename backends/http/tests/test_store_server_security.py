@@ -78,12 +78,20 @@ def test_an_attempt_token_writes_spans_to_its_attempt_only(server: StoreServer) 
         with pytest.raises(StoreAuthError, match="only"):
             await agent.query_spans(other.rollout_id)
         with pytest.raises(StoreAuthError, match="may not call"):
-            await agent.complete_attempt(mine.rollout_id, mine.attempt_id, "succeeded")
-        with pytest.raises(StoreAuthError, match="may not call"):
             await agent.enqueue_rollouts([RolloutRequest(input=9)])
         with pytest.raises(StoreAuthError, match="may not call"):
             await agent.claim_rollout("w")
+        with pytest.raises(StoreAuthError, match="only"):
+            await agent.complete_attempt(other.rollout_id, other.attempt_id, "failed")
         assert await admin.query_spans(other.rollout_id) == []
+        assert (await admin.get_rollout(other.rollout_id)).status == "running"
+        # its own attempt it may complete, once: a finished attempt stays as it is
+        await agent.complete_attempt(mine.rollout_id, mine.attempt_id, "succeeded")
+        with pytest.raises(InvalidTransition):
+            await agent.complete_attempt(mine.rollout_id, mine.attempt_id, "failed")
+        with pytest.raises(InvalidTransition, match="reward cannot be changed"):
+            await agent.add_spans([span(mine, 3, reward=5.0)])
+        assert (await admin.get_attempts(mine.rollout_id))[0].status == "succeeded"
 
     asyncio.run(main())
 

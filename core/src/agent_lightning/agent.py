@@ -45,7 +45,8 @@ class ScriptAgent(LitAgent):
     """Run ``command`` (a list of args, or a script path run with this Python) once per rollout.
 
     The script may open ``agl.TrainingContext()``: it joins the runner's attempt
-    through ``AGL_ROLLOUT_ID``/``AGL_ATTEMPT_ID``. A non-zero exit fails the attempt.
+    through ``AGL_ROLLOUT_ID``/``AGL_ATTEMPT_ID`` (and ``AGL_ATTEMPT_TOKEN``, the attempt's token,
+    when the store handed one out). A non-zero exit fails the attempt.
     """
 
     def __init__(self, command: str | Sequence[str], *, timeout: float | None = None, name: str | None = None) -> None:
@@ -64,6 +65,11 @@ class ScriptAgent(LitAgent):
                 "AGL_STORE_URL": ctx.store.url,
             }
         )
+        token = ctx.attempt_token()
+        if token:
+            env["AGL_ATTEMPT_TOKEN"] = token
+        else:
+            env.pop("AGL_ATTEMPT_TOKEN", None)
         try:
             env["OPENAI_BASE_URL"] = ctx.llm().endpoint
         except LookupError:

@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent_lightning_http.app import create_app
-    from agent_lightning_http.client import HttpLightningStore, StoreAuthError
+    from agent_lightning_http.client import HttpLightningStore, StoreAuthError, StoreForbidden
     from agent_lightning_http.serve import StoreServer, serve
 
-__all__ = ["HttpLightningStore", "StoreAuthError", "StoreServer", "create_app", "serve"]
+__all__ = ["HttpLightningStore", "StoreAuthError", "StoreForbidden", "StoreServer", "create_app", "serve"]
 _WHERE = {
     "create_app": "agent_lightning_http.app",
     "HttpLightningStore": "agent_lightning_http.client",
     "StoreAuthError": "agent_lightning_http.client",
+    "StoreForbidden": "agent_lightning_http.client",
     "StoreServer": "agent_lightning_http.serve",
     "serve": "agent_lightning_http.serve",
 }

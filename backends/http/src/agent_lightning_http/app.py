@@ -29,7 +29,17 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import TypeAdapter
 
 from agent_lightning_http import otlp
-from agent_lightning_http.auth import TOKEN_HEADER, AttemptScope, TokenSigner, is_token, scope_refusal
+from agent_lightning_http.auth import (
+    TOKEN_HEADER,
+    AttemptScope,
+    Refused,
+    RunnerScope,
+    TokenSigner,
+    admit_runner,
+    is_runner_token,
+    is_token,
+    scope_refusal,
+)
 from agent_lightning_http.idempotency import Outcome, ReplayCache, ScopedKey
 from agent_lightning_http.protocol import (
     API_KEY_HEADER,
@@ -47,6 +57,7 @@ from agent_lightning_http.protocol import (
     CountRolloutsRequest,
     EnqueueRolloutsRequest,
     ErrorResponse,
+    IssueRunnerTokenRequest,
     IssueTokenRequest,
     PullCompletedRequest,
     QueryRolloutsRequest,
@@ -77,8 +88,8 @@ _JSON = "application/json"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
-        401: "missing or wrong API key, or an invalid or expired attempt token",
-        403: "an attempt token used outside its attempt",
+        401: "missing or wrong API key, or an invalid or expired attempt or runner token",
+        403: "an attempt token used outside its attempt, or a runner token used for more than claims and resources",
         404: "an id is unknown (NotFound)",
         409: "a duplicate id (DuplicateId), a forbidden status change (InvalidTransition, LeaseLost), "
         "or a change to a finished attempt's spans",
@@ -92,6 +103,8 @@ CREDENTIAL = "agl.credential"
 """ASGI scope entry: the credential the request was let in with (the admin key or a token)."""
 ATTEMPT_SCOPE = "agl.attempt_scope"
 """ASGI scope entry: the :class:`AttemptScope` of a request authorized by an attempt token."""
+RUNNER_SCOPE = "agl.runner_scope"
+"""ASGI scope entry: the :class:`RunnerScope` of a request authorized by a runner token."""
 
 
 async def _idempotency_key(
@@ -141,8 +154,9 @@ class _Guard:
     """ASGI wrapper: credentials (401/403) and the request body limit (413, by header and by bytes read).
 
     The admin key may call everything. An attempt token (see :mod:`agent_lightning_http.auth`)
-    may call what :data:`~agent_lightning_http.auth.SCOPED_ENDPOINTS` allows, for its attempt: its
-    request body is read here and checked before the endpoint sees it.
+    may call what :data:`~agent_lightning_http.auth.SCOPED_ENDPOINTS` allows, for its attempt, and a
+    runner token what :data:`~agent_lightning_http.auth.RUNNER_ENDPOINTS` allows: their request
+    bodies are read here and checked before the endpoint sees them.
     ``fast_paths`` maps ``POST`` paths to handlers of the raw body served here, past FastAPI's
     routing and middleware (the span write path); FastAPI still documents them.
     Paths under ``own_auth_prefix`` (the mounted dashboard) go through unchecked: that app checks the
@@ -182,6 +196,7 @@ class _Guard:
             elif name == API_KEY_HEADER.encode() and presented is None:
                 presented = value.strip()
         attempt: AttemptScope | None = None
+        runner: RunnerScope | None = None
         if presented is not None:
             scope[CREDENTIAL] = presented
         authorized = presented is not None and self.key is not None and hmac.compare_digest(presented, self.key)
@@ -191,6 +206,12 @@ class _Guard:
                 await _send(send, 401, "invalid or expired attempt token")
                 return
             scope[ATTEMPT_SCOPE] = attempt
+        elif not authorized and presented is not None and self.signer is not None and is_runner_token(presented):
+            runner = self.signer.verify_runner(presented)
+            if runner is None:
+                await _send(send, 401, "invalid or expired runner token", scope)
+                return
+            scope[RUNNER_SCOPE] = runner
         elif self.key is not None and not authorized and scope["path"] not in OPEN_PATHS:
             reason = "missing API key" if presented is None else "wrong API key"
             await _send(send, 401, f"{reason}: send 'Authorization: Bearer KEY' or '{API_KEY_HEADER}: KEY'", scope)
@@ -228,20 +249,28 @@ class _Guard:
 
         try:
             fast = self.fast_paths.get(scope["path"]) if scope["method"] == "POST" else None
-            if fast is None and attempt is None:
+            if fast is None and attempt is None and runner is None:
                 await self.app(scope, counting_receive, tracking_send)
                 return
             body = await read_body()
             if body is None:
                 return
-            if attempt is not None:
-                path = scope["path"]
-                method = path[len(API_PREFIX) + 1 :] if path.startswith(API_PREFIX + "/") else path
-                refusal = None if path in OPEN_PATHS else scope_refusal(attempt, method, body)
-                if refusal is not None:
-                    started = True
-                    await _send(send, 403, refusal)
-                    return
+            path = scope["path"]
+            method = path[len(API_PREFIX) + 1 :] if path.startswith(API_PREFIX + "/") else path
+            refusal = None
+            if path in OPEN_PATHS:
+                pass
+            elif attempt is not None:
+                refusal = scope_refusal(attempt, method, body)
+            elif runner is not None:
+                try:
+                    body = admit_runner(runner, method, body)
+                except Refused as exc:
+                    refusal = str(exc)
+            if refusal is not None:
+                started = True
+                await _send(send, 403, refusal, scope)
+                return
             if fast is None:
                 await self.app(scope, _replay_body(body), tracking_send)
                 return
@@ -480,6 +509,20 @@ def create_app(
                 raise NotFound(f"rollout {body.rollout_id!r} has no attempt {body.attempt_id!r}")
             token = signer.issue(body.rollout_id, body.attempt_id, body.ttl)
             scope = signer.verify(token)
+            assert scope is not None
+            return orjson.dumps({"token": token, "expires": scope.expires})
+
+        return await answer(call)
+
+    @app.post(f"{v1}/issue_runner_token", response_model=TokenResponse, tags=["server"])
+    async def issue_runner_token(body: IssueRunnerTokenRequest) -> Response:
+        """A runner token: claims rollouts and reads resources (admin key only; see the README's Security section)."""
+
+        async def call() -> bytes:
+            if signer is None:
+                raise ValueError("this server issues no tokens: it runs without an API key or token secret")
+            token = signer.issue_runner(body.name, body.ttl, body.task_types)
+            scope = signer.verify_runner(token)
             assert scope is not None
             return orjson.dumps({"token": token, "expires": scope.expires})
 

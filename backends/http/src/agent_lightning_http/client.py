@@ -24,6 +24,16 @@ in between (its replay memory is gone):
   then retried; the retry of the call itself may claim another rollout. Nothing is lost, one
   rollout is delayed by a lease.
 * ``add_resources`` may, in that case, create the snapshot twice (two versions, same content).
+
+Credentials
+-----------
+With the admin key every call sends it. With a runner token (``agl store token --runner``) the
+client claims and reads resources with it, and makes the calls about a claimed attempt
+(``heartbeat``, ``add_spans``, ``complete_attempt``, ``get_rollout``, ``get_attempts``,
+``query_spans``) with the attempt token the claim answered with; ``add_spans`` then sends one
+request per attempt (each all-or-nothing; a retry after a partial failure is safe, since
+``add_spans`` is idempotent). A child process started for an attempt (``ScriptAgent``) gets that
+attempt's token in ``$AGL_ATTEMPT_TOKEN``.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import os
 import ssl
 import threading
 import time
@@ -62,8 +73,22 @@ from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
 from yarl import URL
 
-from agent_lightning_http.auth import TOKEN_HEADER
-from agent_lightning_http.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, IDEMPOTENCY_HEADER, MAX_WAIT_SECONDS
+from agent_lightning_http.auth import (
+    DEFAULT_RUNNER_TOKEN_TTL,
+    DEFAULT_TOKEN_TTL,
+    TOKEN_HEADER,
+    is_runner_token,
+    token_attempt,
+)
+from agent_lightning_http.protocol import (
+    API_KEY_ENV,
+    API_KEY_FILE_ENV,
+    API_PREFIX,
+    ATTEMPT_TOKEN_ENV,
+    ERROR_TYPES,
+    IDEMPOTENCY_HEADER,
+    MAX_WAIT_SECONDS,
+)
 
 _T = TypeVar("_T")
 _ROLLOUTS = TypeAdapter(list[Rollout])
@@ -78,6 +103,8 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
 )
 """Transport errors raised before the request reached the server."""
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_MAX_TOKENS = 10_000
+"""Attempt tokens a client keeps (the oldest are dropped first)."""
 
 OPTIONS = frozenset(
     {
@@ -94,7 +121,15 @@ OPTIONS = frozenset(
 
 
 class StoreAuthError(StoreError, PermissionError):
-    """The store server refused the API key (HTTP 401)."""
+    """The store server refused the API key (HTTP 401) or the request for this credential (403)."""
+
+
+class StoreForbidden(StoreAuthError, ValueError):
+    """The store server refused a request this credential may not send (HTTP 403).
+
+    A ``ValueError``, so a retry loop treats it as permanent: the span emitter sets the refused
+    spans aside instead of retrying a batch that can never be accepted.
+    """
 
 
 def _dumps(value: Any) -> bytes:
@@ -167,8 +202,10 @@ class HttpLightningStore(LightningStore):
     (:class:`~agent_lightning.errors.NotFound`, ``DuplicateId``, ``InvalidTransition``,
     ``LeaseLost``, ``ValueError``).
 
-    :param api_key: the admin key or an attempt token, sent as ``Authorization: Bearer …``
-        (default: the first line of ``api_key_file``, else ``$AGL_STORE_API_KEY``).
+    :param api_key: the admin key, a runner token or an attempt token, sent as ``Authorization: Bearer …``
+        (default: the first line of ``api_key_file``, else ``$AGL_STORE_API_KEY``, else the first line of
+        the file ``$AGL_STORE_API_KEY_FILE`` names). With a runner token, the calls about a claimed
+        attempt go with that attempt's token (see the module docstring).
     :param api_key_file: a file holding the key (keeps it out of ``ps`` and shell history).
     :param ca_file: a PEM file of the certificate authority (or self-signed certificate) that an
         ``https://`` server's certificate must chain to (default: the system's).
@@ -208,10 +245,20 @@ class HttpLightningStore(LightningStore):
         self.max_connections = int(max_connections)
         self.long_poll = float(long_poll)
         key = read_secret(value=api_key, file=api_key_file, env=API_KEY_ENV)
+        if not key and os.environ.get(API_KEY_FILE_ENV):
+            key = read_secret(file=os.environ[API_KEY_FILE_ENV])
         self._ssl: ssl.SSLContext | bool = True
         if ca_file is not None:
             self._ssl = ssl.create_default_context(cafile=ca_file)
         self._tokens: dict[tuple[str, str], str] = {}
+        self._rollout_tokens: dict[str, str] = {}
+        self._runner = bool(key) and is_runner_token(key or "")
+        """Whether the key is a runner token: the calls about an attempt then go with that attempt's token."""
+        if self._runner:
+            inherited = read_secret(env=ATTEMPT_TOKEN_ENV)
+            owner = token_attempt(inherited) if inherited else None
+            if inherited and owner is not None:
+                self._tokens[owner], self._rollout_tokens[owner[0]] = inherited, inherited
         self._headers = {"content-type": "application/json", "user-agent": "agent-lightning-store-client"}
         if key:
             self._headers["authorization"] = f"Bearer {key}"
@@ -251,16 +298,25 @@ class HttpLightningStore(LightningStore):
         return url
 
     async def _post(
-        self, method: str, payload: bytes, *, key: bool = False, wait: float = 0.0, raw: bool = False
+        self,
+        method: str,
+        payload: bytes,
+        *,
+        key: bool = False,
+        wait: float = 0.0,
+        raw: bool = False,
+        credential: str | None = None,
     ) -> Any:
         """POST to ``/v1/<method>`` with retries; returns the decoded JSON answer (its bytes with ``raw``)
-        or raises the error it names.
+        or raises the error it names. ``credential`` is sent instead of the client's key.
 
         Every try waits at most what is left of the ``retry_timeout`` window (plus ``wait``), so a
         server that accepts connections but never answers holds a call no longer than the window.
         """
         client = self._client()
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex} if key else None
+        if credential is not None:
+            headers = {**(headers or {}), "authorization": f"Bearer {credential}"}
         url = self._url(method)
         began = time.monotonic()
         tries, resent = 0, False
@@ -312,7 +368,7 @@ class HttpLightningStore(LightningStore):
                 f"pass api_key= or api_key_file= to open_store or set {API_KEY_ENV}"
             )
         if status == 403:
-            return StoreAuthError(f"store server at {self.url} refused the request: {message}")
+            return StoreForbidden(f"store server at {self.url} refused the request: {message}")
         if status == 413:
             return ValueError(f"store server at {self.url} refused a request as too large: {message}")
         cls = ERROR_TYPES.get(kind)
@@ -329,9 +385,26 @@ class HttpLightningStore(LightningStore):
         except (ValueError, TypeError, KeyError):
             return
         with self._lock:
-            if len(self._tokens) >= 10_000:
-                self._tokens.clear()
-            self._tokens[owner] = token
+            while len(self._tokens) >= _MAX_TOKENS:
+                rollout_id, _ = oldest = next(iter(self._tokens))
+                if self._rollout_tokens.get(rollout_id) == self._tokens.pop(oldest):
+                    del self._rollout_tokens[rollout_id]
+            self._tokens[owner] = self._rollout_tokens[owner[0]] = token
+
+    def _for_attempt(self, rollout_id: str, attempt_id: str) -> str | None:
+        """The credential for a call about one attempt: its token when this client holds a runner token."""
+        if not self._runner:
+            return None
+        with self._lock:
+            return self._tokens.get((rollout_id, attempt_id))
+
+    def _for_rollout(self, rollout_id: str) -> str | None:
+        """The credential for reading one rollout: a token of one of its attempts when this client holds a
+        runner token."""
+        if not self._runner:
+            return None
+        with self._lock:
+            return self._rollout_tokens.get(rollout_id)
 
     def attempt_token(self, rollout_id: str, attempt_id: str) -> str | None:
         """The token the server handed out with this attempt, when this client claimed or started it.
@@ -342,10 +415,21 @@ class HttpLightningStore(LightningStore):
         with self._lock:
             return self._tokens.get((rollout_id, attempt_id))
 
-    async def issue_token(self, rollout_id: str, attempt_id: str, ttl: float = 7 * 24 * 3600.0) -> str:
+    async def issue_token(self, rollout_id: str, attempt_id: str, ttl: float = DEFAULT_TOKEN_TTL) -> str:
         """A new attempt token from the server (needs the admin key)."""
         payload = _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id, "ttl": ttl})
         return str((await self._post("issue_token", payload))["token"])
+
+    async def issue_runner_token(
+        self, name: str | None = None, ttl: float = DEFAULT_RUNNER_TOKEN_TTL, task_types: Sequence[str] | None = None
+    ) -> tuple[str, float]:
+        """A new runner token from the server and its expiry (Unix time); needs the admin key.
+
+        It claims rollouts (of ``task_types`` only, if given) and reads resources; ``name`` labels it.
+        """
+        payload = _dumps({"name": name, "ttl": ttl, "task_types": None if task_types is None else list(task_types)})
+        data = await self._post("issue_runner_token", payload)
+        return str(data["token"]), float(data["expires"])
 
     async def close(self) -> None:
         """Close the connection pools (the store can still be used afterwards; it reconnects)."""
@@ -434,7 +518,8 @@ class HttpLightningStore(LightningStore):
         return None if data is None else AttemptedRollout.model_validate(data)
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
-        data = await self._post("heartbeat", _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id}))
+        payload = _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id})
+        data = await self._post("heartbeat", payload, credential=self._for_attempt(rollout_id, attempt_id))
         return Attempt.model_validate(data)
 
     async def _complete_attempt(
@@ -442,7 +527,9 @@ class HttpLightningStore(LightningStore):
     ) -> Rollout:
         payload = _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id, "status": status, "error": error})
         try:
-            data = await self._post("complete_attempt", payload, key=True)
+            data = await self._post(
+                "complete_attempt", payload, key=True, credential=self._for_attempt(rollout_id, attempt_id)
+            )
         except InvalidTransition as exc:  # LeaseLost too: after a restart, the first try may have done it
             if not _resent(exc):
                 raise
@@ -473,7 +560,8 @@ class HttpLightningStore(LightningStore):
         return _ATTEMPTS.validate_python(data)
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
-        data = await self._post("get_rollout", _dumps({"rollout_id": rollout_id}))
+        payload = _dumps({"rollout_id": rollout_id})
+        data = await self._post("get_rollout", payload, credential=self._for_rollout(rollout_id))
         return Rollout.model_validate(data)
 
     async def _query_rollouts(self, query: RolloutQuery) -> list[Rollout]:
@@ -485,7 +573,9 @@ class HttpLightningStore(LightningStore):
         return _COUNTS.validate_python(await self._post("count_rollouts", payload))
 
     async def get_attempts(self, rollout_id: str) -> list[Attempt]:
-        data = await self._post("get_attempts", _dumps({"rollout_id": rollout_id}))
+        data = await self._post(
+            "get_attempts", _dumps({"rollout_id": rollout_id}), credential=self._for_rollout(rollout_id)
+        )
         return _ATTEMPTS.validate_python(data)
 
     async def wait_for_rollouts(
@@ -512,13 +602,40 @@ class HttpLightningStore(LightningStore):
                 raise TypeError(f"spans[{index}] is a {type(span).__name__}, not a Span")
         if not spans:
             return 0
+        if self._runner:
+            return await self._add_spans_by_attempt(spans)
+        return await self._send_spans(spans)
+
+    async def _send_spans(self, spans: list[Span], credential: str | None = None) -> int:
         # Field by field, so a non-finite float travels as NaN/Infinity and is refused by the
         # server, instead of arriving as null.
-        data = await self._post("add_spans", _dumps([span.__dict__ for span in spans]))
+        data = await self._post("add_spans", _dumps([span.__dict__ for span in spans]), credential=credential)
         return int(data["count"])
 
+    async def _add_spans_by_attempt(self, spans: list[Span]) -> int:
+        """One request per attempt, each with that attempt's token (see the module docstring)."""
+        groups: dict[tuple[str, str], list[Span]] = {}
+        for span in spans:
+            groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
+        if len(groups) == 1:
+            ((rollout_id, attempt_id),) = groups
+            return await self._send_spans(spans, self._for_attempt(rollout_id, attempt_id))
+        sent = await asyncio.gather(
+            *(self._send_spans(group, self._for_attempt(*owner)) for owner, group in groups.items()),
+            return_exceptions=True,
+        )
+        total = 0
+        for outcome in sent:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            total += outcome
+        return total
+
     async def _query_spans(self, query: SpanQuery) -> list[Span]:
-        return _SPANS.validate_json(await self._post("query_spans", _dumps(vars(query)), raw=True))
+        credential = self._for_rollout(query.rollout_id)
+        return _SPANS.validate_json(
+            await self._post("query_spans", _dumps(vars(query)), raw=True, credential=credential)
+        )
 
     # ------------------------------------------------------------------ resources
     async def add_resources(
@@ -572,4 +689,4 @@ class HttpLightningStore(LightningStore):
         return _SUBSCRIPTIONS.validate_python(await self._post("list_subscriptions", b""))
 
 
-__all__ = ["OPTIONS", "HttpLightningStore", "StoreAuthError"]
+__all__ = ["OPTIONS", "HttpLightningStore", "StoreAuthError", "StoreForbidden"]

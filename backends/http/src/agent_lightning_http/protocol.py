@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 API_PREFIX = "/v1"
 API_KEY_ENV = "AGL_STORE_API_KEY"
 """Environment variable holding the API key, read by ``agl store serve`` and by the client."""
+API_KEY_FILE_ENV = "AGL_STORE_API_KEY_FILE"
+"""Environment variable naming a file whose first line is the client's key (when ``$AGL_STORE_API_KEY`` is unset)."""
+ATTEMPT_TOKEN_ENV = "AGL_ATTEMPT_TOKEN"
+"""Environment variable with the token of the attempt a child process works for (``ScriptAgent`` sets it;
+core's ``agent_lightning.instrumentation.context.ATTEMPT_TOKEN_ENV``)."""
 API_KEY_HEADER = "x-api-key"
 IDEMPOTENCY_HEADER = "idempotency-key"
 """A client-chosen key; the server replays the first answer to a request sent again with the same key."""
@@ -179,6 +184,14 @@ class IssueTokenRequest(_Body):
     rollout_id: str
     attempt_id: str
     ttl: float = Field(default=7 * 24 * 3600.0, gt=0, le=365 * 24 * 3600.0, description="seconds the token is valid")
+
+
+class IssueRunnerTokenRequest(_Body):
+    name: str | None = Field(default=None, max_length=200, description="a label naming the runner or machine")
+    ttl: float = Field(default=30 * 24 * 3600.0, gt=0, le=365 * 24 * 3600.0, description="seconds the token is valid")
+    task_types: list[str] | None = Field(
+        default=None, min_length=1, description="the only task types it may claim (default: any)"
+    )
 
 
 class TokenResponse(_Body):

@@ -38,6 +38,8 @@ T = TypeVar("T")
 ROLLOUT_ENV = "AGL_ROLLOUT_ID"
 ATTEMPT_ENV = "AGL_ATTEMPT_ID"
 PARENT_SPAN_ENV = "AGL_PARENT_SPAN_ID"
+ATTEMPT_TOKEN_ENV = "AGL_ATTEMPT_TOKEN"
+"""The attempt's token, for a process started for that attempt (``ScriptAgent``), when the store has one."""
 JOINED_SEQUENCE_BASE = 2_000_000
 """Spans of a script that joined a runner's attempt count from here, apart from the runner's own."""
 OPEN_TIMEOUT = 1.0
@@ -361,6 +363,16 @@ class TrainingContext:
         """The last reward emitted in this context (what trajectory building uses by default)."""
         return self.rewards[-1].total if self.rewards else None
 
+    def attempt_token(self) -> str | None:
+        """The token the store handed out for this attempt (an ``http://`` store's), or ``None``.
+
+        It lets whoever holds it write spans and rewards to this attempt only (see ``agent_lightning_http.auth``).
+        """
+        root = self._parent or self
+        tokens = getattr(root.store, "attempt_token", None)
+        token = tokens(self.rollout_id, self.attempt_id) if callable(tokens) else None
+        return token if isinstance(token, str) else None
+
     def llm(self, name: str | None = None) -> LLM:
         """The LLM resource ``name`` (default: the only one), with its endpoint routed to this attempt.
 
@@ -391,8 +403,7 @@ class TrainingContext:
         if name not in llms:
             raise LookupError(f"no LLM resource named {name!r}; this snapshot has {sorted(llms)}")
         base = llms[name]
-        tokens = getattr(root.store, "attempt_token", None)  # an http:// store's token for this attempt
-        token = tokens(self.rollout_id, self.attempt_id) if callable(tokens) else None
+        token = self.attempt_token()
         return base.model_copy(update={"endpoint": base.base_url(self.rollout_id, self.attempt_id, token=token)})
 
     # ------------------------------------------------------------------ span plumbing
