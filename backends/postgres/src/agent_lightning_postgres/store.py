@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import sqlalchemy as sa
 from agent_lightning import limits
-from agent_lightning.types import Rollout
+from agent_lightning.types import AttemptCompletion, Rollout
 from agent_lightning_sql.codec import SPAN_COLUMNS, rollout_from_row
 from agent_lightning_sql.store import SqlLightningStore
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -90,11 +90,38 @@ _SUCCEED = (
     "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
     "SELECT r.* FROM r"
 )
+_SUCCEED_MANY = (
+    # complete_attempts when every item is that case: the rollouts are locked in one order, and the
+    # attempts are finished only if every item qualifies (else no row back, and the general transaction
+    # decides). It runs in a transaction: an attempt that changed between the statement's snapshot and
+    # its lock leaves fewer rows back than items, and the caller rolls back.
+    "WITH i AS (SELECT * FROM unnest(%(rids)s::text[], %(aids)s::text[], %(errors)s::text[]) "
+    "AS i(rollout_id, attempt_id, error)), "
+    "ro AS (SELECT rollout_id FROM agl_rollouts WHERE rollout_id IN (SELECT rollout_id FROM i) "
+    "AND status = 'running' ORDER BY rollout_id FOR UPDATE), "
+    "ok AS (SELECT a.attempt_id, i.error FROM agl_attempts a JOIN i "
+    "ON a.attempt_id = i.attempt_id AND a.rollout_id = i.rollout_id "
+    "WHERE a.rollout_id IN (SELECT rollout_id FROM ro) AND a.status = 'running' "
+    "AND a.lease_expires_at >= %(now)s AND (a.deadline_at IS NULL OR a.deadline_at >= %(now)s)), "
+    "at AS (UPDATE agl_attempts a SET status = 'succeeded', ended_at = %(now)s, error = ok.error FROM ok "
+    "WHERE a.attempt_id = ok.attempt_id AND a.status = 'running' AND (SELECT count(*) FROM ok) = %(n)s "
+    "RETURNING a.rollout_id), "
+    "r AS (UPDATE agl_rollouts SET status = 'succeeded', ended_at = %(now)s, error = NULL, queue_seq = NULL "
+    "WHERE rollout_id IN (SELECT rollout_id FROM at) RETURNING *), "
+    "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
+    "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
+    "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
+    "SELECT r.* FROM r"
+)
 _NOTIFY_AFTER_COMMIT = (
     # NOTIFY holds a database-wide lock from its commit until the commit is flushed; sent on its own,
     # after the change committed and without waiting for the flush, it no longer serialises commits.
     "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%(channel)s, '')"
 )
+
+
+class _NotAllAtOnce(Exception):
+    """Not every item of a batch could finish in one statement: roll back, take the general path."""
 
 
 def parse_postgres_url(url: str) -> tuple[URL, str | None]:
@@ -253,6 +280,34 @@ class PostgresLightningStore(SqlLightningStore):
             if done is not None:
                 return done
         return await super()._complete_attempt(rollout_id, attempt_id, status, error)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        if all(c.status == "succeeded" for c in completions):
+            params = {
+                "rids": [c.rollout_id for c in completions],
+                "aids": [c.attempt_id for c in completions],
+                "errors": [c.error for c in completions],
+                "now": time.time(),
+                "n": len(completions),
+            }
+
+            def work(conn: Connection) -> dict[str, Rollout]:
+                rows = conn.exec_driver_sql(_SUCCEED_MANY, params).all()
+                if len(rows) != len(completions):
+                    raise _NotAllAtOnce  # rolls the transaction back
+                return {row.rollout_id: rollout_from_row(row) for row in rows}
+
+            try:
+                done = await self._run(work, write=True)
+            except _NotAllAtOnce:
+                pass
+            else:
+                await asyncio.to_thread(self._transact, self._notify_after_commit, write=False, autocommit=True)
+                return [done[c.rollout_id] for c in completions]
+        return await super()._complete_attempts(completions)
+
+    def _notify_after_commit(self, conn: Connection) -> None:
+        conn.exec_driver_sql(_NOTIFY_AFTER_COMMIT, {"channel": self.channel})
 
     def _notify(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})

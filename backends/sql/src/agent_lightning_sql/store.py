@@ -28,6 +28,7 @@ from agent_lightning.store import transitions as tr
 from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     Resource,
     ResourcesSnapshot,
@@ -467,34 +468,68 @@ class SqlLightningStore(LightningStore):
         await self._run_unique(work, [running], attempt_id)
         return AttemptedRollout(rollout=running, attempt=attempt)
 
-    async def _claim_rollout(
-        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
-    ) -> AttemptedRollout | None:
+    def _claim_query(
+        self, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> Select[Any]:
+        """The oldest ``limit`` claimable rollouts of the filters, locked (skipping rows others hold) where the
+        database can."""
         query = sa.select(ROLLOUTS).where(ROLLOUTS.c.queue_seq.is_not(None))
         if task_types is not None:
             query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
         if modes is not None:
             query = query.where(ROLLOUTS.c.mode.in_(list(modes)))
-        query = self._lock_rows(query.order_by(ROLLOUTS.c.queue_seq).limit(1), skip_locked=True)
+        return self._lock_rows(query.order_by(ROLLOUTS.c.queue_seq).limit(limit), skip_locked=True)
 
-        def work(conn: Connection) -> AttemptedRollout | None:
-            now = time.time()
-            # One statement picks the head of the queue and says whether any lease has expired: the
-            # reaping (which sends requeued rollouts to the back of the queue) runs only then.
-            expired = sa.exists(self._expired_query(now, None)).label("agl_expired")
-            row = conn.execute(query.add_columns(expired)).first()
-            if row is None or row.agl_expired:
-                reaped = self._reap(conn, now)
-                if row is None and reaped:
-                    row = conn.execute(query.add_columns(expired)).first()
-            if row is None:
-                return None
-            rollout = codec.rollout_from_row(row)
-            running, attempt = tr.start_attempt(rollout, worker_id, now)
-            self._save(conn, rollout, running, attempt)
-            return AttemptedRollout(rollout=running, attempt=attempt)
+    def _claim(self, conn: Connection, worker_id: str, limit: int, query: Select[Any]) -> list[AttemptedRollout]:
+        """Claim what ``query`` (:meth:`_claim_query`) finds, in one transaction: a new attempt for each."""
+        now = time.time()
+        # One statement picks the head of the queue and says whether any lease has expired: the
+        # reaping (which sends requeued rollouts to the back of the queue) runs only then.
+        expired = sa.exists(self._expired_query(now, None)).label("agl_expired")
+        rows = conn.execute(query.add_columns(expired)).all()
+        if (not rows or rows[0].agl_expired) and self._reap(conn, now) and len(rows) < limit:
+            rows = conn.execute(query.add_columns(expired)).all()
+        claimed: list[AttemptedRollout] = []
+        for row in rows:
+            running, attempt = tr.start_attempt(codec.rollout_from_row(row), worker_id, now)
+            claimed.append(AttemptedRollout(rollout=running, attempt=attempt))
+        if claimed:
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.rollout_id == sa.bindparam("b_rollout_id"))
+                .values(
+                    status="running",
+                    attempt_count=sa.bindparam("b_attempt_count"),
+                    started_at=sa.bindparam("b_started_at"),
+                    queue_seq=None,
+                ),
+                [
+                    {
+                        "b_rollout_id": c.rollout.rollout_id,
+                        "b_attempt_count": c.rollout.attempt_count,
+                        "b_started_at": c.rollout.started_at,
+                    }
+                    for c in claimed
+                ],
+            )
+            conn.execute(
+                sa.insert(ATTEMPTS),
+                [codec.attempt_values(c.attempt, c.rollout.config.timeout_seconds) for c in claimed],
+            )
+        return claimed
 
-        return await self._run(work, write=True)
+    async def _claim_rollout(
+        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> AttemptedRollout | None:
+        query = self._claim_query(1, task_types, modes)
+        claimed = await self._run(lambda conn: self._claim(conn, worker_id, 1, query), write=True)
+        return claimed[0] if claimed else None
+
+    async def _claim_rollouts(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        query = self._claim_query(limit, task_types, modes)
+        return await self._run(lambda conn: self._claim(conn, worker_id, limit, query), write=True)
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         def beat(conn: Connection, rollout: Rollout, attempt: Attempt, now: float) -> Attempt:
@@ -543,6 +578,40 @@ class SqlLightningStore(LightningStore):
             return finished
 
         return await self._change_live_attempt(rollout_id, attempt_id, finish)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        def work(conn: Connection) -> tuple[list[Rollout], Attempt | None]:
+            now = time.time()
+            rollouts: dict[str, Rollout] = {}
+            for chunk in _chunks(sorted({c.rollout_id for c in completions})):  # locked in one order: no deadlock
+                query = sa.select(ROLLOUTS).where(ROLLOUTS.c.rollout_id.in_(chunk)).order_by(ROLLOUTS.c.rollout_id)
+                rollouts.update(
+                    (row.rollout_id, codec.rollout_from_row(row)) for row in conn.execute(self._lock_rows(query))
+                )
+            attempts: dict[str, Attempt] = {}
+            for chunk in _chunks([c.attempt_id for c in completions]):
+                query = sa.select(ATTEMPTS).where(ATTEMPTS.c.attempt_id.in_(chunk))
+                attempts.update((row.attempt_id, codec.attempt_from_row(row)) for row in conn.execute(query))
+            finished: list[tuple[Rollout, Rollout, Attempt]] = []
+            for item in completions:  # every item is checked before any is written
+                rollout = rollouts.get(item.rollout_id)
+                if rollout is None:
+                    raise NotFound(f"no rollout with id {item.rollout_id!r}")
+                attempt = attempts.get(item.attempt_id)
+                if attempt is None or attempt.rollout_id != item.rollout_id:
+                    raise NotFound(f"rollout {item.rollout_id!r} has no attempt {item.attempt_id!r}")
+                expired = self._expire(conn, rollout, attempt, now)
+                if expired is not None:  # reaped and committed, as complete_attempt does; the batch is refused
+                    return [], expired
+                finished.append((rollout, *tr.finish_attempt(rollout, attempt, item.status, item.error, now)))
+            for before, after, ended in finished:
+                self._save(conn, before, after, ended)
+            return [after for _, after, _ in finished], None
+
+        done, expired = await self._run(work, write=True)
+        if expired is not None:
+            tr.require_running(expired)  # the lease ran out before this call: LeaseLost
+        return done
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         def work(conn: Connection) -> Rollout:
