@@ -17,12 +17,12 @@ in between (its replay memory is gone):
 
 * ``enqueue_rollouts`` / ``start_rollout`` send client-generated rollout ids; a retry answered with
   ``DuplicateId`` is accepted when the stored rollouts are the ones this call asked for.
-* ``complete_attempt`` / ``cancel_rollout``: a retry answered ``LeaseLost`` / ``InvalidTransition``
-  is accepted when the attempt/rollout already has the status this call asked for.
-* ``claim_rollout`` is the one call that cannot be repaired: a claim whose answer was lost in a
-  restart leaves that attempt to no worker, and it is reaped (``lost``) when its lease runs out,
-  then retried; the retry of the call itself may claim another rollout. Nothing is lost, one
-  rollout is delayed by a lease.
+* ``complete_attempt`` / ``complete_attempts`` / ``cancel_rollout``: a retry answered ``LeaseLost`` /
+  ``InvalidTransition`` is accepted when the attempts/rollout already have the status this call asked for.
+* ``claim_rollout`` / ``claim_rollouts`` cannot be repaired: a claim whose answer was lost in a
+  restart leaves its attempts to no worker, and they are reaped (``lost``) when their lease runs out,
+  then retried; the retry of the call itself may claim other rollouts. Nothing is lost, those
+  rollouts are delayed by a lease.
 * ``add_resources`` may, in that case, create the snapshot twice (two versions, same content).
 """
 
@@ -48,6 +48,7 @@ from agent_lightning.secrets import read_secret
 from agent_lightning.store.base import LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     Resource,
     ResourcesSnapshot,
@@ -68,6 +69,7 @@ from agent_lightning_http.protocol import API_KEY_ENV, API_PREFIX, ERROR_TYPES, 
 _T = TypeVar("_T")
 _ROLLOUTS = TypeAdapter(list[Rollout])
 _ATTEMPTS = TypeAdapter(list[Attempt])
+_CLAIMED = TypeAdapter(list[AttemptedRollout])
 _SPANS = TypeAdapter(list[Span])
 _COUNTS = TypeAdapter(dict[str, dict[str, int]])
 _SUBSCRIPTIONS = TypeAdapter(list[Subscription])
@@ -323,15 +325,20 @@ class HttpLightningStore(LightningStore):
         return StoreError(f"store server at {self.url} answered HTTP {status} ({kind or 'error'}): {message}")
 
     def _remember_token(self, content: bytes, token: str) -> None:
+        """Keep the token(s) of a claim or start: one attempt's, or a batch's comma-separated in answer order."""
         try:
             data = orjson.loads(content)
-            owner = (str(data["rollout"]["rollout_id"]), str(data["attempt"]["attempt_id"]))
+            items = data if isinstance(data, list) else [data]
+            owners = [(str(d["rollout"]["rollout_id"]), str(d["attempt"]["attempt_id"])) for d in items]
         except (ValueError, TypeError, KeyError):
             return
+        tokens = token.split(",")
+        if len(tokens) != len(owners):
+            return
         with self._lock:
-            if len(self._tokens) >= 10_000:
+            if len(self._tokens) + len(owners) > 10_000:
                 self._tokens.clear()
-            self._tokens[owner] = token
+            self._tokens.update(zip(owners, tokens, strict=True))
 
     def attempt_token(self, rollout_id: str, attempt_id: str) -> str | None:
         """The token the server handed out with this attempt, when this client claimed or started it.
@@ -433,6 +440,12 @@ class HttpLightningStore(LightningStore):
         data = await self._post("claim_rollout", payload, key=True)
         return None if data is None else AttemptedRollout.model_validate(data)
 
+    async def _claim_rollouts(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        payload = _dumps({"worker_id": worker_id, "limit": limit, "task_types": task_types, "modes": modes})
+        return _CLAIMED.validate_python(await self._post("claim_rollouts", payload, key=True))
+
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         data = await self._post("heartbeat", _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id}))
         return Attempt.model_validate(data)
@@ -452,6 +465,20 @@ class HttpLightningStore(LightningStore):
                 return await self.get_rollout(rollout_id)
             raise
         return Rollout.model_validate(data)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        try:
+            data = await self._post("complete_attempts", _dumps({"completions": completions}), key=True)
+        except InvalidTransition as exc:  # LeaseLost too: after a restart, the first try may have done it
+            if not _resent(exc):
+                raise
+            for item in completions:
+                attempts = {a.attempt_id: a for a in await self.get_attempts(item.rollout_id)}
+                done = attempts.get(item.attempt_id)
+                if done is None or done.status != item.status or done.error != item.error:
+                    raise
+            return [await self.get_rollout(item.rollout_id) for item in completions]
+        return _ROLLOUTS.validate_python(data)
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         try:
