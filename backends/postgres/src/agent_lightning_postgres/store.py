@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import sqlalchemy as sa
 from agent_lightning import limits
-from agent_lightning.types import AttemptCompletion, Rollout
-from agent_lightning_sql.codec import SPAN_COLUMNS, rollout_from_row
+from agent_lightning.types import AttemptCompletion, AttemptedRollout, Rollout
+from agent_lightning_sql.codec import SPAN_COLUMNS, attempt_values, rollout_from_row
 from agent_lightning_sql.store import SqlLightningStore
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
@@ -73,6 +74,30 @@ _SPAN_INSERT_IF_RUNNING = (
     + ", ".join(f"{c} = excluded.{c}" for c in SPAN_COLUMNS if c not in ("rollout_id", "attempt_id", "span_id"))
 )
 
+
+_CLAIMED_ROLLOUTS = (
+    "UPDATE agl_rollouts r SET status = 'running', attempt_count = v.attempt_count, started_at = v.started_at, "
+    "queue_seq = NULL FROM unnest(%b::text[], %b::int4[], %b::float8[]) AS v(rollout_id, attempt_count, started_at) "
+    "WHERE r.rollout_id = v.rollout_id"
+)
+_ATTEMPT_COLUMNS = {
+    "attempt_id": "text",
+    "rollout_id": "text",
+    "sequence": "int4",
+    "worker_id": "text",
+    "status": "text",
+    "started_at": "float8",
+    "ended_at": "float8",
+    "last_heartbeat_at": "float8",
+    "lease_expires_at": "float8",
+    "deadline_at": "float8",
+    "error": "text",
+}
+_NEW_ATTEMPTS = (
+    f"INSERT INTO agl_attempts ({', '.join(_ATTEMPT_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{kind}[]" for kind in _ATTEMPT_COLUMNS.values())
+    + ")"
+)
 
 _SUCCEED = (
     # complete_attempt(..., "succeeded") in one statement when nothing unusual is going on: the rollout
@@ -250,6 +275,18 @@ class PostgresLightningStore(SqlLightningStore):
             conn.exec_driver_sql(self._span_upsert_sql(conn.engine), tuple(rows[0]))
         else:
             conn.exec_driver_sql(_SPAN_UPSERT, tuple(list(column) for column in zip(*rows, strict=True)))
+
+    def _write_claims(self, conn: Connection, claimed: Sequence[AttemptedRollout]) -> None:
+        # Two statements whatever the number of rollouts: a column array per parameter (sent in binary).
+        if not claimed:
+            return
+        rollouts = [c.rollout for c in claimed]
+        conn.exec_driver_sql(
+            _CLAIMED_ROLLOUTS,
+            ([r.rollout_id for r in rollouts], [r.attempt_count for r in rollouts], [r.started_at for r in rollouts]),
+        )
+        rows = [attempt_values(c.attempt, c.rollout.config.timeout_seconds) for c in claimed]
+        conn.exec_driver_sql(_NEW_ATTEMPTS, tuple([row[column] for row in rows] for column in _ATTEMPT_COLUMNS))
 
     def _write_spans_to_running(self, rows: list[list[Any]]) -> bool:
         pairs = list(dict.fromkeys((row[0], row[1]) for row in rows))

@@ -494,6 +494,12 @@ class SqlLightningStore(LightningStore):
             running, attempt = tr.start_attempt(codec.rollout_from_row(row), worker_id, now)
             claimed.append(AttemptedRollout(rollout=running, attempt=attempt))
         if claimed:
+            self._write_claims(conn, claimed)
+        return claimed
+
+    def _write_claims(self, conn: Connection, claimed: Sequence[AttemptedRollout]) -> None:
+        """Write claimed rollouts (running now) and their new attempts; the default runs a statement per row."""
+        if claimed:
             conn.execute(
                 sa.update(ROLLOUTS)
                 .where(ROLLOUTS.c.rollout_id == sa.bindparam("b_rollout_id"))
@@ -516,7 +522,6 @@ class SqlLightningStore(LightningStore):
                 sa.insert(ATTEMPTS),
                 [codec.attempt_values(c.attempt, c.rollout.config.timeout_seconds) for c in claimed],
             )
-        return claimed
 
     async def _claim_rollout(
         self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
