@@ -75,11 +75,6 @@ _SPAN_INSERT_IF_RUNNING = (
 )
 
 
-_CLAIMED_ROLLOUTS = (
-    "UPDATE agl_rollouts r SET status = 'running', attempt_count = v.attempt_count, started_at = v.started_at, "
-    "queue_seq = NULL FROM unnest(%b::text[], %b::int4[], %b::float8[]) AS v(rollout_id, attempt_count, started_at) "
-    "WHERE r.rollout_id = v.rollout_id"
-)
 _ATTEMPT_COLUMNS = {
     "attempt_id": "text",
     "rollout_id": "text",
@@ -93,7 +88,13 @@ _ATTEMPT_COLUMNS = {
     "deadline_at": "float8",
     "error": "text",
 }
-_NEW_ATTEMPTS = (
+_WRITE_CLAIMS = (
+    # The claimed rollouts run now, and their new attempts are inserted: one statement whatever the number,
+    # a column array per parameter (sent in binary).
+    "WITH r AS (UPDATE agl_rollouts r SET status = 'running', attempt_count = v.attempt_count, "
+    "started_at = v.started_at, queue_seq = NULL "
+    "FROM unnest(%b::text[], %b::int4[], %b::float8[]) AS v(rollout_id, attempt_count, started_at) "
+    "WHERE r.rollout_id = v.rollout_id) "
     f"INSERT INTO agl_attempts ({', '.join(_ATTEMPT_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"%b::{kind}[]" for kind in _ATTEMPT_COLUMNS.values())
     + ")"
@@ -277,16 +278,19 @@ class PostgresLightningStore(SqlLightningStore):
             conn.exec_driver_sql(_SPAN_UPSERT, tuple(list(column) for column in zip(*rows, strict=True)))
 
     def _write_claims(self, conn: Connection, claimed: Sequence[AttemptedRollout]) -> None:
-        # Two statements whatever the number of rollouts: a column array per parameter (sent in binary).
         if not claimed:
             return
         rollouts = [c.rollout for c in claimed]
-        conn.exec_driver_sql(
-            _CLAIMED_ROLLOUTS,
-            ([r.rollout_id for r in rollouts], [r.attempt_count for r in rollouts], [r.started_at for r in rollouts]),
-        )
         rows = [attempt_values(c.attempt, c.rollout.config.timeout_seconds) for c in claimed]
-        conn.exec_driver_sql(_NEW_ATTEMPTS, tuple([row[column] for row in rows] for column in _ATTEMPT_COLUMNS))
+        conn.exec_driver_sql(
+            _WRITE_CLAIMS,
+            (
+                [r.rollout_id for r in rollouts],
+                [r.attempt_count for r in rollouts],
+                [r.started_at for r in rollouts],
+                *([row[column] for row in rows] for column in _ATTEMPT_COLUMNS),
+            ),
+        )
 
     def _write_spans_to_running(self, rows: list[list[Any]]) -> bool:
         pairs = list(dict.fromkeys((row[0], row[1]) for row in rows))
