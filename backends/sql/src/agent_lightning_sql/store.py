@@ -13,6 +13,7 @@ a write transaction, row locking, the queue counter and change notifications.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -79,6 +80,24 @@ def _filtered(select: Select[Any], query: RolloutQuery) -> Select[Any]:
     if query.mode is not None:
         select = select.where(ROLLOUTS.c.mode == query.mode)
     return select
+
+
+_ROLLOUT_FIELDS = ("status", "attempt_count", "started_at", "ended_at", "error")
+_ATTEMPT_UPDATE = (
+    sa.update(ATTEMPTS)
+    .where(ATTEMPTS.c.attempt_id == sa.bindparam("b_attempt_id"))
+    .values({c.name: sa.bindparam(f"b_{c.name}") for c in ATTEMPTS.columns if c.name != "attempt_id"})
+)
+
+
+@functools.cache
+def _rollout_update(columns: tuple[str, ...]) -> sa.Update:
+    """``UPDATE`` of a rollout row by ``b_rollout_id``, setting each other ``b_<column>`` of ``columns``."""
+    return (
+        sa.update(ROLLOUTS)
+        .where(ROLLOUTS.c.rollout_id == sa.bindparam("b_rollout_id"))
+        .values({c[2:]: sa.bindparam(c) for c in columns if c != "b_rollout_id"})
+    )
 
 
 class _TryAgain(Exception):
@@ -348,26 +367,44 @@ class SqlLightningStore(LightningStore):
 
     def _save(self, conn: Connection, before: Rollout, after: Rollout, attempt: Attempt | None = None) -> None:
         """Write a transition of ``before`` to ``after`` (and ``attempt``, new or changed)."""
-        values: dict[str, Any] = {
-            "status": after.status,
-            "attempt_count": after.attempt_count,
-            "started_at": after.started_at,
-            "ended_at": after.ended_at,
-            "error": after.error,
-        }
-        if after.status in CLAIMABLE_ROLLOUT_STATUSES:
-            if before.status not in CLAIMABLE_ROLLOUT_STATUSES:
-                (values["queue_seq"],) = self._next_queue_seqs(conn, 1)  # requeued: to the back of the queue
-        else:
-            values["queue_seq"] = None
-        conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.rollout_id == after.rollout_id).values(values))
-        if attempt is not None:
-            self._save_attempt(
-                conn, attempt, after.config.timeout_seconds, new=after.attempt_count > before.attempt_count
-            )
-        if after.status != before.status and after.status in DELIVERED_STATUSES:
-            self._fan_out(conn, after)
-        if after.status != before.status and after.status != "running":
+        self._save_many(conn, [(before, after, attempt)])
+
+    def _save_many(self, conn: Connection, changes: Sequence[tuple[Rollout, Rollout, Attempt | None]]) -> None:
+        """Write transitions of rollouts, ``(before, after, attempt new or changed)``, a few statements for all."""
+        requeued = [
+            after.rollout_id
+            for before, after, _ in changes
+            if after.status in CLAIMABLE_ROLLOUT_STATUSES and before.status not in CLAIMABLE_ROLLOUT_STATUSES
+        ]
+        positions = dict(zip(requeued, self._next_queue_seqs(conn, len(requeued)), strict=True))  # back of the queue
+        rollout_rows: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for _, after, _ in changes:
+            row = {"b_rollout_id": after.rollout_id, **{f"b_{f}": getattr(after, f) for f in _ROLLOUT_FIELDS}}
+            if after.status not in CLAIMABLE_ROLLOUT_STATUSES:
+                row["b_queue_seq"] = None
+            elif after.rollout_id in positions:
+                row["b_queue_seq"] = positions[after.rollout_id]
+            rollout_rows.setdefault(tuple(row), []).append(row)
+        for columns, rows in rollout_rows.items():
+            conn.execute(_rollout_update(columns), rows)
+        new: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        for before, after, attempt in changes:
+            if attempt is not None:
+                values = codec.attempt_values(attempt, after.config.timeout_seconds)
+                if after.attempt_count > before.attempt_count:
+                    new.append(values)
+                else:
+                    changed.append({f"b_{column}": value for column, value in values.items()})
+        if new:
+            conn.execute(sa.insert(ATTEMPTS), new)
+        if changed:
+            conn.execute(_ATTEMPT_UPDATE, changed)
+        finished = [after for before, after, _ in changes if after.status != before.status]
+        delivered = [after for after in finished if after.status in DELIVERED_STATUSES]
+        if delivered:
+            self._fan_out(conn, delivered)
+        if any(after.status != "running" for after in finished):
             self._notify(conn)
 
     def _save_attempt(self, conn: Connection, attempt: Attempt, timeout_seconds: float | None, *, new: bool) -> None:
@@ -377,13 +414,13 @@ class SqlLightningStore(LightningStore):
         else:
             conn.execute(sa.update(ATTEMPTS).where(ATTEMPTS.c.attempt_id == attempt.attempt_id).values(values))
 
-    def _fan_out(self, conn: Connection, rollout: Rollout) -> None:
-        """Owe a newly finished rollout to every subscription group that wants it."""
+    def _fan_out(self, conn: Connection, rollouts: Sequence[Rollout]) -> None:
+        """Owe newly finished rollouts to every subscription group that wants them."""
+        groups = conn.execute(sa.select(SUBSCRIPTIONS.c.group_name, SUBSCRIPTIONS.c.task_types_json)).all()
         rows = [
             {"group_name": group, "rollout_id": rollout.rollout_id, "visible_at": 0.0}
-            for group, task_types in conn.execute(
-                sa.select(SUBSCRIPTIONS.c.group_name, SUBSCRIPTIONS.c.task_types_json)
-            )
+            for rollout in rollouts
+            for group, task_types in groups
             if codec.task_types_match(task_types, rollout)
         ]
         if rows:
@@ -609,8 +646,7 @@ class SqlLightningStore(LightningStore):
                 if expired is not None:  # reaped and committed, as complete_attempt does; the batch is refused
                     return [], expired
                 finished.append((rollout, *tr.finish_attempt(rollout, attempt, item.status, item.error, now)))
-            for before, after, ended in finished:
-                self._save(conn, before, after, ended)
+            self._save_many(conn, finished)
             return [after for _, after, _ in finished], None
 
         done, expired = await self._run(work, write=True)
