@@ -1,16 +1,19 @@
 """The control plane at scale: claims+completes per second as concurrent runners are added.
 
     python benchmarks/control_plane.py [--backends postgres,redis,http-sqlite,http-postgres]
-        [--runners 1,4,16,64] [--processes 4] [--tasks 2000] [--quick]
+        [--runners 1,4,16,64] [--batch 1,16] [--processes 4] [--tasks 2000] [--quick]
         [--compare OTHER_PYTHON [--rounds 1]]
 
-For each backend and each runner count R, on a fresh, empty store: ``--tasks`` rollouts are queued
-with ``enqueue_rollouts`` (not timed), then R runners, asyncio tasks spread over
+For each backend, batch size B and runner count R, on a fresh, empty store: ``--tasks`` rollouts are
+queued with ``enqueue_rollouts`` (not timed), then R runners, asyncio tasks spread over
 ``min(R, --processes)`` processes (the runners of one process share one store object, as the
-runners of one ``agl runner`` process do), loop ``claim_rollout`` then ``complete_attempt`` until
-the queue is empty. The rate is the number of completed claims over the wall time from the moment
-all processes are released (a barrier) until the last runner found the queue empty. p50/p99 are
-per call, as the runner sees it (the final, empty claim is not counted).
+runners of one ``agl runner`` process do), loop until the queue is empty: with B = 1,
+``claim_rollout`` then ``complete_attempt``; with B > 1, ``claim_rollouts(worker, B)`` then one
+``complete_attempts`` of what it claimed. The rate is the number of rollouts claimed and completed
+over the wall time from the moment all processes are released (a barrier) until the last runner
+found the queue empty. p50/p99 are per call, as the runner sees it (a batch call counts once; the
+final, empty claim is not counted). ``--batch`` above 1 needs the batch calls in ``--compare``'s
+interpreter too.
 
 Backends: ``postgres``, ``redis``, ``sqlite``, ``http-sqlite`` and ``http-postgres`` (``agl store
 serve`` in its own process over a fresh SQLite file or PostgreSQL schema), ``memory`` (one process
@@ -53,21 +56,37 @@ def _pct_ms(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _runner(store: Any, name: str) -> tuple[list[float], list[float]]:
+async def _runner(store: Any, name: str, batch: int) -> tuple[list[float], list[float], int]:
+    """Claim and complete until the queue is empty; returns the claim and completion latencies and the count."""
+    from agent_lightning.types import AttemptCompletion
+
     claims: list[float] = []
     completes: list[float] = []
+    done = 0
     while True:
         sent = time.monotonic()
-        item = await store.claim_rollout(name, task_types=[TASK_TYPE])
-        if item is None:
-            return claims, completes
+        if batch == 1:
+            item = await store.claim_rollout(name, task_types=[TASK_TYPE])
+            items = [] if item is None else [item]
+        else:
+            items = await store.claim_rollouts(name, batch, task_types=[TASK_TYPE])
+        if not items:
+            return claims, completes, done
         claimed = time.monotonic()
         claims.append(claimed - sent)
-        await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
+        if batch == 1:
+            await store.complete_attempt(items[0].rollout_id, items[0].attempt_id, "succeeded")
+        else:
+            await store.complete_attempts(
+                [AttemptCompletion(rollout_id=i.rollout_id, attempt_id=i.attempt_id, status="succeeded") for i in items]
+            )
         completes.append(time.monotonic() - claimed)
+        done += len(items)
 
 
-async def _process_runners(url: str, runners: int, index: int, wait: Any, store: Any = None) -> dict[str, Any]:
+async def _process_runners(
+    url: str, runners: int, batch: int, index: int, wait: Any, store: Any = None
+) -> dict[str, Any]:
     from agent_lightning.store import open_store
 
     own = store is None
@@ -75,23 +94,26 @@ async def _process_runners(url: str, runners: int, index: int, wait: Any, store:
     try:
         await store.query_rollouts(limit=1)  # connect before timing
         began = await wait()
-        outcomes = await asyncio.gather(*(_runner(store, f"p{index}-r{n}-{os.getpid()}") for n in range(runners)))
+        outcomes = await asyncio.gather(
+            *(_runner(store, f"p{index}-r{n}-{os.getpid()}", batch) for n in range(runners))
+        )
         ended = time.monotonic()
     finally:
         if own:
             await store.close()
-    claims = [x for c, _ in outcomes for x in c]
-    completes = [x for _, c in outcomes for x in c]
-    return {"began": began, "ended": ended, "claims": claims, "completes": completes}
+    claims = [x for c, _, _ in outcomes for x in c]
+    completes = [x for _, c, _ in outcomes for x in c]
+    done = sum(n for _, _, n in outcomes)
+    return {"began": began, "ended": ended, "claims": claims, "completes": completes, "done": done}
 
 
-def _process(url: str, runners: int, index: int, barrier: Any, results: Any) -> None:
+def _process(url: str, runners: int, batch: int, index: int, barrier: Any, results: Any) -> None:
     async def wait() -> float:
         await asyncio.to_thread(barrier.wait)
         return time.monotonic()
 
     try:
-        results.put((index, asyncio.run(_process_runners(url, runners, index, wait))))
+        results.put((index, asyncio.run(_process_runners(url, runners, batch, index, wait))))
     except BaseException as exc:
         results.put((index, f"{type(exc).__name__}: {exc}"))
 
@@ -116,7 +138,7 @@ async def _enqueue(url: str, tasks: int, store: Any = None) -> None:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """One backend at one runner count (run in a worker subprocess)."""
-    runners, tasks = spec["runners"], spec["tasks"]
+    runners, tasks, batch = spec["runners"], spec["tasks"], spec.get("batch", 1)
     with backend(spec["backend"]) as url:
         if spec["backend"] == "memory":
 
@@ -129,7 +151,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 async def wait() -> float:
                     return time.monotonic()
 
-                return [await _process_runners(url, runners, 0, wait, store)]
+                return [await _process_runners(url, runners, batch, 0, wait, store)]
 
             outcomes = asyncio.run(in_process())
         else:
@@ -137,13 +159,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             processes = max(1, min(runners, spec["processes"]))
             shares = [runners // processes + (1 if n < runners % processes else 0) for n in range(processes)]
             barrier = multiprocessing.get_context("spawn").Barrier(processes, timeout=600)
-            outcomes = spawn(_process, lambda n: (url, shares[n], n, barrier), processes)
+            outcomes = spawn(_process, lambda n: (url, shares[n], batch, n, barrier), processes)
     claims = [x for o in outcomes for x in o["claims"]]
     completes = [x for o in outcomes for x in o["completes"]]
+    done = sum(o["done"] for o in outcomes)
     wall = max(o["ended"] for o in outcomes) - min(o["began"] for o in outcomes)
-    note = "" if len(claims) == tasks else f"{len(claims)} of {tasks} claimed"
+    note = "" if done == tasks else f"{done} of {tasks} claimed"
     return {
-        "rate": len(claims) / wall if wall > 0 else None,
+        "rate": done / wall if wall > 0 else None,
         "claim_p50_ms": statistics.median(claims) * 1000 if claims else None,
         "claim_p99_ms": _pct_ms(claims, 0.99),
         "complete_p50_ms": statistics.median(completes) * 1000 if completes else None,
@@ -155,6 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="postgres,redis,http-sqlite,http-postgres", help="comma-separated")
     parser.add_argument("--runners", default="1,4,16,64", help="comma-separated runner counts")
+    parser.add_argument(
+        "--batch", default="1", help="comma-separated batch sizes: rollouts claimed and completed per call"
+    )
     parser.add_argument("--processes", type=int, default=4, help="most processes the runners are spread over")
     parser.add_argument("--tasks", type=int, help="rollouts claimed at each runner count (default 2000, quick 400)")
     parser.add_argument("--quick", action="store_true", help="fewer tasks")
@@ -166,8 +192,12 @@ def main() -> None:
     counts = [int(n) for n in args.runners.split(",") if n.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     pythons = [sys.executable] + ([args.compare] if args.compare else [])
+    batches = [int(n) for n in args.batch.split(",") if n.strip()]
     specs = [
-        {"backend": b, "runners": n, "processes": args.processes, "tasks": tasks} for b in backends for n in counts
+        {"backend": b, "batch": size, "runners": n, "processes": args.processes, "tasks": tasks}
+        for b in backends
+        for size in batches
+        for n in counts
     ]
     print(f"machine: {machine_line()}", file=sys.stderr)
     began = time.monotonic()
@@ -177,7 +207,7 @@ def main() -> None:
         pythons,
         args.rounds,
         args.timeout,
-        lambda s: f"{s['backend']} {s['runners']} runners",
+        lambda s: f"{s['backend']} batch {s['batch']} {s['runners']} runners",
     )
     print(
         f"\n{tasks} tasks per measurement, runners over at most {args.processes} processes; {args.rounds} round(s); "
@@ -186,17 +216,20 @@ def main() -> None:
     if args.compare:
         print(f"new: {pythons[0]}\nold: {pythons[1]}\n")
         print(
-            "| backend | runners | claims+completes/s new | old | new/old | claim p50 ms new | old "
+            "| backend | batch | runners | claims+completes/s new | old | new/old | claim p50 ms new | old "
             "| complete p50 ms new | old | note |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     else:
-        print("\n| backend | runners | claims+completes/s | claim p50 ms | claim p99 ms | complete p50 ms | note |")
-        print("|---|---:|---:|---:|---:|---:|---|")
+        print(
+            "\n| backend | batch | runners | claims+completes/s | claim p50 ms | claim p99 ms "
+            "| complete p50 ms | note |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
     for index, spec in enumerate(specs):
         new = results[pythons[0]][index]
         rate = median_of(new, "rate")
-        head = f"| {spec['backend']} | {spec['runners']} | {fmt_rate(rate)}"
+        head = f"| {spec['backend']} | {spec['batch']} | {spec['runners']} | {fmt_rate(rate)}"
         if args.compare:
             old = results[pythons[1]][index]
             old_rate = median_of(old, "rate")
@@ -213,13 +246,18 @@ def main() -> None:
                 f"| {fmt_ms(median_of(new, 'complete_p50_ms'))} | {note_of(new)} |"
             )
     print("\nScaling (rate at each runner count / rate at the smallest):")
+    new_results = results[pythons[0]]
     for name in backends:
-        new_results = results[pythons[0]]
-        rows = [(s["runners"], median_of(new_results[i], "rate")) for i, s in enumerate(specs) if s["backend"] == name]
-        base = rows[0][1] if rows else None
-        cells = ", ".join(f"{n}: {ratio(r, base)}x" for n, r in rows)
-        best = max((r for _, r in rows if r is not None), default=None)
-        print(f"  {name}: {cells}; peak {fmt_rate(best)}/s")
+        for size in batches:
+            rows = [
+                (s["runners"], median_of(new_results[i], "rate"))
+                for i, s in enumerate(specs)
+                if s["backend"] == name and s["batch"] == size
+            ]
+            base = rows[0][1] if rows else None
+            cells = ", ".join(f"{n}: {ratio(r, base)}x" for n, r in rows)
+            best = max((r for _, r in rows if r is not None), default=None)
+            print(f"  {name} batch {size}: {cells}; peak {fmt_rate(best)}/s")
 
 
 if __name__ == "__main__":

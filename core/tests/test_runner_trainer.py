@@ -75,6 +75,60 @@ def test_runner_pool_with_lit_agent_processes_everything_once() -> None:
     assert reward.reward == 1.25
 
 
+class CountingStore(agl.InMemoryLightningStore):
+    """The in-memory store, noting how runners claim from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.single_claims = 0
+        self.batch_limits: list[int] = []
+
+    async def _claim_rollout(self, *args: Any) -> agl.AttemptedRollout | None:
+        self.single_claims += 1
+        return await super()._claim_rollout(*args)
+
+    async def _claim_rollouts(self, worker_id: str, limit: int, *args: Any) -> list[agl.AttemptedRollout]:
+        self.batch_limits.append(limit)
+        return await super()._claim_rollouts(worker_id, limit, *args)
+
+
+class TogetherAgent(agl.LitAgent):
+    """Succeeds only when ``n`` runners hold a rollout at the same time."""
+
+    name = "together"
+
+    def __init__(self, n: int) -> None:
+        self.barrier = threading.Barrier(n, timeout=20)
+
+    def rollout(self, task: Any, ctx: agl.TrainingContext) -> float:
+        self.barrier.wait()
+        return 1.0
+
+
+def test_runner_pool_claims_for_its_waiting_runners_in_one_call() -> None:
+    store = CountingStore()
+    sync = SyncStore(store)
+    rollouts = sync.enqueue_rollouts([agl.RolloutRequest(input=i) for i in range(12)])
+    with RunnerPool(TogetherAgent(4), store, n=4):
+        done = sync.wait_for_rollouts([r.rollout_id for r in rollouts], timeout=60)
+    assert len(done) == 12 and {r.status for r in done} == {"succeeded"}, "four runners ran at once, three times"
+    assert all(len(sync.get_attempts(r.rollout_id)) == 1 for r in rollouts)
+    assert store.batch_limits and max(store.batch_limits) > 1, "waiting runners were claimed for in one call"
+    assert max(store.batch_limits) <= 4, "a pool claims no more rollouts than it has runners to start them"
+
+
+def test_a_single_runner_claims_one_rollout_at_a_time() -> None:
+    store = CountingStore()
+    sync = SyncStore(store)
+    sync.enqueue_rollouts([agl.RolloutRequest(input=i) for i in range(3)])
+    assert Runner(LitCalc(), store).run(max_rollouts=3) == 3
+    with RunnerPool(LitCalc(), store, n=1) as pool:
+        sync.enqueue_rollouts([agl.RolloutRequest(input=i) for i in range(3)])
+        sync.wait_for_rollouts([r.rollout_id for r in sync.query_rollouts()], timeout=30)
+    assert pool.runners[0].completed == 3
+    assert store.batch_limits == [] and store.single_claims >= 6
+
+
 class RecordingAlgorithm(Algorithm):
     """A minimal algorithm: runs rollouts each iteration, logs their mean reward."""
 

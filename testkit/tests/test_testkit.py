@@ -27,6 +27,20 @@ class TestMemoryUrlStore(StoreConformanceSuite):
         return store
 
 
+class _SingleItemStore(InMemoryLightningStore):
+    """A backend that implements only the single-item claim and completion: the contract's defaults batch them."""
+
+    _claim_rollouts = LightningStore._claim_rollouts
+    _complete_attempts = LightningStore._complete_attempts
+
+
+class TestContractBatchDefaults(StoreConformanceSuite):
+    """``claim_rollouts`` and ``complete_attempts`` as the base class makes them of the single-item methods."""
+
+    async def create_store(self) -> LightningStore:
+        return _SingleItemStore()
+
+
 def test_suite_without_create_store_says_what_to_implement() -> None:
     class Incomplete(StoreConformanceSuite):
         pass

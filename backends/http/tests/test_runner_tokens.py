@@ -22,6 +22,7 @@ from agent_lightning.runner import Runner
 from agent_lightning.store import InMemoryLightningStore
 from agent_lightning.types import (
     LLM,
+    AttemptCompletion,
     AttemptedRollout,
     PromptTemplate,
     RolloutConfig,
@@ -108,6 +109,31 @@ def test_a_runner_token_claims_and_works_on_its_own_attempts_only(server: StoreS
             await runner.add_spans([span(mine, 4, reward=1000.0)])
         rewards = [s.reward for s in await admin.query_spans(mine.rollout_id) if s.kind == "reward"]
         assert rewards == [1.0]
+
+    asyncio.run(main())
+
+
+def test_a_runner_token_claims_and_completes_a_batch_with_each_attempts_own_token(server: StoreServer) -> None:
+    admin = HttpLightningStore(server.url, api_key=ADMIN)
+    runner = HttpLightningStore(server.url, api_key=runner_token(server, name="box-2", ttl=600))
+
+    async def main() -> None:
+        await admin.enqueue_rollouts([RolloutRequest(input=i, config=LONG) for i in range(4)])
+        other = await admin.claim_rollout("someone-else")
+        mine = await runner.claim_rollouts("runner-2", 5)
+        assert other is not None and len(mine) == 3
+        for attempted in mine:  # the batch answer carried one token per attempt
+            assert runner.attempt_token(attempted.rollout_id, attempted.attempt_id) is not None
+            assert await runner.add_spans([span(attempted, 1, reward=0.5)]) == 1
+        done = await runner.complete_attempts(
+            [AttemptCompletion(rollout_id=a.rollout_id, attempt_id=a.attempt_id, status="succeeded") for a in mine]
+        )
+        assert [r.status for r in done] == ["succeeded"] * 3
+        with pytest.raises(StoreAuthError):  # another worker's attempt, in a batch or not
+            await runner.complete_attempts(
+                [AttemptCompletion(rollout_id=other.rollout_id, attempt_id=other.attempt_id, status="failed")]
+            )
+        assert (await admin.get_attempts(other.rollout_id))[0].status == "running"
 
     asyncio.run(main())
 

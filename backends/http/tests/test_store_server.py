@@ -214,7 +214,7 @@ def test_store_errors_map_to_status_codes_and_back(server: StoreServer, store: L
 def test_openapi_documents_every_store_method(server: StoreServer) -> None:
     methods = sorted(
         name.lstrip("_")  # a checked public method's work is the abstract _-prefixed one
-        for name in (*LightningStore.__abstractmethods__, "wait_for_rollouts")
+        for name in (*LightningStore.__abstractmethods__, "wait_for_rollouts", "claim_rollouts", "complete_attempts")
         if name not in ("close",)  # lifecycle, not an endpoint
     )
     with httpx.Client(base_url=server.url) as http:
@@ -228,7 +228,8 @@ def test_openapi_documents_every_store_method(server: StoreServer) -> None:
     assert add_spans["requestBody"]["content"]["application/json"]["schema"]["items"]["$ref"].endswith("/Span")
     schemas = spec["components"]["schemas"]
     assert {"Span", "Rollout", "RolloutRequest", "AttemptedRollout", "ErrorResponse"} <= set(schemas)
-    assert "idempotency-key" in {p["name"] for p in spec["paths"]["/v1/claim_rollout"]["post"]["parameters"]}
+    for changing in ("claim_rollout", "claim_rollouts", "complete_attempts"):
+        assert "idempotency-key" in {p["name"] for p in spec["paths"][f"/v1/{changing}"]["post"]["parameters"]}
 
 
 # ---------------------------------------------------------------------- idempotency and long polls

@@ -17,7 +17,15 @@ from agent_lightning import semconv
 from agent_lightning.errors import InvalidTransition
 from agent_lightning.secrets import mask, read_secret, redact_url, register_secret
 from agent_lightning.store import InMemoryLightningStore
-from agent_lightning.types import AttemptedRollout, RolloutConfig, RolloutRequest, Span, new_span_id, new_trace_id
+from agent_lightning.types import (
+    AttemptCompletion,
+    AttemptedRollout,
+    RolloutConfig,
+    RolloutRequest,
+    Span,
+    new_span_id,
+    new_trace_id,
+)
 from agent_lightning_http import HttpLightningStore, StoreAuthError, StoreServer
 from agent_lightning_proxy import LLMProxy
 from agent_lightning_proxy.tokens import TokenSigner, derive_token_secret
@@ -92,6 +100,37 @@ def test_an_attempt_token_writes_spans_to_its_attempt_only(server: StoreServer) 
         with pytest.raises(InvalidTransition, match="reward cannot be changed"):
             await agent.add_spans([span(mine, 3, reward=5.0)])
         assert (await admin.get_attempts(mine.rollout_id))[0].status == "succeeded"
+
+    asyncio.run(main())
+
+
+def test_a_batch_claim_hands_out_each_attempts_token_and_tokens_may_not_batch(server: StoreServer) -> None:
+    admin = HttpLightningStore(server.url, api_key=ADMIN)
+
+    async def main() -> None:
+        await admin.enqueue_rollouts([RolloutRequest(input=i, config=LONG) for i in range(4)])
+        claimed = await admin.claim_rollouts("w", 3)
+        assert len(claimed) == 3
+        tokens = [admin.attempt_token(c.rollout_id, c.attempt_id) for c in claimed]
+        assert all(tokens) and len(set(tokens)) == 3, "one token per claimed attempt"
+        signer = TokenSigner.for_admin_key(ADMIN)
+        for item, token in zip(claimed, tokens, strict=True):
+            assert token is not None
+            scope = signer.verify(token)
+            assert scope is not None and (scope.rollout_id, scope.attempt_id) == (item.rollout_id, item.attempt_id)
+        mine = claimed[0]
+        agent = HttpLightningStore(server.url, api_key=tokens[0])
+        assert await agent.add_spans([span(mine, 1)]) == 1
+        with pytest.raises(StoreAuthError, match="may not call"):
+            await agent.claim_rollouts("w", 1)
+        with pytest.raises(StoreAuthError, match="may not call"):
+            await agent.complete_attempts(
+                [AttemptCompletion(rollout_id=mine.rollout_id, attempt_id=mine.attempt_id, status="succeeded")]
+            )
+        assert [a.status for a in await admin.get_attempts(mine.rollout_id)] == ["running"]
+        assert len(await admin.claim_rollouts("w", 3)) == 1, "the agent's refused claim took nothing"
+        await admin.close()
+        await agent.close()
 
     asyncio.run(main())
 

@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "RolloutRequest": "agent_lightning.types",
     "Attempt": "agent_lightning.types",
     "AttemptedRollout": "agent_lightning.types",
+    "AttemptCompletion": "agent_lightning.types",
     "Span": "agent_lightning.types",
     "Reward": "agent_lightning.types",
     "PromptTemplate": "agent_lightning.types",
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
     from agent_lightning.types import (
         LLM,
         Attempt,
+        AttemptCompletion,
         AttemptedRollout,
         Episode,
         PromptTemplate,

@@ -25,6 +25,9 @@ Times: span start/end, ``now``         Finite.
 Integers: ``limit``, ``offset``,       Within the signed 64-bit range (at most :data:`MAX_INT`).
 ``after_sequence_id``, span
 ``sequence_id``, ``max_count``
+Batches: ``limit`` of                  At most :data:`MAX_BATCH` (1,000) rollouts claimed or
+``claim_rollouts``, the items of       attempts completed in one call.
+``complete_attempts``
 Request bodies (HTTP)                  At most the server's ``max_body_bytes`` (64 MiB by default;
                                        413 above), which also bounds the size of one JSON value
                                        sent over HTTP. In process, sizes are bounded by the backend
@@ -60,6 +63,8 @@ MAX_INT = 2**63 - 1
 """Largest integer a store takes for counts, offsets and sequence ids (signed 64-bit)."""
 MAX_SECONDS = 1e9
 """Longest duration (``lease_seconds``, ``timeout_seconds``, ``visibility_timeout``), in seconds."""
+MAX_BATCH = 1000
+"""Most rollouts one ``claim_rollouts`` call claims, and most attempts one ``complete_attempts`` call completes."""
 
 _SCALARS = (str, bool, int, type(None))
 

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from agent_lightning.agent import AgentLike, agent_name, run_agent
@@ -56,10 +57,23 @@ class Runner:
         """Why the last claim failed (``None`` after one that worked)."""
         self._claimed = False
         self._tracer = get_tracer(store)
+        self._shared: _SharedClaims | None = None
 
     def claim(self) -> AttemptedRollout | None:
         """Claim the next rollout of this runner's task types and modes; ``None`` when nothing is claimable."""
+        if self._shared is not None:
+            return self._shared.claim(self)
         return self._tracer.call(self.store.claim_rollout(self.worker_id, task_types=self.task_types, modes=self.modes))
+
+    def claim_many(self, limit: int) -> list[AttemptedRollout]:
+        """Claim up to ``limit`` rollouts in one store call (one ``claim_rollout`` call when ``limit`` is 1)."""
+        if limit == 1:
+            item = self._tracer.call(
+                self.store.claim_rollout(self.worker_id, task_types=self.task_types, modes=self.modes)
+            )
+            return [] if item is None else [item]
+        claim = self.store.claim_rollouts(self.worker_id, limit, task_types=self.task_types, modes=self.modes)
+        return self._tracer.call(claim)
 
     def run_one(self, attempted: AttemptedRollout) -> bool:
         """Run the agent on one claimed rollout; ``True`` if it succeeded."""
@@ -121,8 +135,63 @@ class Runner:
         return done
 
 
+class _SharedClaims:
+    """The claims of a pool's runners: one store call claims a rollout for every runner waiting for one.
+
+    One claim is in flight at a time. A runner that needs a rollout while a claim is in flight waits
+    for it; the next claim, made by one of the waiting runners, asks for as many rollouts as runners
+    wait then (``claim_rollouts``), and hands one to each. A rollout is only claimed for a runner
+    that waits to start it, so its lease never runs while it sits in a queue of this process. The
+    attempts one call claims carry the worker id of the runner that made it.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting = 0
+        self._ready: deque[AttemptedRollout] = deque()
+        self._claiming = False
+        self._started = 0  # claims started so far (the one in flight included)
+        self._finished = 0  # claims finished so far
+        self._last_short = False  # whether the last finished claim got fewer rollouts than it asked for
+
+    def claim(self, runner: Runner) -> AttemptedRollout | None:
+        """A rollout for ``runner``: from a claim in flight, or from a claim it makes for every waiting runner."""
+        with self._changed:
+            self._waiting += 1
+            arrived = self._started
+            try:
+                while True:
+                    if self._ready:
+                        return self._ready.popleft()
+                    if self._finished > arrived and self._last_short:
+                        return None  # a claim that counted this runner found nothing left for it
+                    if not self._claiming:
+                        break
+                    self._changed.wait()
+                self._claiming = True
+                self._started += 1
+                wanted = self._waiting
+            finally:
+                self._waiting -= 1
+        claimed: list[AttemptedRollout] = []
+        try:
+            claimed = runner.claim_many(wanted)
+        finally:
+            with self._changed:
+                self._claiming = False
+                self._finished = self._started
+                self._last_short = len(claimed) < wanted
+                self._ready.extend(claimed[1:])
+                self._changed.notify_all()
+        return claimed[0] if claimed else None
+
+
 class RunnerPool:
-    """``n`` runner threads sharing one store, started and stopped together."""
+    """``n`` runner threads sharing one store, started and stopped together.
+
+    The runners claim together (see :class:`_SharedClaims`): one store call claims a rollout for
+    each runner that waits for one, instead of one call per runner.
+    """
 
     def __init__(self, agent: AgentLike, store: LightningStore, n: int = 1, **options: object) -> None:
         if n < 1:
@@ -131,6 +200,10 @@ class RunnerPool:
             Runner(agent, store, worker_id=default_worker_id(i), **options)  # type: ignore[arg-type]
             for i in range(n)
         ]
+        if n > 1:
+            shared = _SharedClaims()
+            for runner in self.runners:
+                runner._shared = shared
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

@@ -51,6 +51,7 @@ from agent_lightning.store.sync import EventLoopThread, SyncStore
 from agent_lightning.types import (
     LLM,
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     PromptTemplate,
     Rollout,
@@ -1232,6 +1233,180 @@ class StoreConformanceSuite:
         assert len(await store.pull_completed("trainer")) == 3
         assert await backlog() == {"math-only": (["algebra", "math"], 3, 0), "trainer": (None, 0, 3)}
 
+    # ------------------------------------------------------------------ batches: claim_rollouts, complete_attempts
+    @store_test
+    async def test_claim_rollouts_takes_the_oldest_up_to_the_limit(self, store: LightningStore) -> None:
+        assert await store.claim_rollouts("w", 4) == [], "an empty queue gives an empty list"
+        rollouts = await store.enqueue_rollouts([RolloutRequest(input=i, config=LONG) for i in range(5)])
+        first = await store.claim_rollouts("w1", 3)
+        assert [c.rollout_id for c in first] == [r.rollout_id for r in rollouts[:3]]
+        for item in first:
+            assert item.rollout.status == "running" and item.rollout.attempt_count == 1
+            assert item.attempt.status == "running" and item.attempt.sequence == 1 and item.attempt.worker_id == "w1"
+            assert item.attempt.rollout_id == item.rollout_id
+            assert abs(item.attempt.lease_expires_at - (time.time() + LONG.lease_seconds)) < 60
+            assert await store.get_rollout(item.rollout_id) == item.rollout
+            assert await store.get_attempts(item.rollout_id) == [item.attempt]
+        assert len({c.attempt_id for c in first}) == 3
+        assert await store.claim_rollouts("w2", 0) == []
+        rest = await store.claim_rollouts("w2", 10)
+        assert [c.rollout_id for c in rest] == [r.rollout_id for r in rollouts[3:]], "fewer only when no more are left"
+        assert await store.claim_rollouts("w3", 10) == []
+        assert await store.claim_rollout("w3") is None
+        # A requeued rollout goes to the back of the queue, as for claim_rollout.
+        await store.complete_attempt(first[0].rollout_id, first[0].attempt_id, "failed")
+        (again,) = await store.claim_rollouts("w4", 5)
+        assert again.rollout_id == first[0].rollout_id and again.attempt.sequence == 2
+
+    @store_test
+    async def test_claim_rollouts_filters_by_task_types_and_modes(self, store: LightningStore) -> None:
+        math_train = await store.enqueue_rollouts(
+            [RolloutRequest(input=i, task_type="math", config=LONG) for i in range(3)]
+        )
+        code_train = await store.enqueue_rollout("c", task_type="code", config=LONG)
+        math_val = await store.enqueue_rollout("mv", task_type="math", mode="val", config=LONG)
+        assert await store.claim_rollouts("w", 5, task_types=["search"]) == []
+        assert await store.claim_rollouts("w", 5, modes=["test"]) == []
+        assert await store.claim_rollouts("w", 5, task_types=[]) == [], "an empty filter matches nothing"
+        assert await store.claim_rollouts("w", 5, modes=[]) == []
+        got = await store.claim_rollouts("w", 5, task_types=["math"], modes=["train"])
+        assert [g.rollout_id for g in got] == [r.rollout_id for r in math_train]
+        got = await store.claim_rollouts("w", 5, task_types=["code", "math"])
+        assert [g.rollout_id for g in got] == [code_train.rollout_id, math_val.rollout_id]
+        assert await store.claim_rollouts("w", 5) == []
+
+    @store_test
+    async def test_claim_rollouts_refuses_bad_arguments(self, store: LightningStore) -> None:
+        await store.enqueue_rollouts([RolloutRequest(input=i, config=LONG) for i in range(2)])
+        for bad in (-1, limits.MAX_BATCH + 1, True, 2.0, "2", None):
+            await assert_rejected(store, ValueError, functools.partial(store.claim_rollouts, "w", bad))  # type: ignore[arg-type]
+        await assert_rejected(store, ValueError, lambda: store.claim_rollouts("", 2))
+        assert len(await store.claim_rollouts("w", limits.MAX_BATCH)) == 2
+
+    @store_test
+    async def test_claim_rollouts_reaps_expired_leases_first(self, store: LightningStore) -> None:
+        expiring = await store.enqueue_rollout(
+            "slow", config=RolloutConfig(lease_seconds=self.short_lease, max_attempts=2)
+        )
+        (first,) = await store.claim_rollouts("w1", 5)
+        assert first.rollout_id == expiring.rollout_id
+        fresh = await store.enqueue_rollout("fresh", config=LONG)
+        await asyncio.sleep(self.short_lease * 2)
+        claimed = await store.claim_rollouts("w2", 5)
+        assert [c.rollout_id for c in claimed] == [fresh.rollout_id, expiring.rollout_id], (
+            "the lapsed attempt is reaped first; its rollout, requeued, is at the back of the queue"
+        )
+        assert claimed[1].attempt.sequence == 2 and claimed[1].attempt.worker_id == "w2"
+        assert [a.status for a in await store.get_attempts(expiring.rollout_id)] == ["lost", "running"]
+
+    @store_test
+    async def test_complete_attempts_finishes_each_as_complete_attempt_would(self, store: LightningStore) -> None:
+        assert await store.complete_attempts([]) == []
+        config = RolloutConfig(max_attempts=2, lease_seconds=3600)
+        rollouts = await store.enqueue_rollouts([RolloutRequest(input=i, config=config) for i in range(3)])
+        await store.subscribe("finished")
+        items = await store.claim_rollouts("w", 3)
+        assert [i.rollout_id for i in items] == [r.rollout_id for r in rollouts]
+        done = await store.complete_attempts(
+            [
+                AttemptCompletion(rollout_id=items[0].rollout_id, attempt_id=items[0].attempt_id, status="succeeded"),
+                AttemptCompletion(
+                    rollout_id=items[1].rollout_id, attempt_id=items[1].attempt_id, status="failed", error="boom"
+                ),
+                AttemptCompletion(
+                    rollout_id=items[2].rollout_id, attempt_id=items[2].attempt_id, status="succeeded", error="noted"
+                ),
+            ]
+        )
+        assert [d.rollout_id for d in done] == [r.rollout_id for r in rollouts]
+        assert [d.status for d in done] == ["succeeded", "requeuing", "succeeded"]
+        for rollout in done:
+            assert await store.get_rollout(rollout.rollout_id) == rollout
+        assert done[0].ended_at is not None and done[0].error is None and done[1].ended_at is None
+        statuses = [(await store.get_attempts(i.rollout_id))[-1] for i in items]
+        assert [(a.status, a.error) for a in statuses] == [
+            ("succeeded", None),
+            ("failed", "boom"),
+            ("succeeded", "noted"),
+        ]
+        assert all(a.ended_at is not None for a in statuses)
+        pulled = await store.pull_completed("finished", max_count=10)
+        assert sorted(r.rollout_id for r in pulled) == sorted([items[0].rollout_id, items[2].rollout_id])
+        # The requeued one comes back; its last attempt failing fails it for good, with the reason.
+        (retry,) = await store.claim_rollouts("w", 3)
+        assert retry.rollout_id == items[1].rollout_id and retry.attempt.sequence == 2
+        (final,) = await store.complete_attempts(
+            [
+                AttemptCompletion(
+                    rollout_id=retry.rollout_id, attempt_id=retry.attempt_id, status="failed", error="again"
+                )
+            ]
+        )
+        assert final.status == "failed" and final.error and "again" in final.error
+        assert [r.rollout_id for r in await store.pull_completed("finished")] == [retry.rollout_id]
+
+    @store_test
+    async def test_complete_attempts_with_one_bad_item_stores_nothing(self, store: LightningStore) -> None:
+        await store.enqueue_rollouts([RolloutRequest(input=i, config=LONG) for i in range(3)])
+        running = await store.claim_rollouts("w", 2)
+        finished = await store.start_rollout(RolloutRequest(input="done", config=LONG), "w")
+        await store.complete_attempt(finished.rollout_id, finished.attempt_id, "succeeded")
+        other = await store.start_rollout(RolloutRequest(input="other", config=LONG), "w")
+
+        def item(rollout_id: str, attempt_id: str, status: str = "succeeded", **extra: Any) -> AttemptCompletion:
+            return AttemptCompletion.model_construct(
+                rollout_id=rollout_id, attempt_id=attempt_id, status=status, error=extra.get("error")
+            )
+
+        good = [item(r.rollout_id, r.attempt_id) for r in running]
+        bad_items: list[tuple[Any, AttemptCompletion]] = [
+            (NotFound, item("no-such-rollout", running[0].attempt_id)),
+            (NotFound, item(running[0].rollout_id, "no-such-attempt")),
+            (NotFound, item(running[0].rollout_id, other.attempt_id)),  # an attempt of another rollout
+            (LeaseLost, item(finished.rollout_id, finished.attempt_id)),  # finished: as complete_attempt says
+            (LeaseLost, item(finished.rollout_id, finished.attempt_id, "failed")),
+            (ValueError, item(other.rollout_id, other.attempt_id, "lost")),
+            (ValueError, item(other.rollout_id, other.attempt_id, error="e" * (limits.MAX_TEXT_LENGTH + 1))),
+            (ValueError, good[0]),  # the same attempt twice
+        ]
+        for error, bad in bad_items:
+            for position in (0, 1, 2):  # first, in the middle, last
+                batch = [*good[:position], bad, *good[position:]]
+                await assert_rejected(store, error, functools.partial(store.complete_attempts, batch))
+        for wrong in (("r", "a", "succeeded"), {"rollout_id": other.rollout_id, "attempt_id": other.attempt_id}):
+            await assert_rejected(store, TypeError, functools.partial(store.complete_attempts, [*good, wrong]))  # type: ignore[list-item]
+        too_many = [item(other.rollout_id, f"a{n}") for n in range(limits.MAX_BATCH + 1)]
+        await assert_rejected(store, ValueError, functools.partial(store.complete_attempts, too_many))
+        # The single call refuses a finished attempt the same way.
+        await assert_rejected(
+            store, LeaseLost, lambda: store.complete_attempt(finished.rollout_id, finished.attempt_id, "succeeded")
+        )
+        done = await store.complete_attempts([*good, item(other.rollout_id, other.attempt_id, "failed")])
+        assert [d.status for d in done] == ["succeeded", "succeeded", "requeuing"]
+        await assert_rejected(store, LeaseLost, functools.partial(store.complete_attempts, good))
+
+    @store_test
+    async def test_complete_attempts_with_a_lapsed_lease_reaps_it_and_stores_nothing_else(
+        self, store: LightningStore
+    ) -> None:
+        fine = await store.start_rollout(RolloutRequest(input="fine", config=LONG), "w")
+        short = RolloutConfig(lease_seconds=self.short_lease, max_attempts=2)
+        lapsed = await store.start_rollout(RolloutRequest(input="lapsed", config=short), "w")
+        await asyncio.sleep(self.short_lease * 2)
+        batch = [
+            AttemptCompletion(rollout_id=fine.rollout_id, attempt_id=fine.attempt_id, status="succeeded"),
+            AttemptCompletion(rollout_id=lapsed.rollout_id, attempt_id=lapsed.attempt_id, status="succeeded"),
+        ]
+        with pytest.raises(LeaseLost):
+            await store.complete_attempts(batch)
+        assert [a.status for a in await store.get_attempts(fine.rollout_id)] == ["running"]
+        assert (await store.get_rollout(fine.rollout_id)).status == "running"
+        (reaped,) = await store.get_attempts(lapsed.rollout_id)
+        assert reaped.status == "lost", "as complete_attempt does, the lapsed attempt is reaped"
+        assert (await store.get_rollout(lapsed.rollout_id)).status == "requeuing"
+        (done,) = await store.complete_attempts(batch[:1])
+        assert done.status == "succeeded"
+
     # ------------------------------------------------------------------ concurrency
     @store_test
     async def test_concurrent_claimers_take_each_rollout_exactly_once(self, store: LightningStore) -> None:
@@ -1246,6 +1421,38 @@ class StoreConformanceSuite:
                 await store.complete_attempt(item.rollout_id, item.attempt_id, "succeeded")
                 claimed.append(item.rollout_id)
             return claimed
+
+        results = await asyncio.gather(*(claimer(n) for n in range(self.concurrent_claimers)))
+        _assert_each_claimed_once([r.rollout_id for r in rollouts], results)
+        final = await store.query_rollouts(limit=self.concurrent_rollouts + 1)
+        assert len(final) == self.concurrent_rollouts
+        assert all(r.status == "succeeded" and r.attempt_count == 1 for r in final)
+
+    @store_test
+    async def test_concurrent_batch_claimers_take_each_rollout_exactly_once(self, store: LightningStore) -> None:
+        """Batch and single claimers together: no rollout is claimed twice, and every one is claimed."""
+        rollouts = await store.enqueue_rollouts(
+            [RolloutRequest(input=i, config=LONG) for i in range(self.concurrent_rollouts)]
+        )
+
+        async def claimer(number: int) -> list[str]:
+            claimed: list[str] = []
+            while True:
+                if number % 4 == 0:
+                    single = await store.claim_rollout(f"claimer-{number}")
+                    items = [] if single is None else [single]
+                else:
+                    items = await store.claim_rollouts(f"claimer-{number}", 1 + number % 7)
+                if not items:
+                    return claimed
+                assert all(i.attempt.worker_id == f"claimer-{number}" for i in items)
+                await store.complete_attempts(
+                    [
+                        AttemptCompletion(rollout_id=i.rollout_id, attempt_id=i.attempt_id, status="succeeded")
+                        for i in items
+                    ]
+                )
+                claimed.extend(i.rollout_id for i in items)
 
         results = await asyncio.gather(*(claimer(n) for n in range(self.concurrent_claimers)))
         _assert_each_claimed_once([r.rollout_id for r in rollouts], results)
@@ -1337,6 +1544,18 @@ class StoreConformanceSuite:
             ),
             (DuplicateId, lambda: store.start_rollout(RolloutRequest(rollout_id=done.rollout_id), "w")),
             (ValueError, lambda: store.claim_rollout("")),
+            (ValueError, lambda: store.claim_rollouts("w", -1)),
+            (
+                LeaseLost,
+                lambda: store.complete_attempts(
+                    [
+                        AttemptCompletion(
+                            rollout_id=running.rollout_id, attempt_id=running.attempt_id, status="failed"
+                        ),
+                        AttemptCompletion(rollout_id=done.rollout_id, attempt_id=done.attempt_id, status="failed"),
+                    ]
+                ),
+            ),
             (NotFound, lambda: store.heartbeat(queued.rollout_id, running.attempt_id)),
             (ValueError, lambda: store.complete_attempt(running.rollout_id, running.attempt_id, "bogus")),  # type: ignore[arg-type]
             (LeaseLost, lambda: store.complete_attempt(done.rollout_id, done.attempt_id, "failed")),
@@ -1569,7 +1788,13 @@ def _operations(st: Any) -> Any:
         st.tuples(st.just("enqueue"), st.lists(values, min_size=1, max_size=2)),
         st.tuples(st.just("enqueue_bad"), bad_input, values),
         st.tuples(st.just("claim")),
+        st.tuples(st.just("claim_many"), st.integers(0, 4)),
         st.tuples(st.just("complete"), st.integers(0, 7), st.booleans()),
+        st.tuples(
+            st.just("complete_many"),
+            st.lists(st.tuples(st.integers(0, 7), st.booleans()), min_size=1, max_size=3),
+            st.booleans(),
+        ),
         st.tuples(st.just("span"), st.integers(0, 7), attributes),
         st.tuples(st.just("span_bad"), st.integers(0, 7), st.sampled_from(["deep", "nan", "sequence", "name"])),
         st.tuples(st.just("cancel"), st.integers(0, 7)),
@@ -1600,6 +1825,7 @@ async def _play(store: LightningStore, operations: list[tuple[Any, ...]]) -> Non
     status: dict[str, str] = {}
     attempts: dict[str, int] = {}
     running: dict[str, str] = {}  # rollout id -> attempt id
+    ended: list[tuple[str, str]] = []  # (rollout id, attempt id) of attempts completed
     spans: dict[str, set[str]] = {}
     sequence = 0
 
@@ -1637,16 +1863,49 @@ async def _play(store: LightningStore, operations: list[tuple[Any, ...]]) -> Non
             attempts[item.rollout_id] += 1
             assert item.attempt.sequence == attempts[item.rollout_id] and item.rollout.status == "running"
             status[item.rollout_id], running[item.rollout_id] = "running", item.attempt_id
-        elif kind == "complete":
-            target = pick(operation[1], list(running))
-            if target is None:
+        elif kind == "claim_many":
+            claimable = {r for r, s in status.items() if s in ("queuing", "requeuing")}
+            items = await store.claim_rollouts("prop-worker", operation[1], task_types=[task_type])
+            assert len(items) == min(operation[1], len(claimable)), "claimed fewer than the limit with more left"
+            assert len({i.rollout_id for i in items}) == len(items) and {i.rollout_id for i in items} <= claimable
+            for item in items:
+                attempts[item.rollout_id] += 1
+                assert item.attempt.sequence == attempts[item.rollout_id] and item.rollout.status == "running"
+                status[item.rollout_id], running[item.rollout_id] = "running", item.attempt_id
+        elif kind in ("complete", "complete_many"):
+            chosen = [(operation[1], operation[2])] if kind == "complete" else operation[1]
+            outcomes: dict[str, bool] = {}
+            for index, succeeded in chosen:
+                target = pick(index, [r for r in running if r not in outcomes])
+                if target is not None:
+                    outcomes[target] = succeeded
+            if not outcomes:
                 continue
-            done = await store.complete_attempt(target, running.pop(target), "succeeded" if operation[2] else "failed")
-            if operation[2]:
-                status[target] = "succeeded"
+            batch = [
+                AttemptCompletion(rollout_id=r, attempt_id=running[r], status="succeeded" if ok else "failed")
+                for r, ok in outcomes.items()
+            ]
+            if kind == "complete_many" and operation[2] and ended:  # one finished attempt spoils the batch
+                stale = ended[len(batch) % len(ended)]
+                batch.insert(
+                    len(batch) // 2, AttemptCompletion(rollout_id=stale[0], attempt_id=stale[1], status="failed")
+                )
+                with pytest.raises(LeaseLost):
+                    await store.complete_attempts(batch)
+                for target in outcomes:
+                    assert (await store.get_rollout(target)).status == "running", "a refused batch completed an attempt"
+                continue
+            if kind == "complete":
+                done = [await store.complete_attempt(batch[0].rollout_id, batch[0].attempt_id, batch[0].status)]
             else:
-                status[target] = "requeuing" if attempts[target] < config.max_attempts else "failed"
-            assert done.status == status[target]
+                done = await store.complete_attempts(batch)
+            for rollout, (target, succeeded) in zip(done, outcomes.items(), strict=True):
+                ended.append((target, running.pop(target)))
+                if succeeded:
+                    status[target] = "succeeded"
+                else:
+                    status[target] = "requeuing" if attempts[target] < config.max_attempts else "failed"
+                assert rollout.rollout_id == target and rollout.status == status[target]
         elif kind in ("span", "span_bad"):
             target = pick(operation[1], list(running))
             if target is None:

@@ -52,7 +52,9 @@ from agent_lightning_http.protocol import (
     AddResourcesRequest,
     AttemptRef,
     ClaimRolloutRequest,
+    ClaimRolloutsRequest,
     CompleteAttemptRequest,
+    CompleteAttemptsRequest,
     CountResponse,
     CountRolloutsRequest,
     EnqueueRolloutsRequest,
@@ -82,6 +84,7 @@ DASHBOARD_PATH = "/dashboard"
 _SPANS = TypeAdapter(list[Span])
 _ROLLOUTS = TypeAdapter(list[Rollout])
 _ATTEMPTS = TypeAdapter(list[Attempt])
+_CLAIMED = TypeAdapter(list[AttemptedRollout])
 _COUNTS = TypeAdapter(dict[str, dict[str, int]])
 _SUBSCRIPTIONS = TypeAdapter(list[Subscription])
 _JSON = "application/json"
@@ -483,6 +486,13 @@ def create_app(
         data = orjson.loads(body)
         return {TOKEN_HEADER: signer.issue(data["rollout"]["rollout_id"], data["attempt"]["attempt_id"])}
 
+    def attempt_tokens(body: bytes) -> dict[str, str] | None:
+        """The response header with the tokens of the attempts a batch answer carries, comma-separated, in order."""
+        if signer is None or body == b"[]":
+            return None
+        tokens = [signer.issue(d["rollout"]["rollout_id"], d["attempt"]["attempt_id"]) for d in orjson.loads(body)]
+        return {TOKEN_HEADER: ",".join(tokens)}
+
     async def on_validation_error(_: Request, exc: Exception) -> Response:
         message = _validation_message(exc) if isinstance(exc, RequestValidationError) else str(exc)
         return Response(_error_body("ValueError", message), 422, media_type=_JSON)
@@ -560,6 +570,17 @@ def create_app(
         response = await answer(call, key)
         return _with_token(response, attempt_token)
 
+    @app.post(f"{v1}/claim_rollouts", response_model=list[AttemptedRollout], tags=["rollouts"])
+    async def claim_rollouts(body: ClaimRolloutsRequest, key: Key = None) -> Response:
+        """Claim up to `limit` of the oldest claimable rollouts in one call; `[]` when none is claimable."""
+
+        async def call() -> bytes:
+            items = await store.claim_rollouts(body.worker_id, body.limit, task_types=body.task_types, modes=body.modes)
+            return _CLAIMED.dump_json(items)
+
+        response = await answer(call, key)
+        return _with_token(response, attempt_tokens)
+
     @app.post(f"{v1}/heartbeat", response_model=Attempt, tags=["rollouts"])
     async def heartbeat(body: AttemptRef) -> Response:
         """Extend an attempt's lease (409 LeaseLost when it is over)."""
@@ -576,6 +597,15 @@ def create_app(
         async def call() -> bytes:
             rollout = await store.complete_attempt(body.rollout_id, body.attempt_id, body.status, body.error)
             return rollout.model_dump_json().encode()
+
+        return await answer(call, key)
+
+    @app.post(f"{v1}/complete_attempts", response_model=list[Rollout], tags=["rollouts"])
+    async def complete_attempts(body: CompleteAttemptsRequest, key: Key = None) -> Response:
+        """Finish several attempts in one call, all or nothing; returns their rollouts in order."""
+
+        async def call() -> bytes:
+            return _ROLLOUTS.dump_json(await store.complete_attempts(body.completions))
 
         return await answer(call, key)
 

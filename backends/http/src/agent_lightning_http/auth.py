@@ -56,13 +56,14 @@ span of the array belongs to the attempt), ``attempt`` (its ``rollout_id`` and `
 
 RUNNER_ENDPOINTS: dict[str, str] = {
     "claim_rollout": "claim",
+    "claim_rollouts": "claim",
     "get_resources": "any",
     "get_latest_resources": "any",
 }
 """What a runner token may call (``/v1/<method>``) and what its body must name: ``claim`` (its
 ``task_types`` within the token's when the token names some; none given means the token's) or
-``any``. A claim's answer carries the attempt token for the attempt's own calls. An endpoint that
-claims several rollouts at once belongs here with ``claim``."""
+``any``. A claim's answer carries the attempt token for the attempt's own calls (a batch claim's,
+one per attempt, comma-separated)."""
 
 
 class Refused(Exception):

@@ -17,22 +17,22 @@ in between (its replay memory is gone):
 
 * ``enqueue_rollouts`` / ``start_rollout`` send client-generated rollout ids; a retry answered with
   ``DuplicateId`` is accepted when the stored rollouts are the ones this call asked for.
-* ``complete_attempt`` / ``cancel_rollout``: a retry answered ``LeaseLost`` / ``InvalidTransition``
-  is accepted when the attempt/rollout already has the status this call asked for.
-* ``claim_rollout`` is the one call that cannot be repaired: a claim whose answer was lost in a
-  restart leaves that attempt to no worker, and it is reaped (``lost``) when its lease runs out,
-  then retried; the retry of the call itself may claim another rollout. Nothing is lost, one
-  rollout is delayed by a lease.
+* ``complete_attempt`` / ``complete_attempts`` / ``cancel_rollout``: a retry answered ``LeaseLost`` /
+  ``InvalidTransition`` is accepted when the attempts/rollout already have the status this call asked for.
+* ``claim_rollout`` / ``claim_rollouts`` cannot be repaired: a claim whose answer was lost in a
+  restart leaves its attempts to no worker, and they are reaped (``lost``) when their lease runs out,
+  then retried; the retry of the call itself may claim other rollouts. Nothing is lost, those
+  rollouts are delayed by a lease.
 * ``add_resources`` may, in that case, create the snapshot twice (two versions, same content).
 
 Credentials
 -----------
 With the admin key every call sends it. With a runner token (``agl store token --runner``) the
-client claims and reads resources with it, and makes the calls about a claimed attempt
-(``heartbeat``, ``add_spans``, ``complete_attempt``, ``get_rollout``, ``get_attempts``,
-``query_spans``) with the attempt token the claim answered with; ``add_spans`` then sends one
-request per attempt (each all-or-nothing; a retry after a partial failure is safe, since
-``add_spans`` is idempotent). A child process started for an attempt (``ScriptAgent``) gets that
+client claims (``claim_rollout``, ``claim_rollouts``) and reads resources with it, and makes the calls
+about a claimed attempt (``heartbeat``, ``add_spans``, ``complete_attempt``, ``get_rollout``,
+``get_attempts``, ``query_spans``) with the attempt token the claim answered with; ``add_spans`` and
+``complete_attempts`` then send one request per attempt (each all-or-nothing; a retry after a partial
+failure is safe: ``add_spans`` is idempotent and a completion's retry is checked as above). A child process started for an attempt (``ScriptAgent``) gets that
 attempt's token in ``$AGL_ATTEMPT_TOKEN``.
 """
 
@@ -59,6 +59,7 @@ from agent_lightning.secrets import read_secret
 from agent_lightning.store.base import LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     Resource,
     ResourcesSnapshot,
@@ -93,6 +94,7 @@ from agent_lightning_http.protocol import (
 _T = TypeVar("_T")
 _ROLLOUTS = TypeAdapter(list[Rollout])
 _ATTEMPTS = TypeAdapter(list[Attempt])
+_CLAIMED = TypeAdapter(list[AttemptedRollout])
 _SPANS = TypeAdapter(list[Span])
 _COUNTS = TypeAdapter(dict[str, dict[str, int]])
 _SUBSCRIPTIONS = TypeAdapter(list[Subscription])
@@ -379,17 +381,23 @@ class HttpLightningStore(LightningStore):
         return StoreError(f"store server at {self.url} answered HTTP {status} ({kind or 'error'}): {message}")
 
     def _remember_token(self, content: bytes, token: str) -> None:
+        """Keep the token(s) of a claim or start: one attempt's, or a batch's comma-separated in answer order."""
         try:
             data = orjson.loads(content)
-            owner = (str(data["rollout"]["rollout_id"]), str(data["attempt"]["attempt_id"]))
+            items = data if isinstance(data, list) else [data]
+            owners = [(str(d["rollout"]["rollout_id"]), str(d["attempt"]["attempt_id"])) for d in items]
         except (ValueError, TypeError, KeyError):
             return
+        tokens = token.split(",")
+        if len(tokens) != len(owners):
+            return
         with self._lock:
-            while len(self._tokens) >= _MAX_TOKENS:
-                rollout_id, _ = oldest = next(iter(self._tokens))
-                if self._rollout_tokens.get(rollout_id) == self._tokens.pop(oldest):
-                    del self._rollout_tokens[rollout_id]
-            self._tokens[owner] = self._rollout_tokens[owner[0]] = token
+            for owner, attempt_token in zip(owners, tokens, strict=True):
+                while len(self._tokens) >= _MAX_TOKENS:
+                    rollout_id, _ = oldest = next(iter(self._tokens))
+                    if self._rollout_tokens.get(rollout_id) == self._tokens.pop(oldest):
+                        del self._rollout_tokens[rollout_id]
+                self._tokens[owner] = self._rollout_tokens[owner[0]] = attempt_token
 
     def _for_attempt(self, rollout_id: str, attempt_id: str) -> str | None:
         """The credential for a call about one attempt: its token when this client holds a runner token."""
@@ -517,6 +525,12 @@ class HttpLightningStore(LightningStore):
         data = await self._post("claim_rollout", payload, key=True)
         return None if data is None else AttemptedRollout.model_validate(data)
 
+    async def _claim_rollouts(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        payload = _dumps({"worker_id": worker_id, "limit": limit, "task_types": task_types, "modes": modes})
+        return _CLAIMED.validate_python(await self._post("claim_rollouts", payload, key=True))
+
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         payload = _dumps({"rollout_id": rollout_id, "attempt_id": attempt_id})
         data = await self._post("heartbeat", payload, credential=self._for_attempt(rollout_id, attempt_id))
@@ -539,6 +553,22 @@ class HttpLightningStore(LightningStore):
                 return await self.get_rollout(rollout_id)
             raise
         return Rollout.model_validate(data)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        if self._runner:  # each attempt's own token completes it: one request per attempt, each all-or-nothing
+            return [await self._complete_attempt(c.rollout_id, c.attempt_id, c.status, c.error) for c in completions]
+        try:
+            data = await self._post("complete_attempts", _dumps({"completions": completions}), key=True)
+        except InvalidTransition as exc:  # LeaseLost too: after a restart, the first try may have done it
+            if not _resent(exc):
+                raise
+            for item in completions:
+                attempts = {a.attempt_id: a for a in await self.get_attempts(item.rollout_id)}
+                done = attempts.get(item.attempt_id)
+                if done is None or done.status != item.status or done.error != item.error:
+                    raise
+            return [await self.get_rollout(item.rollout_id) for item in completions]
+        return _ROLLOUTS.validate_python(data)
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from agent_lightning.errors import DuplicateId, InvalidTransition, LeaseLost, NotFound, StoreError, StoreUnavailable
-from agent_lightning.limits import MAX_INT, MAX_SECONDS
-from agent_lightning.types import Resource, RolloutMode, RolloutRequest, RolloutStatus, SpanKind
+from agent_lightning.limits import MAX_BATCH, MAX_INT, MAX_SECONDS
+from agent_lightning.types import AttemptCompletion, Resource, RolloutMode, RolloutRequest, RolloutStatus, SpanKind
 from agent_lightning.types.spans import SpanCursor
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -96,6 +96,13 @@ class ClaimRolloutRequest(_Body):
     modes: list[RolloutMode] | None = None
 
 
+class ClaimRolloutsRequest(_Body):
+    worker_id: str
+    limit: int = Field(ge=0, le=MAX_BATCH, description="the most rollouts to claim")
+    task_types: list[str] | None = None
+    modes: list[RolloutMode] | None = None
+
+
 class AttemptRef(_Body):
     rollout_id: str
     attempt_id: str
@@ -106,6 +113,10 @@ class CompleteAttemptRequest(_Body):
     attempt_id: str
     status: Literal["succeeded", "failed"]
     error: str | None = None
+
+
+class CompleteAttemptsRequest(_Body):
+    completions: list[AttemptCompletion] = Field(max_length=MAX_BATCH)
 
 
 class RolloutRef(_Body):

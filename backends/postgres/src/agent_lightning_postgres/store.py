@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import sqlalchemy as sa
 from agent_lightning import limits
-from agent_lightning.types import Rollout
-from agent_lightning_sql.codec import SPAN_COLUMNS, rollout_from_row
+from agent_lightning.types import AttemptCompletion, AttemptedRollout, Rollout
+from agent_lightning_sql.codec import SPAN_COLUMNS, attempt_values, rollout_from_row
 from agent_lightning_sql.store import SqlLightningStore
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
@@ -74,6 +75,31 @@ _SPAN_INSERT_IF_RUNNING = (
 )
 
 
+_ATTEMPT_COLUMNS = {
+    "attempt_id": "text",
+    "rollout_id": "text",
+    "sequence": "int4",
+    "worker_id": "text",
+    "status": "text",
+    "started_at": "float8",
+    "ended_at": "float8",
+    "last_heartbeat_at": "float8",
+    "lease_expires_at": "float8",
+    "deadline_at": "float8",
+    "error": "text",
+}
+_WRITE_CLAIMS = (
+    # The claimed rollouts run now, and their new attempts are inserted: one statement whatever the number,
+    # a column array per parameter (sent in binary).
+    "WITH r AS (UPDATE agl_rollouts r SET status = 'running', attempt_count = v.attempt_count, "
+    "started_at = v.started_at, queue_seq = NULL "
+    "FROM unnest(%b::text[], %b::int4[], %b::float8[]) AS v(rollout_id, attempt_count, started_at) "
+    "WHERE r.rollout_id = v.rollout_id) "
+    f"INSERT INTO agl_attempts ({', '.join(_ATTEMPT_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{kind}[]" for kind in _ATTEMPT_COLUMNS.values())
+    + ")"
+)
+
 _SUCCEED = (
     # complete_attempt(..., "succeeded") in one statement when nothing unusual is going on: the rollout
     # runs (locked first, like every other change), its attempt runs and its lease and deadline have not
@@ -90,11 +116,38 @@ _SUCCEED = (
     "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
     "SELECT r.* FROM r"
 )
+_SUCCEED_MANY = (
+    # complete_attempts when every item is that case: the rollouts are locked in one order, and the
+    # attempts are finished only if every item qualifies (else no row back, and the general transaction
+    # decides). It runs in a transaction: an attempt that changed between the statement's snapshot and
+    # its lock leaves fewer rows back than items, and the caller rolls back.
+    "WITH i AS (SELECT * FROM unnest(%(rids)s::text[], %(aids)s::text[], %(errors)s::text[]) "
+    "AS i(rollout_id, attempt_id, error)), "
+    "ro AS (SELECT rollout_id FROM agl_rollouts WHERE rollout_id IN (SELECT rollout_id FROM i) "
+    "AND status = 'running' ORDER BY rollout_id FOR UPDATE), "
+    "ok AS (SELECT a.attempt_id, i.error FROM agl_attempts a JOIN i "
+    "ON a.attempt_id = i.attempt_id AND a.rollout_id = i.rollout_id "
+    "WHERE a.rollout_id IN (SELECT rollout_id FROM ro) AND a.status = 'running' "
+    "AND a.lease_expires_at >= %(now)s AND (a.deadline_at IS NULL OR a.deadline_at >= %(now)s)), "
+    "at AS (UPDATE agl_attempts a SET status = 'succeeded', ended_at = %(now)s, error = ok.error FROM ok "
+    "WHERE a.attempt_id = ok.attempt_id AND a.status = 'running' AND (SELECT count(*) FROM ok) = %(n)s "
+    "RETURNING a.rollout_id), "
+    "r AS (UPDATE agl_rollouts SET status = 'succeeded', ended_at = %(now)s, error = NULL, queue_seq = NULL "
+    "WHERE rollout_id IN (SELECT rollout_id FROM at) RETURNING *), "
+    "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
+    "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
+    "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
+    "SELECT r.* FROM r"
+)
 _NOTIFY_AFTER_COMMIT = (
     # NOTIFY holds a database-wide lock from its commit until the commit is flushed; sent on its own,
     # after the change committed and without waiting for the flush, it no longer serialises commits.
     "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%(channel)s, '')"
 )
+
+
+class _NotAllAtOnce(Exception):
+    """Not every item of a batch could finish in one statement: roll back, take the general path."""
 
 
 def parse_postgres_url(url: str) -> tuple[URL, str | None]:
@@ -224,6 +277,21 @@ class PostgresLightningStore(SqlLightningStore):
         else:
             conn.exec_driver_sql(_SPAN_UPSERT, tuple(list(column) for column in zip(*rows, strict=True)))
 
+    def _write_claims(self, conn: Connection, claimed: Sequence[AttemptedRollout]) -> None:
+        if not claimed:
+            return
+        rollouts = [c.rollout for c in claimed]
+        rows = [attempt_values(c.attempt, c.rollout.config.timeout_seconds) for c in claimed]
+        conn.exec_driver_sql(
+            _WRITE_CLAIMS,
+            (
+                [r.rollout_id for r in rollouts],
+                [r.attempt_count for r in rollouts],
+                [r.started_at for r in rollouts],
+                *([row[column] for row in rows] for column in _ATTEMPT_COLUMNS),
+            ),
+        )
+
     def _write_spans_to_running(self, rows: list[list[Any]]) -> bool:
         pairs = list(dict.fromkeys((row[0], row[1]) for row in rows))
         columns = [list(column) for index, column in enumerate(zip(*rows, strict=True)) if index != 3]
@@ -253,6 +321,34 @@ class PostgresLightningStore(SqlLightningStore):
             if done is not None:
                 return done
         return await super()._complete_attempt(rollout_id, attempt_id, status, error)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        if all(c.status == "succeeded" for c in completions):
+            params = {
+                "rids": [c.rollout_id for c in completions],
+                "aids": [c.attempt_id for c in completions],
+                "errors": [c.error for c in completions],
+                "now": time.time(),
+                "n": len(completions),
+            }
+
+            def work(conn: Connection) -> dict[str, Rollout]:
+                rows = conn.exec_driver_sql(_SUCCEED_MANY, params).all()
+                if len(rows) != len(completions):
+                    raise _NotAllAtOnce  # rolls the transaction back
+                return {row.rollout_id: rollout_from_row(row) for row in rows}
+
+            try:
+                done = await self._run(work, write=True)
+            except _NotAllAtOnce:
+                pass
+            else:
+                await asyncio.to_thread(self._transact, self._notify_after_commit, write=False, autocommit=True)
+                return [done[c.rollout_id] for c in completions]
+        return await super()._complete_attempts(completions)
+
+    def _notify_after_commit(self, conn: Connection) -> None:
+        conn.exec_driver_sql(_NOTIFY_AFTER_COMMIT, {"channel": self.channel})
 
     def _notify(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})

@@ -92,39 +92,51 @@ return {'ok', {}}
 UPDATE = (
     _INDEX
     + r"""
--- Compare-and-set of one rollout (and optionally one attempt) computed in Python.
--- ARGV: prefix, id, expected ver, status, attempt count, started, ended, error ('' = none, else '=' .. text),
---       attempt id ('' = none), attempt json, lease op ('keep', 'del' or a deadline)
-local p, rid = ARGV[1], ARGV[2]
-local rk = p .. 'ro:' .. rid
-local cur = redis.call('HMGET', rk, 'ver', 'status', 'tt', 'mode', 'seq')
-if not cur[1] then return -1 end
-if cur[1] ~= ARGV[3] then return 0 end
-redis.call('HSET', rk, 'status', ARGV[4], 'n', ARGV[5], 'started', ARGV[6], 'ended', ARGV[7])
-if ARGV[8] == '' then redis.call('HDEL', rk, 'error') else redis.call('HSET', rk, 'error', ARGV[8]) end
-redis.call('HINCRBY', rk, 'ver', 1)
-if ARGV[9] ~= '' then redis.call('HSET', p .. 'at:' .. rid, ARGV[9], ARGV[10]) end
-if ARGV[11] == 'del' then
-  redis.call('ZREM', p .. 'leases', rid)
-elseif ARGV[11] ~= 'keep' then
-  redis.call('ZADD', p .. 'leases', ARGV[11], rid)
+-- Compare-and-set of rollouts (each optionally with one attempt) computed in Python: all or none.
+-- ARGV: prefix, count, then per rollout 10 values: id, expected ver, status, attempt count, started, ended,
+--       error ('' = none, else '=' .. text), attempt id ('' = none), attempt json, lease op ('keep', 'del' or a
+--       deadline). Returns {'ok'}, {'changed'} (a rollout changed since it was read: nothing written) or
+--       {'missing', id}.
+local p, count = ARGV[1], tonumber(ARGV[2])
+local current = {}
+for i = 0, count - 1 do
+  local b = 3 + i * 10
+  local cur = redis.call('HMGET', p .. 'ro:' .. ARGV[b], 'ver', 'status', 'tt', 'mode', 'seq')
+  if not cur[1] then return {'missing', ARGV[b]} end
+  if cur[1] ~= ARGV[b + 1] then return {'changed'} end
+  current[i] = cur
 end
-reindex(p, rid, cur[2], ARGV[4], cur[3], cur[4], cur[5])
-return 1
+for i = 0, count - 1 do
+  local b = 3 + i * 10
+  local rid, cur = ARGV[b], current[i]
+  local rk = p .. 'ro:' .. rid
+  redis.call('HSET', rk, 'status', ARGV[b + 2], 'n', ARGV[b + 3], 'started', ARGV[b + 4], 'ended', ARGV[b + 5])
+  if ARGV[b + 6] == '' then redis.call('HDEL', rk, 'error') else redis.call('HSET', rk, 'error', ARGV[b + 6]) end
+  redis.call('HINCRBY', rk, 'ver', 1)
+  if ARGV[b + 7] ~= '' then redis.call('HSET', p .. 'at:' .. rid, ARGV[b + 7], ARGV[b + 8]) end
+  if ARGV[b + 9] == 'del' then
+    redis.call('ZREM', p .. 'leases', rid)
+  elseif ARGV[b + 9] ~= 'keep' then
+    redis.call('ZADD', p .. 'leases', ARGV[b + 9], rid)
+  end
+  reindex(p, rid, cur[2], ARGV[b + 2], cur[3], cur[4], cur[5])
+end
+return {'ok'}
 """
 )
 
 CLAIM = r"""
--- ARGV: prefix, (unused), attempt id, worker id as JSON, check expired leases ('1'/'0'),
---       number of task types (-1 = any), task types..., number of modes (-1 = any), modes...
--- The server's clock (TIME) starts the lease. Returns {'reap', now} when leases have expired.
-local p, aid, worker = ARGV[1], ARGV[3], ARGV[4]
+-- ARGV: prefix, most rollouts to claim (n), worker id as JSON, check expired leases ('1'/'0'),
+--       number of task types (-1 = any), task types..., number of modes (-1 = any), modes..., n attempt ids.
+-- The server's clock (TIME) starts the leases. Returns {'reap', now} when leases have expired, else
+-- {'ok', {{rollout hash, attempt json}, ...}}: the oldest claimable rollouts, at most n.
+local p, count, worker = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
-if ARGV[5] == '1' and #redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, 1) > 0 then
+if ARGV[4] == '1' and #redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, 1) > 0 then
   return {'reap', now}
 end
-local i = 6
+local i = 5
 local ntt = tonumber(ARGV[i]); i = i + 1
 local tts = nil
 if ntt >= 0 then
@@ -137,86 +149,108 @@ if nm >= 0 then
   modes = {}
   for k = 1, nm do modes[ARGV[i]] = true; i = i + 1 end
 end
-local best_key, best_score, best_id, best_member = nil, nil, nil, nil
+local queues = {}
 for _, member in ipairs(redis.call('SMEMBERS', p .. 'queues')) do
   local bar = string.find(member, '|', 1, true)
   local mode, tt = string.sub(member, 1, bar - 1), string.sub(member, bar + 1)
-  if (modes == nil or modes[mode]) and (tts == nil or tts[tt]) then
-    local key = p .. 'q:' .. member
-    local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if #head > 0 then
-      local score = tonumber(head[2])
-      if best_score == nil or score < best_score then
-        best_key, best_score, best_id, best_member = key, score, head[1], member
+  if (modes == nil or modes[mode]) and (tts == nil or tts[tt]) then table.insert(queues, member) end
+end
+local claimed = {}
+for c = 1, count do
+  local best_key, best_score, best_id, best_member = nil, nil, nil, nil
+  for q, member in ipairs(queues) do
+    if member then
+      local key = p .. 'q:' .. member
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if #head > 0 then
+        local score = tonumber(head[2])
+        if best_score == nil or score < best_score then
+          best_key, best_score, best_id, best_member = key, score, head[1], member
+        end
+      else
+        redis.call('SREM', p .. 'queues', member)
+        queues[q] = false
       end
-    else
-      redis.call('SREM', p .. 'queues', member)
     end
   end
+  if best_id == nil then break end
+  local aid = ARGV[i + c - 1]
+  redis.call('ZREM', best_key, best_id)
+  local rk = p .. 'ro:' .. best_id
+  local f = redis.call('HMGET', rk, 'n', 'started', 'status', 'lease', 'tmo', 'seq')
+  local n = tonumber(f[1]) + 1
+  local started = f[2]
+  if started == '' then started = now end
+  redis.call('HSET', rk, 'status', 'running', 'n', n, 'started', started)
+  redis.call('HINCRBY', rk, 'ver', 1)
+  redis.call('ZREM', p .. 'st:' .. f[3], best_id)
+  redis.call('ZADD', p .. 'st:running', f[6], best_id)
+  redis.call('HINCRBY', p .. 'n', f[3] .. '|' .. best_member, -1)
+  redis.call('HINCRBY', p .. 'n', 'running|' .. best_member, 1)
+  local attempt = '{"rollout_id":' .. cjson.encode(best_id) .. ',"attempt_id":"' .. aid .. '","sequence":' .. n
+    .. ',"worker_id":' .. worker .. ',"status":"running","started_at":' .. now .. ',"ended_at":null'
+    .. ',"last_heartbeat_at":' .. now .. ',"error":null}'
+  redis.call('HSET', p .. 'at:' .. best_id, aid, attempt)
+  redis.call('HSET', p .. 'aids', aid, best_id)
+  -- a lease an older release stored as inf or nan counts as the default (see agent_lightning.limits)
+  local lease = tonumber(f[4])
+  if lease == nil or lease ~= lease or lease <= 0 or lease > 1e9 then lease = 60 end
+  local deadline = tonumber(now) + lease
+  local tmo = tonumber(f[5])
+  if tmo ~= nil and tmo == tmo and tmo > 0 and tmo <= 1e9 then deadline = math.min(deadline, tonumber(now) + tmo) end
+  redis.call('ZADD', p .. 'leases', deadline, best_id)
+  table.insert(claimed, {redis.call('HGETALL', rk), attempt})
 end
-if best_id == nil then return {'none'} end
-redis.call('ZREM', best_key, best_id)
-local rk = p .. 'ro:' .. best_id
-local f = redis.call('HMGET', rk, 'n', 'started', 'status', 'lease', 'tmo', 'seq')
-local n = tonumber(f[1]) + 1
-local started = f[2]
-if started == '' then started = now end
-redis.call('HSET', rk, 'status', 'running', 'n', n, 'started', started)
-redis.call('HINCRBY', rk, 'ver', 1)
-redis.call('ZREM', p .. 'st:' .. f[3], best_id)
-redis.call('ZADD', p .. 'st:running', f[6], best_id)
-redis.call('HINCRBY', p .. 'n', f[3] .. '|' .. best_member, -1)
-redis.call('HINCRBY', p .. 'n', 'running|' .. best_member, 1)
-local attempt = '{"rollout_id":' .. cjson.encode(best_id) .. ',"attempt_id":"' .. aid .. '","sequence":' .. n
-  .. ',"worker_id":' .. worker .. ',"status":"running","started_at":' .. now .. ',"ended_at":null'
-  .. ',"last_heartbeat_at":' .. now .. ',"error":null}'
-redis.call('HSET', p .. 'at:' .. best_id, aid, attempt)
-redis.call('HSET', p .. 'aids', aid, best_id)
--- a lease an older release stored as inf or nan counts as the default (see agent_lightning.limits)
-local lease = tonumber(f[4])
-if lease == nil or lease ~= lease or lease <= 0 or lease > 1e9 then lease = 60 end
-local deadline = tonumber(now) + lease
-local tmo = tonumber(f[5])
-if tmo ~= nil and tmo == tmo and tmo > 0 and tmo <= 1e9 then deadline = math.min(deadline, tonumber(now) + tmo) end
-redis.call('ZADD', p .. 'leases', deadline, best_id)
-return {'ok', redis.call('HGETALL', rk), attempt}
+return {'ok', claimed}
 """
 
 SUCCEED = (
     _INDEX
     + r"""
--- The usual complete_attempt(..., 'succeeded') in one step: the attempt runs, its rollout runs, and the
--- lease has not run out by the server's clock. Anything else returns {'other'}: the caller takes the
--- general path (load, transitions in Python, compare-and-set), which reaps or raises as the rules say.
--- ARGV: prefix, rollout id, attempt id, error as JSON ('null' = none). Returns {'ok', rollout hash}.
-local p, rid, aid, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local rk = p .. 'ro:' .. rid
-local f = redis.call('HMGET', rk, 'status', 'lease', 'tmo', 'tt', 'mode', 'seq')
-if f[1] ~= 'running' then return {'other'} end
-local ak = p .. 'at:' .. rid
-local attempt = redis.call('HGET', ak, aid)
-if not attempt or not string.find(attempt, '"status":"running"', 1, true) then return {'other'} end
-local started = tonumber(string.match(attempt, '"started_at":([^,}]+)'))
-local beat = tonumber(string.match(attempt, '"last_heartbeat_at":([^,}]+)'))
+-- The usual complete_attempt(..., 'succeeded'), for one attempt or a batch, in one step when every item is
+-- the usual case: the attempt runs, its rollout runs, and the lease has not run out by the server's clock.
+-- Otherwise nothing is written and it returns {'other'}: the caller takes the general path (load, transitions
+-- in Python, compare-and-set), which reaps or raises as the rules say.
+-- ARGV: prefix, count, then per attempt: rollout id, attempt id, error as JSON ('null' = none).
+-- Returns {'ok', {rollout hash, ...}}.
+local p, count = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
-local lease, tmo = tonumber(f[2]), tonumber(f[3])
-if started == nil or beat == nil or lease == nil or lease ~= lease or lease <= 0 or lease > 1e9 then
-  return {'other'}
+local found = {}
+for i = 0, count - 1 do
+  local rid, aid = ARGV[3 + i * 3], ARGV[4 + i * 3]
+  local f = redis.call('HMGET', p .. 'ro:' .. rid, 'status', 'lease', 'tmo', 'tt', 'mode', 'seq')
+  if f[1] ~= 'running' then return {'other'} end
+  local attempt = redis.call('HGET', p .. 'at:' .. rid, aid)
+  if not attempt or not string.find(attempt, '"status":"running"', 1, true) then return {'other'} end
+  local started = tonumber(string.match(attempt, '"started_at":([^,}]+)'))
+  local beat = tonumber(string.match(attempt, '"last_heartbeat_at":([^,}]+)'))
+  local lease, tmo = tonumber(f[2]), tonumber(f[3])
+  if started == nil or beat == nil or lease == nil or lease ~= lease or lease <= 0 or lease > 1e9 then
+    return {'other'}
+  end
+  if tonumber(now) > beat + lease or (tmo ~= nil and tmo == tmo and tonumber(now) - started > tmo) then
+    return {'other'}
+  end
+  found[i] = {f, attempt}
 end
-if tonumber(now) > beat + lease or (tmo ~= nil and tmo == tmo and tonumber(now) - started > tmo) then
-  return {'other'}
+local out = {}
+for i = 0, count - 1 do
+  local rid, aid, err = ARGV[3 + i * 3], ARGV[4 + i * 3], ARGV[5 + i * 3]
+  local f, attempt = found[i][1], found[i][2]
+  local rk = p .. 'ro:' .. rid
+  attempt = string.gsub(attempt, '"status":"running"', '"status":"succeeded"', 1)
+  attempt = string.gsub(attempt, '"ended_at":null', '"ended_at":' .. now, 1)
+  attempt = string.gsub(attempt, '"error":null', function() return '"error":' .. err end, 1)
+  redis.call('HSET', p .. 'at:' .. rid, aid, attempt)
+  redis.call('HSET', rk, 'status', 'succeeded', 'ended', now)
+  redis.call('HDEL', rk, 'error')
+  redis.call('HINCRBY', rk, 'ver', 1)
+  redis.call('ZREM', p .. 'leases', rid)
+  reindex(p, rid, 'running', 'succeeded', f[4], f[5], f[6])
+  table.insert(out, redis.call('HGETALL', rk))
 end
-attempt = string.gsub(attempt, '"status":"running"', '"status":"succeeded"', 1)
-attempt = string.gsub(attempt, '"ended_at":null', '"ended_at":' .. now, 1)
-attempt = string.gsub(attempt, '"error":null', function() return '"error":' .. err end, 1)
-redis.call('HSET', ak, aid, attempt)
-redis.call('HSET', rk, 'status', 'succeeded', 'ended', now)
-redis.call('HDEL', rk, 'error')
-redis.call('HINCRBY', rk, 'ver', 1)
-redis.call('ZREM', p .. 'leases', rid)
-reindex(p, rid, 'running', 'succeeded', f[4], f[5], f[6])
-return {'ok', redis.call('HGETALL', rk)}
+return {'ok', out}
 """
 )
 

@@ -23,6 +23,7 @@ from agent_lightning.store import transitions as tr
 from agent_lightning.store.base import LATEST, LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     Resource,
     ResourcesSnapshot,
@@ -261,18 +262,38 @@ class RedisLightningStore(LightningStore):
         state = _State(rollout, codec.decode_attempts(attempts, codec.lease_seconds(fields["lease"])), fields["ver"])
         return state, float(f"{seconds}.{micros:06d}")
 
+    async def _load_many(self, rollout_ids: Sequence[str]) -> tuple[dict[str, _State], float]:
+        """The rollouts that exist among ``rollout_ids`` with their attempts, and the server's time when read."""
+        pipe = self._conn().client.pipeline(transaction=False)
+        for rollout_id in rollout_ids:
+            pipe.hgetall(self._key("ro", rollout_id))
+            pipe.hgetall(self._key("at", rollout_id))
+        pipe.time()
+        *replies, (seconds, micros) = await pipe.execute()
+        states: dict[str, _State] = {}
+        for rollout_id, fields, attempts in zip(rollout_ids, replies[::2], replies[1::2], strict=True):
+            if fields:
+                lease = codec.lease_seconds(fields["lease"])
+                states[rollout_id] = _State(
+                    codec.decode_rollout(fields), codec.decode_attempts(attempts, lease), fields["ver"]
+                )
+        return states, float(f"{seconds}.{micros:06d}")
+
     async def _write(self, state: _State, rollout: Rollout, attempt: Attempt | None) -> bool:
         """Compare-and-set: store the new rollout/attempt unless the rollout changed since it was loaded."""
-        if attempt is None:
-            lease = "keep"
-        elif attempt.status == "running":
-            lease = codec.lease_deadline(rollout, attempt)
-        else:
-            lease = "del"
-        result = await self._conn().run(
-            "update",
-            [
-                self.prefix,
+        return await self._write_many([(state, rollout, attempt)])
+
+    async def _write_many(self, changes: Sequence[tuple[_State, Rollout, Attempt | None]]) -> bool:
+        """Compare-and-set of several rollouts at once: all are stored, or none if any changed since it was loaded."""
+        args: list[str | int | float] = [self.prefix, len(changes)]
+        for state, rollout, attempt in changes:
+            if attempt is None:
+                lease = "keep"
+            elif attempt.status == "running":
+                lease = codec.lease_deadline(rollout, attempt)
+            else:
+                lease = "del"
+            args += [
                 rollout.rollout_id,
                 state.version,
                 rollout.status,
@@ -283,11 +304,11 @@ class RedisLightningStore(LightningStore):
                 "" if attempt is None else attempt.attempt_id,
                 "" if attempt is None else codec.encode_attempt(attempt),
                 lease,
-            ],
-        )
-        if result == -1:
-            raise NotFound(f"no rollout with id {rollout.rollout_id!r}")
-        return bool(result)
+            ]
+        result = await self._conn().run("update", args)
+        if result[0] == "missing":
+            raise NotFound(f"no rollout with id {result[1]!r}")
+        return bool(result[0] == "ok")
 
     async def _expire(self, state: _State, now: float) -> Attempt | None:
         """Reap the rollout's running attempt if it has overrun; returns the reaped attempt (or None)."""
@@ -365,27 +386,43 @@ class RedisLightningStore(LightningStore):
     async def _claim_rollout(
         self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
     ) -> AttemptedRollout | None:
+        claimed = await self._claim(worker_id, 1, task_types, modes)
+        return claimed[0] if claimed else None
+
+    @_translate_errors
+    async def _claim_rollouts(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        return await self._claim(worker_id, limit, task_types, modes)
+
+    async def _claim(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        """Up to ``limit`` of the oldest claimable rollouts, in one script call (after reaping, if leases expired)."""
         if (task_types is not None and not task_types) or (modes is not None and not modes):
-            return None
+            return []
         filters: list[str | int] = [-1] if task_types is None else [len(task_types), *task_types]
         filters += [-1] if modes is None else [len(modes), *modes]
+        attempt_ids = [new_id("at") for _ in range(limit)]
         conn = self._conn()
         for reap_check in ("1", "0"):
             result = await conn.run(
-                "claim", [self.prefix, "", new_id("at"), json.dumps(worker_id), reap_check, *filters]
+                "claim", [self.prefix, limit, json.dumps(worker_id), reap_check, *filters, *attempt_ids]
             )
             if result[0] == "reap":
                 await self._reap(float(result[1]))
                 continue
-            if result[0] == "none":
-                return None
-            flat: list[str] = result[1]
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            return AttemptedRollout(
-                rollout=codec.decode_rollout(fields),
-                attempt=codec.decode_attempt(result[2], codec.lease_seconds(fields["lease"])),
-            )
-        return None
+            claimed: list[AttemptedRollout] = []
+            for flat, attempt in result[1]:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                claimed.append(
+                    AttemptedRollout(
+                        rollout=codec.decode_rollout(fields),
+                        attempt=codec.decode_attempt(attempt, codec.lease_seconds(fields["lease"])),
+                    )
+                )
+            return claimed
+        return []
 
     @_translate_errors
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
@@ -401,16 +438,57 @@ class RedisLightningStore(LightningStore):
     ) -> Rollout:
         if status == "succeeded":
             limits.check_text(error, "error")
-            result = await self._conn().run("succeed", [self.prefix, rollout_id, attempt_id, json.dumps(error)])
-            if result[0] == "ok":
-                flat: list[str] = result[1]
-                return codec.decode_rollout(dict(zip(flat[::2], flat[1::2], strict=True)))
+            done = await self._succeed(
+                [AttemptCompletion(rollout_id=rollout_id, attempt_id=attempt_id, status=status, error=error)]
+            )
+            if done is not None:
+                return done[0]
 
         def change(state: _State, now: float) -> tuple[Rollout, Attempt, Rollout]:
             rollout, ended = tr.finish_attempt(state.rollout, state.attempt(attempt_id), status, error, now)
             return rollout, ended, rollout
 
         return await self._mutate(rollout_id, change, reap_first=True)
+
+    async def _succeed(self, completions: Sequence[AttemptCompletion]) -> list[Rollout] | None:
+        """Finish attempts as succeeded in one script call if each is the usual case; else ``None``, nothing done."""
+        args: list[str | int | float] = [self.prefix, len(completions)]
+        for item in completions:
+            args += [item.rollout_id, item.attempt_id, json.dumps(item.error)]
+        result = await self._conn().run("succeed", args)
+        if result[0] != "ok":
+            return None
+        return [codec.decode_rollout(dict(zip(flat[::2], flat[1::2], strict=True))) for flat in result[1]]
+
+    @_translate_errors
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        if all(c.status == "succeeded" for c in completions):
+            done = await self._succeed(completions)
+            if done is not None:
+                return done
+        rollout_ids = list(dict.fromkeys(c.rollout_id for c in completions))
+        for _ in range(_CAS_RETRIES):
+            states, now = await self._load_many(rollout_ids)
+            lapsed = [
+                state
+                for state in states.values()
+                if state.attempts and tr.expiry_status(state.rollout, state.attempts[-1], now)
+            ]
+            if lapsed:  # reap them, as complete_attempt does, and look again: their attempts are over
+                for state in lapsed:
+                    await self._expire(state, now)
+                continue
+            changes: list[tuple[_State, Rollout, Attempt | None]] = []
+            for item in completions:  # every item is checked before any is written
+                state = states.get(item.rollout_id)
+                if state is None:
+                    raise NotFound(f"no rollout with id {item.rollout_id!r}")
+                attempt = state.attempt(item.attempt_id)
+                rollout, ended = tr.finish_attempt(state.rollout, attempt, item.status, item.error, now)
+                changes.append((state, rollout, ended))
+            if await self._write_many(changes):
+                return [rollout for _, rollout, _ in changes]
+        raise StoreError(f"rollouts {rollout_ids[:3]} kept changing under concurrent writers; gave up after retries")
 
     @_translate_errors
     async def cancel_rollout(self, rollout_id: str) -> Rollout:

@@ -13,6 +13,7 @@ a write transaction, row locking, the queue counter and change notifications.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from agent_lightning.store import transitions as tr
 from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStore, RolloutQuery, SpanQuery
 from agent_lightning.types import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     Resource,
     ResourcesSnapshot,
@@ -78,6 +80,24 @@ def _filtered(select: Select[Any], query: RolloutQuery) -> Select[Any]:
     if query.mode is not None:
         select = select.where(ROLLOUTS.c.mode == query.mode)
     return select
+
+
+_ROLLOUT_FIELDS = ("status", "attempt_count", "started_at", "ended_at", "error")
+_ATTEMPT_UPDATE = (
+    sa.update(ATTEMPTS)
+    .where(ATTEMPTS.c.attempt_id == sa.bindparam("b_attempt_id"))
+    .values({c.name: sa.bindparam(f"b_{c.name}") for c in ATTEMPTS.columns if c.name != "attempt_id"})
+)
+
+
+@functools.cache
+def _rollout_update(columns: tuple[str, ...]) -> sa.Update:
+    """``UPDATE`` of a rollout row by ``b_rollout_id``, setting each other ``b_<column>`` of ``columns``."""
+    return (
+        sa.update(ROLLOUTS)
+        .where(ROLLOUTS.c.rollout_id == sa.bindparam("b_rollout_id"))
+        .values({c[2:]: sa.bindparam(c) for c in columns if c != "b_rollout_id"})
+    )
 
 
 class _TryAgain(Exception):
@@ -347,26 +367,44 @@ class SqlLightningStore(LightningStore):
 
     def _save(self, conn: Connection, before: Rollout, after: Rollout, attempt: Attempt | None = None) -> None:
         """Write a transition of ``before`` to ``after`` (and ``attempt``, new or changed)."""
-        values: dict[str, Any] = {
-            "status": after.status,
-            "attempt_count": after.attempt_count,
-            "started_at": after.started_at,
-            "ended_at": after.ended_at,
-            "error": after.error,
-        }
-        if after.status in CLAIMABLE_ROLLOUT_STATUSES:
-            if before.status not in CLAIMABLE_ROLLOUT_STATUSES:
-                (values["queue_seq"],) = self._next_queue_seqs(conn, 1)  # requeued: to the back of the queue
-        else:
-            values["queue_seq"] = None
-        conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.rollout_id == after.rollout_id).values(values))
-        if attempt is not None:
-            self._save_attempt(
-                conn, attempt, after.config.timeout_seconds, new=after.attempt_count > before.attempt_count
-            )
-        if after.status != before.status and after.status in DELIVERED_STATUSES:
-            self._fan_out(conn, after)
-        if after.status != before.status and after.status != "running":
+        self._save_many(conn, [(before, after, attempt)])
+
+    def _save_many(self, conn: Connection, changes: Sequence[tuple[Rollout, Rollout, Attempt | None]]) -> None:
+        """Write transitions of rollouts, ``(before, after, attempt new or changed)``, a few statements for all."""
+        requeued = [
+            after.rollout_id
+            for before, after, _ in changes
+            if after.status in CLAIMABLE_ROLLOUT_STATUSES and before.status not in CLAIMABLE_ROLLOUT_STATUSES
+        ]
+        positions = dict(zip(requeued, self._next_queue_seqs(conn, len(requeued)), strict=True))  # back of the queue
+        rollout_rows: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for _, after, _ in changes:
+            row = {"b_rollout_id": after.rollout_id, **{f"b_{f}": getattr(after, f) for f in _ROLLOUT_FIELDS}}
+            if after.status not in CLAIMABLE_ROLLOUT_STATUSES:
+                row["b_queue_seq"] = None
+            elif after.rollout_id in positions:
+                row["b_queue_seq"] = positions[after.rollout_id]
+            rollout_rows.setdefault(tuple(row), []).append(row)
+        for columns, rows in rollout_rows.items():
+            conn.execute(_rollout_update(columns), rows)
+        new: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        for before, after, attempt in changes:
+            if attempt is not None:
+                values = codec.attempt_values(attempt, after.config.timeout_seconds)
+                if after.attempt_count > before.attempt_count:
+                    new.append(values)
+                else:
+                    changed.append({f"b_{column}": value for column, value in values.items()})
+        if new:
+            conn.execute(sa.insert(ATTEMPTS), new)
+        if changed:
+            conn.execute(_ATTEMPT_UPDATE, changed)
+        finished = [after for before, after, _ in changes if after.status != before.status]
+        delivered = [after for after in finished if after.status in DELIVERED_STATUSES]
+        if delivered:
+            self._fan_out(conn, delivered)
+        if any(after.status != "running" for after in finished):
             self._notify(conn)
 
     def _save_attempt(self, conn: Connection, attempt: Attempt, timeout_seconds: float | None, *, new: bool) -> None:
@@ -376,13 +414,13 @@ class SqlLightningStore(LightningStore):
         else:
             conn.execute(sa.update(ATTEMPTS).where(ATTEMPTS.c.attempt_id == attempt.attempt_id).values(values))
 
-    def _fan_out(self, conn: Connection, rollout: Rollout) -> None:
-        """Owe a newly finished rollout to every subscription group that wants it."""
+    def _fan_out(self, conn: Connection, rollouts: Sequence[Rollout]) -> None:
+        """Owe newly finished rollouts to every subscription group that wants them."""
+        groups = conn.execute(sa.select(SUBSCRIPTIONS.c.group_name, SUBSCRIPTIONS.c.task_types_json)).all()
         rows = [
             {"group_name": group, "rollout_id": rollout.rollout_id, "visible_at": 0.0}
-            for group, task_types in conn.execute(
-                sa.select(SUBSCRIPTIONS.c.group_name, SUBSCRIPTIONS.c.task_types_json)
-            )
+            for rollout in rollouts
+            for group, task_types in groups
             if codec.task_types_match(task_types, rollout)
         ]
         if rows:
@@ -467,34 +505,73 @@ class SqlLightningStore(LightningStore):
         await self._run_unique(work, [running], attempt_id)
         return AttemptedRollout(rollout=running, attempt=attempt)
 
-    async def _claim_rollout(
-        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
-    ) -> AttemptedRollout | None:
+    def _claim_query(
+        self, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> Select[Any]:
+        """The oldest ``limit`` claimable rollouts of the filters, locked (skipping rows others hold) where the
+        database can."""
         query = sa.select(ROLLOUTS).where(ROLLOUTS.c.queue_seq.is_not(None))
         if task_types is not None:
             query = query.where(ROLLOUTS.c.task_type.in_(list(task_types)))
         if modes is not None:
             query = query.where(ROLLOUTS.c.mode.in_(list(modes)))
-        query = self._lock_rows(query.order_by(ROLLOUTS.c.queue_seq).limit(1), skip_locked=True)
+        return self._lock_rows(query.order_by(ROLLOUTS.c.queue_seq).limit(limit), skip_locked=True)
 
-        def work(conn: Connection) -> AttemptedRollout | None:
-            now = time.time()
-            # One statement picks the head of the queue and says whether any lease has expired: the
-            # reaping (which sends requeued rollouts to the back of the queue) runs only then.
-            expired = sa.exists(self._expired_query(now, None)).label("agl_expired")
-            row = conn.execute(query.add_columns(expired)).first()
-            if row is None or row.agl_expired:
-                reaped = self._reap(conn, now)
-                if row is None and reaped:
-                    row = conn.execute(query.add_columns(expired)).first()
-            if row is None:
-                return None
-            rollout = codec.rollout_from_row(row)
-            running, attempt = tr.start_attempt(rollout, worker_id, now)
-            self._save(conn, rollout, running, attempt)
-            return AttemptedRollout(rollout=running, attempt=attempt)
+    def _claim(self, conn: Connection, worker_id: str, limit: int, query: Select[Any]) -> list[AttemptedRollout]:
+        """Claim what ``query`` (:meth:`_claim_query`) finds, in one transaction: a new attempt for each."""
+        now = time.time()
+        # One statement picks the head of the queue and says whether any lease has expired: the
+        # reaping (which sends requeued rollouts to the back of the queue) runs only then.
+        expired = sa.exists(self._expired_query(now, None)).label("agl_expired")
+        rows = conn.execute(query.add_columns(expired)).all()
+        if (not rows or rows[0].agl_expired) and self._reap(conn, now) and len(rows) < limit:
+            rows = conn.execute(query.add_columns(expired)).all()
+        claimed: list[AttemptedRollout] = []
+        for row in rows:
+            running, attempt = tr.start_attempt(codec.rollout_from_row(row), worker_id, now)
+            claimed.append(AttemptedRollout(rollout=running, attempt=attempt))
+        if claimed:
+            self._write_claims(conn, claimed)
+        return claimed
 
-        return await self._run(work, write=True)
+    def _write_claims(self, conn: Connection, claimed: Sequence[AttemptedRollout]) -> None:
+        """Write claimed rollouts (running now) and their new attempts; the default runs a statement per row."""
+        if claimed:
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.rollout_id == sa.bindparam("b_rollout_id"))
+                .values(
+                    status="running",
+                    attempt_count=sa.bindparam("b_attempt_count"),
+                    started_at=sa.bindparam("b_started_at"),
+                    queue_seq=None,
+                ),
+                [
+                    {
+                        "b_rollout_id": c.rollout.rollout_id,
+                        "b_attempt_count": c.rollout.attempt_count,
+                        "b_started_at": c.rollout.started_at,
+                    }
+                    for c in claimed
+                ],
+            )
+            conn.execute(
+                sa.insert(ATTEMPTS),
+                [codec.attempt_values(c.attempt, c.rollout.config.timeout_seconds) for c in claimed],
+            )
+
+    async def _claim_rollout(
+        self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> AttemptedRollout | None:
+        query = self._claim_query(1, task_types, modes)
+        claimed = await self._run(lambda conn: self._claim(conn, worker_id, 1, query), write=True)
+        return claimed[0] if claimed else None
+
+    async def _claim_rollouts(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        query = self._claim_query(limit, task_types, modes)
+        return await self._run(lambda conn: self._claim(conn, worker_id, limit, query), write=True)
 
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         def beat(conn: Connection, rollout: Rollout, attempt: Attempt, now: float) -> Attempt:
@@ -543,6 +620,39 @@ class SqlLightningStore(LightningStore):
             return finished
 
         return await self._change_live_attempt(rollout_id, attempt_id, finish)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        def work(conn: Connection) -> tuple[list[Rollout], Attempt | None]:
+            now = time.time()
+            rollouts: dict[str, Rollout] = {}
+            for chunk in _chunks(sorted({c.rollout_id for c in completions})):  # locked in one order: no deadlock
+                query = sa.select(ROLLOUTS).where(ROLLOUTS.c.rollout_id.in_(chunk)).order_by(ROLLOUTS.c.rollout_id)
+                rollouts.update(
+                    (row.rollout_id, codec.rollout_from_row(row)) for row in conn.execute(self._lock_rows(query))
+                )
+            attempts: dict[str, Attempt] = {}
+            for chunk in _chunks([c.attempt_id for c in completions]):
+                query = sa.select(ATTEMPTS).where(ATTEMPTS.c.attempt_id.in_(chunk))
+                attempts.update((row.attempt_id, codec.attempt_from_row(row)) for row in conn.execute(query))
+            finished: list[tuple[Rollout, Rollout, Attempt]] = []
+            for item in completions:  # every item is checked before any is written
+                rollout = rollouts.get(item.rollout_id)
+                if rollout is None:
+                    raise NotFound(f"no rollout with id {item.rollout_id!r}")
+                attempt = attempts.get(item.attempt_id)
+                if attempt is None or attempt.rollout_id != item.rollout_id:
+                    raise NotFound(f"rollout {item.rollout_id!r} has no attempt {item.attempt_id!r}")
+                expired = self._expire(conn, rollout, attempt, now)
+                if expired is not None:  # reaped and committed, as complete_attempt does; the batch is refused
+                    return [], expired
+                finished.append((rollout, *tr.finish_attempt(rollout, attempt, item.status, item.error, now)))
+            self._save_many(conn, finished)
+            return [after for _, after, _ in finished], None
+
+        done, expired = await self._run(work, write=True)
+        if expired is not None:
+            tr.require_running(expired)  # the lease ran out before this call: LeaseLost
+        return done
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         def work(conn: Connection) -> Rollout:

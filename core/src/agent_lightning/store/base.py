@@ -15,6 +15,12 @@ Rules every backend follows (the conformance suite in
 * A rollout is claimed by at most one worker at a time; leases that expire are
   reaped (attempt ``lost``/``timeout``), and the rollout is retried until it
   has had ``config.max_attempts`` attempts, then marked ``failed``.
+* ``claim_rollouts(worker_id, n)`` claims up to ``n`` rollouts in one call, each as
+  ``claim_rollout`` would; ``complete_attempts`` completes several attempts in one call, each as
+  ``complete_attempt`` would, all or nothing: one item that ``complete_attempt`` would refuse
+  (unknown id, an attempt that is not running, a bad status) raises that error and none of the
+  batch is stored. An attempt of the batch whose lease ran out is reaped, as ``complete_attempt``
+  reaps it.
 * ``add_spans`` is durable when it returns: a span is stored, or the call raised.
   ``add_span(span)`` is ``add_spans([span])``. A store does not batch or queue
   spans; the one place that batches them is the instrumentation's
@@ -54,9 +60,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from agent_lightning.errors import NotFound
 from agent_lightning.store import transitions as tr
 from agent_lightning.types import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     Resource,
     ResourcesSnapshot,
@@ -186,6 +194,39 @@ class LightningStore(ABC):
         self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
     ) -> AttemptedRollout | None: ...
 
+    async def claim_rollouts(
+        self,
+        worker_id: str,
+        limit: int,
+        *,
+        task_types: Sequence[str] | None = None,
+        modes: Sequence[RolloutMode] | None = None,
+    ) -> list[AttemptedRollout]:
+        """Claim up to ``limit`` claimable rollouts in one call, oldest first; ``[]`` when none is claimable.
+
+        Each is claimed as :meth:`claim_rollout` claims one (same filters, a new attempt owned by
+        ``worker_id``, its lease starting now), so fewer than ``limit`` come back only when no more
+        are claimable. ``limit`` is 0 to :data:`~agent_lightning.limits.MAX_BATCH`. Claim no more
+        than the caller will start at once: a lease runs from the claim.
+        """
+        tr.check_worker_id(worker_id)
+        tr.check_claim_limit(limit)
+        if limit == 0:
+            return []
+        return await self._claim_rollouts(worker_id, limit, task_types, modes)
+
+    async def _claim_rollouts(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        """``_claim_rollout`` up to ``limit`` times; backends override it to claim in one transaction or script."""
+        claimed: list[AttemptedRollout] = []
+        while len(claimed) < limit:
+            item = await self._claim_rollout(worker_id, task_types, modes)
+            if item is None:
+                break
+            claimed.append(item)
+        return claimed
+
     @abstractmethod
     async def heartbeat(self, rollout_id: str, attempt_id: str) -> Attempt:
         """Extend the attempt's lease. Raises :class:`~agent_lightning.errors.LeaseLost` if it is over."""
@@ -206,6 +247,44 @@ class LightningStore(ABC):
     async def _complete_attempt(
         self, rollout_id: str, attempt_id: str, status: Literal["succeeded", "failed"], error: str | None
     ) -> Rollout: ...
+
+    async def complete_attempts(self, completions: Sequence[AttemptCompletion]) -> list[Rollout]:
+        """Finish several attempts in one call; returns their rollouts, in order.
+
+        Each item is done as :meth:`complete_attempt` does it (a failed one requeues its rollout
+        while attempts remain). All or nothing: if ``complete_attempt`` would refuse an item
+        (:class:`~agent_lightning.errors.NotFound`, :class:`~agent_lightning.errors.LeaseLost` for an
+        attempt that is not running, ``ValueError`` for a bad status or error text, or the same
+        attempt twice), the first such item's error is raised and none of the batch is stored. An
+        attempt whose lease ran out is reaped, as ``complete_attempt`` reaps it, and the batch
+        raises ``LeaseLost``. At most :data:`~agent_lightning.limits.MAX_BATCH` items.
+        """
+        items = tr.check_completions(completions)
+        if not items:
+            return []
+        return await self._complete_attempts(items)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        """Check every item, then ``_complete_attempt`` each; backends override it to do both in one transaction.
+
+        A change that races with it (a lease running out between the check and the write) can
+        leave such a batch partly stored; every backend of this repository completes atomically.
+        """
+        now = time.time()
+        for item in completions:  # refuse a bad item before anything of the batch is stored
+            rollout = await self.get_rollout(item.rollout_id)
+            attempt = await self._attempt_of(item.rollout_id, item.attempt_id)
+            if attempt.status == "running" and tr.expiry_status(rollout, attempt, now) is not None:
+                await self.reap_expired()  # by the store's clock, as complete_attempt would reap it
+                attempt = await self._attempt_of(item.rollout_id, item.attempt_id)
+            tr.require_running(attempt)
+        return [await self._complete_attempt(i.rollout_id, i.attempt_id, i.status, i.error) for i in completions]
+
+    async def _attempt_of(self, rollout_id: str, attempt_id: str) -> Attempt:
+        for attempt in await self.get_attempts(rollout_id):
+            if attempt.attempt_id == attempt_id:
+                return attempt
+        raise NotFound(f"rollout {rollout_id!r} has no attempt {attempt_id!r}")
 
     @abstractmethod
     async def cancel_rollout(self, rollout_id: str) -> Rollout:

@@ -19,6 +19,7 @@ from agent_lightning.store.base import DELIVERED_STATUSES, LATEST, LightningStor
 from agent_lightning.store.notify import ChangeNotifier
 from agent_lightning.types import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     Resource,
     ResourcesSnapshot,
@@ -186,8 +187,19 @@ class InMemoryLightningStore(LightningStore):
     async def _claim_rollout(
         self, worker_id: str, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
     ) -> AttemptedRollout | None:
+        claimed = self._claim(worker_id, 1, task_types, modes)
+        return claimed[0] if claimed else None
+
+    async def _claim_rollouts(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
+        return self._claim(worker_id, limit, task_types, modes)
+
+    def _claim(
+        self, worker_id: str, limit: int, task_types: Sequence[str] | None, modes: Sequence[RolloutMode] | None
+    ) -> list[AttemptedRollout]:
         now = time.time()
-        claimed: AttemptedRollout | None = None
+        claimed: list[AttemptedRollout] = []
         with self._lock:
             self._reap(now)
             for rollout_id in list(self._queue):
@@ -202,9 +214,10 @@ class InMemoryLightningStore(LightningStore):
                 self._queue.remove(rollout_id)
                 running, attempt = tr.start_attempt(rollout, worker_id, now)
                 self._save(running, attempt)
-                claimed = AttemptedRollout(rollout=_copy(running), attempt=_copy(attempt))
-                break
-        if claimed is not None:
+                claimed.append(AttemptedRollout(rollout=_copy(running), attempt=_copy(attempt)))
+                if len(claimed) == limit:
+                    break
+        if claimed:
             self._changed.notify_all()
         return claimed
 
@@ -228,6 +241,20 @@ class InMemoryLightningStore(LightningStore):
             self._save(rollout, ended)
         self._changed.notify_all()
         return _copy(rollout)
+
+    async def _complete_attempts(self, completions: list[AttemptCompletion]) -> list[Rollout]:
+        now = time.time()
+        with self._lock:
+            self._reap(now)
+            finished: list[tuple[Rollout, Attempt]] = []
+            for item in completions:  # every item is checked before any is saved
+                _, attempt = self._attempt(item.rollout_id, item.attempt_id)
+                rollout = self._rollout(item.rollout_id)
+                finished.append(tr.finish_attempt(rollout, attempt, item.status, item.error, now))
+            for rollout, ended in finished:
+                self._save(rollout, ended)
+        self._changed.notify_all()
+        return [_copy(rollout) for rollout, _ in finished]
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         now = time.time()

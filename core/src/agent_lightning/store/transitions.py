@@ -14,7 +14,7 @@ from typing import Any
 
 from agent_lightning import limits
 from agent_lightning.errors import InvalidTransition, LeaseLost
-from agent_lightning.types import Attempt, Rollout, RolloutRequest, Span
+from agent_lightning.types import Attempt, AttemptCompletion, Rollout, RolloutRequest, Span
 from agent_lightning.types.resources import LLM, ToolConfig
 from agent_lightning.types.rollouts import (
     CLAIMABLE_ROLLOUT_STATUSES,
@@ -229,6 +229,42 @@ def check_timeout(name: str, value: float | None) -> None:
 def check_worker_id(worker_id: object) -> None:
     """``claim_rollout``'s ``worker_id``: a non-empty id."""
     limits.check_id(worker_id, "worker_id")
+
+
+def check_claim_limit(limit: object) -> None:
+    """``claim_rollouts``' ``limit``: an integer from 0 to :data:`~agent_lightning.limits.MAX_BATCH`."""
+    limits.check_int(limit, "limit")
+    assert isinstance(limit, int)
+    if limit > limits.MAX_BATCH:
+        raise ValueError(f"limit must be at most {limits.MAX_BATCH} rollouts per claim_rollouts call, got {limit}")
+
+
+def check_completions(completions: Sequence[AttemptCompletion]) -> list[AttemptCompletion]:
+    """Refuse a ``complete_attempts`` batch with an invalid item or one attempt twice, before anything is stored.
+
+    Each item is validated again (one built with ``model_construct`` cannot slip a bad status through);
+    returns the items as validated.
+    """
+    if len(completions) > limits.MAX_BATCH:
+        raise ValueError(
+            f"complete_attempts takes at most {limits.MAX_BATCH} attempts per call, got {len(completions)}"
+        )
+    seen: set[tuple[str, str]] = set()
+    valid: list[AttemptCompletion] = []
+    for index, item in enumerate(completions):
+        if not isinstance(item, AttemptCompletion):
+            raise TypeError(f"completions[{index}] is a {type(item).__name__}, not an AttemptCompletion")
+        try:
+            item = AttemptCompletion.model_validate(item.__dict__)
+            limits.check_text(item.error, "error")
+        except ValueError as exc:
+            raise ValueError(f"completions[{index}] is invalid: {exc}") from exc
+        key = (item.rollout_id, item.attempt_id)
+        if key in seen:
+            raise ValueError(f"attempt {item.attempt_id!r} of rollout {item.rollout_id!r} appears twice in one batch")
+        seen.add(key)
+        valid.append(item)
+    return valid
 
 
 def check_now(now: float | None) -> None:

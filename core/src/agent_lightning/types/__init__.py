@@ -4,6 +4,7 @@ from agent_lightning.types.resources import LLM, PromptTemplate, Resource, Resou
 from agent_lightning.types.rewards import Reward, RewardValue
 from agent_lightning.types.rollouts import (
     Attempt,
+    AttemptCompletion,
     AttemptedRollout,
     AttemptStatus,
     Rollout,
@@ -19,6 +20,7 @@ from agent_lightning.types.training import Episode, Sample, Trajectory
 __all__ = [
     "LLM",
     "Attempt",
+    "AttemptCompletion",
     "AttemptStatus",
     "AttemptedRollout",
     "AttributeValue",

@@ -212,6 +212,17 @@ class Subscription(BaseModel):
     """Rollouts pulled and not yet acknowledged, within their visibility timeout."""
 
 
+class AttemptCompletion(BaseModel):
+    """One item of ``LightningStore.complete_attempts``: what one ``complete_attempt`` call takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rollout_id: str
+    attempt_id: str
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+
+
 class AttemptedRollout(BaseModel):
     """A claimed rollout together with the attempt the claimer now owns."""
 
