@@ -32,8 +32,8 @@ client claims (``claim_rollout``, ``claim_rollouts``) and reads resources with i
 about a claimed attempt (``heartbeat``, ``add_spans``, ``complete_attempt``, ``get_rollout``,
 ``get_attempts``, ``query_spans``) with the attempt token the claim answered with; ``add_spans`` and
 ``complete_attempts`` then send one request per attempt (each all-or-nothing; a retry after a partial
-failure is safe: ``add_spans`` is idempotent and a completion's retry is checked as above). A child process started for an attempt (``ScriptAgent``) gets that
-attempt's token in ``$AGL_ATTEMPT_TOKEN``.
+failure is safe: ``add_spans`` is idempotent and a completion's retry is checked as above). A child
+process started for an attempt (``ScriptAgent``) gets that attempt's token in ``$AGL_ATTEMPT_TOKEN``.
 """
 
 from __future__ import annotations
