@@ -208,11 +208,12 @@ def _short_args(tmp_path: Path, model: Path, *extra: str) -> list[str]:
 
 def test_shortened_sft_demo_samples_keeps_trains_and_compares(tmp_path: Path) -> None:
     """``agl demo --algorithm sft``: rollouts of the untrained model, the kept ones trained on, the checkpoint
-    evaluated (every rollout kept here: a random tiny model never succeeds, so ``min_reward=0``)."""
+    evaluated (every rollout kept here: a random tiny model never succeeds nor calls a tool, so ``min_reward=0`` and
+    no ``require_tool_call``)."""
     _require_framework("openai")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    sets = ["min_reward=0", "collect_tasks=2", "group_size=2", "max_new_tokens=8"]
+    sets = ["min_reward=0", "require_tool_call=false", "collect_tasks=2", "group_size=2", "max_new_tokens=8"]
     extra = ["--algorithm", "sft", *(item for value in sets for item in ("--set", value))]
     args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), *extra))
     config = config_from_args(args)

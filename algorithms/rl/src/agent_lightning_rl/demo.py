@@ -67,9 +67,11 @@ SFT_DEFAULT_CONFIG: dict[str, Any] = {
     "temperature": 0.7,
     "mini_batch_size": 8,
     "autocast": "bfloat16",
+    "require_tool_call": True,
 }
 """Rejection sampling then SFT (``--algorithm sft``): 4 tries at temperature 0.7 of 24 training tasks by the untrained
-model, the successful ones kept, ``--iterations`` epochs (default 2) of masked NLL on them."""
+model, the successful ones that called the calculator kept (``require_tool_call``: a reply that writes the tool's
+answer as text also passes the reward), ``--iterations`` epochs (default 2) of masked NLL on them."""
 APO_DEFAULT_CONFIG: dict[str, Any] = {
     "seed_examples": [],
     "max_demos": 3,
