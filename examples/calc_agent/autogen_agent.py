@@ -18,7 +18,7 @@ from autogen_core.models import (
     UserMessage,
 )
 from autogen_ext.models.openai import OpenAIChatCompletionClient
-from tasks import Shot, compute_reward, system_prompt
+from tasks import Shot, compute_reward, labeled_example, system_prompt
 from tasks import calculator as evaluate
 from tasks import worked_examples as shots
 
@@ -73,3 +73,7 @@ async def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
     result = await solver.run(task=task["question"])
     await client.close()
     agl.emit_reward(compute_reward(str(result.messages[-1].content), task["answer"]))
+
+
+agent.worked_example = labeled_example  # type: ignore[attr-defined]
+"""How a training task looks as a worked example (demonstration search's labeled examples, ``max_labeled_demos``)."""

@@ -10,7 +10,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from tasks import Shot, compute_reward, system_prompt
+from tasks import Shot, compute_reward, labeled_example, system_prompt
 from tasks import calculator as evaluate
 from tasks import worked_examples as shots
 
@@ -43,3 +43,7 @@ def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
     messages = [*worked_examples(shots(ctx)), HumanMessage(task["question"])]
     state = graph.invoke({"messages": messages}, {"recursion_limit": 8})
     agl.emit_reward(compute_reward(str(state["messages"][-1].content), task["answer"]))
+
+
+agent.worked_example = labeled_example  # type: ignore[attr-defined]
+"""How a training task looks as a worked example (demonstration search's labeled examples, ``max_labeled_demos``)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import agent_lightning as agl
 from openai import OpenAI
-from tasks import SYSTEM_PROMPT, Shot, calculator, compute_reward, system_prompt
+from tasks import SYSTEM_PROMPT, Shot, calculator, compute_reward, labeled_example, system_prompt
 from tasks import worked_examples as shots
 
 TOOLS = [
@@ -84,3 +84,7 @@ def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
     sampling = {"max_tokens": 96, **llm.sampling_parameters}  # the endpoint's settings: greedy when evaluating
     result = solve(client, llm.model, task["question"], system=system_prompt(ctx), examples=shots(ctx), **sampling)
     agl.emit_reward(compute_reward(result, task["answer"]))
+
+
+agent.worked_example = labeled_example  # type: ignore[attr-defined]
+"""How a training task looks as a worked example (demonstration search's labeled examples, ``max_labeled_demos``)."""

@@ -89,6 +89,30 @@ A 135M model never calls a tool from the instruction alone; with these three sol
 calculator about half the time, often enough for training to reinforce the calls that work. No example question
 is produced by :func:`make_tasks` (its templates and number ranges differ)."""
 
+
+def labeled_example(task: dict[str, Any]) -> dict[str, Any] | None:
+    """A task rendered from its label as a worked example (demonstration search's labeled demos): the question, a
+    calculator call with the task's ``expression``, the real :func:`calculator` result, ``ANSWER: n``, as the OpenAI
+    chat messages of the ``worked_examples`` resource. ``None`` for a task without a usable label (no expression, or
+    one whose result is not the task's answer)."""
+    question, expression, answer = task.get("question"), task.get("expression"), task.get("answer")
+    if not isinstance(question, str) or not isinstance(expression, str) or not isinstance(answer, (int, float)):
+        return None
+    result = calculator(expression)
+    if compute_reward(result, answer) < 1.0:
+        return None
+    arguments = json.dumps({"expression": expression})
+    call = {"id": "call_0", "type": "function", "function": {"name": "calculator", "arguments": arguments}}
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": result},
+            {"role": "assistant", "content": f"ANSWER: {result}"},
+        ]
+    }
+
+
 PROMPT_RESOURCE = "system_prompt"
 """The resource (a ``PromptTemplate``) that replaces :data:`SYSTEM_PROMPT` when the rollout's resources have it."""
 EXAMPLES_RESOURCE = "worked_examples"

@@ -69,3 +69,33 @@ def test_shots_from_trace_conversations(calc: Any) -> None:
     assert tasks.worked_examples(Ctx()) == [("What is 6 times 7?", "6 * 7", "42", "ANSWER: 42")]
     assert tasks.system_prompt(Ctx()) == tasks.SYSTEM_PROMPT
     assert len(tasks.worked_examples(None)) == len(tasks.EXAMPLES)
+
+
+def test_a_labeled_task_as_a_worked_example(calc: Any) -> None:
+    tasks, openai_agent = calc
+    task = {"question": "There are 7 boxes with 12 pens in each box. How many pens are there?", "answer": 84,
+            "expression": "7 * 12"}  # fmt: skip
+    example = openai_agent.agent.worked_example(task)
+    assert example == tasks.labeled_example(task)
+    call = {
+        "id": "call_0",
+        "type": "function",
+        "function": {"name": "calculator", "arguments": '{"expression": "7 * 12"}'},
+    }
+    assert example["messages"] == [
+        {"role": "user", "content": task["question"]},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "84"},  # the real calculator's result
+        {"role": "assistant", "content": "ANSWER: 84"},
+    ]
+
+    class Ctx:
+        resources = agl.ResourcesSnapshot(
+            resources_id="r", version=1, resources={"worked_examples": agl.ToolConfig(config={"examples": [example]})}
+        )
+
+    # the agents read it back as one calculator-using shot
+    assert tasks.worked_examples(Ctx()) == [(task["question"], "7 * 12", "84", "ANSWER: 84")]
+    # no label to render from, or one the calculator contradicts: none
+    assert tasks.labeled_example({"question": "What is 2 plus 2?", "answer": 4}) is None
+    assert tasks.labeled_example({**task, "answer": 85}) is None

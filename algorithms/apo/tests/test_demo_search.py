@@ -123,3 +123,83 @@ def test_no_llm_resource_is_a_clear_error(calc: Any, tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="no LLM resource"):
         trainer.train()
+
+
+def test_labeled_examples_teach_a_start_that_never_succeeds(calc: Any, served: Any, tmp_path: Path) -> None:
+    """No "What is" question: the start fails every task, so only labeled examples (rendered by the agent's
+    ``worked_example``) get bootstrapping going; the teacher's real calculator calls become bootstrapped examples."""
+    tasks, openai_agent = calc
+    train, val = split(tasks, 10, 8)
+    train, val = ([t for t in part if not t["question"].startswith("What is")] for part in (train, val))
+    store, _ = served(train + val)
+    config = DemoSearchConfig(
+        seed_examples=[], max_demos=2, max_labeled_demos=3, require_tool_call=True, num_candidates=4,
+        minibatch_size=3, bootstrap_tasks=3, rollout_budget=60,
+    )  # fmt: skip
+    algorithm = DemonstrationSearch(config)
+    agl.Trainer(algorithm, store=store, agent=openai_agent.agent, train_dataset=train, val_dataset=val, n_runners=2,
+                run_dir=tmp_path).train()  # fmt: skip
+    # one labeled example per training task, as the agent renders it
+    assert algorithm.labeled == [openai_agent.agent.worked_example(t) for t in train]
+    # the teacher (c1) is the labeled-only candidate: the start's prompt with 3 labeled examples
+    teacher = algorithm.candidates["c1"]
+    assert teacher.note.startswith("labeled-only") and teacher.examples is not None and len(teacher.examples) == 3
+    assert all(e in algorithm.labeled for e in teacher.examples)
+    shown = [e["messages"][0]["content"] for e in teacher.examples]
+    # it ran the bootstrap, on training tasks it does not show; every one called the calculator and succeeded
+    rollouts = _rollouts(store)
+    bootstrap = [r for r in rollouts if r.metadata["apo.phase"] == "bootstrap"]
+    assert {r.metadata["apo.candidate"] for r in bootstrap} == {"c1"} and len(bootstrap) == 3
+    assert not {r.input["question"] for r in bootstrap} & set(shown)  # type: ignore[index]
+    assert len(algorithm.demos) == 3
+    for demo in algorithm.demos:
+        assert [m["role"] for m in demo] == ["user", "assistant", "tool", "assistant"]
+        assert demo[2]["content"] == tasks.calculator(labeled_expression(train, demo[0]["content"]))
+    # the kinds of candidates, each with max_labeled_demos examples in all, labeled ones filling up
+    kinds = [c.note.split(":")[0] for c in algorithm.candidates.values()]
+    assert kinds[:3] == ["starting point", "labeled-only", "bootstrapped"] and set(kinds[3:]) == {"random"}
+    assert len(algorithm.candidates) - 1 == 4
+    for candidate in list(algorithm.candidates.values())[1:]:
+        assert candidate.examples is not None and len(candidate.examples) == 3
+        questions = [e["messages"][0]["content"] for e in candidate.examples]
+        assert len(set(questions)) == 3
+    bootstrapped = algorithm.candidates["c2"].examples
+    assert bootstrapped is not None and [e["messages"] for e in bootstrapped[:2]] == algorithm.demos[:2]
+    # the start scores 0.1 (a well-formed wrong answer) everywhere; examples make the scripted model use the tool
+    assert algorithm.candidates["c0"].mean() == pytest.approx(0.1)
+    assert algorithm.best is not None and algorithm.best.mean() == 1.0
+    assert len(rollouts) == algorithm.spent <= 60
+
+
+def labeled_expression(train: list[dict[str, Any]], question: str) -> str:
+    return next(t["expression"] for t in train if t["question"] == question)
+
+
+def test_labeled_examples_need_the_agents_worked_example(calc: Any, served: Any, tmp_path: Path) -> None:
+    tasks, openai_agent = calc
+    train, val = split(tasks, 4, 4)
+    store, _ = served(train + val)
+
+    def plain(task: dict[str, Any], ctx: agl.TrainingContext) -> None:  # the same agent, without worked_example
+        openai_agent.agent(task, ctx)
+
+    algorithm = DemonstrationSearch(DemoSearchConfig(seed_examples=[], max_labeled_demos=2))
+    trainer = agl.Trainer(algorithm, store=store, agent=plain, train_dataset=train, val_dataset=val, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="has no worked_example\\(task\\) method") as info:
+        trainer.train()
+    assert "max_labeled_demos=0" in str(info.value)
+    assert _rollouts(store) == []  # refused before running anything
+
+    class Broken(agl.LitAgent):
+        def rollout(self, task: Any, ctx: agl.TrainingContext) -> None:
+            openai_agent.agent(task, ctx)
+
+        def worked_example(self, task: Any) -> dict[str, Any]:
+            return {"messages": [{"role": "assistant", "content": "ANSWER: 1"}]}  # no question
+
+    algorithm = DemonstrationSearch(DemoSearchConfig(seed_examples=[], max_labeled_demos=2))
+    trainer = agl.Trainer(algorithm, store=store, agent=Broken(), train_dataset=train, val_dataset=val,
+                          run_dir=tmp_path)  # fmt: skip
+    with pytest.raises(TypeError, match="Broken.worked_example\\(task\\) must return None or"):
+        trainer.train()
+    assert _rollouts(store) == []

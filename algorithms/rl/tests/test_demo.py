@@ -188,6 +188,8 @@ def test_the_three_calculator_agents_send_the_model_the_same_conversation() -> N
         ]
         conversations[framework] = (_conversation(first), _conversation(second))
         assert rewards == [1.0], framework
+        labeled = {**task, "expression": "17 * 3"}  # each variant renders labeled tasks alike (demonstration search)
+        assert agent.worked_example(labeled) == tasks.labeled_example(labeled) is not None, framework
     openai_first, _ = conversations["openai"]
     shots = [m for m in openai_first if m[0] == "assistant" and m[2]]
     assert len(shots) == len(tasks.EXAMPLES) >= 1  # the worked examples are in the prompt
@@ -206,11 +208,12 @@ def _short_args(tmp_path: Path, model: Path, *extra: str) -> list[str]:
 
 def test_shortened_sft_demo_samples_keeps_trains_and_compares(tmp_path: Path) -> None:
     """``agl demo --algorithm sft``: rollouts of the untrained model, the kept ones trained on, the checkpoint
-    evaluated (every rollout kept here: a random tiny model never succeeds, so ``min_reward=0``)."""
+    evaluated (every rollout kept here: a random tiny model never succeeds nor calls a tool, so ``min_reward=0`` and
+    no ``require_tool_call``)."""
     _require_framework("openai")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    sets = ["min_reward=0", "collect_tasks=2", "group_size=2", "max_new_tokens=8"]
+    sets = ["min_reward=0", "require_tool_call=false", "collect_tasks=2", "group_size=2", "max_new_tokens=8"]
     extra = ["--algorithm", "sft", *(item for value in sets for item in ("--set", value))]
     args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), *extra))
     config = config_from_args(args)
@@ -234,7 +237,9 @@ def test_shortened_apo_demo_searches_worked_examples_and_evaluates_start_and_bes
     _require_framework("openai")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    sets = ["success_threshold=0", "minibatch_size=1", "bootstrap_tasks=3"]
+    # a random tiny model never calls the calculator: keep any rollout, and show 2 of the 3 training tasks labeled
+    sets = ["success_threshold=0", "minibatch_size=1", "bootstrap_tasks=3", "require_tool_call=false",
+            "max_labeled_demos=2"]  # fmt: skip
     extra = ["--algorithm", "apo", "--iterations", "2", "--selection-size", "2"]
     extra += [item for value in sets for item in ("--set", value)]
     args = parser.parse_args(_short_args(tmp_path, save_tiny_policy(tmp_path / "tiny"), *extra))
@@ -244,7 +249,8 @@ def test_shortened_apo_demo_searches_worked_examples_and_evaluates_start_and_bes
     result = run_demo(config)
     assert result.checkpoint is None and result.iterations >= 1
     apo = result.extra["apo"]
-    assert apo["bootstrap_demos"] >= 1 and apo["selection_tasks"] == 2 and apo["rollouts_spent"] <= 200
+    assert apo["bootstrap_demos"] == 1 and apo["selection_tasks"] == 2 and apo["rollouts_spent"] <= 200
+    assert apo["labeled_demos"] == 3  # each training task rendered by the agent's worked_example
     sync = SyncStore(store)
     rollouts = sync.query_rollouts(limit=200)
     evaluations = [r for r in rollouts if "apo.candidate" not in r.metadata]

@@ -136,6 +136,43 @@ def test_no_successful_rollout_says_how_to_fix_it(tokenizer: PreTrainedTokenizer
     assert "min_reward" in message and "dataset" in message
 
 
+def test_require_tool_call_keeps_only_rollouts_in_which_the_model_called_a_tool(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    """A reply that writes the tool's answer as text passes the reward as a real call does; ``require_tool_call``
+    keeps only the rollout whose model call returned a structured tool call."""
+    store = InMemoryLightningStore()
+    sync = SyncStore(store)
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    outputs = [[{"role": "assistant", "content": "", "tool_calls": [call]}], [{"role": "assistant", "content": "5"}]]
+    called = add_rollout(sync, {"q": "2+3"}, _multi_turn(tokenizer, "What is 2+3?"), 1.0, outputs=outputs)
+    add_rollout(sync, {"q": "2+4"}, _multi_turn(tokenizer, "What is 2+4?"), 0.0, outputs=outputs)  # a failed call
+    imitation = "<tool_response>\n2 + 3 = 5"
+    imitated = add_rollout(
+        sync, {"q": "2+3"}, [(_ids(tokenizer, "user What is 2+3? assistant"), _ids(tokenizer, imitation))], 1.0,
+        outputs=[[{"role": "assistant", "content": imitation}]],
+    )  # fmt: skip
+    model_dir = save_tiny_policy(tokenizer, tmp_path / "m")
+
+    def train(store: InMemoryLightningStore, run: str, **options: Any) -> SupervisedFineTuning:
+        algorithm = SupervisedFineTuning(SFTConfig(model=model_dir, aggregation="trajectory", **options))
+        Trainer(algorithm, store=store, run_dir=tmp_path / run).train(num_iterations=1)
+        return algorithm
+
+    strict = train(store, "strict", require_tool_call=True)
+    assert {s.rollout_id for s in strict.data} == {called.rollout_id}
+    lines = [json.loads(x) for x in (tmp_path / "strict" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["data/kept_rollouts"] == 1 and lines[0]["data/tool_call_rollouts"] == 2
+    # without it the imitation is trained on as well
+    assert {s.rollout_id for s in train(store, "lenient").data} == {called.rollout_id, imitated.rollout_id}
+    # successes, but none with a call: the error says so
+    only_imitations = InMemoryLightningStore()
+    add_rollout(SyncStore(only_imitations), {"q": "2+3"}, [([1, 2], [3, 4])], 1.0, outputs=[[{"role": "assistant",
+                "content": imitation}]])  # fmt: skip
+    with pytest.raises(NoTrainingData, match="none of them made a tool call \\(require_tool_call is set\\)"):
+        train(only_imitations, "none", require_tool_call=True)
+
+
 CHAT = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is 2+3?"},

@@ -24,11 +24,14 @@ def llm_span(
     seq: int,
     agent: str | None = None,
     logprobs: Sequence[float] | None = None,
+    output: Sequence[dict[str, Any]] | None = None,
 ) -> Span:
     attributes: dict[str, Any] = {
         semconv.PROMPT_TOKEN_IDS: list(prompt),
         semconv.COMPLETION_TOKEN_IDS: list(completion),
     }
+    if output is not None:
+        attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = list(output)
     if logprobs is not None:
         attributes[semconv.COMPLETION_LOGPROBS] = list(logprobs)
     if agent is not None:
@@ -76,8 +79,10 @@ def add_rollout(
     *,
     agents: Sequence[str | None] | None = None,
     resources_id: str | None = None,
+    outputs: Sequence[Sequence[dict[str, Any]]] | None = None,
 ) -> Rollout:
-    """A finished rollout whose agent made ``calls`` (prompt ids, completion ids) and got ``reward``."""
+    """A finished rollout whose agent made ``calls`` (prompt ids, completion ids; ``outputs[i]``: the output messages
+    call ``i`` recorded) and got ``reward``."""
     attempted = sync.start_rollout(RolloutRequest(input=task, resources_id=resources_id))
     rid, aid = attempted.rollout_id, attempted.attempt_id
     trace = new_trace_id()
@@ -87,7 +92,8 @@ def add_rollout(
     spans = [root]
     for i, (prompt, completion) in enumerate(calls):
         agent = agents[i] if agents is not None else None
-        spans.append(llm_span(rid, aid, trace, root.span_id, prompt, completion, seq=2 + i, agent=agent))
+        output = outputs[i] if outputs is not None else None
+        spans.append(llm_span(rid, aid, trace, root.span_id, prompt, completion, seq=2 + i, agent=agent, output=output))
     spans.append(reward_span(rid, aid, trace, root.span_id, reward, seq=2 + len(calls)))
     sync.add_spans(spans)
     return sync.complete_attempt(rid, aid, "succeeded")  # type: ignore[no-any-return]

@@ -1,7 +1,7 @@
 """Agent Lightning APO: optimize the prompt and worked examples an agent reads from its resources.
 
-* :class:`DemonstrationSearch` (``apo``): successful traces become worked examples; random subsets are scored on
-  validation tasks (minibatch first) and the best is kept.
+* :class:`DemonstrationSearch` (``apo``): successful traces and labeled training tasks become worked examples;
+  subsets are scored on validation tasks (minibatch first) and the best is kept.
 * :class:`ReflectiveEvolution` (``gepa``): an optimizer LLM reads traces and rewards and edits the prompt;
   candidates live on a Pareto front over validation tasks.
 """

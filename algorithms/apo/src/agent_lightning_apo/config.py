@@ -52,7 +52,12 @@ class DemoSearchConfig(APOConfig):
     """Demonstration search (DSPy's bootstrapped few-shot with random search)."""
 
     max_demos: int = Field(default=3, ge=1)
-    """Worked examples per candidate (k)."""
+    """Bootstrapped worked examples per candidate, at most (DSPy's ``max_bootstrapped_demos``)."""
+    max_labeled_demos: int = Field(default=0, ge=0)
+    """Labeled worked examples: training tasks rendered from their labels by the agent's ``worked_example(task)``
+    (DSPy's ``max_labeled_demos``). The teacher that bootstraps, and the labeled-only candidate, show this many;
+    other candidates are filled up with labeled examples to this many examples in all. 0: none (the agent needs no
+    ``worked_example``)."""
     num_candidates: int | None = Field(default=None, ge=1)
     """Example subsets scored beyond the starting candidate (default: the Trainer's ``num_iterations``)."""
     bootstrap_tasks: int | None = Field(default=None, ge=1)

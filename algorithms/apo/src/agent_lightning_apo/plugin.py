@@ -18,7 +18,7 @@ def agl_register_algorithms(register: Callable[[AlgorithmEntry], None]) -> None:
             algorithm="agent_lightning_apo.demos:DemonstrationSearch",
             config="agent_lightning_apo.config:DemoSearchConfig",
             exports={"APO": "agent_lightning_apo.demos:DemonstrationSearch"},
-            description="demonstration search: successful traces become worked examples, random subsets evaluated",
+            description="demonstration search: successful traces and labeled tasks as worked examples, subsets scored",
             package=PACKAGE,
         )
     )

@@ -40,6 +40,8 @@ class Candidate:
     prompt: str | None
     examples: list[dict[str, Any]] | None
     parent: str | None = None
+    note: str = ""
+    """What the candidate is (``apo.note`` on its resources snapshot)."""
     scores: dict[int, float] = field(default_factory=dict)
     """Validation scores by task index (filled as the candidate is evaluated)."""
 
@@ -143,6 +145,7 @@ class PromptSearch(Algorithm):
                 c.candidate_id: {
                     "resources_id": c.resources_id,
                     "parent": c.parent,
+                    "note": c.note,
                     "val_mean": c.mean() if c.scores else None,
                     "val_tasks_scored": len(c.scores),
                 }
@@ -205,7 +208,7 @@ class PromptSearch(Algorithm):
             self._resources(prompt, examples),
             {CANDIDATE_KEY: candidate_id, "apo.algorithm": self.name, "apo.parent": parent, "apo.note": note},
         )
-        candidate = Candidate(candidate_id, snapshot.resources_id, prompt, examples, parent)
+        candidate = Candidate(candidate_id, snapshot.resources_id, prompt, examples, parent, note)
         self.candidates[candidate_id] = candidate
         return candidate
 

@@ -166,6 +166,10 @@ class SFTConfig(RLConfig):
     """Keep rollouts with at least this reward; default ``success_threshold``."""
     best_of_group: bool = False
     """Of the rollouts that pass ``min_reward``, keep only the best one of each group (task)."""
+    require_tool_call: bool = False
+    """Keep only rollouts in which the model made a tool call (a structured call in a recorded model call's output,
+    not tool-call or tool-result markup written as text), so a reply that imitates the tool and happens to pass the
+    reward is not trained on (demonstration search's ``require_tool_call``)."""
     collect_tasks: int | None = Field(default=None, ge=1)
     """Training tasks the starting policy tries (rejection sampling); default all."""
     dataset: str | None = None

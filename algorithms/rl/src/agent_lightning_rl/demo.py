@@ -67,24 +67,28 @@ SFT_DEFAULT_CONFIG: dict[str, Any] = {
     "temperature": 0.7,
     "mini_batch_size": 8,
     "autocast": "bfloat16",
+    "require_tool_call": True,
 }
 """Rejection sampling then SFT (``--algorithm sft``): 4 tries at temperature 0.7 of 24 training tasks by the untrained
-model, the successful ones kept, ``--iterations`` epochs (default 2) of masked NLL on them."""
+model, the successful ones that called the calculator kept (``require_tool_call``: a reply that writes the tool's
+answer as text also passes the reward), ``--iterations`` epochs (default 2) of masked NLL on them."""
 APO_DEFAULT_CONFIG: dict[str, Any] = {
     "seed_examples": [],
     "max_demos": 3,
+    "max_labeled_demos": 6,
+    "require_tool_call": True,
     "minibatch_size": 8,
-    "bootstrap_tasks": 24,
+    "bootstrap_tasks": 8,
     "rollout_budget": 200,
 }
-"""Demonstration search (``--algorithm apo``): the agent starts with no worked examples; the model's own successful
-conversations on 24 training tasks (greedy) become candidate examples, scored on a selection set of
-``--selection-size`` tasks apart from the training and held-out ones; ``--iterations`` candidates of 3 examples.
-Without examples this model never calls the calculator (0 of 24 greedy replies, 0 of 96 at temperature 1), so the
-examples are its own correct direct answers (``require_tool_call`` would find none)."""
+"""Demonstration search (``--algorithm apo``): the agent starts with no worked examples (this model then never calls
+the calculator). The teacher shows 6 training tasks rendered from their labels by the agent's ``worked_example``; its
+successful greedy rollouts on 8 other training tasks that call the calculator become bootstrapped examples.
+``--iterations`` candidates of 6 examples (default 2: the 6 labeled ones, then 3 bootstrapped + 3 labeled; more are
+random draws) are scored on ``--selection-size`` tasks apart from the training and held-out ones."""
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {"sft": SFT_DEFAULT_CONFIG, "apo": APO_DEFAULT_CONFIG}
-DEFAULT_ITERATIONS: dict[str, int] = {"sft": 2, "apo": 6}
-"""``--iterations`` when not given: GRPO/PPO iterations 6, SFT epochs 2, APO candidates 6."""
+DEFAULT_ITERATIONS: dict[str, int] = {"sft": 2, "apo": 2}
+"""``--iterations`` when not given: GRPO/PPO iterations 6, SFT epochs 2, APO candidates 2."""
 EXAMPLES_ENV = "AGL_EXAMPLES_DIR"
 EVAL_TASK_TYPE = "calc"
 
@@ -794,6 +798,7 @@ def _run_prompt_search(
             "best_candidate": best.candidate_id,
             "best_examples": best.examples,
             "bootstrap_demos": len(getattr(algorithm, "demos", [])),
+            "labeled_demos": len(getattr(algorithm, "labeled", [])),
         }
     }
     return reports[0], reports[1], train_s, result.iterations, extra_json
@@ -819,7 +824,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoConfig()
     parser.add_argument("--framework", choices=FRAMEWORKS, default=defaults.framework, help="which agent to train")
     parser.add_argument(
-        "--iterations", type=int, help="GRPO/PPO iterations (default 6), SFT epochs (2) or APO candidates (6)"
+        "--iterations", type=int, help="GRPO/PPO iterations (default 6), SFT epochs (2) or APO candidates (2)"
     )
     parser.add_argument("--runners", type=int, default=defaults.runners, help="runner workers executing the agent")
     parser.add_argument("--store", help="store URL (default: sqlite in the run folder; postgresql://…, redis://…)")
@@ -899,7 +904,8 @@ def main(args: argparse.Namespace) -> int:
     apo = result.extra.get("apo")
     if apo:
         print(
-            f"APO: {apo['rollouts_spent']} rollouts spent (bootstrap, scoring {apo['candidates']} candidates on "
+            f"APO: {apo['rollouts_spent']} rollouts spent (bootstrap: {apo['bootstrap_demos']} worked examples, "
+            f"{apo['labeled_demos']} labeled ones; scoring {apo['candidates']} candidates on "
             f"{apo['selection_tasks']} selection tasks: {apo['selection_seed_score']:.3f} -> "
             f"{apo['selection_best_score']:.3f} mean reward); best {apo['best_candidate']} with "
             f"{len(apo['best_examples'] or [])} worked examples (apo_result.json)"

@@ -5,10 +5,11 @@ Where the samples come from, in order of preference:
 * **Rollouts with token ids** (the usual case): with an agent, the starting policy is served behind the recording
   proxy and runs ``group_size`` rollouts of each training task (``collect_tasks`` of them, at ``temperature``);
   without one, the finished train rollouts already in the store are used. Rollouts whose reward is at least
-  ``min_reward`` (default ``success_threshold``) are kept, or with ``best_of_group`` only the best of each group
-  among those. Their samples are the episodes RL builds (:func:`agent_lightning.trajectory.build_episode`, the same
-  ``aggregation`` and masks: tool output spliced into a merged sequence is never trained), and the loss is the mean
-  negative log-likelihood of the trainable tokens.
+  ``min_reward`` (default ``success_threshold``) are kept, with ``require_tool_call`` only those in which the model
+  made a structured tool call, and with ``best_of_group`` only the best of each group among those. Their samples
+  are the episodes RL builds (:func:`agent_lightning.trajectory.build_episode`, the same ``aggregation`` and masks:
+  tool output spliced into a merged sequence is never trained), and the loss is the mean negative log-likelihood of
+  the trainable tokens.
 * **Text without token ids**, re-tokenized with the policy's chat template (the policy server's own rendering,
   tools included): a chat dataset (``dataset=``: JSONL/JSON rows ``{"messages": [...], "tools": [...]}`` or
   ``hf:NAME``), or kept rollouts whose model calls carry messages but no token ids (an API model). Every assistant
@@ -151,6 +152,16 @@ def chat_samples(
     return samples
 
 
+def made_tool_call(spans: Sequence[Span]) -> bool:
+    """Whether a recorded model call of the rollout answered with a structured tool call."""
+    for span in spans:
+        if span.kind != "llm":
+            continue
+        if any(m.get("tool_calls") for m in _messages(span.attributes.get(semconv.GEN_AI_OUTPUT_MESSAGES))):
+            return True
+    return False
+
+
 def span_conversation(spans: Sequence[Span]) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, int] | None:
     """The rollout's conversation from its model calls' recorded messages: ``(messages, tools, first_trained)``,
     where messages before ``first_trained`` were the first call's prompt (system prompt, worked examples, question)."""
@@ -200,10 +211,18 @@ class SupervisedFineTuning(RLAlgorithm):
         cfg = self.config
         return cfg.min_reward if cfg.min_reward is not None else cfg.success_threshold
 
-    def _keep(self, rollouts: Sequence[Rollout], episodes: Sequence[Episode]) -> list[tuple[Rollout, Episode]]:
-        """The rollouts SFT trains on: reward >= ``threshold`` (and the best of their group with ``best_of_group``)."""
+    def _keep(
+        self, rollouts: Sequence[Rollout], episodes: Sequence[Episode], tool_calls: Sequence[bool]
+    ) -> list[tuple[Rollout, Episode]]:
+        """The rollouts SFT trains on: reward >= ``threshold``, a tool call among their model calls with
+        ``require_tool_call`` (``tool_calls[i]``: rollout ``i`` made one), and the best of their group with
+        ``best_of_group``."""
         pairs = [(r, e) for r, e in zip(rollouts, episodes, strict=True) if e.reward is not None]
         kept = [(r, e) for r, e in pairs if e.reward is not None and e.reward >= self.threshold]
+        passed = len(kept)
+        if self.config.require_tool_call:
+            called = {r.rollout_id for r, made in zip(rollouts, tool_calls, strict=True) if made}
+            kept = [(r, e) for r, e in kept if r.rollout_id in called]
         if self.config.best_of_group:
             best: dict[str, tuple[Rollout, Episode]] = {}
             for rollout, episode in kept:
@@ -211,6 +230,13 @@ class SupervisedFineTuning(RLAlgorithm):
                 if key not in best or (episode.reward or 0.0) > (best[key][1].reward or 0.0):
                     best[key] = (rollout, episode)
             kept = list(best.values())
+        if not kept and passed:
+            raise NoTrainingData(
+                f"SFT found no rollout to train on: {passed} of the {len(rollouts)} rollouts reached reward >= "
+                f"{self.threshold:g}, but none of them made a tool call (require_tool_call is set). Fixes: sample "
+                "more tries per task (group_size, collect_tasks) or with more variety (temperature), start from a "
+                "prompt that shows the tool calls (worked examples), or unset require_tool_call"
+            )
         if not kept:
             rewards = [e.reward for _, e in pairs if e.reward is not None]
             seen = (
@@ -239,7 +265,8 @@ class SupervisedFineTuning(RLAlgorithm):
             spans_of[rollout.rollout_id] = spans
             episodes.append(self._episode(rollout, spans))
         metrics = episode_metrics(episodes, prefix, cfg.success_threshold)
-        kept = self._keep(rollouts, episodes)
+        tool_calls = [made_tool_call(spans_of[r.rollout_id]) for r in rollouts]
+        kept = self._keep(rollouts, episodes, tool_calls)
         samples: list[Sample] = []
         retokenized = 0
         for rollout, episode in kept:
@@ -271,6 +298,7 @@ class SupervisedFineTuning(RLAlgorithm):
                 + (f": {'; '.join(problems)}" if problems else "")
             )
         metrics[f"{prefix}/kept_rollouts"] = float(len(kept))
+        metrics[f"{prefix}/tool_call_rollouts"] = float(sum(tool_calls))
         metrics["data/retokenized_rollouts"] = float(retokenized)
         return selected, metrics
 
