@@ -100,6 +100,15 @@ _WRITE_CLAIMS = (
     + ")"
 )
 
+_SUCCEED_ROLLOUTS = (
+    # the rollouts of the attempts ``at`` finished succeed, and are owed to the subscription groups that want them
+    "r AS (UPDATE agl_rollouts SET status = 'succeeded', ended_at = %(now)s, error = NULL, queue_seq = NULL "
+    "WHERE rollout_id IN (SELECT rollout_id FROM at) RETURNING *), "
+    "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
+    "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
+    "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
+    "SELECT r.* FROM r"
+)
 _SUCCEED = (
     # complete_attempt(..., "succeeded") in one statement when nothing unusual is going on: the rollout
     # runs (locked first, like every other change), its attempt runs and its lease and deadline have not
@@ -109,12 +118,7 @@ _SUCCEED = (
     "at AS (UPDATE agl_attempts SET status = 'succeeded', ended_at = %(now)s, error = %(error)s "
     "WHERE attempt_id = %(aid)s AND rollout_id IN (SELECT rollout_id FROM ro) AND status = 'running' "
     "AND lease_expires_at >= %(now)s AND (deadline_at IS NULL OR deadline_at >= %(now)s) RETURNING rollout_id), "
-    "r AS (UPDATE agl_rollouts SET status = 'succeeded', ended_at = %(now)s, error = NULL, queue_seq = NULL "
-    "WHERE rollout_id IN (SELECT rollout_id FROM at) RETURNING *), "
-    "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
-    "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
-    "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
-    "SELECT r.* FROM r"
+    + _SUCCEED_ROLLOUTS
 )
 _SUCCEED_MANY = (
     # complete_attempts when every item is that case: the rollouts are locked in one order, and the
@@ -131,13 +135,7 @@ _SUCCEED_MANY = (
     "AND a.lease_expires_at >= %(now)s AND (a.deadline_at IS NULL OR a.deadline_at >= %(now)s)), "
     "at AS (UPDATE agl_attempts a SET status = 'succeeded', ended_at = %(now)s, error = ok.error FROM ok "
     "WHERE a.attempt_id = ok.attempt_id AND a.status = 'running' AND (SELECT count(*) FROM ok) = %(n)s "
-    "RETURNING a.rollout_id), "
-    "r AS (UPDATE agl_rollouts SET status = 'succeeded', ended_at = %(now)s, error = NULL, queue_seq = NULL "
-    "WHERE rollout_id IN (SELECT rollout_id FROM at) RETURNING *), "
-    "d AS (INSERT INTO agl_deliveries (group_name, rollout_id, visible_at) "
-    "SELECT s.group_name, r.rollout_id, 0.0 FROM agl_subscriptions s JOIN r "
-    "ON s.task_types_json IS NULL OR s.task_types_json::jsonb ? r.task_type) "
-    "SELECT r.* FROM r"
+    "RETURNING a.rollout_id), " + _SUCCEED_ROLLOUTS
 )
 _NOTIFY_AFTER_COMMIT = (
     # NOTIFY holds a database-wide lock from its commit until the commit is flushed; sent on its own,
