@@ -72,9 +72,9 @@ def solve(
                 arguments = json.loads(call.function.arguments or "{}")
             except json.JSONDecodeError:
                 arguments = {}
-            messages.append(
-                {"role": "tool", "tool_call_id": call.id, "content": calculator(str(arguments.get("expression", "")))}
-            )
+            # a sampled call may carry any JSON (a list, a number): only an object names an expression
+            expression = str(arguments.get("expression", "")) if isinstance(arguments, dict) else ""
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": calculator(expression)})
     return reply
 
 

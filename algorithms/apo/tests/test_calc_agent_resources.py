@@ -99,3 +99,37 @@ def test_a_labeled_task_as_a_worked_example(calc: Any) -> None:
     # no label to render from, or one the calculator contradicts: none
     assert tasks.labeled_example({"question": "What is 2 plus 2?", "answer": 4}) is None
     assert tasks.labeled_example({**task, "answer": 85}) is None
+
+
+def test_a_tool_call_whose_arguments_are_not_an_object_is_answered_not_fatal(calc: Any) -> None:
+    """A sampled call may carry any JSON (``["2+2"]``, ``7``): the agent answers it with the calculator's error and
+    the rollout goes on to its reward, instead of failing."""
+    import agent_lightning as agl
+    from agent_lightning_proxy import LLMProxy
+    from agent_lightning_testkit.scripted_llm import Reply, ScriptCall, ScriptedLLM, ToolCall
+
+    _, openai_agent = calc
+    task = {"question": "What is 2 plus 2?", "answer": 4, "expression": "2 + 2"}
+
+    def script(call: ScriptCall) -> Reply | str:
+        if call.messages[-1]["role"] == "tool":
+            return "ANSWER: 4"
+        return Reply(tool_calls=[ToolCall("calculator", '["2 + 2"]')])
+
+    store = agl.InMemoryLightningStore()
+    with ScriptedLLM(script) as llm, LLMProxy(store, llm.url) as proxy:
+        sync = agl.SyncStore(store)
+        sync.add_resources({"main_llm": proxy.resource("scripted", temperature=0.0)})
+        rollout_id = sync.enqueue_rollout(task).rollout_id
+        Runner(openai_agent.agent, store).run(max_rollouts=1)
+        rollout = sync.get_rollout(rollout_id)
+        assert rollout.status == "succeeded"
+        tool_turns = [
+            m
+            for s in sync.query_spans(rollout_id)
+            if s.kind == "llm"
+            for m in s.attributes[semconv.GEN_AI_INPUT_MESSAGES]
+            if m["role"] == "tool"
+        ]
+        assert tool_turns and "error" in str(tool_turns[-1]["content"]).lower()
+        assert [s.reward for s in sync.query_spans(rollout_id) if s.reward is not None] == [1.0]
