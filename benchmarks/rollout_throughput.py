@@ -2,6 +2,7 @@
 
     python benchmarks/rollout_throughput.py                      # every engine `agl plugins` lists
     python benchmarks/rollout_throughput.py --engines vllm --rollouts 64 --concurrency 32
+    python benchmarks/rollout_throughput.py --engines vllm,vllm:enforce_eager=false   # a variant: engine options
 
 Per engine: start-up (model folder to first answer), then ``--rollouts`` calculator-agent rollouts (system prompt,
 tool schema, the three worked examples, a question; up to three turns with calculator calls), ``--concurrency`` at a
@@ -54,9 +55,10 @@ def rollout(client: Any, model: str, question: str, max_tokens: int) -> tuple[in
         messages.append(message.model_dump(exclude_none=True))
         for call in message.tool_calls:
             try:
-                expression = str(json.loads(call.function.arguments or "{}").get("expression", ""))
+                arguments = json.loads(call.function.arguments or "{}")
             except json.JSONDecodeError:
-                expression = ""
+                arguments = {}
+            expression = str(arguments.get("expression", "")) if isinstance(arguments, dict) else ""
             messages.append({"role": "tool", "tool_call_id": call.id, "content": calculator(expression)})
     return tokens, calls
 
@@ -66,7 +68,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(name: str, folder: str, args: argparse.Namespace) -> dict[str, Any]:
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``vllm:enforce_eager=false,max_model_len=4096`` -> ("vllm", {...}); values are read as JSON where they parse."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(";")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"engine option {item!r} in {spec!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return name, options
+
+
+def measure(spec: str, folder: str, args: argparse.Namespace) -> dict[str, Any]:
     import httpx
     import torch
     from agent_lightning.engines import create_engine
@@ -74,7 +91,8 @@ def measure(name: str, folder: str, args: argparse.Namespace) -> dict[str, Any]:
     from tasks import make_tasks
     from transformers import AutoModelForCausalLM
 
-    options = {**ENGINE_OPTIONS.get(name, {}), "max_batch_size": args.concurrency, "served_name": "policy"}
+    name, variant = parse_variant(spec)
+    options = {**ENGINE_OPTIONS.get(name, {}), "max_batch_size": args.concurrency, "served_name": "policy", **variant}
     started = time.perf_counter()
     engine = create_engine(name, folder, **options).start()
     client = OpenAI(base_url=engine.url, api_key="none", http_client=httpx.Client(timeout=600, trust_env=False))
@@ -110,7 +128,7 @@ def measure(name: str, folder: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         engine.stop()
     return {
-        "engine": name,
+        "engine": spec,
         "startup_s": startup,
         "rollouts": len(latencies),
         "llm_calls": totals[1],
@@ -125,7 +143,10 @@ def measure(name: str, folder: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engines", help="comma-separated engine names (default: every installed one)")
+    parser.add_argument(
+        "--engines",
+        help="comma-separated engine names (default: every installed one); NAME:KEY=VALUE;KEY=VALUE for a variant",
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct", help="bundled name or checkpoint folder")
     parser.add_argument("--rollouts", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=32)
