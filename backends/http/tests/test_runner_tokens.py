@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agent_lightning import semconv
 from agent_lightning.errors import InvalidTransition
 from agent_lightning.instrumentation.context import ATTEMPT_TOKEN_ENV
 from agent_lightning.retry import is_permanent
@@ -28,14 +27,13 @@ from agent_lightning.types import (
     RolloutConfig,
     RolloutRequest,
     Span,
-    new_span_id,
-    new_trace_id,
 )
 from agent_lightning_http import HttpLightningStore, StoreAuthError, StoreServer
 from agent_lightning_http.auth import RUNNER_ENDPOINTS, TokenSigner
 from agent_lightning_http.protocol import ATTEMPT_TOKEN_ENV as HTTP_ATTEMPT_TOKEN_ENV
 from agent_lightning_proxy import LLMProxy
 from agent_lightning_proxy.tokens import derive_token_secret
+from agent_lightning_testkit.conformance import make_span
 from agent_lightning_testkit.scripted_llm import ScriptedLLM
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,19 +47,8 @@ def server(store: InMemoryLightningStore) -> Iterator[StoreServer]:
         yield running
 
 
-def span(attempted: AttemptedRollout, sequence_id: int, reward: float | None = None) -> Span:
-    fields: dict[str, Any] = {}
-    if reward is not None:
-        fields.update(kind="reward", attributes={semconv.REWARD_VALUE: reward})
-    return Span(
-        rollout_id=attempted.rollout_id,
-        attempt_id=attempted.attempt_id,
-        sequence_id=sequence_id,
-        trace_id=new_trace_id(),
-        span_id=new_span_id(),
-        name=f"step-{sequence_id}",
-        **fields,
-    )
+def span(attempted: AttemptedRollout, sequence_id: int, reward: float | None = None, name: str | None = None) -> Span:
+    return make_span(attempted.rollout_id, attempted.attempt_id, sequence_id, name=name, reward=reward)
 
 
 def runner_token(server: StoreServer, **options: Any) -> str:

@@ -23,12 +23,11 @@ from agent_lightning.types import (
     RolloutConfig,
     RolloutRequest,
     Span,
-    new_span_id,
-    new_trace_id,
 )
 from agent_lightning_http import HttpLightningStore, StoreAuthError, StoreServer
 from agent_lightning_proxy import LLMProxy
 from agent_lightning_proxy.tokens import TokenSigner, derive_token_secret
+from agent_lightning_testkit.conformance import make_span
 from agent_lightning_testkit.scripted_llm import ScriptedLLM
 
 pytestmark = pytest.mark.timeout(120)
@@ -42,19 +41,8 @@ def server(store: InMemoryLightningStore) -> Iterator[StoreServer]:
         yield running
 
 
-def span(attempted: AttemptedRollout, sequence_id: int, reward: float | None = None, **fields: Any) -> Span:
-    if reward is not None:
-        fields.update(kind="reward", attributes={semconv.REWARD_VALUE: reward})
-    values: dict[str, Any] = {
-        "rollout_id": attempted.rollout_id,
-        "attempt_id": attempted.attempt_id,
-        "sequence_id": sequence_id,
-        "trace_id": new_trace_id(),
-        "span_id": new_span_id(),
-        "name": f"step-{sequence_id}",
-        **fields,
-    }
-    return Span(**values)
+def span(attempted: AttemptedRollout, sequence_id: int, reward: float | None = None, name: str | None = None) -> Span:
+    return make_span(attempted.rollout_id, attempted.attempt_id, sequence_id, name=name, reward=reward)
 
 
 def claim_two(server: StoreServer) -> tuple[HttpLightningStore, AttemptedRollout, AttemptedRollout]:

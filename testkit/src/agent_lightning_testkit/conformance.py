@@ -111,8 +111,11 @@ def make_span(
     kind: SpanKind = "custom",
     attributes: dict[str, Any] | None = None,
     span_id: str | None = None,
+    reward: float | None = None,
 ) -> Span:
-    """A valid span with fresh ids and deterministic times."""
+    """A valid span with fresh ids and deterministic times; with ``reward``, a reward span carrying it."""
+    if reward is not None:
+        kind, attributes = "reward", {**(attributes or {}), semconv.REWARD_VALUE: reward}
     return Span(
         rollout_id=rollout_id,
         attempt_id=attempt_id,
