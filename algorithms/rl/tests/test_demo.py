@@ -79,7 +79,9 @@ def _require_framework(framework: str) -> None:
 
 
 @pytest.mark.parametrize("framework", list(FRAMEWORK_MODULES))
-def test_shortened_demo_produces_rollouts_spans_checkpoint_metrics_and_plot(tmp_path: Path, framework: str) -> None:
+def test_shortened_demo_produces_rollouts_spans_checkpoint_metrics_and_plot(
+    tmp_path: Path, framework: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     _require_framework(framework)
     model = save_tiny_policy(tmp_path / "tiny")
     parser = argparse.ArgumentParser()
@@ -98,6 +100,7 @@ def test_shortened_demo_produces_rollouts_spans_checkpoint_metrics_and_plot(tmp_
 
     result = run_demo(config)
 
+    assert "grpo online" not in capfd.readouterr().err  # --no-progress: the algorithm draws no bar either
     run = tmp_path / "run"
     assert result.iterations == 1
     assert (result.before.tasks, result.before.finished) == (2, 2)

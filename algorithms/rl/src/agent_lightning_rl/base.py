@@ -253,7 +253,7 @@ class RLAlgorithm(Algorithm):
             initial=self.iteration,
             desc=f"{self.name} {'offline' if session.offline else 'online'}",
             unit="it",
-            disable=not self._dist.is_main,
+            disable=not (self._dist.is_main and self.config.progress),
             dynamic_ncols=True,
         )
 

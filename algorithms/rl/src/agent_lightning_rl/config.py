@@ -96,6 +96,8 @@ class RLConfig(BaseModel):
     max_prompt_tokens: int | None = Field(default=None, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
     gradient_checkpointing: bool = False
+    progress: bool = True
+    """Draw a progress bar of the iterations (iteration, reward, tokens/s) on stderr, on rank 0."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the weights are loaded (and kept) in."""
     autocast: Literal["bfloat16", "float16"] | None = None
