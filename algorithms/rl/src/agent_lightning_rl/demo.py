@@ -347,16 +347,19 @@ def _final_text(spans: Sequence[Span]) -> str | None:
 
 @contextmanager
 def serve_policy(
-    store: LightningStore, model: str, *, max_batch_size: int = 8, engine: str = "transformers"
+    store: LightningStore, model: str, *, max_batch_size: int = 8, engine: str = "transformers", dtype: str = "float32"
 ) -> Iterator[Any]:
-    """Serve ``model`` with the inference engine ``engine`` behind the recording proxy; yields the proxy."""
+    """Serve ``model`` with the inference engine ``engine`` behind the recording proxy; yields the proxy.
+
+    Evaluations compute in the checkpoint's precision (fp32) on every engine, so that their figures compare across
+    engines (vLLM would otherwise serve in bf16, and some greedy replies differ)."""
     from agent_lightning.engines import create_engine
     from agent_lightning_proxy.server import LLMProxy
 
     from agent_lightning_rl.models import local_checkpoint
 
     server = create_engine(
-        engine, local_checkpoint(model), served_name=served_name(model), max_batch_size=max_batch_size
+        engine, local_checkpoint(model), served_name=served_name(model), max_batch_size=max_batch_size, dtype=dtype
     ).start()
     try:
         with LLMProxy(store, server.url) as proxy:
@@ -693,9 +696,8 @@ def _run_weights_training(
     run_dir = config.run_dir
     defaults = ALGORITHM_DEFAULTS.get(config.algorithm, DEFAULT_ALGORITHM_CONFIG)
     engine = {} if config.engine == "transformers" else {"engine": config.engine}  # the RL algorithms' option
-    algorithm = get_algorithm(
-        config.algorithm, **{**defaults, "model": config.model, **engine, **config.algorithm_config}
-    )
+    options = {**defaults, "model": config.model, "progress": config.progress, **engine, **config.algorithm_config}
+    algorithm = get_algorithm(config.algorithm, **options)
     # evaluation publishes the policy under the algorithm's resource name, so the agent always sees one LLM
     resource = str(getattr(getattr(algorithm, "config", None), "policy_resource", "main_llm"))
     before = evaluate(store, agent, val_tasks, config.model, "baseline", tasks_module, config, 0, resource)
