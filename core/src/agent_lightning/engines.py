@@ -45,7 +45,8 @@ class EngineEntry:
 
     :param name: ``engine=`` / ``--engine`` value (``"transformers"``, ``"vllm"``).
     :param factory: ``"module:callable"``; ``callable(model_folder, **options)`` returns an unstarted
-        :class:`InferenceEngine`, raising ``ValueError`` on options it does not take.
+        :class:`InferenceEngine`, raising ``ValueError`` on options it does not take. Trainers pass
+        ``served_name``, ``max_batch_size``, ``default_max_tokens`` and ``dtype`` (the learner's weights').
     :param features: what it supports: ``"full"`` (state dicts), ``"lora"`` (adapters), ``"colocate"``.
     """
 

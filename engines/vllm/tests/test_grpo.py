@@ -156,6 +156,7 @@ class CheckedSync(GroupRelativePolicyOptimization):
             greedy = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0)
         self.checks.append(
             {
+                "dtype": engine.dtype,
                 "version": response.headers[MODEL_VERSION_HEADER],
                 "synced": version,
                 "adapter": engine.stats()["adapter"],
@@ -217,7 +218,7 @@ def test_lora_grpo_on_vllm_survives_the_engine_being_killed_and_resumes(model_fo
     config = GRPOConfig(
         model=model_folder,
         engine="vllm",
-        engine_options={"dtype": "float32", "max_model_len": 512},
+        engine_options={"max_model_len": 512},  # no dtype: the engine serves in the learner's, fp32
         lora=LoraSettings(r=8, alpha=16),
         learning_rate=2e-2,
         group_size=2,
@@ -243,6 +244,7 @@ def test_lora_grpo_on_vllm_survives_the_engine_being_killed_and_resumes(model_fo
         time.sleep(0.2)
     assert not alive
     assert len(first.checks) == 2  # the starting adapter, and iteration 1's
+    assert {c["dtype"] for c in first.checks} == {"float32"}
     _assert_served_the_learner(first.checks)
     assert [c.name for c in checkpoints.iterdir()] == ["checkpoint-000001"]
     crashed = _stored(run)

@@ -353,6 +353,9 @@ class RLAlgorithm(Algorithm):
             "served_name": cfg.model,
             "max_batch_size": cfg.max_batch_size,
             "default_max_tokens": cfg.max_new_tokens,
+            # the learner's weight precision: most of an update's changes fall below bf16's resolution, so an
+            # engine serving fp32 weights in bf16 keeps sampling from (nearly) the old policy
+            "dtype": cfg.dtype,
             **cfg.engine_options,
         }
         if cfg.engine == "transformers":

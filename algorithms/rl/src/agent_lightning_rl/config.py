@@ -107,7 +107,9 @@ class RLConfig(BaseModel):
     """Inference engine serving the policy during training: ``"transformers"`` (built in) or an installed plugin's
     (``"vllm"`` from ``agent-lightning-vllm``; ``agl plugins`` lists them)."""
     engine_options: dict[str, Any] = Field(default_factory=dict)
-    """Extra options for the engine's factory (``{"colocate": True}``, ``{"gpu_memory_utilization": 0.3}``, …)."""
+    """Extra options for the engine's factory (``{"colocate": True}``, ``{"gpu_memory_utilization": 0.3}``, …).
+    The engine serves in ``dtype``, the learner's weight precision, unless these name another: ``{"dtype":
+    "bfloat16"}`` makes vLLM faster, but it then rounds away most of each update of an fp32 learner."""
     max_batch_size: int = Field(default=16, ge=1)
     """Concurrent sequences the inference engine batches."""
     cpu_fallback: bool = False
