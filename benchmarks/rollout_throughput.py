@@ -34,8 +34,8 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
 
 def rollout(client: Any, model: str, question: str, max_tokens: int) -> tuple[int, int]:
     """One calculator-agent rollout (``openai_agent.solve``'s loop); returns (completion tokens, LLM calls)."""
-    from openai_agent import TOOLS, worked_examples
-    from tasks import SYSTEM_PROMPT, calculator
+    from openai_agent import TOOLS, tool_message, worked_examples
+    from tasks import SYSTEM_PROMPT
 
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
@@ -53,13 +53,7 @@ def rollout(client: Any, model: str, question: str, max_tokens: int) -> tuple[in
         if not message.tool_calls:
             break
         messages.append(message.model_dump(exclude_none=True))
-        for call in message.tool_calls:
-            try:
-                arguments = json.loads(call.function.arguments or "{}")
-            except json.JSONDecodeError:
-                arguments = {}
-            expression = str(arguments.get("expression", "")) if isinstance(arguments, dict) else ""
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": calculator(expression)})
+        messages += [tool_message(call) for call in message.tool_calls]
     return tokens, calls
 
 
@@ -69,7 +63,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
-    """``vllm:enforce_eager=false,max_model_len=4096`` -> ("vllm", {...}); values are read as JSON where they parse."""
+    """``vllm:enforce_eager=false;max_model_len=4096`` -> ("vllm", {...}); values are read as JSON where they parse."""
     name, _, rest = spec.partition(":")
     options: dict[str, Any] = {}
     for item in filter(None, rest.split(";")):

@@ -67,15 +67,19 @@ def solve(
         if not message.tool_calls:
             return reply
         messages.append(message.model_dump(exclude_none=True))
-        for call in message.tool_calls:
-            try:
-                arguments = json.loads(call.function.arguments or "{}")
-            except json.JSONDecodeError:
-                arguments = {}
-            # a sampled call may carry any JSON (a list, a number): only an object names an expression
-            expression = str(arguments.get("expression", "")) if isinstance(arguments, dict) else ""
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": calculator(expression)})
+        messages += [tool_message(call) for call in message.tool_calls]
     return reply
+
+
+def tool_message(call: Any) -> dict[str, Any]:
+    """The ``tool`` turn answering one of the model's calculator calls."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except json.JSONDecodeError:
+        arguments = {}
+    # a sampled call may carry any JSON (a list, a number): only an object names an expression
+    expression = str(arguments.get("expression", "")) if isinstance(arguments, dict) else ""
+    return {"role": "tool", "tool_call_id": call.id, "content": calculator(expression)}
 
 
 def agent(task: dict[str, Any], ctx: agl.TrainingContext) -> None:
